@@ -1,0 +1,36 @@
+# The two set-up commands of the README: `make demo` (main job) and `make test` (tests).
+# Both create a local virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# Installed first where the environment has no torch: an unpinned torch resolved by pip pulls a
+# multi-GB CUDA build. On a CUDA machine use e.g. `make test TORCH=torch`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+demo: $(VENV)/.installed-base
+	$(BIN)/workbench demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+$(VENV)/.torch:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH)"
+	touch $@
+
+$(VENV)/.installed-base: pyproject.toml $(VENV)/.torch
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
+	$(BIN)/python -m pip install -e ".[dev,notebooks]"
+	touch $@ $(VENV)/.installed-base
+
+clean:
+	rm -rf $(VENV) runs/demo

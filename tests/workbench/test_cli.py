@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from workbench import __version__
+from workbench.cli import app, parse_overrides
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"workbench {__version__}"
+
+
+def test_tasks_list_names_every_task():
+    result = runner.invoke(app, ["tasks", "list"])
+    assert result.exit_code == 0, result.output
+    for name in ("linear_regression", "single_location", "assoc_recall", "joint_recall"):
+        assert name in result.output
+
+
+def test_tasks_sample_joint_recall_is_deterministic():
+    first = runner.invoke(app, ["tasks", "sample", "joint_recall", "--seed", "0"])
+    again = runner.invoke(app, ["tasks", "sample", "joint_recall", "--seed", "0"])
+    other = runner.invoke(app, ["tasks", "sample", "joint_recall", "--seed", "1"])
+    assert first.exit_code == 0, first.output
+    assert first.output == again.output != other.output
+
+
+def test_tasks_sample_with_overrides_and_several_examples():
+    result = runner.invoke(
+        app, ["tasks", "sample", "assoc_recall", "--n", "2", "--set", "n_pairs=3", "--set", "seq_len=16"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "'n_pairs': 3" in result.output and "example 1" in result.output
+
+
+def test_tasks_sample_bad_parameter_is_a_clear_error():
+    result = runner.invoke(app, ["tasks", "sample", "assoc_recall", "--set", "n_pairs=0"])
+    assert result.exit_code != 0
+    assert "n_pairs" in result.output
+
+
+def test_parse_overrides():
+    assert parse_overrides(["a=3", "b=0.5", "c=None", "d=text"]) == {
+        "a": 3,
+        "b": 0.5,
+        "c": None,
+        "d": "text",
+    }
+    with pytest.raises(typer.BadParameter, match="KEY=VALUE"):
+        parse_overrides(["novalue"])
+
+
+def test_demo_writes_summary_and_figures(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == {
+        "linear_regression",
+        "single_location",
+        "assoc_recall",
+        "joint_recall",
+    }
+    for stats in summary["tasks"].values():
+        assert 0 < stats["ideal_density"] <= 1
+    assert (out / "figures" / "joint_recall_relevance.html").stat().st_size > 1000
+    assert "plotly" in (out / "index.html").read_text()

@@ -1,0 +1,155 @@
+"""Shared types of the toy tasks: the `Batch` every task returns and the `ToyTask` base config.
+
+A toy task is a frozen dataclass config. ``validate()`` raises ``ValueError`` naming the field and its
+allowed range; ``sample(batch_size, generator)`` draws a `Batch` using only that generator, so the same
+config and seed always give the same numbers (on the generator's device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+IGNORE_INDEX = -100
+"""Target value of token positions that are not scored (the cross-entropy ignore index)."""
+
+NO_POSITION = -1
+"""Padding value of `Batch.relevant_positions`."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of a toy task.
+
+    Attributes:
+        inputs: ``[batch, seq]`` int64 token ids (token tasks) or ``[batch, seq, d_input]`` float32
+            vectors (continuous tasks).
+        targets: ``[batch, seq]`` int64 next-token targets, ``IGNORE_INDEX`` where not scored (token
+            tasks), or ``[batch, seq, d_output]`` float32 regression targets (continuous tasks).
+        loss_mask: ``[batch, seq]`` bool, True where the prediction made at that position is scored.
+        relevant_positions: ``[batch, seq, max_relevant]`` int64: for the prediction made at position
+            ``i``, the input positions a perfect model must read, padded with ``NO_POSITION``. Rows of
+            unscored positions hold only padding.
+        metadata: task-specific extras (latent parameters such as the regression weights), tensors with
+            a leading batch dimension or plain values.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+    relevant_positions: torch.Tensor
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
+
+    def relevance_mask(self) -> torch.Tensor:
+        """Dense ground-truth relevance ``[batch, seq (query), seq (key)]`` bool.
+
+        ``mask[b, i, j]`` is True when position ``j`` is relevant to the prediction made at ``i``.
+        """
+        batch, seq, _ = self.relevant_positions.shape
+        mask = torch.zeros(batch, seq, seq + 1, dtype=torch.bool, device=self.device)
+        # Padding (-1) is sent to the extra column `seq`, which is dropped afterwards.
+        index = torch.where(self.relevant_positions == NO_POSITION, seq, self.relevant_positions)
+        mask.scatter_(2, index, True)
+        return mask[:, :, :seq]
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Copy of the batch with every tensor (metadata included) on ``device``."""
+
+        def move(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        return Batch(
+            inputs=move(self.inputs),
+            targets=move(self.targets),
+            loss_mask=move(self.loss_mask),
+            relevant_positions=move(self.relevant_positions),
+            metadata={key: move(value) for key, value in self.metadata.items()},
+        )
+
+
+@dataclass(frozen=True)
+class ToyTask:
+    """Base of every task config. Subclasses are frozen dataclasses that set ``name`` and ``kind``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["tokens", "continuous"]]
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field and its allowed range."""
+
+    @property
+    def seq_len(self) -> int:
+        """Length of every sampled sequence."""
+        raise NotImplementedError
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """Draw ``batch_size`` independent examples using only ``generator`` (and its device)."""
+        raise NotImplementedError
+
+    def render(self, batch: Batch, index: int = 0) -> str:
+        """Readable multi-line rendering of example ``index``: its inputs, the scored predictions with
+        their targets, and the ground-truth relevant positions of each scored prediction."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def replace(self, **changes: Any) -> ToyTask:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def check_int(name: str, value: int, low: int, high: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``low <= value <= high`` (``high=None``: no upper bound)."""
+    allowed = f"[{low}, {'inf' if high is None else high}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer in {allowed}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be in {allowed}, got {value}")
+
+
+def check_float(name: str, value: float, low: float, high: float | None = None) -> None:
+    """Raise ``ValueError`` unless ``low <= value <= high`` and ``value`` is a finite number."""
+    allowed = f"[{low}, {'inf' if high is None else high}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be in {allowed}, got {value}")
+
+
+def check_batch_size(batch_size: int) -> None:
+    check_int("batch_size", batch_size, 1)
+
+
+def random_permutations(
+    batch_size: int, n: int, generator: torch.Generator, device: torch.device | None = None
+) -> torch.Tensor:
+    """``[batch_size, n]`` int64: an independent uniform permutation of ``range(n)`` per row."""
+    device = generator.device if device is None else device
+    keys = torch.rand(batch_size, n, generator=generator, device=device)
+    return keys.argsort(dim=1)
+
+
+def sample_without_replacement(
+    batch_size: int, population: int, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``[batch_size, k]`` int64: per row, ``k`` distinct values from ``range(population)``."""
+    return random_permutations(batch_size, population, generator)[:, :k]
