@@ -8,6 +8,8 @@ config and seed always give the same numbers (on the generator's device).
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -153,3 +155,64 @@ def sample_without_replacement(
 ) -> torch.Tensor:
     """``[batch_size, k]`` int64: per row, ``k`` distinct values from ``range(population)``."""
     return random_permutations(batch_size, population, generator)[:, :k]
+
+
+def render_token_example(
+    title: str,
+    names: Sequence[str],
+    row_starts: Sequence[int],
+    batch: Batch,
+    index: int,
+    token_name: Callable[[int], str],
+    max_rows: int = 12,
+    max_scored: int = 11,
+) -> str:
+    """Text of example ``index`` of a token task: ``title``, its inputs, its scored predictions.
+
+    The input names (``names[i]`` for position ``i``) are split into rows starting at
+    ``row_starts``, each shown as ``"  17 | K12 V140 ..."``. Each scored prediction is a line
+    ``"pos 41  K12 -> V140  (reads pos 9)"``: input, target (named by ``token_name``) and relevant
+    positions. Rows beyond ``max_rows`` and scored lines beyond ``max_scored`` are elided.
+    """
+    bounds = [*row_starts, len(names)]
+    rows = [
+        f"{start:4d} | {' '.join(names[start:end])}" for start, end in itertools.pairwise(bounds)
+    ]
+    targets = batch.targets[index].tolist()
+    relevant = batch.relevant_positions[index].tolist()
+    scored = [
+        f"pos {pos:4d}  {names[pos]} -> {token_name(targets[pos])}  (reads pos "
+        f"{', '.join(str(p) for p in relevant[pos] if p != NO_POSITION)})"
+        for pos in batch.loss_mask[index].nonzero().flatten().tolist()
+    ]
+    return "\n".join([title, *elide_middle(rows, max_rows), *elide_middle(scored, max_scored)])
+
+
+def elide_middle(lines: list[str], limit: int) -> list[str]:
+    """``lines`` if at most ``limit``, else its head and tail around one ``...`` line."""
+    if len(lines) <= limit:
+        return lines
+    tail = (limit - 1) // 2
+    head = limit - 1 - tail
+    return elide(lines, [*range(head), *range(len(lines) - tail, len(lines))])
+
+
+def format_vector(values: torch.Tensor, max_items: int = 4) -> str:
+    """``values [n]`` as ``[a, b, ...]`` rounded to 2 decimals, at most ``max_items`` shown."""
+    shown = ", ".join(f"{float(v):.2f}" for v in values[:max_items])
+    return f"[{shown}{', ...' if values.numel() > max_items else ''}]"
+
+
+def elide(rows: list[str], keep: Iterable[int]) -> list[str]:
+    """The rows whose index is in ``keep``, in order, with ``...`` for each run of dropped rows."""
+    wanted = sorted(set(keep))
+    lines: list[str] = []
+    previous = -1
+    for index in wanted:
+        if index > previous + 1:
+            lines.append("   ...")
+        lines.append(rows[index])
+        previous = index
+    if previous < len(rows) - 1:
+        lines.append("   ...")
+    return lines

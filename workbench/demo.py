@@ -85,4 +85,5 @@ def _index_html(figures: dict[str, go.Figure]) -> str:
         for i, figure in enumerate(figures.values())
     ]
     body = "\n".join(f"<div>{part}</div>" for part in parts)
-    return f"<html><head><meta charset='utf-8'><title>workbench demo</title></head><body>{body}</body></html>\n"
+    head = "<head><meta charset='utf-8'><title>workbench demo</title></head>"
+    return f"<html>{head}<body>{body}</body></html>\n"

@@ -33,7 +33,18 @@ def test_tasks_sample_joint_recall_is_deterministic():
 
 def test_tasks_sample_with_overrides_and_several_examples():
     result = runner.invoke(
-        app, ["tasks", "sample", "assoc_recall", "--n", "2", "--set", "n_pairs=3", "--set", "seq_len=16"]
+        app,
+        [
+            "tasks",
+            "sample",
+            "assoc_recall",
+            "--n",
+            "2",
+            "--set",
+            "n_pairs=3",
+            "--set",
+            "seq_len=16",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "'n_pairs': 3" in result.output and "example 1" in result.output

@@ -1,0 +1,114 @@
+"""Invariants every registered toy task must satisfy, and the registry."""
+
+import pytest
+import torch
+
+import toy_tasks
+from toy_tasks import IGNORE_INDEX, NO_POSITION, Batch
+from toy_tasks.base import check_float, check_int, random_permutations
+
+NAMES = toy_tasks.names()
+
+
+def sample(name: str, seed: int, batch_size: int = 8, device: str = "cpu") -> Batch:
+    task = toy_tasks.get(name)
+    return task.sample(batch_size, torch.Generator(device=device).manual_seed(seed))
+
+
+def test_registry_lists_the_four_tasks():
+    assert set(NAMES) == {"linear_regression", "single_location", "assoc_recall", "joint_recall"}
+
+
+def test_registry_unknown_name_and_bad_keyword():
+    with pytest.raises(ValueError, match=r"unknown toy task .nope.*assoc_recall"):
+        toy_tasks.get("nope")
+    with pytest.raises(ValueError, match="assoc_recall"):
+        toy_tasks.get("assoc_recall", not_a_field=3)
+
+
+def test_registry_rejects_duplicate_names():
+    with pytest.raises(ValueError, match="already registered"):
+        toy_tasks.register(toy_tasks.task_class("assoc_recall"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_batch_different_seed_different(name):
+    first, again, other = sample(name, 3), sample(name, 3), sample(name, 4)
+    for field in ("inputs", "targets", "loss_mask", "relevant_positions"):
+        assert torch.equal(getattr(first, field), getattr(again, field)), field
+    assert not torch.equal(first.inputs, other.inputs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_dtypes_and_relevance_invariants(name):
+    task = toy_tasks.get(name)
+    batch = sample(name, 0)
+    b, t = 8, task.seq_len
+    assert batch.loss_mask.shape == (b, t) and batch.loss_mask.dtype == torch.bool
+    assert batch.relevant_positions.shape[:2] == (b, t)
+    assert batch.relevant_positions.dtype == torch.int64
+    if task.kind == "tokens":
+        assert batch.inputs.shape == (b, t) and batch.inputs.dtype == torch.int64
+        assert batch.targets.shape == (b, t) and batch.targets.dtype == torch.int64
+        assert batch.inputs.min() >= 0 and batch.inputs.max() < task.vocab_size
+        assert torch.equal(batch.targets != IGNORE_INDEX, batch.loss_mask)
+    else:
+        assert batch.inputs.shape == (b, t, task.d_input) and batch.inputs.dtype == torch.float32
+        assert batch.targets.shape == (b, t, task.d_output)
+        assert batch.targets.dtype == torch.float32
+    has_relevant = (batch.relevant_positions != NO_POSITION).any(-1)
+    assert torch.equal(has_relevant, batch.loss_mask), "relevance exactly at scored predictions"
+    # Causal: a prediction at position i only needs inputs at positions <= i.
+    query = torch.arange(t).view(1, t, 1)
+    relevant = batch.relevant_positions
+    assert ((relevant == NO_POSITION) | ((relevant >= 0) & (relevant <= query))).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_relevance_mask_matches_positions(name):
+    batch = sample(name, 1, batch_size=4)
+    mask = batch.relevance_mask()
+    expected = torch.zeros_like(mask)
+    for b, i, slot in (batch.relevant_positions != NO_POSITION).nonzero().tolist():
+        expected[b, i, batch.relevant_positions[b, i, slot]] = True
+    assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_render_names_scored_positions(name):
+    task = toy_tasks.get(name)
+    text = task.render(sample(name, 0, batch_size=2), index=1)
+    assert isinstance(text, str) and len(text.splitlines()) >= 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trips_through_dict(name):
+    task = toy_tasks.get(name)
+    data = task.to_dict()
+    assert data.pop("name") == name
+    assert toy_tasks.get(name, **data) == task
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NAMES)
+def test_samples_on_cuda(name):
+    batch = sample(name, 0, device="cuda")
+    assert batch.inputs.is_cuda and batch.relevant_positions.is_cuda
+    assert batch.to("cpu").inputs.device.type == "cpu"
+
+
+def test_checks_name_the_parameter_and_range():
+    with pytest.raises(ValueError, match=r"n_pairs must be in \[1, 10\], got 11"):
+        check_int("n_pairs", 11, 1, 10)
+    with pytest.raises(ValueError, match="n_pairs must be an integer"):
+        check_int("n_pairs", 2.5, 1)
+    with pytest.raises(ValueError, match=r"noise must be in \[0, inf\]"):
+        check_float("noise", -0.1, 0)
+    with pytest.raises(ValueError, match="noise must be a number"):
+        check_float("noise", float("nan"), 0)
+
+
+def test_random_permutations_are_permutations():
+    perms = random_permutations(16, 9, torch.Generator().manual_seed(0))
+    assert torch.equal(perms.sort(dim=1).values, torch.arange(9).expand(16, 9))
