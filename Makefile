@@ -13,6 +13,7 @@ demo: $(VENV)/.installed-base
 	$(BIN)/workbench demo
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-dev
