@@ -1,0 +1,236 @@
+"""GPU benchmark of the kernels backend against SDPA and FlexAttention.
+
+For every sequence length and layout it times, with the median of CUDA-event timings:
+SDPA causal (dense baseline), FlexAttention with the same block layout (compiled), and ours
+(`kernels.api.sparse_attention`, impl="triton"), forward and forward+backward; then the row-statistics
+kernel (with its peak memory) and the block-scoring kernels. "ideal" is density x SDPA causal time,
+density being the fraction of causal 128 x 128 blocks a layout keeps.
+
+    python bench/attention.py --lengths 4096 16384 65536 --out bench/results/attention.json
+
+Correctness is checked before timing (ours vs FlexAttention on the same layout, relative error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from kernels import api
+from kernels.layout import Layout, causal_block_mask, num_blocks
+from kernels.reference import select_cumulative_blocks
+
+BLOCK = 128
+compiled_flex = torch.compile(flex_attention, dynamic=False)
+
+
+def median_ms(function: Callable[[], object]) -> float:
+    return triton.testing.do_bench(function, warmup=50, rep=300, return_mode="median")
+
+
+# ---------------------------------------------------------------------------- layouts
+def causal_blocks(n: int) -> torch.Tensor:
+    return causal_block_mask(n, n, BLOCK, BLOCK).cuda()[None, None]
+
+
+def random_blocks(n: int, heads: int, density: float, seed: int = 0) -> torch.Tensor:
+    """Keep the diagonal and a random ``density`` fraction of the causal blocks (per head)."""
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    nb = num_blocks(n, BLOCK)
+    keep = torch.rand(1, heads, nb, nb, device="cuda", generator=generator) < density
+    return (keep | torch.eye(nb, dtype=torch.bool, device="cuda")) & causal_blocks(n)
+
+
+def sink_window_blocks(n: int, sink_blocks: int = 1, window_blocks: int = 8) -> torch.Tensor:
+    nb = num_blocks(n, BLOCK)
+    rows = torch.arange(nb, device="cuda")[:, None]
+    cols = torch.arange(nb, device="cuda")[None, :]
+    keep = (cols < sink_blocks) | ((rows - cols >= 0) & (rows - cols < window_blocks))
+    return keep[None, None]
+
+
+def top_p_blocks(q: torch.Tensor, k: torch.Tensor, tau: float = 0.9) -> torch.Tensor:
+    """XAttention-style selection from antidiagonal scores of the benchmark's own inputs."""
+    scores = api.block_scores(
+        q, k, method="antidiagonal", block_q=BLOCK, block_k=BLOCK, stride=16, causal=True
+    )
+    return select_cumulative_blocks(scores, tau)
+
+
+def realistic_qkv(n: int, heads: int, d: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """bf16 q, k, v with structure (a few heavy "sink" keys, local smoothness) so that score-based
+    selections are not uniform."""
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+
+    def draw() -> torch.Tensor:
+        return torch.randn(1, heads, n, d, device="cuda", generator=generator)
+
+    q, k, v = draw(), draw(), draw()
+    drift = torch.cumsum(draw() * 0.05, dim=2)  # slowly varying component: local attention
+    q, k = q + drift, k + drift
+    k[:, :, :4] *= 4.0  # sink tokens
+    return tuple(t.to(torch.bfloat16).contiguous() for t in (q, k, v))
+
+
+# ---------------------------------------------------------------------------- runners
+def flex_block_mask(layout: Layout, n: int, heads: int) -> BlockMask:
+    blocks = layout.block_mask().expand(1, heads, -1, -1)
+    diagonal = torch.eye(blocks.shape[-1], dtype=torch.bool, device="cuda")
+    partial = blocks & diagonal
+    full = blocks & ~diagonal
+
+    def ordered(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = mask.sum(-1, dtype=torch.int32)
+        indices = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+        return counts.contiguous(), indices.contiguous()
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    return BlockMask.from_kv_blocks(
+        *ordered(partial), *ordered(full), BLOCK_SIZE=BLOCK, mask_mod=causal, seq_lengths=(n, n)
+    )
+
+
+def time_pair(forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> dict:
+    fwd = median_ms(forward)
+    grad = torch.randn_like(inputs[0])
+
+    def forward_backward() -> None:
+        out = forward()
+        torch.autograd.grad(out, inputs, grad)
+
+    return {"fwd_ms": fwd, "fwd_bwd_ms": median_ms(forward_backward)}
+
+
+def bench_layout(
+    inputs: tuple[torch.Tensor, ...], blocks: torch.Tensor, sdpa: dict, causal_total: int
+) -> dict:
+    """Ours vs FlexAttention on one causal block layout; times relative to the ideal."""
+    n, heads = inputs[0].shape[2], inputs[0].shape[1]
+    layout = Layout.from_block_mask(blocks, n, n, block_q=BLOCK, block_k=BLOCK, causal=True)
+    density = layout.block_mask().sum().item() / (causal_total * layout.heads)
+    block_mask = flex_block_mask(layout, n, heads)
+
+    def ours() -> torch.Tensor:
+        return api.sparse_attention(*inputs, layout, impl="triton")
+
+    def flex() -> torch.Tensor:
+        return compiled_flex(*inputs, block_mask=block_mask)
+
+    with torch.no_grad():
+        expected = flex().float()
+        error = ((ours().float() - expected).norm() / expected.norm()).item()
+    entry = {
+        "density_of_causal": density,
+        "rel_error_vs_flex": error,
+        "ours": time_pair(ours, inputs),
+        "flex": time_pair(flex, inputs),
+    }
+    for key in ("fwd_ms", "fwd_bwd_ms"):
+        ideal = density * sdpa[key]
+        for impl in ("ours", "flex"):
+            entry[impl][f"{key}_over_ideal"] = entry[impl][key] / ideal
+    entry["speedup_vs_flex_fwd"] = entry["flex"]["fwd_ms"] / entry["ours"]["fwd_ms"]
+    entry["speedup_vs_flex_fwd_bwd"] = entry["flex"]["fwd_bwd_ms"] / entry["ours"]["fwd_bwd_ms"]
+    return entry
+
+
+def bench_length(n: int, heads: int, d: int) -> dict:
+    q, k, v = realistic_qkv(n, heads, d)
+    inputs = tuple(t.detach().requires_grad_(True) for t in (q, k, v))
+    sdpa = time_pair(
+        lambda: torch.nn.functional.scaled_dot_product_attention(*inputs, is_causal=True), inputs
+    )
+    causal_total = causal_blocks(n).sum().item()
+    layouts = {
+        "causal_dense": causal_blocks(n),
+        "random_10pct": random_blocks(n, heads, 0.1),
+        "sink_window": sink_window_blocks(n),
+        "top_p_xattention": top_p_blocks(q, k),
+    }
+    result = {"n": n, "sdpa_causal": sdpa, "layouts": {}}
+    for name, blocks in layouts.items():
+        entry = bench_layout(inputs, blocks, sdpa, causal_total)
+        result["layouts"][name] = entry
+        print(
+            f"N={n:6d} {name:18s} density {entry['density_of_causal']:.3f}  "
+            f"ours {entry['ours']['fwd_ms']:8.3f} ms  flex {entry['flex']['fwd_ms']:8.3f} ms  "
+            f"ideal {entry['density_of_causal'] * sdpa['fwd_ms']:8.3f} ms  "
+            f"err {entry['rel_error_vs_flex']:.1e}",
+            flush=True,
+        )
+    result["row_stats"] = bench_row_stats(q, k, sdpa["fwd_ms"])
+    result["block_scores"] = {
+        method: median_ms(
+            lambda m=method: api.block_scores(
+                q, k, method=m, block_q=BLOCK, block_k=BLOCK, stride=16, causal=True, impl="triton"
+            )
+        )
+        for method in ("mean_pooled", "antidiagonal")
+    }
+    return result
+
+
+def bench_row_stats(q: torch.Tensor, k: torch.Tensor, sdpa_fwd_ms: float) -> dict:
+    n = q.shape[2]
+
+    def stats() -> object:
+        return api.row_stats(q, k, causal=True, ps=(0.5, 0.9, 0.95, 0.99), impl="triton")
+
+    stats()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    stats()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    elapsed = median_ms(stats)
+    return {
+        "ms": elapsed,
+        "over_sdpa_fwd": elapsed / sdpa_fwd_ms,
+        "peak_extra_bytes": extra,
+        "n_x_n_fp32_bytes_one_head": n * n * 4,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--d-head", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/attention.json"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU")
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(),
+        "dtype": "bfloat16",
+        "batch": 1,
+        "heads": args.heads,
+        "d_head": args.d_head,
+        "block": BLOCK,
+        "lengths": [],
+    }
+    for n in args.lengths:
+        results["lengths"].append(bench_length(n, args.heads, args.d_head))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Public entry points of the backend. Each takes ``impl``:
+
+* ``"reference"``: the readable torch oracle (`kernels.reference`), any device.
+* ``"triton"``: the Triton kernels; needs CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1``
+  set before triton is first imported. If they cannot run, a ``RuntimeError`` says why: there is
+  no silent fallback.
+* ``"auto"``: triton for CUDA tensors when triton is importable, reference otherwise; the choice is
+  logged at debug level (logger ``kernels.api``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from typing import Literal
+
+import torch
+
+from kernels import reference
+from kernels.layout import Layout
+from kernels.reference import RowStats
+
+logger = logging.getLogger(__name__)
+
+Impl = Literal["auto", "triton", "reference"]
+IMPLS = ("auto", "triton", "reference")
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_unavailable_reason(tensors: tuple[torch.Tensor, ...]) -> str | None:
+    """Why the Triton kernels cannot run on ``tensors`` (None when they can)."""
+    if not triton_importable():
+        return "triton is not installed (it is available on Linux x86_64)"
+    devices = {tensor.device.type for tensor in tensors}
+    if devices == {"cuda"}:
+        return None
+    if devices == {"cpu"} and interpret_mode():
+        return None
+    if len(devices) > 1:
+        return f"the inputs are on several devices ({sorted(devices)})"
+    return (
+        f"the inputs are on {devices.pop()}; the Triton kernels need CUDA tensors "
+        "(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)"
+    )
+
+
+def resolve_impl(
+    impl: str, function: str, *tensors: torch.Tensor
+) -> Literal["triton", "reference"]:
+    """Turn ``impl`` into the implementation that runs, raising when ``"triton"`` cannot."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference":
+        return "reference"
+    reason = triton_unavailable_reason(tensors)
+    if impl == "triton":
+        if reason is not None:
+            raise RuntimeError(f"{function}(impl='triton') cannot run: {reason}")
+        return "triton"
+    chosen = "triton" if reason is None and tensors[0].is_cuda else "reference"
+    logger.debug("%s(impl='auto') uses %s (%s)", function, chosen, reason or "CUDA tensors")
+    return chosen
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    *,
+    scale: float | None = None,
+    return_lse: bool = False,
+    impl: Impl = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``q`` over the keys ``layout`` keeps; differentiable in q, k and v.
+
+    Args:
+        q: ``[batch, heads, q_len, d_head]``.
+        k, v: ``[batch, kv_heads, kv_len, d_head]`` with ``heads % kv_heads == 0`` (GQA).
+        layout: a `Layout` for (q_len, kv_len); batch/heads 1 or matching q.
+        scale: score scale, default ``1 / sqrt(d_head)``.
+        return_lse: also return the row logsumexp ``[batch, heads, q_len]`` float32 (-inf for rows
+            that keep no key; their output is 0).
+
+    Returns:
+        ``out`` ``[batch, heads, q_len, d_head]`` in q's dtype (and ``lse`` if asked).
+    """
+    reference.check_attention_inputs(q, k, v, layout)
+    scale = reference.default_scale(q.shape[-1]) if scale is None else float(scale)
+    if resolve_impl(impl, "sparse_attention", q, k, v) == "reference":
+        out, lse = reference.attention(q, k, v, layout, scale=scale)
+    else:
+        from kernels.triton.autograd import triton_sparse_attention
+
+        out, lse = triton_sparse_attention(q, k, v, layout, scale)
+    return (out, lse) if return_lse else out
+
+
+def row_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+    ps: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99),
+    selection: Layout | None = None,
+    relevant_positions: torch.Tensor | None = None,
+    impl: Impl = "auto",
+) -> RowStats:
+    """Per-row statistics of the dense (optionally causal) attention of ``q`` over ``k`` without
+    materialising the score matrix (triton): logsumexp, max score, entropy, top-p budgets for every
+    mass in ``ps``, the mass inside ``selection`` and on ``relevant_positions``
+    (``[batch, q_len, R]`` or ``[batch, heads, q_len, R]``, -1 padded). See `RowStats`."""
+    reference.check_ps(tuple(ps))
+    scale = reference.default_scale(q.shape[-1]) if scale is None else float(scale)
+    arguments = dict(
+        scale=scale,
+        causal=causal,
+        ps=tuple(ps),
+        selection=selection,
+        relevant_positions=relevant_positions,
+    )
+    if resolve_impl(impl, "row_stats", q, k) == "reference":
+        return reference.row_stats(q, k, **arguments)
+    from kernels.triton.row_stats import row_stats as triton_row_stats
+
+    return triton_row_stats(q, k, **arguments)
+
+
+def block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    method: Literal["mean_pooled", "antidiagonal"] = "mean_pooled",
+    block_q: int = 64,
+    block_k: int = 64,
+    stride: int = 8,
+    scale: float | None = None,
+    causal: bool = False,
+    impl: Impl = "auto",
+) -> torch.Tensor:
+    """Block-level importance scores ``[batch, heads, n_q_blocks, n_kv_blocks]`` float32 used to
+    select blocks (see `kernels.reference.mean_pooled_block_scores` and
+    `kernels.reference.antidiagonal_block_scores`; the antidiagonal method needs
+    ``block_q == block_k`` and ``stride`` dividing it)."""
+    if method not in ("mean_pooled", "antidiagonal"):
+        raise ValueError(f"method must be 'mean_pooled' or 'antidiagonal', got {method!r}")
+    if method == "antidiagonal" and block_q != block_k:
+        raise ValueError(
+            f"the antidiagonal method needs block_q == block_k, got {block_q}, {block_k}"
+        )
+    scale = reference.default_scale(q.shape[-1]) if scale is None else float(scale)
+    use = resolve_impl(impl, "block_scores", q, k)
+    if use == "reference":
+        module = reference
+    else:
+        from kernels.triton import block_scores as module
+    if method == "mean_pooled":
+        return module.mean_pooled_block_scores(
+            q, k, block_q=block_q, block_k=block_k, scale=scale, causal=causal
+        )
+    return module.antidiagonal_block_scores(
+        q, k, block=block_q, stride=stride, scale=scale, causal=causal
+    )

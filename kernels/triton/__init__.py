@@ -1,0 +1,1 @@
+"""Triton kernels of the backend (imported lazily by `kernels.api`; this package imports nothing)."""

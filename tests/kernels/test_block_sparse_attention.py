@@ -1,0 +1,308 @@
+"""Block-sparse flash attention (Triton forward, backward and custom op) against the float64
+reference oracle.
+
+On CPU the kernels run in Triton's interpreter (conftest sets ``TRITON_INTERPRET=1``); with
+``TRITON_INTERPRET=0`` on a CUDA machine the same tests run on the GPU. Every output buffer the
+kernels allocate is poisoned with NaN, so an element a kernel forgets to write fails the test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernels import api, reference
+from kernels.layout import Layout, num_blocks
+from kernels.triton import autograd, block_sparse_attention
+
+DEVICE = "cpu" if api.interpret_mode() else "cuda"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cuda" and not torch.cuda.is_available(),
+    reason="needs TRITON_INTERPRET=1 or a CUDA device",
+)
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+LSE_TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fill every buffer the kernels allocate with NaN before they run."""
+    allocate = block_sparse_attention._empty
+
+    def poisoned(*args, **kwargs) -> torch.Tensor:
+        return allocate(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(block_sparse_attention, "_empty", poisoned)
+
+
+# ---------------------------------------------------------------------------- helpers
+def random_qkv(
+    seed: int,
+    shape: tuple[int, int, int, int, int, int],
+    dtype: torch.dtype = torch.float32,
+    device: str = DEVICE,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded ``q [batch, heads, q_len, d]``, ``k, v [batch, kv_heads, kv_len, d]`` for
+    ``shape = (batch, heads, kv_heads, q_len, kv_len, d_head)``."""
+    batch, heads, kv_heads, q_len, kv_len, d_head = shape
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, q_len, d_head, generator=generator)
+    k = torch.randn(batch, kv_heads, kv_len, d_head, generator=generator)
+    v = torch.randn(batch, kv_heads, kv_len, d_head, generator=generator)
+    return tuple(x.to(device, dtype) for x in (q, k, v))
+
+
+def random_layout(
+    seed: int,
+    batch: int,
+    heads: int,
+    q_len: int,
+    kv_len: int,
+    *,
+    block_q: int,
+    block_k: int,
+    causal: bool = False,
+    density: float = 0.5,
+    device: str = DEVICE,
+    **token_fields: torch.Tensor,
+) -> Layout:
+    """Random block layout whose first query block lists no key block (an empty row) and whose
+    last lists every one (a full row)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, heads, num_blocks(q_len, block_q), num_blocks(kv_len, block_k))
+    mask = torch.rand(shape, generator=generator) < density
+    mask[:, :, 0] = False
+    mask[:, :, -1] = True
+    return Layout.from_block_mask(
+        mask.to(device),
+        q_len,
+        kv_len,
+        block_q=block_q,
+        block_k=block_k,
+        causal=causal,
+        **token_fields,
+    )
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected|| / ||expected||``; ``actual`` must be finite everywhere."""
+    assert torch.isfinite(actual).all(), "NaN or inf in a kernel output"
+    difference = (actual.double() - expected.double()).norm()
+    return (difference / expected.double().norm().clamp(min=1e-30)).item()
+
+
+def check_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    scale: float | None = None,
+    *,
+    seed: int = 0,
+) -> None:
+    """Forward (out, lse) and backward (dq, dk, dv) through the custom op against autograd
+    through the float64 reference."""
+    tolerance = TOLERANCE[q.dtype]
+    inputs = [x.detach().requires_grad_() for x in (q, k, v)]
+    out, lse = api.sparse_attention(*inputs, layout, scale=scale, return_lse=True, impl="triton")
+    generator = torch.Generator().manual_seed(seed)
+    grad_out = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
+    out.backward(grad_out)
+
+    exact = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    expected_out, expected_lse = reference.attention(
+        *exact, layout, scale=scale, compute_dtype=torch.float64
+    )
+    expected_out.backward(grad_out.double())
+
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert relative_error(out, expected_out) < tolerance
+    assert lse.dtype == torch.float32
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(expected_lse))
+    finite = torch.isfinite(expected_lse)
+    assert not torch.isnan(lse).any()
+    if finite.any():
+        assert (lse[finite] - expected_lse[finite]).abs().max() < LSE_TOLERANCE
+    for actual, reference_input in zip(inputs, exact, strict=True):
+        assert actual.grad.dtype == q.dtype and actual.grad.shape == actual.shape
+        assert relative_error(actual.grad, reference_input.grad) < tolerance
+
+
+def midpoint_thresholds(q: torch.Tensor, k: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+    """Per-row thresholds halfway between two neighbouring scaled scores (no entry lies near a
+    threshold, so rounding cannot flip a decision); a few rows get +inf (keep nothing) and -inf
+    (keep everything). ``[batch, heads, q_len]`` float32."""
+    scores = reference.scaled_scores(q, k, scale, torch.float64).sort(dim=-1).values
+    generator = torch.Generator().manual_seed(seed)
+    rank = torch.randint(0, scores.shape[-1] - 1, scores.shape[:3], generator=generator)
+    rank = rank.to(scores.device).unsqueeze(-1)
+    threshold = (scores.gather(-1, rank) + scores.gather(-1, rank + 1)).squeeze(-1) / 2
+    threshold[..., 3] = float("inf")
+    threshold[..., 5] = float("-inf")
+    return threshold.float()
+
+
+# ---------------------------------------------------------------------------- forward + backward
+# (batch, heads, kv_heads, q_len, kv_len, d_head), block_q, block_k, causal, dtype, shared: one
+# layout for every batch element and head (batch and head dims 1)
+CASES = [
+    pytest.param((2, 2, 2, 128, 120, 64), 32, 32, False, torch.float32, False, id="fp32"),
+    pytest.param(
+        (1, 2, 2, 100, 100, 32), 32, 64, True, torch.float32, False, id="causal-partial-blocks"
+    ),
+    pytest.param((1, 2, 1, 40, 150, 64), 16, 32, True, torch.float32, True, id="decode-gqa"),
+    pytest.param((1, 2, 2, 96, 50, 32), 32, 16, True, torch.float32, False, id="q-longer-than-kv"),
+    pytest.param((1, 2, 2, 200, 460, 64), 64, 128, True, torch.float32, True, id="large-blocks"),
+    pytest.param((2, 4, 2, 80, 112, 48), 16, 32, True, torch.float16, False, id="fp16-gqa-d48"),
+    pytest.param((1, 2, 2, 64, 100, 128), 64, 32, False, torch.float16, True, id="fp16-d128"),
+]
+
+
+@pytest.mark.parametrize(("shape", "block_q", "block_k", "causal", "dtype", "shared"), CASES)
+def test_matches_reference(shape, block_q, block_k, causal, dtype, shared):
+    q, k, v = random_qkv(1, shape, dtype)
+    batch, heads, _, q_len, kv_len, _ = shape
+    layout = random_layout(
+        2,
+        *((1, 1) if shared else (batch, heads)),
+        q_len,
+        kv_len,
+        block_q=block_q,
+        block_k=block_k,
+        causal=causal,
+    )
+    check_attention(q, k, v, layout, scale=0.3)
+
+
+def test_broadcast_layout_with_token_mask():
+    """One layout for every batch element (batch dim 1), a per-head token mask, causal, GQA."""
+    q, k, v = random_qkv(3, (2, 4, 2, 72, 72, 32))
+    generator = torch.Generator().manual_seed(4)
+    token_mask = (torch.rand(1, 4, 72, 72, generator=generator) < 0.6).to(DEVICE)
+    layout = random_layout(
+        5, 1, 4, 72, 72, block_q=32, block_k=16, causal=True, token_mask=token_mask
+    )
+    check_attention(q, k, v, layout)
+
+
+def test_row_threshold():
+    """Token-level selection by a per-row score threshold."""
+    q, k, v = random_qkv(6, (2, 2, 2, 64, 90, 32))
+    threshold = midpoint_thresholds(q, k, 0.25, seed=7)
+    layout = random_layout(
+        8, 2, 2, 64, 90, block_q=16, block_k=32, density=0.7, row_threshold=threshold
+    )
+    check_attention(q, k, v, layout, scale=0.25)
+
+
+def test_non_contiguous_inputs():
+    """q, k, v as transposed views of ``[batch, len, heads, d]`` tensors and a strided dO."""
+    batch, heads, q_len, kv_len, d_head = 1, 2, 48, 80, 32
+    generator = torch.Generator().manual_seed(9)
+    q = torch.randn(batch, q_len, heads, d_head, generator=generator).to(DEVICE).transpose(1, 2)
+    k = torch.randn(batch, kv_len, heads, d_head, generator=generator).to(DEVICE).transpose(1, 2)
+    v = torch.randn(batch, kv_len, heads, d_head, generator=generator).to(DEVICE).transpose(1, 2)
+    assert not q.is_contiguous()
+    layout = random_layout(10, batch, heads, q_len, kv_len, block_q=16, block_k=16, causal=True)
+    check_attention(q, k, v, layout)
+
+
+def test_empty_layout_gives_zeros_and_no_nan():
+    q, k, v = random_qkv(11, (1, 2, 2, 40, 40, 16))
+    counts = torch.zeros(1, 1, 3, dtype=torch.int32, device=DEVICE)
+    indices = torch.zeros(1, 1, 3, 1, dtype=torch.int32, device=DEVICE)
+    layout = Layout(indices, counts, q_len=40, kv_len=40, block_q=16, block_k=16)
+    inputs = [x.requires_grad_() for x in (q, k, v)]
+    out, lse = api.sparse_attention(*inputs, layout, return_lse=True, impl="triton")
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isneginf(lse).all()
+    for x in inputs:
+        assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+# ---------------------------------------------------------------------------- op and API plumbing
+def test_lse_has_no_gradient():
+    q, k, v = random_qkv(12, (1, 1, 1, 32, 32, 16))
+    layout = Layout.dense(32, 32, block_q=16, block_k=16, device=DEVICE)
+    out, lse = autograd.triton_sparse_attention(q.requires_grad_(), k, v, layout, 0.25)
+    assert out.requires_grad and not lse.requires_grad
+
+
+def test_opcheck():
+    q, k, v = random_qkv(13, (1, 2, 1, 24, 40, 16))
+    layout = random_layout(14, 1, 2, 24, 40, block_q=16, block_k=16, causal=True, density=0.8)
+    arguments = (
+        q.requires_grad_(),
+        k.requires_grad_(),
+        v.requires_grad_(),
+        layout.kv_indices,
+        layout.kv_counts,
+        None,
+        None,
+        layout.block_q,
+        layout.block_k,
+        layout.causal,
+        0.25,
+    )
+    torch.library.opcheck(autograd.block_sparse_attention, arguments)
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(api, "interpret_mode", lambda: False)
+    q, k, v = random_qkv(15, (1, 1, 1, 16, 16, 16), device="cpu")
+    layout = Layout.dense(16, 16, block_q=16, block_k=16)
+    with pytest.raises(RuntimeError, match="impl='triton'"):
+        api.sparse_attention(q, k, v, layout, impl="triton")
+
+
+def test_importing_the_api_does_not_import_triton():
+    code = "import sys, kernels.api; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or api.interpret_mode(),
+    reason="needs a CUDA device and TRITON_INTERPRET=0",
+)
+class TestOnGPU:
+    @pytest.mark.parametrize(("block_q", "block_k", "causal"), [(64, 64, True), (128, 64, False)])
+    def test_bf16_long(self, block_q, block_k, causal):
+        shape = (1, 4, 2, 1024, 1024, 128)
+        q, k, v = random_qkv(20, shape, torch.bfloat16, "cuda")
+        layout = random_layout(
+            21,
+            1,
+            4,
+            1024,
+            1024,
+            block_q=block_q,
+            block_k=block_k,
+            causal=causal,
+            density=0.4,
+            device="cuda",
+        )
+        check_attention(q, k, v, layout)
+
+    def test_bf16_token_fields(self):
+        q, k, v = random_qkv(22, (2, 2, 2, 512, 1024, 64), torch.bfloat16, "cuda")
+        threshold = midpoint_thresholds(q, k, 0.125, seed=23)
+        layout = random_layout(
+            24,
+            2,
+            2,
+            512,
+            1024,
+            block_q=128,
+            block_k=128,
+            causal=True,
+            density=0.6,
+            device="cuda",
+            row_threshold=threshold,
+        )
+        check_attention(q, k, v, layout)

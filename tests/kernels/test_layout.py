@@ -1,0 +1,158 @@
+"""Layout constructors, views and validation."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.layout import Layout, causal_block_mask, causal_token_mask, num_blocks, pool_to_blocks
+
+
+def random_block_mask(seed, batch, heads, q_len, kv_len, block_q, block_k, density=0.4):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, heads, num_blocks(q_len, block_q), num_blocks(kv_len, block_k))
+    return torch.rand(shape, generator=generator) < density
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    q_len=st.integers(1, 150),
+    kv_len=st.integers(1, 150),
+    block_q=st.sampled_from([16, 32, 64]),
+    block_k=st.sampled_from([16, 32, 64]),
+    causal=st.booleans(),
+    density=st.floats(0.0, 1.0),
+)
+def test_block_mask_round_trip(seed, q_len, kv_len, block_q, block_k, causal, density):
+    mask = random_block_mask(seed, 2, 3, q_len, kv_len, block_q, block_k, density)
+    layout = Layout.from_block_mask(
+        mask, q_len, kv_len, block_q=block_q, block_k=block_k, causal=causal
+    )
+    expected = mask & causal_block_mask(q_len, kv_len, block_q, block_k) if causal else mask
+    assert torch.equal(layout.block_mask(), expected)
+    assert torch.equal(layout.kv_counts, expected.sum(-1).to(torch.int32))
+    # Token level: block membership, then the causal rule.
+    dense = layout.to_dense()
+    brute = torch.zeros(2, 3, q_len, kv_len, dtype=torch.bool)
+    for i in range(q_len):
+        for j in range(kv_len):
+            brute[:, :, i, j] = expected[:, :, i // block_q, j // block_k]
+            if causal and j > i + kv_len - q_len:
+                brute[:, :, i, j] = False
+    assert torch.equal(dense, brute)
+    # Transposed view lists, per key block, the query blocks that select it.
+    q_indices, q_counts = layout.transpose()
+    assert torch.equal(q_counts, expected.sum(-2).to(torch.int32))
+    for b, h, col in [(0, 0, 0), (1, 2, expected.shape[-1] - 1)]:
+        listed = q_indices[b, h, col, : q_counts[b, h, col]].tolist()
+        assert listed == expected[b, h, :, col].nonzero().flatten().tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    q_len=st.integers(1, 100),
+    kv_len=st.integers(1, 100),
+    block=st.sampled_from([16, 32]),
+)
+def test_token_mask_constructor_keeps_exact_entries(seed, q_len, kv_len, block):
+    generator = torch.Generator().manual_seed(seed)
+    token_mask = torch.rand(1, 2, q_len, kv_len, generator=generator) < 0.1
+    layout = Layout.from_token_mask(token_mask, block_q=block, block_k=block)
+    assert torch.equal(layout.to_dense(), token_mask)
+    assert torch.equal(layout.block_mask(), pool_to_blocks(token_mask, block, block))
+    coarse = Layout.from_token_mask(token_mask, block_q=block, block_k=block, keep_token_mask=False)
+    assert (coarse.to_dense() | ~token_mask).all(), "whole blocks cover every kept entry"
+
+
+def test_dense_and_causal_density():
+    assert Layout.dense(256, 256).block_density() == 1.0
+    causal = Layout.dense(256, 256, block_q=16, block_k=16, causal=True)
+    assert causal.block_density() == pytest.approx((16 * 17 / 2) / 256)
+    assert torch.equal(causal.to_dense()[0, 0], causal_token_mask(256, 256, "cpu"))
+
+
+def test_decoding_causal_is_end_aligned():
+    layout = Layout.dense(1, 100, block_q=16, block_k=16, causal=True)
+    assert layout.to_dense()[0, 0, 0].all(), "a single decoding query sees the whole prefix"
+    mask = causal_token_mask(3, 5, "cpu")
+    assert mask.tolist() == [
+        [True, True, True, False, False],
+        [True, True, True, True, False],
+        [True, True, True, True, True],
+    ]
+
+
+def test_row_threshold_layout_needs_scores():
+    scores = torch.randn(1, 1, 40, 40)
+    threshold = scores.topk(3, dim=-1).values[..., -1]
+    layout = Layout.from_row_threshold(scores, threshold, block_q=16, block_k=16)
+    dense = layout.to_dense(scores)
+    assert torch.equal(dense.sum(-1), torch.full((1, 1, 40), 3))
+    with pytest.raises(ValueError, match="row_threshold"):
+        layout.to_dense()
+
+
+def test_expand_broadcasts_without_copy():
+    layout = Layout.dense(64, 64).expand(2, 4)
+    assert layout.kv_counts.shape == (2, 4, 1) and layout.kv_counts.stride(0) == 0
+
+
+def make(**changes):
+    fields = dict(
+        kv_indices=torch.tensor([[[[0, 1], [1, 0]]]], dtype=torch.int32),
+        kv_counts=torch.tensor([[[2, 1]]], dtype=torch.int32),
+        q_len=40,
+        kv_len=40,
+        block_q=32,
+        block_k=32,
+    )
+    fields.update(changes)
+    return Layout(**fields)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"block_q": 24}, "block_q must be a power of two"),
+        ({"block_k": 8}, "block_k must be a power of two >= 16"),
+        ({"q_len": 0}, "q_len must be a positive integer"),
+        ({"kv_counts": torch.tensor([[[2, 1]]])}, "must be int32"),
+        (
+            {"kv_counts": torch.tensor([[[2, 1, 0]]], dtype=torch.int32)},
+            "kv_counts must have shape",
+        ),
+        ({"kv_indices": torch.zeros(1, 1, 3, 2, dtype=torch.int32)}, "kv_indices must have shape"),
+        ({"kv_counts": torch.tensor([[[3, 1]]], dtype=torch.int32)}, "kv_counts must lie in"),
+        ({"kv_indices": torch.tensor([[[[0, 2], [1, 0]]]], dtype=torch.int32)}, "out of range"),
+        (
+            {"kv_indices": torch.tensor([[[[1, 0], [1, 0]]]], dtype=torch.int32)},
+            "strictly increasing",
+        ),
+        (
+            {"kv_indices": torch.tensor([[[[1, 1], [1, 0]]]], dtype=torch.int32)},
+            "strictly increasing",
+        ),
+        ({"token_mask": torch.ones(1, 1, 40, 41, dtype=torch.bool)}, "token_mask must have shape"),
+        ({"token_mask": torch.ones(1, 1, 40, 40)}, "token_mask must be a 4-d bool"),
+        ({"row_threshold": torch.zeros(1, 1, 39)}, "row_threshold must have shape"),
+        ({"row_threshold": torch.zeros(2, 1, 40)}, "row_threshold must have shape"),
+    ],
+)
+def test_validation_names_the_problem(changes, message):
+    make()  # the unchanged layout is valid
+    with pytest.raises(ValueError, match=message):
+        make(**changes)
+
+
+def test_padding_entries_past_the_count_are_ignored():
+    layout = make(kv_indices=torch.tensor([[[[0, 1], [1, 1]]]], dtype=torch.int32))
+    assert layout.block_mask()[0, 0].tolist() == [[True, True], [False, True]]
+
+
+def test_block_mask_constructor_checks_its_shape():
+    with pytest.raises(ValueError, match="2 x 2 blocks"):
+        Layout.from_block_mask(
+            torch.ones(1, 1, 2, 3, dtype=torch.bool), 40, 40, block_q=32, block_k=32
+        )
