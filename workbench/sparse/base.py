@@ -1,0 +1,151 @@
+"""The `SparseMethod` type: a selection (which keys each query may attend to) plus an optional
+correction of the sparse output.
+
+Every method is a frozen dataclass whose fields are its hyper-parameters (validated on
+construction: a ``ValueError`` names the field and the allowed range) and whose class attributes
+say what it is (``name``, ``description``, ``paper``, ``input_dependent``).
+
+Shapes: ``q: [batch, heads, q_len, d_head]``, ``k, v: [batch, kv_heads, kv_len, d_head]`` with
+``heads % kv_heads == 0``. Causal masks are end-aligned as in `kernels.layout` (key ``j`` is visible to
+query ``i`` iff ``j <= i + kv_len - q_len``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+from kernels.layout import Layout, causal_token_mask
+from kernels.reference import default_scale, scaled_scores
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SparseMethod(ABC):
+    """A named sparse-attention method (see the module docstring)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    paper: ClassVar[str]
+    input_dependent: ClassVar[bool]
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # noqa: B027 (optional hook: methods without constraints)
+        """Raise ``ValueError`` naming the first hyper-parameter out of its range."""
+
+    @abstractmethod
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        """The keys each query may attend to, as a `Layout` with ``block_q = block_k =
+        block_size``. Input-agnostic methods use only the shapes and the device of ``q`` / ``k``."""
+
+    def correct(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        out_sparse: torch.Tensor,
+        layout: Layout,
+        *,
+        causal: bool,
+        scale: float | None = None,
+    ) -> torch.Tensor:
+        """Fix the sparse output ``[batch, heads, q_len, d_head]`` afterwards (default: as is)."""
+        return out_sparse
+
+    def hyper_parameters(self) -> dict[str, Any]:
+        """The hyper-parameters as a dict (nested methods by their own dicts)."""
+        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+
+def as_method(value: SparseMethod | str) -> SparseMethod:
+    """``value`` itself, or the registered method of that name with default hyper-parameters."""
+    if isinstance(value, str):
+        from workbench.sparse import get
+
+        return get(value)
+    if not isinstance(value, SparseMethod):
+        raise ValueError(f"base must be a SparseMethod or a registered name, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SparseMethod):
+        return {"name": value.name, **value.hyper_parameters()}
+    return value
+
+
+# ---------------------------------------------------------------------------- validation helpers
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """``ValueError`` unless ``value`` is an int in ``[low, high]`` (no upper bound if None)."""
+    upper = "inf" if high is None else str(high)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        raise ValueError(f"{name} must be an integer in [{low}, {upper}], got {value!r}")
+
+
+def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """``ValueError`` unless ``value`` is a float in ``(0, 1]`` (``[0, 1]`` with ``allow_zero``)."""
+    low_ok = (value >= 0.0) if allow_zero else (value > 0.0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        low_ok = False
+    if not low_ok or value > 1.0:
+        bracket = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must lie in {bracket}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- shared selection steps
+def scores_for(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Scaled float32 scores ``[batch, heads, q_len, kv_len]`` (materialised: fine for the
+    reference path and short inputs; long inputs need the kernels' streaming statistics)."""
+    return scaled_scores(q, k, default_scale(q.shape[-1]) if scale is None else scale)
+
+
+def visible(q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``[q_len, kv_len]`` bool: the entries a dense (optionally causal) attention sees."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    if causal:
+        return causal_token_mask(q_len, kv_len, q.device)
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device)
+
+
+def distances(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """``[q_len, kv_len]`` int64 end-aligned distance ``(i + kv_len - q_len) - j`` of key ``j`` behind
+    query ``i`` (0 on the diagonal, negative for future keys)."""
+    rows = torch.arange(q_len, device=device).unsqueeze(1) + (kv_len - q_len)
+    return rows - torch.arange(kv_len, device=device).unsqueeze(0)
+
+
+def token_layout(mask: torch.Tensor, *, causal: bool, block_size: int) -> Layout:
+    """Layout keeping exactly the True entries of ``mask`` (``[q_len, kv_len]`` shared by every batch
+    element and head, or ``[batch|1, heads|1, q_len, kv_len]``), intersected with the causal mask."""
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    if causal:
+        mask = mask & causal_token_mask(*mask.shape[2:], mask.device)
+    return Layout.from_token_mask(mask, block_q=block_size, block_k=block_size, causal=causal)
+
+
+def block_layout(
+    block_mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, *, causal: bool, block_size: int
+) -> Layout:
+    """Layout of a ``[batch|1, heads|1, n_q_blocks, n_kv_blocks]`` bool block mask for q and k."""
+    return Layout.from_block_mask(
+        block_mask, q.shape[2], k.shape[2], block_q=block_size, block_k=block_size, causal=causal
+    )

@@ -1,0 +1,67 @@
+"""Block top-k for prefill (MInference's block-sparse mode): score every (query block, key block)
+pair by the mean-pooled query against the mean-pooled key and keep the ``k`` best key blocks of
+every query block (`kernels.api.block_scores(method="mean_pooled")`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels import api
+from kernels.layout import Layout
+from kernels.reference import select_top_k_blocks
+from workbench.sparse.base import SparseMethod, block_layout, check_int
+
+
+@dataclass(frozen=True, eq=False)
+class BlockTopK(SparseMethod):
+    """Keep the ``k`` key blocks with the largest mean-pooled scores per query block."""
+
+    name = "block_top_k"
+    description = "top-k key blocks per query block by mean-pooled q . k (MInference block-sparse)"
+    paper = "MInference 1.0: accelerating pre-filling for long-context LLMs, arXiv 2407.02490"
+    input_dependent = True
+
+    k: int = 4
+
+    def validate(self) -> None:
+        check_int("k", self.k, 1)
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        scores = api.block_scores(
+            q,
+            k,
+            method="mean_pooled",
+            block_q=block_size,
+            block_k=block_size,
+            scale=scale,
+            causal=causal,
+        )
+        return block_layout(
+            select_top_k_blocks(scores, self.k), q, k, causal=causal, block_size=block_size
+        )
+
+
+def block_top_k(k: int = 4) -> BlockTopK:
+    """Mean-pooled block top-k method."""
+    return BlockTopK(k=k)
+
+
+def main() -> None:
+    """Write this method's layout figure (``block_top_k.html``)."""
+    from workbench.viz.methods import write_method_figure
+
+    write_method_figure(block_top_k())
+
+
+if __name__ == "__main__":
+    main()

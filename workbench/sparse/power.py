@@ -1,0 +1,70 @@
+"""PowerAttention: every query keeps the keys at distance 0 and at power-of-two distances
+``1, 2, 4, 8, ...`` behind it, so that stacked layers reach every earlier position in
+``log2(n)`` hops (an exponential receptive field). The paper applies the pattern to blocks and
+adds a local window and sinks; here ``window`` and ``sink`` cover those two and the distances are in
+tokens (``window = 1`` and ``sink = 0`` give the pure power-of-two pattern)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.layout import Layout
+from workbench.sparse.base import SparseMethod, check_int, distances, token_layout
+
+
+def is_power_of_two(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise: ``values`` (int64) is 1, 2, 4, 8, ..."""
+    return (values > 0) & ((values & (values - 1)) == 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Power(SparseMethod):
+    """Keys at power-of-two distances, plus the ``window`` latest keys and the first ``sink`` keys."""
+
+    name = "power"
+    description = "keys at power-of-two distances behind the query (+ window and sinks)"
+    paper = "PowerAttention: exponentially scaling of receptive fields, arXiv 2503.03588"
+    input_dependent = False
+
+    window: int = 1
+    sink: int = 0
+
+    def validate(self) -> None:
+        check_int("window", self.window, 1)
+        check_int("sink", self.sink, 0)
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        distance = distances(q.shape[2], k.shape[2], q.device)
+        keys = torch.arange(k.shape[2], device=q.device).unsqueeze(0)
+        mask = (
+            is_power_of_two(distance)
+            | ((distance >= 0) & (distance < self.window))
+            | (keys < self.sink)
+        )
+        return token_layout(mask, causal=causal, block_size=block_size)
+
+
+def power(window: int = 1, sink: int = 0) -> Power:
+    """PowerAttention pattern (token level)."""
+    return Power(window=window, sink=sink)
+
+
+def main() -> None:
+    """Write this method's layout figure (``power.html``)."""
+    from workbench.viz.methods import write_method_figure
+
+    write_method_figure(power())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Input-agnostic baselines of the semantic-focus paper (code rithram/spartan, ``attn_masks.py``):
+random keys, strided keys, a banded window of exactly ``k`` keys, block-local ``k x k`` blocks,
+the last two optionally with global tokens. One layout is shared by every batch element and head.
+
+Global tokens: spartan appends them as extra tokens at the end of the sequence; here they are the
+first ``global_tokens`` positions (so that causal models can see them). Global rows attend to every
+key and every row attends to the global keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.layout import Layout
+from workbench.sparse.base import SparseMethod, check_int, distances, token_layout, visible
+
+
+def _query_positions(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """``[q_len, 1]`` end-aligned key-axis position of every query."""
+    return torch.arange(q_len, device=device).unsqueeze(1) + (kv_len - q_len)
+
+
+def _with_global_tokens(mask: torch.Tensor, global_tokens: int) -> torch.Tensor:
+    """``mask`` ``[q_len, kv_len]`` plus the global rows and columns (first positions)."""
+    q_len, kv_len = mask.shape
+    keys = torch.arange(kv_len, device=mask.device).unsqueeze(0)
+    queries = _query_positions(q_len, kv_len, mask.device)
+    return mask | (keys < global_tokens) | (queries < global_tokens)
+
+
+@dataclass(frozen=True, eq=False)
+class RandomKeys(SparseMethod):
+    """Every query keeps ``k`` keys drawn uniformly without replacement among the keys it can see
+    (all of them when it sees fewer); fixed by ``seed``."""
+
+    name = "random"
+    description = "k uniformly random visible keys per query (fixed by seed)"
+    paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
+    input_dependent = False
+
+    k: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_int("k", self.k, 1)
+        check_int("seed", self.seed, 0)
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        q_len, kv_len = q.shape[2], k.shape[2]
+        generator = torch.Generator().manual_seed(self.seed)
+        keys = torch.rand(q_len, kv_len, generator=generator).to(q.device)
+        keys = keys.masked_fill(~visible(q, k, causal), -1.0)
+        chosen = keys.topk(min(self.k, kv_len), dim=-1).indices
+        mask = torch.zeros(q_len, kv_len, dtype=torch.bool, device=q.device)
+        mask.scatter_(-1, chosen, True)
+        return token_layout(mask & (keys >= 0), causal=causal, block_size=block_size)
+
+
+@dataclass(frozen=True, eq=False)
+class Strided(SparseMethod):
+    """Every query keeps the keys whose distance behind it is a multiple of ``stride`` (with
+    ``causal=False`` also those ahead of it at such distances)."""
+
+    name = "strided"
+    description = "keys at distances that are multiples of `stride`"
+    paper = "Generating long sequences with sparse transformers, arXiv 1904.10509"
+    input_dependent = False
+
+    stride: int = 8
+
+    def validate(self) -> None:
+        check_int("stride", self.stride, 1)
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        mask = distances(q.shape[2], k.shape[2], q.device).remainder(self.stride) == 0
+        return token_layout(mask, causal=causal, block_size=block_size)
+
+
+@dataclass(frozen=True, eq=False)
+class Banded(SparseMethod):
+    """A window of exactly ``k`` keys per query, as in spartan's ``mask_window``.
+
+    Without ``causal`` the window is ``[i - (k-1)//2, i + k - 1 - (k-1)//2]``, shifted to stay inside
+    the sequence at the edges (so every row keeps exactly ``min(k, kv_len)`` keys). With ``causal`` it
+    is the ``k`` latest keys ``[i - k + 1, i]``; the first rows keep fewer (a causal window cannot
+    shift into the future).
+    """
+
+    name = "banded"
+    description = "window of exactly k keys per query, shifted at the edges (+ global tokens)"
+    paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
+    input_dependent = False
+
+    k: int = 5
+    global_tokens: int = 0
+
+    def validate(self) -> None:
+        check_int("k", self.k, 1)
+        check_int("global_tokens", self.global_tokens, 0)
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        q_len, kv_len = q.shape[2], k.shape[2]
+        position = _query_positions(q_len, kv_len, q.device)
+        if causal:
+            start = position - self.k + 1
+        else:
+            start = torch.clamp(position - (self.k - 1) // 2, min=0)
+            start = torch.clamp(start, max=max(kv_len - self.k, 0))
+        keys = torch.arange(kv_len, device=q.device).unsqueeze(0)
+        mask = (keys >= start) & (keys < start + self.k)
+        mask = _with_global_tokens(mask, self.global_tokens)
+        return token_layout(mask, causal=causal, block_size=block_size)
+
+
+@dataclass(frozen=True, eq=False)
+class BlockLocal(SparseMethod):
+    """Queries attend within ``k x k`` blocks on the (end-aligned) diagonal, as in spartan's
+    ``mask_block_local`` (the last block may be smaller)."""
+
+    name = "block_local"
+    description = "k x k token blocks on the diagonal (+ global tokens)"
+    paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
+    input_dependent = False
+
+    k: int = 5
+    global_tokens: int = 0
+
+    def validate(self) -> None:
+        check_int("k", self.k, 1)
+        check_int("global_tokens", self.global_tokens, 0)
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        q_len, kv_len = q.shape[2], k.shape[2]
+        position = _query_positions(q_len, kv_len, q.device)
+        keys = torch.arange(kv_len, device=q.device).unsqueeze(0)
+        mask = torch.div(keys, self.k, rounding_mode="floor") == torch.div(
+            position, self.k, rounding_mode="floor"
+        )
+        mask = _with_global_tokens(mask, self.global_tokens)
+        return token_layout(mask, causal=causal, block_size=block_size)
+
+
+def random_keys(k: int = 5, seed: int = 0) -> RandomKeys:
+    """Random keys per query (input-agnostic baseline)."""
+    return RandomKeys(k=k, seed=seed)
+
+
+def strided(stride: int = 8) -> Strided:
+    """Strided keys (input-agnostic baseline)."""
+    return Strided(stride=stride)
+
+
+def banded(k: int = 5, global_tokens: int = 0) -> Banded:
+    """Banded window of exactly ``k`` keys (semantic-focus baseline)."""
+    return Banded(k=k, global_tokens=global_tokens)
+
+
+def block_local(k: int = 5, global_tokens: int = 0) -> BlockLocal:
+    """Block-local ``k x k`` blocks (semantic-focus baseline)."""
+    return BlockLocal(k=k, global_tokens=global_tokens)
+
+
+def main() -> None:
+    """Write the layout figures of this module's methods."""
+    from workbench.viz.methods import write_method_figure
+
+    for method in (random_keys(), strided(), banded(), block_local(global_tokens=1)):
+        write_method_figure(method)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Token-level top-k: every query keeps the ``k`` keys with the largest scores (ties at the k-th
+score are all kept; rows with fewer than ``k`` visible keys keep them all)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.layout import Layout
+from kernels.reference import top_k_threshold
+from workbench.sparse.base import SparseMethod, check_int, scores_for, visible
+
+
+@dataclass(frozen=True, eq=False)
+class TopK(SparseMethod):
+    """Keep the ``k`` largest scaled scores of every query row (the semantic-focus paper uses
+    k = 5 or 9). The layout carries ``row_threshold``; selecting materialises the score matrix."""
+
+    name = "top_k"
+    description = "per-query top-k keys by score (token level, row threshold)"
+    paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
+    input_dependent = True
+
+    k: int = 5
+
+    def validate(self) -> None:
+        check_int("k", self.k, 1)
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        scores = scores_for(q, k, scale)
+        threshold = top_k_threshold(scores, self.k, visible(q, k, causal))
+        return Layout.from_row_threshold(
+            scores, threshold, block_q=block_size, block_k=block_size, causal=causal
+        )
+
+
+def top_k(k: int = 5) -> TopK:
+    """Token-level top-k method."""
+    return TopK(k=k)
+
+
+def main() -> None:
+    """Write this method's layout figure (``top_k.html``)."""
+    from workbench.viz.methods import write_method_figure
+
+    write_method_figure(top_k())
+
+
+if __name__ == "__main__":
+    main()
