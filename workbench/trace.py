@@ -1,0 +1,532 @@
+"""Attention tracer: per layer and head, streaming row statistics and (opt-in) full patterns.
+
+``trace(model, inputs, config)`` runs one forward pass and returns a `Trace`;
+``with tracing(model, config) as recorder: model(...)`` does the same around any forward calls
+(``recorder.trace()`` afterwards). Both work on TransformerLens ``HookedTransformer`` /
+``HookedEncoder`` and Hugging Face ``PreTrainedModel`` s, and never change the model's outputs.
+
+* **Statistics** (``stats=True``): the traced layers are routed through
+  `workbench.attention.route_attention` with a core that returns the model's own attention
+  (``call.model_attention()``, so outputs stay bitwise identical) and computes
+  `kernels.api.row_stats` from the call's q and k: entropy (nats), max weight, logsumexp, top-p
+  budgets ``k_p`` for ``ps``, sink mass (mass on the first ``sink_tokens`` real positions) and, when
+  ``relevant_positions`` (``[batch, q_len, R]``, -1 padded, e.g. a toy task's
+  `Batch.relevant_positions`) is given, the mass on them. With the Triton kernels these never
+  materialise N x N. Padded keys (HF ``attention_mask``, TL masks) are excluded: examples with
+  padding are computed one by one on their real tokens (relevant positions are remapped); rows of
+  padded queries hold NaN (budgets 0).
+* **Patterns** (``patterns=True``, opt-in, memory-guarded): TransformerLens patterns come from
+  ``hook_pattern`` (TL's own code: equal to ``run_with_cache``); Hugging Face patterns from the
+  module's eager softmax, computed for the traced layers only (the eager path is forced only where
+  patterns are requested, so those layers may differ from sdpa at float rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from kernels import api
+from kernels.layout import Layout
+from kernels.reference import check_ps, repeat_kv
+from workbench.attention import (
+    AttentionCall,
+    check_layers,
+    hf_num_layers,
+    is_hugging_face,
+    is_transformer_lens,
+    route_attention,
+)
+from workbench.io import atomic_write_json
+
+STATISTICS = ("entropy", "max_weight", "lse", "sink_mass", "relevant_mass")
+"""Float statistics of a `Trace`, each ``[batch, heads, q_len]``; plus ``top_p_budget``."""
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """What to record.
+
+    Attributes:
+        layers: layer indices (None = all).
+        heads: head indices (None = all).
+        patterns: record full attention patterns ``[batch, heads, kept_q, kv_len]`` (opt-in).
+        pattern_device: ``"cpu"`` or ``"same"`` (the model's device) for stored patterns.
+        pattern_queries: keep only these query positions of the patterns (None = all).
+        max_pattern_bytes: refuse (``ValueError``) to record patterns estimated larger than this.
+        stats: record streaming row statistics.
+        ps: masses of the top-p budgets, in (0, 1].
+        sink_tokens: the sink mass is the mass on the first ``sink_tokens`` real positions.
+        impl: kernels implementation for `kernels.api.row_stats`.
+    """
+
+    layers: Sequence[int] | None = None
+    heads: Sequence[int] | None = None
+    patterns: bool = False
+    pattern_device: Literal["cpu", "same"] = "cpu"
+    pattern_queries: Sequence[int] | None = None
+    max_pattern_bytes: int = 2 * GIB
+    stats: bool = True
+    ps: Sequence[float] = (0.5, 0.9, 0.95, 0.99)
+    sink_tokens: int = 4
+    impl: api.Impl = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "heads", "pattern_queries"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(int(item) for item in value))
+        object.__setattr__(self, "ps", tuple(float(p) for p in self.ps))
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("layers", "heads", "pattern_queries"):
+            value = getattr(self, name)
+            if value is not None and (not value or min(value) < 0 or len(set(value)) < len(value)):
+                raise ValueError(f"{name} must be None or distinct non-negative ints, got {value}")
+        if self.pattern_device not in ("cpu", "same"):
+            raise ValueError(f"pattern_device must be 'cpu' or 'same', got {self.pattern_device!r}")
+        if self.max_pattern_bytes < 0:
+            raise ValueError(f"max_pattern_bytes must be >= 0, got {self.max_pattern_bytes}")
+        if not (self.patterns or self.stats):
+            raise ValueError("nothing to record: set patterns=True or stats=True")
+        check_ps(self.ps)
+        if self.sink_tokens < 1:
+            raise ValueError(f"sink_tokens must be >= 1, got {self.sink_tokens}")
+        if self.impl not in api.IMPLS:
+            raise ValueError(f"impl must be one of {api.IMPLS}, got {self.impl!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TraceConfig:
+        return cls(**data)
+
+
+def estimate_pattern_bytes(
+    batch: int, heads: int, q_len: int, kv_len: int, n_layers: int, config: TraceConfig
+) -> int:
+    """Bytes of float32 patterns ``[batch, heads, kept_q, kv_len]`` for ``n_layers`` layers."""
+    kept = q_len if config.pattern_queries is None else len(config.pattern_queries)
+    return batch * heads * kept * kv_len * 4 * n_layers
+
+
+def check_pattern_bytes(estimate: int, config: TraceConfig) -> None:
+    if estimate > config.max_pattern_bytes:
+        raise ValueError(
+            f"the requested attention patterns need about {estimate / GIB:.3f} GiB "
+            f"({estimate} bytes), more than max_pattern_bytes = {config.max_pattern_bytes}; trace "
+            "fewer layers / heads / pattern_queries, a smaller batch, or use stats only"
+        )
+
+
+# ---------------------------------------------------------------------------- the trace
+@dataclass
+class Trace:
+    """Recorded attention of one batch.
+
+    Attributes:
+        stats: ``{layer: {statistic: tensor}}``; `STATISTICS` are ``[batch, heads, q_len]``
+            float32 (NaN on padded queries), ``top_p_budget`` ``[batch, heads, q_len, len(ps)]``
+            int32. ``relevant_mass`` only when relevant positions were given.
+        patterns: ``{layer: [batch, heads, kept_q, kv_len]}`` float32 (opt-in).
+        metadata: model name and class, the config as a dict, ps, heads, pattern queries,
+            sequence length, input shape.
+    """
+
+    stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    patterns: dict[int, torch.Tensor] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(set(self.stats) | set(self.patterns))
+
+    @property
+    def ps(self) -> tuple[float, ...]:
+        return tuple(self.metadata["ps"])
+
+    @property
+    def heads(self) -> list[int]:
+        """Model head index of each position of the head dimension."""
+        return list(self.metadata["heads"])
+
+    @property
+    def pattern_queries(self) -> list[int]:
+        """Query position of each row of the stored patterns."""
+        return list(self.metadata["pattern_queries"])
+
+    def statistic(self, layer: int, name: str) -> torch.Tensor:
+        """``[batch, heads, q_len]`` for a name of `STATISTICS` or ``"k_<p>"`` (budget of mass p)."""
+        stats = self.stats[layer]
+        if name.startswith("k_"):
+            index = self.ps.index(float(name[2:]))
+            return stats["top_p_budget"][..., index].float()
+        if name not in stats:
+            raise KeyError(f"no statistic {name!r} in layer {layer}: {sorted(stats)}")
+        return stats[name]
+
+    def statistic_names(self) -> list[str]:
+        if not self.stats:
+            return []
+        first = self.stats[self.layers[0]]
+        return [name for name in STATISTICS if name in first] + [f"k_{p}" for p in self.ps]
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata) atomically."""
+        from safetensors.torch import save_file
+
+        tensors_path, json_path = _trace_paths(path)
+        tensors = {
+            f"stats/{layer}/{name}": tensor.detach().cpu().contiguous()
+            for layer, stats in self.stats.items()
+            for name, tensor in stats.items()
+        }
+        tensors |= {
+            f"patterns/{layer}": p.detach().cpu().contiguous() for layer, p in self.patterns.items()
+        }
+        tensors_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=tensors_path.parent, suffix=".tmp")
+        os.close(handle)
+        try:
+            save_file(tensors, temporary)
+            os.replace(temporary, tensors_path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        atomic_write_json(json_path, self.metadata)
+        return tensors_path, json_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        from safetensors.torch import load_file
+
+        tensors_path, json_path = _trace_paths(path)
+        trace = cls(metadata=json.loads(json_path.read_text(encoding="utf-8")))
+        for key, tensor in load_file(tensors_path).items():
+            kind, layer, *name = key.split("/")
+            if kind == "stats":
+                trace.stats.setdefault(int(layer), {})[name[0]] = tensor
+            else:
+                trace.patterns[int(layer)] = tensor
+        return trace
+
+    def to_frame(self) -> Any:
+        """Tidy ``pandas.DataFrame``: columns layer, head, batch, query, statistic, value."""
+        import pandas as pd
+
+        frames = []
+        for layer in sorted(self.stats):
+            for name in self.statistic_names():
+                values = self.statistic(layer, name)  # [batch, heads, q_len]
+                batch, heads, queries = torch.meshgrid(
+                    *(torch.arange(size) for size in values.shape), indexing="ij"
+                )
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "layer": layer,
+                            "head": torch.tensor(self.heads)[heads.flatten()].numpy(),
+                            "batch": batch.flatten().numpy(),
+                            "query": queries.flatten().numpy(),
+                            "statistic": name,
+                            "value": values.flatten().cpu().numpy(),
+                        }
+                    )
+                )
+        columns = ["layer", "head", "batch", "query", "statistic", "value"]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def _trace_paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+
+
+# ---------------------------------------------------------------------------- recording
+class TraceRecorder:
+    """Collects what the hooks and the routed core see; `trace()` assembles a `Trace`.
+
+    Several forward passes inside one `tracing` block are concatenated along the batch dimension
+    (they must share the sequence length).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TraceConfig,
+        layers: tuple[int, ...],
+        heads: tuple[int, ...],
+        relevant_positions: torch.Tensor | None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.layers = layers
+        self.heads = heads
+        self.relevant_positions = relevant_positions
+        self._stats: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
+        self._patterns: dict[int, list[torch.Tensor]] = defaultdict(list)
+        self._shapes: list[tuple[int, int]] = []
+
+    # -- called from the routed core / hooks
+    def core(self, call: AttentionCall) -> torch.Tensor:
+        """Routed core: the model's own attention (outputs unchanged) + what is recorded."""
+        want_pattern = self.config.patterns and is_hugging_face(self.model)
+        if want_pattern:
+            self._check_memory(*call.q.shape[:3], call.k.shape[2])
+        z, pattern = call.model_attention(with_pattern=want_pattern)
+        if self.config.stats:
+            self._stats[call.layer].append(self._row_stats(call))
+        if want_pattern:
+            self.record_pattern(call.layer, pattern)
+        return z
+
+    def record_pattern(self, layer: int, pattern: torch.Tensor) -> None:
+        """Keep ``pattern`` ``[batch, heads, q_len, kv_len]`` (chosen heads and queries)."""
+        self._check_memory(*pattern.shape)
+        kept = pattern.detach()[:, list(self.heads)]
+        if self.config.pattern_queries is not None:
+            kept = kept[:, :, list(self.config.pattern_queries)]
+        device = "cpu" if self.config.pattern_device == "cpu" else kept.device
+        self._patterns[layer].append(kept.to(device=device, dtype=torch.float32).clone())
+        self._shapes.append(
+            (sum(part.shape[0] for part in self._patterns[layer]), pattern.shape[2])
+        )
+
+    def _check_memory(self, batch: int, heads: int, q_len: int, kv_len: int) -> None:
+        del heads  # the chosen heads are what is stored
+        if self.config.pattern_queries is not None and max(self.config.pattern_queries) >= q_len:
+            raise ValueError(
+                f"pattern_queries {self.config.pattern_queries} out of range for q_len {q_len}"
+            )
+        estimate = estimate_pattern_bytes(
+            batch, len(self.heads), q_len, kv_len, len(self.layers), self.config
+        )
+        check_pattern_bytes(estimate, self.config)
+
+    def _row_stats(self, call: AttentionCall) -> dict[str, torch.Tensor]:
+        heads = list(self.heads)
+        q = call.q[:, heads]  # [batch, heads, q_len, d_head]
+        k = repeat_kv(call.k, call.q.shape[1])[:, heads]  # [batch, heads, kv_len, d_head]
+        relevant = self.relevant_positions
+        if relevant is not None:
+            relevant = relevant.to(q.device)
+            if relevant.dim() != 3 or relevant.shape[:2] != (q.shape[0], q.shape[2]):
+                raise ValueError(
+                    f"relevant_positions must be [batch, q_len, R] = [{q.shape[0]}, "
+                    f"{q.shape[2]}, R], got {tuple(relevant.shape)}"
+                )
+        if call.key_padding is None:
+            return self._kernel_stats(q, k, call, relevant)
+        return padded_row_stats(q, k, call.key_padding, relevant, self._kernel_stats, call)
+
+    def _kernel_stats(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        call: AttentionCall,
+        relevant: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """`kernels.api.row_stats` of ``q`` ``[batch, heads, q_len, d]`` over every key of ``k``."""
+        stats = api.row_stats(
+            q,
+            k,
+            scale=call.scale,
+            causal=call.causal,
+            ps=self.config.ps,
+            selection=sink_layout(q.shape[2], k.shape[2], self.config.sink_tokens, q.device),
+            relevant_positions=relevant,
+            impl=self.config.impl,
+        )
+        result = {
+            "entropy": stats.entropy,
+            "max_weight": stats.max_weight,
+            "lse": stats.lse,
+            "sink_mass": stats.selection_mass,
+            "top_p_budget": stats.top_p_budget,
+        }
+        if stats.relevant_mass is not None:
+            result["relevant_mass"] = stats.relevant_mass
+        return {name: tensor.detach() for name, tensor in result.items()}
+
+    # -- assembly
+    def trace(self) -> Trace:
+        """The `Trace` of every forward pass recorded so far."""
+        try:
+            stats = {
+                layer: {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+                for layer, parts in self._stats.items()
+            }
+            patterns = {layer: torch.cat(parts) for layer, parts in self._patterns.items()}
+        except RuntimeError as error:
+            raise ValueError(
+                f"traced forward passes must share the sequence length: {error}"
+            ) from None
+        if not stats and not patterns:
+            raise ValueError("nothing was recorded: run the model inside the tracing block")
+        batch_size, q_len = self._shapes[0] if self._shapes else (0, 0)
+        if stats:
+            batch_size, _, q_len = next(iter(stats.values()))["entropy"].shape
+        queries = self.config.pattern_queries
+        return Trace(
+            stats=stats,
+            patterns=patterns,
+            metadata={
+                "model": model_name(self.model),
+                "model_class": type(self.model).__name__,
+                "config": self.config.to_dict(),
+                "ps": list(self.config.ps),
+                "layers": list(self.layers),
+                "heads": list(self.heads),
+                "batch_size": int(batch_size),
+                "seq_len": int(q_len),
+                "pattern_queries": list(range(q_len) if queries is None else queries),
+            },
+        )
+
+
+def sink_layout(q_len: int, kv_len: int, sink_tokens: int, device: torch.device) -> Layout:
+    """Selection of the first ``sink_tokens`` keys for every query (a broadcast token mask)."""
+    keys = torch.arange(kv_len, device=device) < sink_tokens
+    return Layout.from_token_mask(keys[None, None, None, :].expand(1, 1, q_len, kv_len))
+
+
+def padded_row_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    key_padding: torch.Tensor,
+    relevant: torch.Tensor | None,
+    compute: Callable[..., dict[str, torch.Tensor]],
+    call: AttentionCall,
+) -> dict[str, torch.Tensor]:
+    """Row statistics of padded inputs, example by example on the real tokens.
+
+    ``q`` ``[batch, heads, q_len, d]``, ``k`` ``[batch, heads, kv_len, d]``, ``key_padding``
+    ``[batch, kv_len]`` (True = real). Self-attention only (``q_len == kv_len``): query ``i`` is
+    token ``i``. Relevant positions are remapped to the real tokens. Padded query rows: NaN
+    (budgets 0).
+    """
+    if q.shape[2] != k.shape[2]:
+        raise NotImplementedError("row statistics with key padding need q_len == kv_len")
+    batch, heads, length = q.shape[:3]
+    result: dict[str, torch.Tensor] = {}
+    for b in range(batch):
+        real = key_padding[b].nonzero().squeeze(-1)  # [n_real]
+        example_relevant = None
+        if relevant is not None:
+            new_index = torch.full((length + 1,), -1, dtype=torch.long, device=q.device)
+            new_index[real] = torch.arange(real.numel(), device=q.device)
+            rows = relevant[b : b + 1, real]  # [1, n_real, R]
+            example_relevant = new_index[torch.where(rows >= 0, rows, length)]
+        stats = compute(q[b : b + 1, :, real], k[b : b + 1, :, real], call, example_relevant)
+        for name, values in stats.items():
+            if name not in result:
+                fill = 0 if name == "top_p_budget" else math.nan
+                shape = (batch, heads, length, *values.shape[3:])
+                result[name] = torch.full(shape, fill, dtype=values.dtype, device=values.device)
+            result[name][b, :, real] = values[0]
+    return result
+
+
+def model_name(model: nn.Module) -> str:
+    if is_transformer_lens(model):
+        return str(model.cfg.model_name)
+    return str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+
+
+# ---------------------------------------------------------------------------- entry points
+@contextmanager
+def tracing(
+    model: nn.Module,
+    config: TraceConfig | None = None,
+    *,
+    relevant_positions: torch.Tensor | None = None,
+) -> Iterator[TraceRecorder]:
+    """Record attention during the forward passes run inside the block (hooks and routes are
+    removed on exit, also on errors); ``recorder.trace()`` gives the `Trace`."""
+    config = config or TraceConfig()
+    if relevant_positions is not None and not config.stats:
+        raise ValueError("relevant_positions needs stats=True")
+    layers, heads = _layers_and_heads(model, config)
+    recorder = TraceRecorder(model, config, layers, heads, relevant_positions)
+    with ExitStack() as stack:
+        if config.stats or (config.patterns and is_hugging_face(model)):
+            stack.enter_context(route_attention(model, recorder.core, layers))
+        if config.patterns and is_transformer_lens(model):
+            hooks = [
+                (f"blocks.{layer}.attn.hook_pattern", _pattern_hook(recorder, layer))
+                for layer in layers
+            ]
+            stack.enter_context(model.hooks(fwd_hooks=hooks))
+        yield recorder
+
+
+def _pattern_hook(recorder: TraceRecorder, layer: int) -> Any:
+    def hook(pattern: torch.Tensor, hook: Any) -> None:
+        recorder.record_pattern(layer, pattern)
+
+    return hook
+
+
+def _layers_and_heads(
+    model: nn.Module, config: TraceConfig
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if is_transformer_lens(model):
+        n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    elif is_hugging_face(model):
+        n_layers = hf_num_layers(model)
+        text_config = model.config.get_text_config()
+        n_heads = int(text_config.num_attention_heads)
+    else:
+        raise TypeError(f"cannot trace a {type(model).__name__}")
+    layers = check_layers(config.layers, n_layers)
+    heads = (
+        check_layers(config.heads, n_heads) if config.heads is not None else tuple(range(n_heads))
+    )
+    return layers, heads
+
+
+def trace(
+    model: nn.Module,
+    inputs: torch.Tensor | Mapping[str, torch.Tensor],
+    config: TraceConfig | None = None,
+    *,
+    relevant_positions: torch.Tensor | None = None,
+    **forward_kwargs: Any,
+) -> Trace:
+    """Run ``model`` once on ``inputs`` (a tensor ``[batch, pos, ...]``, or a mapping such as a
+    tokenizer's output, passed as keyword arguments) and return its `Trace`. The pattern memory
+    guard runs before the forward pass."""
+    config = config or TraceConfig()
+    input_ids = inputs["input_ids"] if isinstance(inputs, Mapping) else inputs
+    batch, length = input_ids.shape[:2]
+    if config.patterns:
+        layers, heads = _layers_and_heads(model, config)
+        estimate = estimate_pattern_bytes(batch, len(heads), length, length, len(layers), config)
+        check_pattern_bytes(estimate, config)
+    with torch.no_grad(), tracing(model, config, relevant_positions=relevant_positions) as recorder:
+        if isinstance(inputs, Mapping):
+            model(**inputs, **forward_kwargs)
+        else:
+            model(inputs, **forward_kwargs)
+    result = recorder.trace()
+    result.metadata["input_shape"] = list(input_ids.shape)
+    return result
