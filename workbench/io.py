@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)`` on a temporary file in ``path``'s folder, flush it to disk,
+    then rename it over ``path`` (atomic on POSIX). On error the temporary file is removed and any
+    old ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
+        write(Path(temporary))
+        with open(temporary, "rb") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -26,6 +31,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+
+    return atomic_write(path, write)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """``atomic_write_text`` of ``data`` as indented JSON."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> Path:
+    """Write ``tensors`` (moved to CPU, made contiguous) as a safetensors file atomically."""
+    from safetensors.torch import save_file
+
+    cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    return atomic_write(path, lambda temporary: save_file(cpu, str(temporary)))

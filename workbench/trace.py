@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -48,7 +46,7 @@ from workbench.attention import (
     is_transformer_lens,
     route_attention,
 )
-from workbench.io import atomic_write_json
+from workbench.io import atomic_write_json, atomic_write_safetensors
 
 STATISTICS = ("entropy", "max_weight", "lse", "sink_mass", "relevant_mass")
 """Float statistics of a `Trace`, each ``[batch, heads, q_len]``; plus ``top_p_budget``."""
@@ -191,26 +189,14 @@ class Trace:
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata) atomically."""
-        from safetensors.torch import save_file
-
         tensors_path, json_path = _trace_paths(path)
         tensors = {
-            f"stats/{layer}/{name}": tensor.detach().cpu().contiguous()
+            f"stats/{layer}/{name}": tensor
             for layer, stats in self.stats.items()
             for name, tensor in stats.items()
         }
-        tensors |= {
-            f"patterns/{layer}": p.detach().cpu().contiguous() for layer, p in self.patterns.items()
-        }
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=tensors_path.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, temporary)
-            os.replace(temporary, tensors_path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        tensors |= {f"patterns/{layer}": pattern for layer, pattern in self.patterns.items()}
+        atomic_write_safetensors(tensors_path, tensors)
         atomic_write_json(json_path, self.metadata)
         return tensors_path, json_path
 

@@ -20,3 +20,16 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         atomic_write_text(path, None)  # type: ignore[arg-type]
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]
+
+
+def test_atomic_safetensors_round_trip(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from workbench.io import atomic_write_safetensors
+
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(6).view(2, 3).t()}  # non-contiguous
+    path = atomic_write_safetensors(tmp_path / "t.safetensors", tensors)
+    loaded = load_file(path)
+    assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
