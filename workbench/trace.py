@@ -41,6 +41,7 @@ from kernels.reference import check_ps, repeat_kv
 from workbench.attention import (
     AttentionCall,
     check_layers,
+    dense_layout,
     hf_num_layers,
     is_hugging_face,
     is_transformer_lens,
@@ -68,7 +69,14 @@ class TraceConfig:
         stats: record streaming row statistics.
         ps: masses of the top-p budgets, in (0, 1].
         sink_tokens: the sink mass is the mass on the first ``sink_tokens`` real positions.
-        impl: kernels implementation for `kernels.api.row_stats`.
+        impl: kernels implementation for `kernels.api.row_stats` (and for attention with
+            ``attention="kernels"``).
+        attention: how traced layers compute their output while statistics are recorded:
+            ``"model"`` runs the model's own attention code (outputs bitwise unchanged; TL's code
+            materialises N x N scores as it always does); ``"kernels"`` runs dense attention through
+            `kernels.api.sparse_attention` (flash-style with Triton: no N x N anywhere, outputs
+            equal up to float rounding). Use ``"kernels"`` for long inputs. Layers whose patterns
+            are recorded always run the model's code.
     """
 
     layers: Sequence[int] | None = None
@@ -81,6 +89,7 @@ class TraceConfig:
     ps: Sequence[float] = (0.5, 0.9, 0.95, 0.99)
     sink_tokens: int = 4
     impl: api.Impl = "auto"
+    attention: Literal["model", "kernels"] = "model"
 
     def __post_init__(self) -> None:
         for name in ("layers", "heads", "pattern_queries"):
@@ -106,6 +115,8 @@ class TraceConfig:
             raise ValueError(f"sink_tokens must be >= 1, got {self.sink_tokens}")
         if self.impl not in api.IMPLS:
             raise ValueError(f"impl must be one of {api.IMPLS}, got {self.impl!r}")
+        if self.attention not in ("model", "kernels"):
+            raise ValueError(f"attention must be 'model' or 'kernels', got {self.attention!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -278,7 +289,13 @@ class TraceRecorder:
         want_pattern = self.config.patterns and is_hugging_face(self.model)
         if want_pattern:
             self._check_memory(*call.q.shape[:3], call.k.shape[2])
-        z, pattern = call.model_attention(with_pattern=want_pattern)
+        if self.config.attention == "kernels" and not want_pattern:
+            z = api.sparse_attention(
+                call.q, call.k, call.v, dense_layout(call), scale=call.scale, impl=self.config.impl
+            )
+            pattern = None
+        else:
+            z, pattern = call.model_attention(with_pattern=want_pattern)
         if self.config.stats:
             self._stats[call.layer].append(self._row_stats(call))
         if want_pattern:

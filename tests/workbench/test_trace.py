@@ -126,6 +126,33 @@ def test_tracing_never_changes_the_output(kind: str) -> None:
     assert recorder.trace().stats[0]["entropy"].shape[1] == 2
 
 
+@pytest.mark.parametrize("kind", ["tl", "minilm"])
+def test_kernel_attention_matches_the_model_and_records_the_same_stats(kind: str) -> None:
+    """``attention="kernels"`` (no N x N anywhere) keeps outputs to float rounding and gives the
+    same statistics as the model's own attention."""
+    if kind == "tl":
+        model, run = toy_model(), functools.partial(toy_model(), tokens())
+    else:
+        model = minilm()[0]
+        run = functools.partial(lambda: model(**minilm_inputs()).last_hidden_state)
+    results = {}
+    with torch.no_grad():
+        reference = run()
+        for attention in ("model", "kernels"):
+            with tracing(model, TraceConfig(ps=PS, attention=attention)) as recorder:
+                output = run()
+            results[attention] = recorder.trace()
+            torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-4)
+    for layer, stats in results["model"].stats.items():
+        for name, values in stats.items():
+            other = results["kernels"].stats[layer][name]
+            if values.is_floating_point():
+                torch.testing.assert_close(other, values, atol=1e-4, rtol=1e-4, equal_nan=True)
+            else:
+                # Budgets may move by a key where float rounding shifts a boundary.
+                assert (other - values).abs().float().mean() < 0.02
+
+
 def test_hooks_removed_after_an_exception() -> None:
     model = toy_model()
     with pytest.raises(RuntimeError, match="boom"), tracing(model, TraceConfig(patterns=True)):
