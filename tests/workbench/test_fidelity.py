@@ -1,0 +1,114 @@
+"""`workbench.metrics.fidelity`, its figure and the ``sparsify-eval`` command (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_attention import SEQ, hf_model, padding_mask, tl_model, tokens
+from typer.testing import CliRunner
+
+import toy_tasks
+import workbench.sparse
+from workbench.cli import app
+from workbench.metrics.fidelity import fidelity
+from workbench.models import toy_model
+from workbench.viz.fidelity import fidelity_figure
+
+
+def test_keep_all_method_has_full_recall_and_no_error() -> None:
+    method = workbench.sparse.get("sink_window", window=SEQ)
+    mask = padding_mask(left=True)
+    report = fidelity(tl_model("rotary"), tokens(), method, block_size=16, attention_mask=mask)
+    assert [layer.layer for layer in report.layers] == [0, 1]
+    for layer in report.layers:
+        assert layer.recall == pytest.approx(1.0, abs=1e-5)
+        assert layer.density == pytest.approx(1.0)
+        assert layer.output_error < 1e-5
+    assert report.output_error < 1e-5
+    assert 0 <= report.kl < 1e-8 and report.cosine is None
+    json.dumps(report.to_dict())
+
+
+def test_recall_matches_the_dense_pattern() -> None:
+    model = tl_model("standard")
+    x, mask = tokens(), padding_mask(left=True)
+    method = workbench.sparse.get("sink_window", sink=1, window=3)
+    report = fidelity(model, x, method, block_size=16, attention_mask=mask)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, attention_mask=mask)
+    positions = torch.arange(SEQ)
+    selected = (positions[None, :] == 0) | (
+        (positions[:, None] - positions[None, :] >= 0)
+        & (positions[:, None] - positions[None, :] < 3)
+    )  # [query, key]
+    real = mask.bool()  # [batch, pos]
+    for layer in report.layers:
+        pattern = cache["pattern", layer.layer]  # [batch, head, query, key]
+        inside = (pattern * (selected & real[:, None, None, :])).sum(-1)  # [batch, head, query]
+        direct = inside.permute(0, 2, 1)[real].mean()
+        assert layer.recall == pytest.approx(direct.item(), abs=1e-5)
+        assert layer.recall < 0.95 and layer.density < 0.9 and layer.output_error > 0
+    assert report.kl > 0 and report.output_error > 0
+
+
+def test_heads_and_layers_restrict_the_report() -> None:
+    method = workbench.sparse.get("top_k", k=2)
+    report = fidelity(tl_model("standard"), tokens(), method, layers=[1], heads=[0], block_size=16)
+    assert [layer.layer for layer in report.layers] == [1]
+    assert report.settings == {"layers": [1], "heads": [0], "block_size": 16}
+    assert report.layers[0].recall < 1 and report.kl >= 0
+
+
+def test_accuracy_delta_on_a_toy_task() -> None:
+    task = toy_tasks.get("assoc_recall", n_pairs=4, seq_len=32, vocab_size=64)
+    batch = task.sample(4, torch.Generator().manual_seed(0))
+    report = fidelity(
+        toy_model(task),
+        batch.inputs,
+        workbench.sparse.get("top_k", k=2),
+        block_size=16,
+        targets=batch.targets,
+        loss_mask=batch.loss_mask,
+    )
+    assert 0 <= report.dense_accuracy <= 1 and 0 <= report.sparse_accuracy <= 1
+    assert report.accuracy_delta == report.sparse_accuracy - report.dense_accuracy
+    with pytest.raises(ValueError, match="together"):
+        fidelity(
+            toy_model(task), batch.inputs, workbench.sparse.get("top_k"), targets=batch.targets
+        )
+
+
+def test_encoder_reports_cosine_similarity_with_padding() -> None:
+    model, x, mask = hf_model("minilm"), tokens(), padding_mask(left=False)
+    inputs = {"input_ids": x, "attention_mask": mask}
+    keep_all = fidelity(model, inputs, workbench.sparse.get("block_top_k", k=64), block_size=16)
+    assert keep_all.kl is None and keep_all.cosine == pytest.approx(1.0, abs=1e-5)
+    assert keep_all.mean("recall") == pytest.approx(1.0, abs=1e-5)
+    sparse = fidelity(model, inputs, workbench.sparse.get("sink_window", window=2), block_size=16)
+    assert sparse.cosine < 1 and sparse.mean("recall") < 1
+    figure = fidelity_figure([keep_all.to_dict(), sparse.to_dict()])
+    assert len(figure.data) == 3
+
+
+@pytest.mark.parametrize("model", ["toy", "minilm"])
+def test_sparsify_eval_command_writes_results_and_figure(tmp_path, model: str) -> None:
+    out = tmp_path / model
+    arguments = ["sparsify-eval", "--model", model, "--methods", "top_k,sink_window,a_shape"]
+    result = CliRunner().invoke(app, [*arguments, "--set", "top_k.k=3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert [report["method"] for report in results["reports"]] == [
+        "top_k",
+        "sink_window",
+        "a_shape",
+    ]
+    assert results["reports"][0]["hyper_parameters"] == {"k": 3}
+    assert (out / "fidelity.html").stat().st_size > 0
+    assert "sink_window" in result.output
+
+
+def test_sparsify_eval_rejects_unknown_methods(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["sparsify-eval", "--methods", "nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "nope" in result.output

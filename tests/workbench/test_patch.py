@@ -1,0 +1,121 @@
+"""`workbench.sparse.patch.sparsify` on TransformerLens and Hugging Face models (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_attention import SEQ, hf_forward, hf_model, padding_mask, tl_forward, tl_model, tokens
+
+import workbench.sparse
+from kernels.layout import Layout
+from workbench.sparse.patch import sparsify, with_key_padding
+
+KEEP_ALL = {
+    "sink_window": workbench.sparse.get("sink_window", window=SEQ),
+    "block_top_k": workbench.sparse.get("block_top_k", k=64),
+}
+
+
+def forward(kind: str, model, x, mask):
+    return (
+        tl_forward(model, x, mask) if kind in ("standard", "rotary") else hf_forward(model, x, mask)
+    )
+
+
+def build(kind: str):
+    return tl_model(kind) if kind in ("standard", "rotary") else hf_model(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [
+        ("standard", "sink_window"),
+        ("rotary", "block_top_k"),
+        ("gpt2", "sink_window"),
+        ("llama", "block_top_k"),
+        ("minilm", "block_top_k"),
+    ],
+)
+def test_keep_all_method_reproduces_dense_and_exit_restores(kind: str, method: str) -> None:
+    model = build(kind)
+    x = tokens()
+    mask = padding_mask(left=kind != "minilm")
+    with torch.no_grad():
+        reference = forward(kind, model, x, mask)
+        with sparsify(model, KEEP_ALL[method], block_size=16) as record:
+            sparse = forward(kind, model, x, mask)
+        after = forward(kind, model, x, mask)
+    real = mask.bool()
+    torch.testing.assert_close(sparse[real], reference[real], atol=1e-5, rtol=1e-4)
+    assert torch.equal(after, reference)
+    assert sorted(record.densities()) == list(range(len(record.calls)))
+    assert all(density == pytest.approx(1.0) for density in record.densities().values())
+
+
+def test_hooks_fire_and_a_sparse_method_changes_outputs() -> None:
+    model = tl_model("rotary")
+    x = torch.randint(1, 50, (2, 48), generator=torch.Generator().manual_seed(2))
+    fired: list[str] = []
+    hooks = [("blocks.1.attn.hook_z", lambda tensor, hook: fired.append(hook.name))]
+    method = workbench.sparse.get("sink_window", sink=1, window=4)
+    with torch.no_grad():
+        reference = model(x)
+        with (
+            sparsify(model, method, layers=[1], block_size=16) as record,
+            model.hooks(fwd_hooks=hooks),
+        ):
+            sparse = model(x)
+    assert fired == ["blocks.1.attn.hook_z"]
+    assert not torch.allclose(sparse, reference, atol=1e-3)
+    assert [call["layer"] for call in record.calls] == [1]
+    assert 0 < record.densities()[1] < 0.5
+    assert 0 < record.densities("block_density")[1] <= 1
+
+
+def test_heads_restrict_sparsity_to_the_chosen_heads() -> None:
+    model = tl_model("standard")
+    x = tokens()
+    method = workbench.sparse.get("sink_window", sink=1, window=2)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names_filter="blocks.0.attn.hook_z")
+        with sparsify(model, method, layers=[0], heads=[1, 3], block_size=16):
+            _, sparse_cache = model.run_with_cache(x, names_filter="blocks.0.attn.hook_z")
+    dense = cache["blocks.0.attn.hook_z"]  # [batch, pos, head_index, d_head]
+    sparse = sparse_cache["blocks.0.attn.hook_z"]
+    torch.testing.assert_close(sparse[:, :, [0, 2]], dense[:, :, [0, 2]], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(sparse[:, :, [1, 3]], dense[:, :, [1, 3]], atol=1e-3)
+
+
+def test_decoding_with_a_kv_cache_raises() -> None:
+    model = hf_model("gpt2")
+    x = tokens()
+    method = KEEP_ALL["sink_window"]
+    with torch.no_grad(), sparsify(model, method, block_size=16):
+        past = model(input_ids=x, use_cache=True).past_key_values
+        with pytest.raises(NotImplementedError, match="key-value cache"):
+            model(input_ids=x[:, :1], past_key_values=past, use_cache=True)
+
+
+def test_corrections_refuse_padded_inputs() -> None:
+    model = tl_model("standard")
+    with (
+        torch.no_grad(),
+        sparsify(model, workbench.sparse.get("delta"), block_size=16),
+        pytest.raises(NotImplementedError, match="key padding"),
+    ):
+        model(tokens(), attention_mask=padding_mask(left=True))
+
+
+def test_with_key_padding_ands_token_masks_and_keeps_thresholds() -> None:
+    padding = torch.tensor([[True] * 20, [False] * 4 + [True] * 16])  # [batch, kv_len]
+    own = torch.rand(1, 2, 20, 20, generator=torch.Generator().manual_seed(0)) < 0.5
+    masked = with_key_padding(Layout.from_token_mask(own, block_q=16, block_k=16), padding)
+    assert torch.equal(masked.to_dense(), own.expand(2, 2, 20, 20) & padding[:, None, None, :])
+    scores = torch.randn(1, 2, 20, 20, generator=torch.Generator().manual_seed(1))
+    threshold = torch.zeros(1, 2, 20)
+    layout = Layout.from_row_threshold(scores, threshold, block_q=16, block_k=16)
+    masked = with_key_padding(layout, padding)
+    assert torch.equal(masked.row_threshold, threshold.expand(2, 2, 20))
+    expected = (scores >= 0) & padding[:, None, None, :]
+    assert torch.equal(masked.to_dense(scores.expand(2, 2, 20, 20)), expected)
+    assert with_key_padding(layout, None) is layout

@@ -1,0 +1,6 @@
+"""Metrics of attention and of sparse methods.
+
+* `workbench.metrics.fidelity`: how closely a model with a sparse method installed
+  (`workbench.sparse.patch.sparsify`) follows the dense model: per-layer attention recall, density
+  and output error, end-to-end KL or cosine similarity, task accuracy delta.
+"""

@@ -1,0 +1,221 @@
+"""Install a sparse-attention method into a model for chosen layers and heads.
+
+    with sparsify(model, workbench.sparse.get("sink_window", window=16), layers=[1]) as record:
+        logits = model(tokens)
+    record.densities()  # {1: 0.31}: fraction of the visible entries the layer attended to
+
+Inside the block the chosen layers run through `workbench.attention.route_attention` with
+`SparseCore`: per attention call, ``method.select`` gives a `Layout` on the call's q and k, the key
+padding is added to it (`with_key_padding`), `kernels.api.sparse_attention` computes the output and
+``method.correct`` fixes it. Heads not chosen keep exact dense attention. Everything outside the core
+is the model's own code, so ``hook_q`` / ``hook_z`` and the other hooks still fire, and on exit the
+model is restored exactly (outputs bitwise identical to before the block).
+
+Limits:
+
+* Only full-sequence forwards (training, scoring, prefill): a call whose queries are fewer than
+  its keys (decoding with a key-value cache) raises ``NotImplementedError``.
+* Key padding is applied on top of the selection: the method selects on the padded sequence
+  (position-based methods count padded positions: the sinks of a left-padded example are padding)
+  and the padded keys are then dropped.
+* Methods with a correction refuse padded inputs (``correct`` does not see the padding), and
+  ``rettention`` needs statistics calibrated on the very call it corrects, so it raises here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from kernels import api
+from kernels.api import Impl
+from kernels.layout import Layout
+from kernels.reference import repeat_kv, scaled_scores
+from workbench.attention import AttentionCall, dense_layout, full_mask, route_attention
+from workbench.sparse.base import SparseMethod
+
+
+def with_key_padding(layout: Layout, key_padding: torch.Tensor | None) -> Layout:
+    """``layout`` restricted to real keys (``key_padding`` ``[batch, kv_len]``, True = real).
+
+    The padding becomes (part of) the token mask: ANDed with the layout's own token mask, or added
+    beside its ``row_threshold``, which is kept. The result has an explicit batch dimension.
+    """
+    if key_padding is None:
+        return layout
+    batch, kv_len = key_padding.shape
+    padding = key_padding[:, None, None, :].expand(batch, 1, layout.q_len, kv_len)
+    layout = layout.expand(batch, layout.heads)
+    token_mask = padding if layout.token_mask is None else layout.token_mask & padding
+    return replace(layout, token_mask=token_mask)
+
+
+def real_queries(call: AttentionCall) -> torch.Tensor:
+    """``[batch|1, 1, q_len, 1]`` bool: query rows of real tokens (self-attention: ``q_len ==
+    kv_len``, so query ``i`` is token ``i``)."""
+    if call.key_padding is None:
+        return torch.ones(1, 1, call.q.shape[2], 1, dtype=torch.bool, device=call.q.device)
+    return call.key_padding[:, None, :, None]
+
+
+def kept_fraction(layout: Layout, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> float:
+    """Fraction of the visible (causal, real key, real query) entries that ``layout`` keeps, over
+    batch and the heads of ``q`` ``[batch, heads, q_len, d_head]`` (``k`` ``[batch, kv_heads, kv_len,
+    d_head]``). Materialises ``q_len x kv_len`` per head."""
+    scores = None
+    if layout.row_threshold is not None:
+        scores = scaled_scores(q, repeat_kv(k, q.shape[1]), call.scale)
+    visible = full_mask(q.shape[2], k.shape[2], call.causal, call.key_padding) & real_queries(call)
+    visible = visible.to(q.device).expand(q.shape[0], q.shape[1], -1, -1)
+    kept = layout.to_dense(scores) & visible
+    return kept.sum().item() / max(visible.sum().item(), 1)
+
+
+def has_correction(method: SparseMethod) -> bool:
+    """True when ``method`` overrides `SparseMethod.correct`."""
+    return type(method).correct is not SparseMethod.correct
+
+
+@dataclass(frozen=True, eq=False)
+class SparseResult:
+    """One sparse attention call.
+
+    Attributes:
+        z: ``[batch, heads, q_len, d_head]`` output of every head (dense for heads not chosen).
+        layout: the selection of the chosen heads, key padding included.
+        q: ``[batch, chosen, q_len, d_head]`` queries of the chosen heads.
+        k: ``[batch, chosen|kv_heads, kv_len, d_head]`` the keys they attend to.
+    """
+
+    z: torch.Tensor
+    layout: Layout
+    q: torch.Tensor
+    k: torch.Tensor
+
+
+@dataclass
+class SparseCore:
+    """The routed core of `sparsify`: ``core(call) -> z``, recording per-call densities.
+
+    Attributes:
+        method: the sparse method.
+        heads: heads that attend sparsely (None = all).
+        block_size: block size of the selected layouts.
+        impl: kernels implementation of `kernels.api.sparse_attention`.
+        calls: one dict per call, ``{"layer", "q_len", "kv_len", "block_density", "density"}``
+            (``density``: `kept_fraction`); recorded when ``record`` is True.
+    """
+
+    method: SparseMethod
+    heads: tuple[int, ...] | None = None
+    block_size: int = 64
+    impl: Impl = "auto"
+    record: bool = True
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, call: AttentionCall) -> torch.Tensor:
+        result = self.compute(call)
+        if self.record:
+            self.calls.append(
+                {
+                    "layer": call.layer,
+                    "q_len": call.q.shape[2],
+                    "kv_len": call.k.shape[2],
+                    "block_density": result.layout.block_density(),
+                    "density": kept_fraction(result.layout, call, result.q, result.k),
+                }
+            )
+        return result.z
+
+    def compute(self, call: AttentionCall) -> SparseResult:
+        """Sparse attention of the chosen heads, dense attention of the others."""
+        q_len, kv_len = call.q.shape[2], call.k.shape[2]
+        if q_len != kv_len:
+            raise NotImplementedError(
+                f"sparsify supports full-sequence forwards only (q_len == kv_len), got q_len "
+                f"{q_len} and kv_len {kv_len}: decoding with a key-value cache is not supported"
+            )
+        if call.key_padding is not None and has_correction(self.method):
+            raise NotImplementedError(
+                f"{self.method.name}: corrections do not know the key padding; run padded "
+                "inputs one example at a time without padding"
+            )
+        q, k, v = self._chosen(call)
+        layout = self.method.select(
+            q, k, causal=call.causal, scale=call.scale, block_size=self.block_size
+        )
+        layout = with_key_padding(layout, call.key_padding)
+        out = api.sparse_attention(q, k, v, layout, scale=call.scale, impl=self.impl)
+        out = self.method.correct(q, k, v, out, layout, causal=call.causal, scale=call.scale)
+        if self.heads is None:
+            return SparseResult(out, layout, q, k)
+        dense = api.sparse_attention(
+            call.q, call.k, call.v, dense_layout(call), scale=call.scale, impl=self.impl
+        )
+        chosen = torch.tensor(self.heads, device=dense.device)
+        return SparseResult(dense.index_copy(1, chosen, out.to(dense.dtype)), layout, q, k)
+
+    def _chosen(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of the chosen heads (k, v repeated per query head when heads are chosen)."""
+        if self.heads is None:
+            return call.q, call.k, call.v
+        heads, n_heads = list(self.heads), call.q.shape[1]
+        if heads[-1] >= n_heads:
+            raise ValueError(f"heads must lie in 0..{n_heads - 1}, got {self.heads}")
+        return (
+            call.q[:, heads],
+            repeat_kv(call.k, n_heads)[:, heads],
+            repeat_kv(call.v, n_heads)[:, heads],
+        )
+
+
+@dataclass
+class SparsifyRecord:
+    """What `sparsify` yields: ``calls`` holds one dict per routed attention call."""
+
+    calls: list[dict[str, Any]]
+
+    def densities(self, key: str = "density") -> dict[int, float]:
+        """Mean ``key`` (``"density"`` or ``"block_density"``) per layer over the recorded calls."""
+        values: dict[int, list[float]] = defaultdict(list)
+        for entry in self.calls:
+            values[entry["layer"]].append(entry[key])
+        return {layer: sum(found) / len(found) for layer, found in sorted(values.items())}
+
+
+def check_heads(heads: Sequence[int] | None) -> tuple[int, ...] | None:
+    """Sorted distinct head indices (None = every head); ``ValueError`` if empty or negative."""
+    if heads is None:
+        return None
+    chosen = tuple(sorted(set(int(head) for head in heads)))
+    if not chosen or chosen[0] < 0:
+        raise ValueError(f"heads must be a non-empty set of head indices, got {heads}")
+    return chosen
+
+
+@contextmanager
+def sparsify(
+    model: nn.Module,
+    method: SparseMethod,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    block_size: int = 64,
+    impl: Impl = "auto",
+    record: bool = True,
+) -> Iterator[SparsifyRecord]:
+    """Run the attention of ``layers`` (None = all) of ``model`` through ``method`` inside the block.
+
+    ``heads`` (None = all) attend sparsely, the other heads densely. ``record`` keeps per-call
+    densities in the yielded `SparsifyRecord` (``density`` materialises ``q_len x kv_len`` per
+    call; pass False for long inputs). Models: as `workbench.attention.route_attention`.
+    """
+    core = SparseCore(method, check_heads(heads), block_size, impl, record)
+    with route_attention(model, core, layers):
+        yield SparsifyRecord(core.calls)
