@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from kernels.layout import Layout, causal_token_mask
-from kernels.reference import default_scale, scaled_scores
+from kernels.reference import attention_mask, default_scale, scaled_scores
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -68,6 +68,32 @@ class SparseMethod(ABC):
     def hyper_parameters(self) -> dict[str, Any]:
         """The hyper-parameters as a dict (nested methods by their own dicts)."""
         return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StaticMethod(SparseMethod):
+    """An input-agnostic method: one ``[q_len, kv_len]`` token mask, computed from the shapes
+    alone and shared by every batch element and head."""
+
+    input_dependent: ClassVar[bool] = False
+
+    @abstractmethod
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        """``[q_len, kv_len]`` bool: the entries kept (the causal mask is applied afterwards)."""
+
+    def select(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+    ) -> Layout:
+        mask = self.static_mask(q.shape[2], k.shape[2], causal, q.device)
+        return token_layout(mask, causal=causal, block_size=block_size)
 
 
 def as_method(value: SparseMethod | str) -> SparseMethod:
@@ -119,10 +145,7 @@ def scores_for(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> torch.T
 
 def visible(q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
     """``[q_len, kv_len]`` bool: the entries a dense (optionally causal) attention sees."""
-    q_len, kv_len = q.shape[2], k.shape[2]
-    if causal:
-        return causal_token_mask(q_len, kv_len, q.device)
-    return torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device)
+    return attention_mask(q.shape[2], k.shape[2], causal, q.device)
 
 
 def distances(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.layout import Layout
-from workbench.sparse.base import SparseMethod, check_int, distances, token_layout
+from workbench.sparse.base import StaticMethod, check_int, distances
 
 
 def is_power_of_two(values: torch.Tensor) -> torch.Tensor:
@@ -20,13 +19,12 @@ def is_power_of_two(values: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class Power(SparseMethod):
+class Power(StaticMethod):
     """Keys at power-of-two distances, plus the ``window`` latest keys and the first ``sink`` keys."""
 
     name = "power"
     description = "keys at power-of-two distances behind the query (+ window and sinks)"
     paper = "PowerAttention: exponentially scaling of receptive fields, arXiv 2503.03588"
-    input_dependent = False
 
     window: int = 1
     sink: int = 0
@@ -35,23 +33,17 @@ class Power(SparseMethod):
         check_int("window", self.window, 1)
         check_int("sink", self.sink, 0)
 
-    def select(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        *,
-        causal: bool,
-        scale: float | None = None,
-        block_size: int = 64,
-    ) -> Layout:
-        distance = distances(q.shape[2], k.shape[2], q.device)
-        keys = torch.arange(k.shape[2], device=q.device).unsqueeze(0)
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        distance = distances(q_len, kv_len, device)
+        keys = torch.arange(kv_len, device=device).unsqueeze(0)
         mask = (
             is_power_of_two(distance)
             | ((distance >= 0) & (distance < self.window))
             | (keys < self.sink)
         )
-        return token_layout(mask, causal=causal, block_size=block_size)
+        return mask
 
 
 def power(window: int = 1, sink: int = 0) -> Power:

@@ -10,15 +10,15 @@ import torch
 from kernels.layout import Layout, num_blocks
 from workbench.sparse.base import (
     SparseMethod,
+    StaticMethod,
     block_layout,
     check_int,
     distances,
-    token_layout,
 )
 
 
 @dataclass(frozen=True, eq=False)
-class SinkWindow(SparseMethod):
+class SinkWindow(StaticMethod):
     """Every query keeps the first ``sink`` keys and the ``window`` most recent keys (distance
     ``0 .. window - 1`` behind it, end-aligned). Without ``causal`` the window is still the trailing
     one: keys ahead of the query are not kept."""
@@ -26,7 +26,6 @@ class SinkWindow(SparseMethod):
     name = "sink_window"
     description = "StreamingLLM: the first `sink` keys plus a window of the `window` latest keys"
     paper = "Efficient streaming language models with attention sinks, arXiv 2309.17453"
-    input_dependent = False
 
     sink: int = 4
     window: int = 64
@@ -35,19 +34,13 @@ class SinkWindow(SparseMethod):
         check_int("sink", self.sink, 0)
         check_int("window", self.window, 1)
 
-    def select(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        *,
-        causal: bool,
-        scale: float | None = None,
-        block_size: int = 64,
-    ) -> Layout:
-        distance = distances(q.shape[2], k.shape[2], q.device)
-        keys = torch.arange(k.shape[2], device=q.device).unsqueeze(0)
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        distance = distances(q_len, kv_len, device)
+        keys = torch.arange(kv_len, device=device).unsqueeze(0)
         mask = (keys < self.sink) | ((distance >= 0) & (distance < self.window))
-        return token_layout(mask, causal=causal, block_size=block_size)
+        return mask
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.layout import Layout
-from workbench.sparse.base import SparseMethod, check_int, distances, token_layout, visible
+from kernels.reference import attention_mask
+from workbench.sparse.base import StaticMethod, check_int, distances
 
 
 def _query_positions(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
@@ -31,14 +31,13 @@ def _with_global_tokens(mask: torch.Tensor, global_tokens: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class RandomKeys(SparseMethod):
+class RandomKeys(StaticMethod):
     """Every query keeps ``k`` keys drawn uniformly without replacement among the keys it can see
     (all of them when it sees fewer); fixed by ``seed``."""
 
     name = "random"
     description = "k uniformly random visible keys per query (fixed by seed)"
     paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
-    input_dependent = False
 
     k: int = 5
     seed: int = 0
@@ -47,55 +46,41 @@ class RandomKeys(SparseMethod):
         check_int("k", self.k, 1)
         check_int("seed", self.seed, 0)
 
-    def select(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        *,
-        causal: bool,
-        scale: float | None = None,
-        block_size: int = 64,
-    ) -> Layout:
-        q_len, kv_len = q.shape[2], k.shape[2]
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
-        keys = torch.rand(q_len, kv_len, generator=generator).to(q.device)
-        keys = keys.masked_fill(~visible(q, k, causal), -1.0)
+        keys = torch.rand(q_len, kv_len, generator=generator).to(device)
+        keys = keys.masked_fill(~attention_mask(q_len, kv_len, causal, device), -1.0)
         chosen = keys.topk(min(self.k, kv_len), dim=-1).indices
-        mask = torch.zeros(q_len, kv_len, dtype=torch.bool, device=q.device)
+        mask = torch.zeros(q_len, kv_len, dtype=torch.bool, device=device)
         mask.scatter_(-1, chosen, True)
-        return token_layout(mask & (keys >= 0), causal=causal, block_size=block_size)
+        return mask & (keys >= 0)
 
 
 @dataclass(frozen=True, eq=False)
-class Strided(SparseMethod):
+class Strided(StaticMethod):
     """Every query keeps the keys whose distance behind it is a multiple of ``stride`` (with
     ``causal=False`` also those ahead of it at such distances)."""
 
     name = "strided"
     description = "keys at distances that are multiples of `stride`"
     paper = "Generating long sequences with sparse transformers, arXiv 1904.10509"
-    input_dependent = False
 
     stride: int = 8
 
     def validate(self) -> None:
         check_int("stride", self.stride, 1)
 
-    def select(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        *,
-        causal: bool,
-        scale: float | None = None,
-        block_size: int = 64,
-    ) -> Layout:
-        mask = distances(q.shape[2], k.shape[2], q.device).remainder(self.stride) == 0
-        return token_layout(mask, causal=causal, block_size=block_size)
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        mask = distances(q_len, kv_len, device).remainder(self.stride) == 0
+        return mask
 
 
 @dataclass(frozen=True, eq=False)
-class Banded(SparseMethod):
+class Banded(StaticMethod):
     """A window of exactly ``k`` keys per query, as in spartan's ``mask_window``.
 
     Without ``causal`` the window is ``[i - (k-1)//2, i + k - 1 - (k-1)//2]``, shifted to stay inside
@@ -107,7 +92,6 @@ class Banded(SparseMethod):
     name = "banded"
     description = "window of exactly k keys per query, shifted at the edges (+ global tokens)"
     paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
-    input_dependent = False
 
     k: int = 5
     global_tokens: int = 0
@@ -116,37 +100,29 @@ class Banded(SparseMethod):
         check_int("k", self.k, 1)
         check_int("global_tokens", self.global_tokens, 0)
 
-    def select(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        *,
-        causal: bool,
-        scale: float | None = None,
-        block_size: int = 64,
-    ) -> Layout:
-        q_len, kv_len = q.shape[2], k.shape[2]
-        position = _query_positions(q_len, kv_len, q.device)
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        position = _query_positions(q_len, kv_len, device)
         if causal:
             start = position - self.k + 1
         else:
             start = torch.clamp(position - (self.k - 1) // 2, min=0)
             start = torch.clamp(start, max=max(kv_len - self.k, 0))
-        keys = torch.arange(kv_len, device=q.device).unsqueeze(0)
+        keys = torch.arange(kv_len, device=device).unsqueeze(0)
         mask = (keys >= start) & (keys < start + self.k)
         mask = _with_global_tokens(mask, self.global_tokens)
-        return token_layout(mask, causal=causal, block_size=block_size)
+        return mask
 
 
 @dataclass(frozen=True, eq=False)
-class BlockLocal(SparseMethod):
+class BlockLocal(StaticMethod):
     """Queries attend within ``k x k`` blocks on the (end-aligned) diagonal, as in spartan's
     ``mask_block_local`` (the last block may be smaller)."""
 
     name = "block_local"
     description = "k x k token blocks on the diagonal (+ global tokens)"
     paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
-    input_dependent = False
 
     k: int = 5
     global_tokens: int = 0
@@ -155,23 +131,16 @@ class BlockLocal(SparseMethod):
         check_int("k", self.k, 1)
         check_int("global_tokens", self.global_tokens, 0)
 
-    def select(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        *,
-        causal: bool,
-        scale: float | None = None,
-        block_size: int = 64,
-    ) -> Layout:
-        q_len, kv_len = q.shape[2], k.shape[2]
-        position = _query_positions(q_len, kv_len, q.device)
-        keys = torch.arange(kv_len, device=q.device).unsqueeze(0)
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        position = _query_positions(q_len, kv_len, device)
+        keys = torch.arange(kv_len, device=device).unsqueeze(0)
         mask = torch.div(keys, self.k, rounding_mode="floor") == torch.div(
             position, self.k, rounding_mode="floor"
         )
         mask = _with_global_tokens(mask, self.global_tokens)
-        return token_layout(mask, causal=causal, block_size=block_size)
+        return mask
 
 
 def random_keys(k: int = 5, seed: int = 0) -> RandomKeys:
