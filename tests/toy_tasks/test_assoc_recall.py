@@ -70,22 +70,6 @@ def test_registered_with_cpu_friendly_defaults() -> None:
     assert task.queries_per_example == 8
 
 
-def test_same_seed_same_batch_different_seed_different() -> None:
-    first, again, other = sample(SMALL, seed=5), sample(SMALL, seed=5), sample(SMALL, seed=6)
-    assert torch.equal(first.inputs, again.inputs)
-    assert torch.equal(first.relevant_positions, again.relevant_positions)
-    for key, value in first.metadata.items():
-        assert torch.equal(value, again.metadata[key]), key
-    assert not torch.equal(first.inputs, other.inputs)
-
-
-def test_only_the_passed_generator_is_used() -> None:
-    torch.manual_seed(0)
-    state = torch.get_rng_state()
-    sample(SMALL)
-    assert torch.equal(state, torch.get_rng_state())
-
-
 def test_shapes_and_dtypes() -> None:
     batch = sample(SMALL, batch_size=3)
     assert batch.inputs.shape == batch.targets.shape == (3, 40)

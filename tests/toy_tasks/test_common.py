@@ -36,7 +36,17 @@ def test_same_seed_same_batch_different_seed_different(name):
     first, again, other = sample(name, 3), sample(name, 3), sample(name, 4)
     for field in ("inputs", "targets", "loss_mask", "relevant_positions"):
         assert torch.equal(getattr(first, field), getattr(again, field)), field
+    for key, value in first.metadata.items():
+        assert torch.equal(value, again.metadata[key]), key
     assert not torch.equal(first.inputs, other.inputs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_the_passed_generator_is_used(name):
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    sample(name, 0)
+    assert torch.equal(state, torch.get_rng_state())
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -41,12 +41,6 @@ def test_shapes_and_dtypes(position: str, d_input: int) -> None:
     assert batch.metadata["relevant"].shape == (3, 2) and batch.metadata["special"].shape == (3,)
 
 
-def test_same_seed_same_batch_different_seed_different() -> None:
-    first, again, other = sample(SMALL, seed=3), sample(SMALL, seed=3), sample(SMALL, seed=4)
-    assert torch.equal(first.inputs, again.inputs) and torch.equal(first.targets, again.targets)
-    assert not torch.equal(first.inputs, other.inputs)
-
-
 def test_only_the_last_position_is_scored() -> None:
     batch = sample(SMALL)
     assert torch.all(batch.loss_mask[:, -1]) and not torch.any(batch.loss_mask[:, :-1])
