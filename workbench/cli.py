@@ -270,3 +270,41 @@ def _toy_batch(task_name: str, seed: int) -> tuple[Any, Any]:
 def _toy_inputs(task_name: str, seed: int) -> tuple[Any, Any, Any]:
     batch, network = _toy_batch(task_name, seed)
     return batch.inputs, batch.relevant_positions, network
+
+
+@app.command("run")
+def run_command(
+    name: Annotated[
+        str | None, typer.Argument(help="Experiment name (a YAML file in experiments/).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Run the small CPU variant of the spec.")] = False,
+    runs_dir: Annotated[Path, typer.Option(help="Root folder of the runs.")] = Path("runs"),
+    list_: Annotated[bool, typer.Option("--list", help="List the experiments and exit.")] = False,
+) -> None:
+    """Train every run of an experiment (finished runs are reused) and write its analysis:
+    runs/<name>/<hash>/{config.yaml, metrics.jsonl, results.json, figures/*.html}."""
+    import logging
+
+    from workbench.experiments import load_spec, run_experiment, spec_names
+
+    if list_:
+        for spec in map(load_spec, spec_names()):
+            runs, quick_runs = len(spec.configs()), len(spec.quick_variant().configs())
+            typer.echo(f"{spec.name:16s} {runs:3d} runs ({quick_runs} with --quick)")
+            typer.echo(f"    {spec.description}")
+        return
+    if name is None:
+        raise typer.BadParameter("give an experiment name or --list", param_hint="NAME")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        spec = load_spec(name)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="NAME") from None
+    result = run_experiment(spec, quick=quick, runs_dir=runs_dir)
+    typer.echo(
+        f"{len(result.runs)} runs ({result.n_trained} trained, "
+        f"{len(result.runs) - result.n_trained} reused) under {runs_dir / result.spec.name}"
+    )
+    typer.echo(f"results: {result.results_path}")
+    for figure in result.figures:
+        typer.echo(f"figure: {figure}")

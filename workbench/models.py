@@ -1,29 +1,278 @@
-"""Models the commands and examples run on: a small random-weights HookedTransformer for a token
-toy task, and the bundled real MiniLM (Hugging Face). Heavy imports happen inside the functions."""
+"""Models the workbench trains, traces and sparsifies.
+
+* `build_model(task, config)`: a ``HookedTransformer`` sized for a toy task from a `ModelConfig`.
+  Token tasks get TransformerLens' own token embedding and unembedding; continuous tasks get a
+  `ContinuousTransformer`: a ``HookedTransformer`` subclass whose embedding is a linear input
+  projection ``d_input -> d_model`` (`LinearEmbed`) and whose unembedding is a linear readout
+  ``d_model -> d_output``. Both are ``HookedTransformer`` s, so `workbench.trace` and
+  `workbench.sparse.patch.sparsify` work on them unchanged, hooks included.
+* `toy_model(task)`: the small random-weights token model the commands use.
+* `minilm()`: the bundled real MiniLM (Hugging Face).
+
+Weights are initialised from ``ModelConfig.seed`` without touching the global random state.
+``transformer_lens`` is imported lazily (it takes seconds): ``ContinuousTransformer`` is created on
+first use (``workbench.models.ContinuousTransformer`` resolves it).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import functools
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from toy_tasks.base import ToyTask, check_int
+
+POSITIONALS = ("standard", "sinusoidal", "rotary")
+NORMALIZATIONS = ("LN", None)
+ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu")
 
 
-def toy_model(task: Any, *, seed: int = 0, n_layers: int = 2) -> Any:
-    """A random-weights causal ``HookedTransformer`` (d_model 64, 4 heads of 16) sized for the
-    token task ``task`` (its ``vocab_size`` and ``seq_len``), in eval mode."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a toy-task transformer (the sizes of the task come from the task).
 
+    Attributes:
+        n_layers: number of transformer blocks.
+        d_model: residual stream width.
+        n_heads: attention heads per layer.
+        d_head: query / key / value dimension per head.
+        d_mlp: MLP hidden width (None = ``4 * d_model``); unused when ``attn_only``.
+        act_fn: MLP activation, one of `ACT_FNS`.
+        positional: ``"standard"`` (learned absolute), ``"sinusoidal"`` (fixed absolute, Vaswani
+            et al.; not trained) or ``"rotary"``.
+        normalization: ``"LN"`` (pre-LayerNorm) or None (no normalisation, as in the emergence
+            paper's transformer).
+        attn_only: blocks without MLPs.
+        seed: seed of the weight initialisation (None: 0 here; `workbench.train` uses its own
+            seed).
+    """
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_head: int = 16
+    d_mlp: int | None = None
+    act_fn: str = "relu"
+    positional: Literal["standard", "sinusoidal", "rotary"] = "standard"
+    normalization: Literal["LN"] | None = "LN"
+    attn_only: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_int("n_layers", self.n_layers, 1)
+        check_int("d_model", self.d_model, 1)
+        check_int("n_heads", self.n_heads, 1)
+        check_int("d_head", self.d_head, 1)
+        if self.d_mlp is not None:
+            check_int("d_mlp", self.d_mlp, 1)
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"d_model must be even with sinusoidal positions, got {self.d_model}")
+        if self.positional == "rotary" and self.d_head % 2:
+            raise ValueError(f"d_head must be even with rotary positions, got {self.d_head}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        if not isinstance(self.attn_only, bool):
+            raise ValueError(f"attn_only must be a bool, got {self.attn_only!r}")
+        if self.seed is not None:
+            check_int("seed", self.seed, 0)
+
+    @property
+    def mlp_width(self) -> int:
+        return 4 * self.d_model if self.d_mlp is None else self.d_mlp
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+class LinearEmbed(nn.Module):
+    """Input projection of continuous tasks: ``[batch, pos, d_input] -> [batch, pos, d_model]``."""
+
+    def __init__(self, d_input: int, d_model: int) -> None:
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(d_input, d_model))
+        self.b_in = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs.to(self.W_in.dtype) @ self.W_in + self.b_in
+
+
+def sinusoidal_positions(n_ctx: int, d_model: int) -> torch.Tensor:
+    """``[n_ctx, d_model]`` float32: ``sin(pos / 10000^(2i/d))`` in column ``2i`` and
+    ``cos(...)`` in column ``2i + 1`` (Vaswani et al. 2017)."""
+    positions = torch.arange(n_ctx, dtype=torch.float64)[:, None]
+    frequencies = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(n_ctx, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(positions * frequencies)
+    table[:, 1::2] = torch.cos(positions * frequencies)
+    return table.float()
+
+
+def _hooked_config(config: ModelConfig, n_ctx: int, d_vocab: int, d_vocab_out: int) -> Any:
+    """The ``HookedTransformerConfig`` (on CPU, no seed: the caller seeds a forked RNG)."""
+    from transformer_lens import HookedTransformerConfig
+
+    return HookedTransformerConfig(
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        d_head=config.d_head,
+        d_mlp=None if config.attn_only else config.mlp_width,
+        act_fn=config.act_fn,
+        attn_only=config.attn_only,
+        normalization_type=config.normalization,
+        positional_embedding_type="rotary" if config.positional == "rotary" else "standard",
+        rotary_dim=config.d_head if config.positional == "rotary" else None,
+        n_ctx=n_ctx,
+        d_vocab=d_vocab,
+        d_vocab_out=d_vocab_out,
+        device="cpu",
+    )
+
+
+@functools.cache
+def _continuous_class() -> type:
+    """``ContinuousTransformer``, defined on first use (it subclasses ``HookedTransformer``)."""
+    from transformer_lens import HookedTransformer
+
+    class ContinuousTransformer(HookedTransformer):
+        """A ``HookedTransformer`` on vectors: ``forward(inputs [batch, pos, d_input])`` returns
+        ``[batch, pos, d_output]`` (``d_output = cfg.d_vocab_out``, the unembedding is the linear
+        readout). ``embed`` is a `LinearEmbed`, initialised like TransformerLens' weights; positions,
+        blocks, hooks and caching are TransformerLens' own. Padding masks and key-value caches are
+        not supported."""
+
+        def __init__(self, cfg: Any, d_input: int) -> None:
+            super().__init__(cfg, move_to_device=False)
+            self.embed = LinearEmbed(d_input, cfg.d_model)
+            nn.init.normal_(self.embed.W_in, std=cfg.initializer_range)
+            self.setup()  # re-register module names after replacing `embed`
+
+        def input_to_embed(
+            self,
+            input: torch.Tensor,
+            prepend_bos: Any = None,
+            padding_side: Any = None,
+            attention_mask: torch.Tensor | None = None,
+            past_kv_cache: Any = None,
+        ) -> tuple[torch.Tensor, None, torch.Tensor | None, None]:
+            """``input [batch, pos, d_input]`` -> residual ``[batch, pos, d_model]``, no tokens,
+            shortformer embedding, no attention mask (the tuple TransformerLens expects)."""
+            del prepend_bos, padding_side
+            if attention_mask is not None or past_kv_cache is not None:
+                raise NotImplementedError(
+                    "ContinuousTransformer supports neither attention_mask nor past_kv_cache"
+                )
+            if input.dim() != 3 or input.shape[-1] != self.embed.W_in.shape[0]:
+                raise ValueError(
+                    f"expected inputs [batch, pos, {self.embed.W_in.shape[0]}], "
+                    f"got {tuple(input.shape)}"
+                )
+            embed = self.hook_embed(self.embed(input.to(self.embed.W_in.device)))
+            residual, shortformer_pos_embed = self.get_residual(embed, 0)
+            return residual, None, shortformer_pos_embed, None
+
+    ContinuousTransformer.__module__ = (
+        __name__  # picklable as workbench.models.ContinuousTransformer
+    )
+    ContinuousTransformer.__qualname__ = "ContinuousTransformer"
+    return ContinuousTransformer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ContinuousTransformer":
+        return _continuous_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_model(task: ToyTask, config: ModelConfig) -> Any:
+    """A causal transformer for ``task`` (on CPU, train mode), weights from ``config.seed``.
+
+    Token tasks: a ``HookedTransformer`` with ``d_vocab = task.vocab_size`` taking ``[batch, pos]``
+    tokens and returning logits ``[batch, pos, vocab]``. Continuous tasks: a `ContinuousTransformer`
+    taking ``[batch, pos, task.d_input]`` and returning ``[batch, pos, task.d_output]``. In both,
+    ``n_ctx = task.seq_len``. The global random state is left as it was.
+    """
+    from transformer_lens import HookedTransformer
+
+    seed = 0 if config.seed is None else config.seed
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "HookedTransformer is deprecated", DeprecationWarning)
+        torch.manual_seed(seed)
+        if task.kind == "tokens":
+            cfg = _hooked_config(config, task.seq_len, task.vocab_size, task.vocab_size)
+            model = HookedTransformer(cfg, move_to_device=False)
+        elif task.kind == "continuous":
+            cfg = _hooked_config(config, task.seq_len, task.d_input, task.d_output)
+            model = _continuous_class()(cfg, task.d_input)
+        else:
+            raise ValueError(f"unknown task kind {task.kind!r} of {task.name}")
+    if config.positional == "sinusoidal":
+        _fix_sinusoidal_positions(model)
+    return model
+
+
+def _fix_sinusoidal_positions(model: nn.Module) -> None:
+    """Replace the learned ``pos_embed.W_pos`` by a sinusoidal buffer (saved, never trained)."""
+    pos_embed = model.pos_embed
+    table = sinusoidal_positions(*pos_embed.W_pos.shape).to(pos_embed.W_pos.device)
+    del pos_embed.W_pos
+    pos_embed.register_buffer("W_pos", table)
+
+
+def check_compatible(model: nn.Module, task: ToyTask) -> None:
+    """Raise ``ValueError`` when ``model`` (from `build_model`) cannot run ``task``."""
+    cfg = model.cfg
+    continuous = isinstance(model, _continuous_class())
+    if (task.kind == "continuous") != continuous:
+        expected = "a ContinuousTransformer" if continuous else "a token HookedTransformer"
+        raise ValueError(f"{task.name} is a {task.kind} task but the model is {expected}")
+    if task.seq_len > cfg.n_ctx:
+        raise ValueError(f"{task.name} has seq_len {task.seq_len} > the model's n_ctx {cfg.n_ctx}")
+    if task.kind == "tokens":
+        sizes = {"vocab_size": (task.vocab_size, cfg.d_vocab)}
+    else:
+        sizes = {
+            "d_input": (task.d_input, model.embed.W_in.shape[0]),
+            "d_output": (task.d_output, cfg.d_vocab_out),
+        }
+    for name, (wanted, actual) in sizes.items():
+        if wanted != actual:
+            raise ValueError(f"{task.name} has {name} {wanted} but the model has {actual}")
+
+
+def toy_model(task: ToyTask, *, seed: int = 0, n_layers: int = 2) -> Any:
+    """A random-weights causal ``HookedTransformer`` (d_model 64, 4 heads of 16, ReLU MLP,
+    LayerNorm) sized for the token task ``task``, in eval mode."""
     if task.kind != "tokens":
         raise ValueError(f"{task.name} is not a token task")
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers,
-        d_model=64,
-        n_heads=4,
-        d_head=16,
-        n_ctx=task.seq_len,
-        d_vocab=task.vocab_size,
-        act_fn="relu",
-        seed=seed,
-    )
-    return HookedTransformer(cfg).eval()
+    return build_model(task, ModelConfig(n_layers=n_layers, seed=seed)).eval()
 
 
 def minilm() -> tuple[Any, Any]:

@@ -1,0 +1,178 @@
+import json
+
+import numpy as np
+import pytest
+
+from workbench.analysis import (
+    attention_series,
+    compare_exponents,
+    emergence_time,
+    fit_power_law,
+    metric_series,
+    read_metrics,
+    running_median,
+    threshold_time,
+)
+
+STEPS = np.arange(0, 2000, 10)
+
+
+def sigmoid_drop(drop: float, width: float = 40.0, start: float = 1.0, end: float = 0.02):
+    """A loss falling from ``start`` to ``end`` with its 0.2 x start crossing at ``drop``."""
+    # start - (start - end) * sigmoid((t - centre) / width) equals 0.2 start at t = drop
+    level = (start - 0.2 * start) / (start - end)
+    centre = drop - width * np.log(level / (1 - level))
+    return start - (start - end) / (1 + np.exp(-(STEPS - centre) / width))
+
+
+@pytest.mark.parametrize("drop", [300.0, 777.0, 1500.0])
+def test_emergence_time_recovers_the_drop_under_noise(drop):
+    rng = np.random.default_rng(0)
+    losses = sigmoid_drop(drop) * np.exp(0.05 * rng.standard_normal(STEPS.size))
+    losses[0] = 1.0  # the initial loss is the reference
+    found = emergence_time(STEPS, losses)
+    assert found == pytest.approx(drop, abs=25)
+
+
+def test_emergence_time_noiseless_interpolates_exactly_between_logged_steps():
+    losses = sigmoid_drop(777.0)
+    assert emergence_time(STEPS, losses, smoothing=1, persist=1) == pytest.approx(777.0, abs=0.5)
+
+
+def test_emergence_time_is_none_when_never_reached():
+    losses = np.linspace(1.0, 0.5, STEPS.size)
+    assert emergence_time(STEPS, losses) is None
+
+
+def test_emergence_time_ignores_a_single_noisy_dip():
+    losses = sigmoid_drop(1500.0)
+    losses[30] = 0.01  # one spurious dip at step 300
+    assert emergence_time(STEPS, losses) == pytest.approx(1500.0, abs=5)
+    assert emergence_time(STEPS, losses, smoothing=1, persist=1) == pytest.approx(300, abs=10)
+
+
+def test_emergence_time_uses_the_given_initial_and_fraction():
+    losses = sigmoid_drop(777.0)
+    later = emergence_time(STEPS, losses, initial=0.5)  # target 0.1: later than 0.2
+    assert later > 777.0
+    assert emergence_time(STEPS, losses, fraction=0.5) < 777.0
+
+
+def test_threshold_time_above_for_accuracy():
+    accuracy = np.clip((STEPS - 500) / 1000, 0, 1)
+    assert threshold_time(STEPS, accuracy, 0.05, smoothing=1, persist=1) == pytest.approx(550)
+    assert threshold_time(STEPS, accuracy, 0.05) == pytest.approx(550)
+    assert threshold_time(STEPS, accuracy * 0.01, 0.05) is None
+
+
+def test_threshold_time_ignores_nan_and_validates():
+    values = np.array([0.0, np.nan, 0.5, 1.0])
+    assert threshold_time([0, 1, 2, 3], values, 0.25, smoothing=1, persist=1) == 1.0
+    with pytest.raises(ValueError, match="increasing"):
+        threshold_time([0, 2, 1], [0, 1, 1], 0.5)
+    with pytest.raises(ValueError, match="direction"):
+        threshold_time([0, 1], [0, 1], 0.5, direction="up")
+    with pytest.raises(ValueError, match="odd"):
+        running_median([1.0, 2.0], 2)
+
+
+def power_law_data(noise: float, n: int = 60, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = {"T": rng.choice([16, 32, 64, 128, 256], n), "B": rng.choice([1, 2, 4, 8], n)}
+    y = 1.5 * x["T"] ** 0.8 * x["B"] ** -0.8 * np.exp(noise * rng.standard_normal(n))
+    return x, y
+
+
+def test_power_law_fit_noiseless_matches_lstsq_on_log_data():
+    x, y = power_law_data(noise=0.0)
+    fit = fit_power_law(x, y)
+    design = np.column_stack([np.ones(len(y)), np.log(x["T"]), np.log(x["B"])])
+    expected, *_ = np.linalg.lstsq(design, np.log(y), rcond=None)
+    assert fit.log_prefactor == pytest.approx(expected[0], abs=1e-12)
+    assert fit.exponents["T"] == pytest.approx(expected[1], abs=1e-12)
+    assert fit.exponents["B"] == pytest.approx(expected[2], abs=1e-12)
+    assert fit.prefactor == pytest.approx(1.5)
+    assert fit.r2 == pytest.approx(1.0)
+    np.testing.assert_allclose(fit.predict(x), y, rtol=1e-10)
+
+
+def test_power_law_fit_intervals_cover_the_truth_under_noise():
+    x, y = power_law_data(noise=0.1)
+    fit = fit_power_law(x, y)
+    for name in ("T", "B"):
+        low, high = fit.intervals[name]
+        assert low < 0.8 * (1 if name == "T" else -1) < high
+        assert high - low < 0.2
+    assert fit.dof == 57
+    assert 0.9 < fit.r2 < 1
+    assert fit.formula().startswith(f"{fit.prefactor:.2f} T^")
+
+
+def test_power_law_fit_coverage_is_near_nominal():
+    covered = 0
+    for seed in range(200):
+        x, y = power_law_data(noise=0.3, n=12, seed=seed)
+        low, high = fit_power_law(x, y).intervals["T"]
+        covered += low <= 0.8 <= high
+    assert 0.9 <= covered / 200 <= 0.99
+
+
+def test_power_law_fit_single_covariate():
+    t = np.array([8.0, 16, 32, 64])
+    fit = fit_power_law({"T": t}, 2 * t**0.5)
+    assert fit.exponents == {"T": pytest.approx(0.5)}
+    assert fit.predict({"T": [100.0]}) == pytest.approx([20.0])
+
+
+def test_power_law_fit_errors():
+    with pytest.raises(ValueError, match="> 0"):
+        fit_power_law({"T": [1, 2, 0]}, [1, 2, 3])
+    with pytest.raises(ValueError, match="> 0"):
+        fit_power_law({"T": [1, 2, 3]}, [1, -2, 3])
+    with pytest.raises(ValueError, match="too few points"):
+        fit_power_law({"T": [1, 2]}, [1, 2])
+    with pytest.raises(ValueError, match="collinear"):
+        fit_power_law({"T": [2, 2, 2, 2]}, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="length"):
+        fit_power_law({"T": [1, 2, 3], "B": [1, 2]}, [1, 2, 3])
+    with pytest.raises(ValueError, match="at least one"):
+        fit_power_law({}, [1, 2, 3])
+
+
+def test_compare_exponents_rows():
+    x, y = power_law_data(noise=0.1)
+    fit = fit_power_law(x, y)
+    rows = compare_exponents(fit, {"T": 0.8, "B": 0.0})
+    assert [row["name"] for row in rows] == ["T", "B"]
+    assert rows[0]["within_ci"] and not rows[1]["within_ci"]
+    assert rows[1]["difference"] == pytest.approx(fit.exponents["B"])
+    with pytest.raises(ValueError, match="not in the fit"):
+        compare_exponents(fit, {"d": 0.5})
+
+
+def test_read_metrics_skips_a_truncated_last_line_and_series_keeps_last_value(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [
+        json.dumps({"step": 0, "loss": 1.0, "eval_loss": 0.9}),
+        json.dumps({"step": 10, "loss": 0.5}),
+        json.dumps({"step": 10, "loss": 0.4, "eval_loss": 0.3}),  # resumed run re-logs step 10
+        '{"step": 20, "lo',
+    ]
+    path.write_text("\n".join(lines))
+    records = read_metrics(path)
+    assert len(records) == 3
+    steps, values = metric_series(records, "eval_loss")
+    assert steps.tolist() == [0, 10] and values.tolist() == [0.9, 0.3]
+    assert metric_series(records, "loss")[1].tolist() == [1.0, 0.4]
+
+
+def test_attention_series_reads_nested_layer_head_metrics():
+    records = [
+        {"step": 0, "loss": 1.0},
+        {"step": 10, "attention": {"relevant_mass": [[0.1, 0.2], [0.3, 0.4]]}},
+        {"step": 5, "attention": {"relevant_mass": [[0.0, 0.1], [0.2, 0.3]]}},
+    ]
+    steps, values = attention_series(records, "relevant_mass")
+    assert steps.tolist() == [5, 10] and values.shape == (2, 2, 2)
+    assert values[1, 1, 0] == 0.3
+    assert attention_series(records, "entropy")[0].size == 0

@@ -1,0 +1,282 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.experiments import (
+    ExperimentSpec,
+    RunRecord,
+    analyses,
+    config_hash,
+    load_spec,
+    run_experiment,
+    spec_names,
+)
+
+BASE = {
+    "task": {"name": "single_location", "seq_len": 8, "d": 4, "burstiness": 1},
+    "model": {"n_layers": 1, "d_model": 8},
+    "sparse_method": None,
+    "sparse_hparams": {},
+    "steps": 10,
+}
+
+
+def make_spec(name: str = "toy", **fields) -> ExperimentSpec:
+    return ExperimentSpec.from_dict(
+        {"name": name, "description": "a test experiment", "base": BASE, **fields}
+    )
+
+
+class StubTrain:
+    """Records its calls; writes an eval loss falling from 1 to 0.02 whose 0.2 x initial crossing
+    is at step 4 T / B (T = seq_len, B = burstiness), and accuracy / relevant mass rising with it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, config, out_dir, *, resume, progress):
+        self.calls.append({"config": config, "out_dir": out_dir, "resume": resume})
+        task = config["task"]
+        drop = 4.0 * task.get("seq_len", 8) / task.get("burstiness", 1)
+        level = 0.8 / 0.98  # the sigmoid's value at the crossing
+        centre = drop - 3 * np.log(level / (1 - level))
+        with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as file:
+            for step in range(0, 400, 2):
+                rising = float(1 / (1 + np.exp(-(step - centre) / 3)))
+                record = {"step": step, "loss": 1.0, "eval_loss": 1.0 - 0.98 * rising}
+                record["eval_accuracy"] = rising
+                record["attention"] = {"relevant_mass": [[rising / 2, rising], [0.1, 0.1]]}
+                file.write(json.dumps(record) + "\n")
+        return {"final_step": 400}
+
+
+def test_config_hash_is_stable_and_order_independent():
+    a = {"task": {"name": "x", "d": 4}, "lr": 0.001, "seed": 0}
+    b = {"seed": 0, "lr": 0.001, "task": {"d": 4, "name": "x"}}
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 12 and int(config_hash(a), 16) >= 0
+    assert config_hash(a) != config_hash({**a, "seed": 1})
+    assert config_hash({}) == "44136fa355b3"  # sha256("{}")[:12]: the canonical form is fixed
+
+
+def test_sweep_expands_as_a_grid_times_seeds():
+    spec = make_spec(sweep={"task.seq_len": [8, 16], "task.burstiness": [1, 2, 4]}, seeds=[0, 1])
+    configs = spec.configs()
+    assert len(configs) == 12
+    assert len({config_hash(c) for c in configs}) == 12
+    assert [(c["task"]["seq_len"], c["task"]["burstiness"], c["seed"]) for c in configs[:3]] == [
+        (8, 1, 0),
+        (8, 1, 1),
+        (8, 2, 0),
+    ]
+    assert BASE["task"]["seq_len"] == 8  # the base is not mutated
+    coupled = make_spec(
+        sweep={"sparse_method,sparse_hparams": [[None, {}], ["top_k", {"k": 5}]], "steps": [1, 2]}
+    )
+    assert [(c["sparse_method"], c["sparse_hparams"], c["steps"]) for c in coupled.configs()] == [
+        (None, {}, 1),
+        (None, {}, 2),
+        ("top_k", {"k": 5}, 1),
+        ("top_k", {"k": 5}, 2),
+    ]
+
+
+def test_quick_variant_merges_base_and_replaces_sweeps():
+    spec = make_spec(
+        sweep={"task.seq_len": [64, 128], "task.d": [8, 16]},
+        seeds=[0, 1, 2],
+        quick={
+            "base": {"steps": 2, "task": {"d": 2}},
+            "sweep": {"task.seq_len": [4]},
+            "seeds": [0],
+        },
+    )
+    quick = spec.quick_variant()
+    assert quick.base["steps"] == 2 and quick.base["task"]["d"] == 2
+    assert quick.base["task"]["name"] == "single_location"
+    assert quick.sweep == {"task.seq_len": [4], "task.d": [8, 16]}
+    assert len(quick.configs()) == 2
+    assert quick.experiment_hash() != spec.experiment_hash()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sweeps": {}}, "unknown keys \\['sweeps'\\]"),
+        ({"sweep": {"task.seqlen": [1]}}, "sweep: 'task.seqlen' is not a key of base"),
+        ({"sweep": {"steps": []}}, "non-empty list"),
+        ({"sweep": {"steps": 5}}, "non-empty list"),
+        ({"sweep": {"steps,sparse_method": [[1, None], [3]]}}, "list of 2 values"),
+        ({"sweep": {"steps,lrr": [[1, 2]]}}, "sweep: 'lrr' is not a key"),
+        ({"seeds": [0, 0]}, "distinct"),
+        ({"seeds": [-1]}, "seeds"),
+        ({"quick": {"steps": 1}}, "quick: unknown keys"),
+        ({"quick": {"base": {"model": {"width": 3}}}}, "quick.base: 'model.width'"),
+        ({"quick": {"sweep": {"lr": [1]}}}, "quick.sweep: 'lr'"),
+    ],
+)
+def test_spec_validation_names_the_problem(fields, message):
+    with pytest.raises(ValueError, match=message):
+        make_spec(**fields)
+
+
+def test_load_spec_errors_name_the_file(tmp_path):
+    (tmp_path / "broken.yaml").write_text("name: broken\ndescription: x\nbase: {a: 1}\nextra: 2\n")
+    (tmp_path / "other.yaml").write_text("name: renamed\ndescription: x\nbase: {a: 1}\n")
+    (tmp_path / "bad_yaml.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: unknown keys \['extra'\]"):
+        load_spec("broken", tmp_path)
+    with pytest.raises(ValueError, match="must equal the file name"):
+        load_spec("other", tmp_path)
+    with pytest.raises(ValueError, match=r"bad_yaml\.yaml"):
+        load_spec("bad_yaml", tmp_path)
+    with pytest.raises(ValueError, match="unknown experiment 'missing'; known: bad_yaml, broken"):
+        load_spec("missing", tmp_path)
+
+
+def test_bundled_specs_load_and_quick_variants_are_small():
+    assert spec_names() == ["emergence", "icl_linreg", "semantic_focus"]
+    for name in spec_names():
+        spec = load_spec(name)
+        quick = spec.quick_variant()
+        assert len(quick.configs()) <= 6
+        assert all(config["steps"] <= 500 for config in quick.configs())
+
+
+def test_runs_are_cached_by_config_hash(tmp_path):
+    spec = make_spec(sweep={"task.seq_len": [8, 16]})
+    train = StubTrain()
+    first = run_experiment(spec, runs_dir=tmp_path, train_fn=train, progress=False)
+    assert len(train.calls) == 2 and first.n_trained == 2
+    for run in first.runs:
+        assert run.directory == tmp_path / "toy" / config_hash(run.config)
+        assert yaml.safe_load((run.directory / "config.yaml").read_text()) == run.config
+        assert run.result() == {"config_hash": run.config_hash, "train": {"final_step": 400}}
+    again = StubTrain()
+    second = run_experiment(spec, runs_dir=tmp_path, train_fn=again, progress=False)
+    assert again.calls == [] and second.n_trained == 0
+    assert all(run.cached for run in second.runs)
+    assert second.directory == tmp_path / "toy" / spec.experiment_hash()
+    results = json.loads(second.results_path.read_text())
+    assert results["experiment"] == "toy" and len(results["runs"]) == 2
+    assert set(results["final_metrics"]) == {run.config_hash for run in second.runs}
+
+
+def test_interrupted_run_resumes(tmp_path):
+    spec = make_spec()
+    calls = []
+
+    def interrupted(config, out_dir, *, resume, progress):
+        calls.append(resume)
+        (out_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 1.0}) + "\n")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(spec, runs_dir=tmp_path, train_fn=interrupted, progress=False)
+    run_dir = tmp_path / "toy" / config_hash(spec.configs()[0])
+    assert (run_dir / "config.yaml").exists() and not (run_dir / "results.json").exists()
+    train = StubTrain()
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=train, progress=False)
+    assert calls == [True]
+    assert [call["resume"] for call in train.calls] == [True]
+    assert train.calls[0]["out_dir"] == run_dir and result.n_trained == 1
+
+
+def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
+    spec = make_spec(
+        "emergence",
+        sweep={"task.seq_len": [8, 16, 32, 64], "task.burstiness": [1, 2]},
+        analysis={"paper": "toy_model"},
+    )
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
+    fit = result.results["fit"]
+    assert fit["names"] == ["T", "B"]
+    assert fit["exponents"]["T"] == pytest.approx(1.0, abs=0.05)
+    assert fit["exponents"]["B"] == pytest.approx(-1.0, abs=0.05)
+    rows = {row["name"]: row for row in result.results["comparison"]}
+    assert set(rows) == {"T", "B"} and rows["T"]["paper"] == 0.99
+    names = sorted(path.name for path in result.figures)
+    assert names == ["fit.html", "loss.html", "relevant_mass.html"]
+    assert all(path.stat().st_size > 1000 for path in result.figures)
+
+
+def test_semantic_focus_analysis_groups_by_method(tmp_path):
+    spec = make_spec(
+        "semantic_focus",
+        sweep={"sparse_method,sparse_hparams": [[None, {}], ["top_k", {"k": 5}]]},
+        seeds=[0, 1],
+        analysis={"thresholds": [0.05, 0.5]},
+    )
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
+    methods = {row["method"]: row for row in result.results["methods"]}
+    assert set(methods) == {"dense", "top_k(k=5)"}
+    assert methods["dense"]["runs"] == 2 and methods["dense"]["reached_0.5"] == 2
+    centre = 32 - 3 * np.log(0.8 / 0.18)  # where the stub's accuracy is 0.5
+    assert methods["dense"]["median_steps_to_0.5"] == pytest.approx(centre, abs=0.5)
+    assert methods["dense"]["mean_eval_accuracy"] == pytest.approx(1.0)
+    assert {path.name for path in result.figures} == {"accuracy.html", "loss.html", "summary.html"}
+
+
+def test_unknown_analysis_option_raises(tmp_path):
+    spec = make_spec("emergence", analysis={"papr": "toy_model"})
+    with pytest.raises(ValueError, match="unknown analysis options \\['papr'\\]"):
+        run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
+
+
+class ZeroModel(torch.nn.Module):
+    """Predicts 0 everywhere: its error curve is E[y^2] / d = 1 at every k."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, inputs):
+        return self.scale * inputs[..., :1]
+
+
+def test_icl_error_curves_put_the_model_next_to_the_baselines(tmp_path):
+    base = {**BASE, "task": {"name": "linear_regression", "d": 4, "n_points": 10}}
+    runs = [RunRecord({**base, "seed": 0}, "abc", tmp_path, cached=False)]
+    options = {"eval_examples": 512, "eval_seed": 0, "ridge_alpha": 0.1, "knn_k": 3}
+    curves = analyses.icl_error_curves(runs, options, lambda run_dir: ZeroModel())["curves"]
+    (task_curves,) = curves.values()
+    assert set(task_curves) == {
+        "least_squares",
+        "ridge alpha=0.1",
+        "3-NN",
+        "averaging",
+        "model seed=0",
+    }
+    assert all(len(curve) == 10 for curve in task_curves.values())
+    assert np.mean(task_curves["model seed=0"]) == pytest.approx(1.0, abs=0.1)
+    assert task_curves["least_squares"][-1] < 1e-6
+
+
+def test_cli_run_list():
+    result = CliRunner().invoke(app, ["run", "--list"])
+    assert result.exit_code == 0, result.output
+    for name in ("emergence", "icl_linreg", "semantic_focus"):
+        assert name in result.output
+    assert "(4 with --quick)" in result.output
+
+
+def test_cli_run_unknown_experiment_names_the_known_ones():
+    result = CliRunner().invoke(app, ["run", "nope"])
+    assert result.exit_code != 0
+    assert "emergence" in result.output
+
+
+def test_cli_run_prints_where_results_are(tmp_path, monkeypatch):
+    spec = make_spec()
+    monkeypatch.setattr("workbench.experiments.load_spec", lambda name: spec)
+    monkeypatch.setattr("workbench.experiments.runner.train_with_workbench", StubTrain())
+    result = CliRunner().invoke(app, ["run", "toy", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "1 runs (1 trained, 0 reused)" in result.output
+    assert str(Path(tmp_path) / "toy" / spec.experiment_hash() / "results.json") in result.output

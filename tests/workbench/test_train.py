@@ -1,0 +1,247 @@
+"""`workbench.train`: learning, determinism, resume after a kill, sparse training (CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import toy_tasks
+from toy_tasks.baselines import averaging_curve, error_curve
+from workbench.models import ModelConfig
+from workbench.train import TrainConfig, learning_rate, load_model, read_metrics, train
+
+RECALL = {"vocab_size": 32, "n_pairs": 4, "seq_len": 16}
+ATTN_ONLY = ModelConfig(n_layers=2, d_model=64, n_heads=2, d_head=32, attn_only=True)
+TINY = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8)
+
+
+def recall_config(**changes) -> TrainConfig:
+    base = TrainConfig(
+        task="assoc_recall",
+        task_overrides=RECALL,
+        model=ATTN_ONLY,
+        steps=300,
+        batch_size=64,
+        lr=3e-3,
+        eval_every=100,
+        eval_batch_size=256,
+        metrics_every=50,
+        checkpoint_every=100,
+    )
+    return base.replace(**changes)
+
+
+class Interrupt(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+@pytest.fixture(scope="module")
+def recall_run(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("recall")
+    return train(recall_config(trace_metrics=True), out, progress=False)
+
+
+def test_assoc_recall_is_learned(recall_run) -> None:
+    assert recall_run.metrics["step"] == 300
+    assert recall_run.metrics["eval_accuracy"] >= 0.95
+    records = read_metrics(recall_run.metrics_path)
+    first, last = records[0], records[-1]
+    assert last["eval_loss"] < 0.1 * first["eval_loss"]
+    # Recall reads the queried key's value: layer-1 attention focuses on it (semantic focus).
+    focus_before = max(first["attention"]["relevant_mass"][1])
+    focus_after = max(last["attention"]["relevant_mass"][1])
+    assert focus_after > max(0.25, 3 * focus_before)
+
+
+def test_metrics_schema(recall_run) -> None:
+    records = read_metrics(recall_run.metrics_path)
+    assert [record["step"] for record in records] == [0, 50, 100, 150, 200, 250, 300]
+    assert set(records[0]) == {"step", "eval_loss", "eval_accuracy", "attention"}
+    assert set(records[1]) == {"step", "loss", "lr", "grad_norm"}
+    assert set(records[2]) == {"step", "loss", "lr", "grad_norm", "eval_loss", "eval_accuracy"} | {
+        "attention"
+    }
+    attention = records[-1]["attention"]
+    assert set(attention) == {"relevant_mass", "entropy", "k_0.9"}
+    for values in attention.values():
+        assert len(values) == 2 and all(len(row) == 2 for row in values)  # [layer][head]
+    assert all(0.0 <= mass <= 1.0 for row in attention["relevant_mass"] for mass in row)
+    assert records[1]["lr"] == pytest.approx(3e-3)
+    assert recall_run.checkpoint_path.exists() and recall_run.checkpoint_json_path.exists()
+    checkpoint = json.loads(recall_run.checkpoint_json_path.read_text())
+    assert checkpoint["step"] == 300
+    assert TrainConfig.from_dict(checkpoint["config"]) == recall_config(trace_metrics=True)
+
+
+def test_load_model_restores_the_trained_weights(recall_run) -> None:
+    model, config, step = load_model(recall_run.out_dir)
+    assert step == 300 and config == recall_config(trace_metrics=True)
+    for name, value in recall_run.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_a_finished_run_is_not_trained_again(recall_run) -> None:
+    before = recall_run.metrics_path.read_bytes()
+    again = train(recall_config(trace_metrics=True), recall_run.out_dir, progress=False)
+    assert again.resumed_from == 300
+    assert again.metrics == recall_run.metrics
+    assert recall_run.metrics_path.read_bytes() == before
+
+
+def test_linear_regression_beats_the_averaging_baseline(tmp_path: Path) -> None:
+    config = TrainConfig(
+        task="linear_regression",
+        task_overrides={"d": 4, "n_points": 12},
+        model=ModelConfig(n_layers=2, d_model=64, n_heads=4, d_head=16),
+        steps=500,
+        batch_size=64,
+        lr=2e-3,
+        eval_every=250,
+        metrics_every=50,
+        checkpoint_every=500,
+    )
+    result = train(config, tmp_path, progress=False)
+    assert "eval_mse" in result.metrics
+    held_out = result.task.sample(512, torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        predictions = result.model(held_out.inputs)[:, 0::2, 0]  # at the x-tokens
+    model_curve, averaging = error_curve(held_out, predictions), averaging_curve(held_out)
+    assert model_curve.mean() < averaging.mean()
+    # From d examples on, the model must use the context (predicting 0 scores 1 here).
+    assert model_curve[4:].mean() < 0.6
+    assert model_curve[4:].mean() < averaging[4:].mean()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"optimizer": "adamw", "weight_decay": 0.1, "schedule": "cosine", "warmup_steps": 5},
+        {"optimizer": "sgd", "momentum": 0.9, "schedule": "step", "step_every": 10, "gamma": 0.5},
+    ],
+    ids=["adamw-cosine", "sgd-step"],
+)
+def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None:
+    config = recall_config(
+        model=TINY,
+        steps=30,
+        batch_size=8,
+        eval_every=10,
+        eval_batch_size=16,
+        metrics_every=3,
+        checkpoint_every=10,
+        grad_clip=0.5,
+        trace_metrics=True,
+        **changes,
+    )
+    uninterrupted = train(config, tmp_path / "a", progress=False)
+
+    def kill_at_step_15(step: int, record: dict | None) -> None:
+        if step == 15:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "b", progress=False, callback=kill_at_step_15)
+    assert read_metrics(tmp_path / "b" / "metrics.jsonl")[-1]["step"] == 15
+    resumed = train(config, tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 10
+    expected = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    metrics = (tmp_path / "a" / "metrics.jsonl").read_bytes()
+    assert (tmp_path / "b" / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_resume_refuses_another_config_and_torn_checkpoints(tmp_path: Path) -> None:
+    config = recall_config(model=TINY, steps=4, batch_size=4, eval_batch_size=8, checkpoint_every=2)
+    train(config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(config.replace(lr=1e-2), tmp_path, progress=False)
+    fresh = train(config.replace(lr=1e-2), tmp_path, resume=False, progress=False)
+    assert fresh.resumed_from is None
+    meta = json.loads(fresh.checkpoint_json_path.read_text())
+    fresh.checkpoint_json_path.write_text(json.dumps({**meta, "step": 2}))
+    with pytest.raises(ValueError, match="does not match"):
+        train(config.replace(lr=1e-2), tmp_path, progress=False)
+
+
+def test_sparse_training_runs_through_sparsify_and_learns(tmp_path: Path) -> None:
+    sparse = recall_config(
+        steps=100,
+        eval_every=50,
+        checkpoint_every=100,
+        sparse_method="sink_window",
+        sparse_hparams={"sink": 1, "window": 8},
+        sparse_layers=[1],
+        sparse_block_size=16,
+    )
+    result = train(sparse, tmp_path / "sparse", progress=False)
+    records = read_metrics(result.metrics_path)
+    assert result.metrics["eval_loss"] < 0.5 * records[0]["eval_loss"]
+    assert records[-1]["loss"] < records[1]["loss"]
+    dense = sparse.replace(steps=1, sparse_method=None, sparse_hparams={}, sparse_layers=None)
+    dense_records = read_metrics(train(dense, tmp_path / "dense", progress=False).metrics_path)
+    assert dense_records[0]["eval_loss"] != records[0]["eval_loss"]  # the sparse forward differs
+
+
+def test_learning_rate_schedules() -> None:
+    config = recall_config(steps=100, warmup_steps=10, schedule="cosine", lr=1.0)
+    assert learning_rate(config, 0) == pytest.approx(0.1)
+    assert learning_rate(config, 9) == pytest.approx(1.0)
+    assert learning_rate(config, 10) == pytest.approx(1.0)
+    assert learning_rate(config, 55) == pytest.approx(0.5)
+    step = config.replace(schedule="step", step_every=20, gamma=0.5)
+    assert [learning_rate(step, i) for i in (10, 29, 30, 50)] == [1.0, 1.0, 0.5, 0.25]
+    assert learning_rate(config.replace(schedule="constant", warmup_steps=0), 99) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"warmup_steps": 301}, "warmup_steps"),
+        ({"grad_clip": 0.0}, "grad_clip"),
+        ({"seed": -1}, "seed"),
+        ({"metrics_every": 0}, "metrics_every"),
+        ({"task_overrides": {"n_pairs": 0}}, "n_pairs"),
+        ({"task": "nope"}, "nope"),
+        ({"sparse_method": "nope"}, "nope"),
+        ({"sparse_method": "top_k", "sparse_hparams": {"k": 0}}, "k"),
+        ({"sparse_method": "top_k", "sparse_layers": [2]}, "sparse_layers"),
+        ({"sparse_hparams": {"k": 3}}, "sparse_method"),
+        ({"device": "tpu"}, "device"),
+        ({"trace_metrics": "yes"}, "trace_metrics"),
+    ],
+)
+def test_validation_names_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        recall_config(**changes)
+
+
+@pytest.mark.parametrize(
+    "task",
+    ["assoc_recall", toy_tasks.get("linear_regression", d=3, n_points=5)],
+    ids=["by-name", "task-object"],
+)
+def test_config_round_trips_through_yaml(task) -> None:
+    config = recall_config(
+        task=task,
+        task_overrides=RECALL if task == "assoc_recall" else {},
+        model=TINY.replace(positional="sinusoidal", normalization=None),
+        sparse_method="top_k",
+        sparse_hparams={"k": 3},
+        sparse_layers=[0],
+        grad_clip=0.5,
+    )
+    text = yaml.safe_dump(config.to_dict())
+    assert TrainConfig.from_dict(yaml.safe_load(text)) == config
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({**config.to_dict(), "epochs": 3})

@@ -1,0 +1,360 @@
+"""Analysis of training curves: emergence times and power-law fits.
+
+Emergence (Zucchet et al., "The emergence of sparse attention", arXiv 2505.17863): the emergence
+time of a run is the time its test loss needs to reach ``0.2 x`` its initial value; for in-context
+associative recall it is the number of steps to reach 5% accuracy. The paper fits emergence times
+with power laws such as ``T_plateau = 1.51 T^0.99 B^-0.99 d^0.49``; `fit_power_law` fits
+``log y = log c + sum_i a_i log x_i`` by least squares and gives confidence intervals of the
+exponents, `compare_exponents` puts them next to the paper's.
+
+Curves are logged at arbitrary (increasing) steps; every function takes ``steps [n]`` and
+``values [n]`` as array-likes and ignores NaN values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+DEFAULT_SMOOTHING = 5
+"""Window (logged points) of the centred running median applied before a threshold crossing."""
+
+DEFAULT_PERSIST = 3
+"""Consecutive logged points the smoothed curve must stay past a threshold for a crossing."""
+
+
+def _clean_series(steps: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """``steps [n]``, ``values [n]`` as float64 with NaN values dropped; steps must increase."""
+    steps = np.asarray(steps, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if steps.ndim != 1 or steps.shape != values.shape:
+        raise ValueError(
+            f"steps and values must be 1-D of one length, got {steps.shape} and {values.shape}"
+        )
+    keep = ~np.isnan(values)
+    steps, values = steps[keep], values[keep]
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must be strictly increasing")
+    return steps, values
+
+
+def running_median(values: ArrayLike, window: int) -> np.ndarray:
+    """Centred running median of ``values [n]`` over ``window`` points (odd, >= 1); the window is
+    truncated at both ends. On a monotone curve it returns the curve unchanged, so it removes
+    isolated spikes without shifting a crossing."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer >= 1, got {window}")
+    values = np.asarray(values, dtype=np.float64)
+    half = window // 2
+    return np.array(
+        [np.median(values[max(0, i - half) : i + half + 1]) for i in range(len(values))]
+    )
+
+
+def threshold_time(
+    steps: ArrayLike,
+    values: ArrayLike,
+    threshold: float,
+    direction: Literal["above", "below"] = "above",
+    *,
+    smoothing: int = DEFAULT_SMOOTHING,
+    persist: int = DEFAULT_PERSIST,
+) -> float | None:
+    """First step at which a logged curve reaches ``threshold``, robust to noise.
+
+    Definition: let ``s`` be the centred running median of ``values`` over ``smoothing`` logged
+    points (`running_median`; ``smoothing=1`` keeps the raw values). The crossing index ``i`` is
+    the first index such that ``s[i], ..., s[i + persist - 1]`` all reach the threshold (``>=`` for
+    ``direction="above"``, ``<=`` for ``"below"``); near the end of the curve, all remaining points
+    must reach it. The returned time interpolates linearly between ``(steps[i-1], s[i-1])`` and
+    ``(steps[i], s[i])`` to the step where ``s`` equals the threshold (``steps[0]`` if ``i = 0``).
+
+    Args:
+        steps: ``[n]`` strictly increasing training steps.
+        values: ``[n]`` the metric at those steps (NaN entries are ignored).
+        threshold: the level to reach, in the units of ``values``.
+        direction: ``"above"`` (accuracy-like) or ``"below"`` (loss-like).
+        smoothing: odd window of the running median, in logged points.
+        persist: number of consecutive smoothed points that must stay past the threshold.
+
+    Returns:
+        The crossing step (float, in the units of ``steps``), or None if the curve never reaches
+        the threshold in that sense.
+    """
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
+    if persist < 1:
+        raise ValueError(f"persist must be >= 1, got {persist}")
+    steps, values = _clean_series(steps, values)
+    smoothed = running_median(values, smoothing)
+    reached = smoothed >= threshold if direction == "above" else smoothed <= threshold
+    for i in np.flatnonzero(reached):
+        if reached[i : i + persist].all():
+            return _interpolate_crossing(steps, smoothed, int(i), threshold)
+    return None
+
+
+def _interpolate_crossing(
+    steps: np.ndarray, smoothed: np.ndarray, index: int, threshold: float
+) -> float:
+    """Step between ``index - 1`` and ``index`` where the piecewise-linear curve hits
+    ``threshold``."""
+    if index == 0:
+        return float(steps[0])
+    before, after = smoothed[index - 1], smoothed[index]
+    fraction = (threshold - before) / (after - before)
+    return float(steps[index - 1] + fraction * (steps[index] - steps[index - 1]))
+
+
+def emergence_time(
+    steps: ArrayLike,
+    losses: ArrayLike,
+    *,
+    initial: float | None = None,
+    fraction: float = 0.2,
+    smoothing: int = DEFAULT_SMOOTHING,
+    persist: int = DEFAULT_PERSIST,
+) -> float | None:
+    """Zucchet et al.'s emergence time: the first step at which the (test) loss reaches
+    ``fraction x initial`` (0.2 in the paper), found by `threshold_time` (direction ``"below"``,
+    running median over ``smoothing`` points, crossing persisting over ``persist`` points, linear
+    interpolation between logged steps).
+
+    Args:
+        steps: ``[n]`` strictly increasing training steps.
+        losses: ``[n]`` positive losses at those steps (NaN entries are ignored).
+        initial: the reference loss; default: the first non-NaN logged loss (the loss at
+            initialisation when step 0 is logged).
+        fraction: target fraction of the initial loss, in (0, 1).
+
+    Returns:
+        The emergence step, or None if the loss never reaches the target.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if initial is None:
+        _, clean = _clean_series(steps, losses)
+        if clean.size == 0:
+            raise ValueError("losses hold no finite value")
+        initial = float(clean[0])
+    if initial <= 0:
+        raise ValueError(f"initial loss must be > 0, got {initial}")
+    return threshold_time(
+        steps, losses, fraction * initial, "below", smoothing=smoothing, persist=persist
+    )
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """``y = prefactor * prod_i x_i ** exponents[i]``, fitted on log-log data.
+
+    Attributes:
+        names: covariate names, in fit order.
+        exponents: ``{name: a_i}``.
+        log_prefactor: ``log c`` (natural log); ``prefactor = exp(log_prefactor)``.
+        standard_errors: ``{name: se(a_i)}`` plus ``"log_prefactor"``.
+        intervals: ``{name: (low, high)}`` confidence intervals (t-distribution) of the exponents
+            and of ``"log_prefactor"``.
+        confidence: the level of ``intervals`` (0.95 by default).
+        r2: coefficient of determination of the log-log fit.
+        n_points: number of fitted points; ``dof = n_points - len(names) - 1``.
+    """
+
+    names: tuple[str, ...]
+    exponents: dict[str, float]
+    log_prefactor: float
+    standard_errors: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    confidence: float
+    r2: float
+    n_points: int
+
+    @property
+    def prefactor(self) -> float:
+        """``c`` of ``y = c prod x_i^a_i``."""
+        return math.exp(self.log_prefactor)
+
+    @property
+    def dof(self) -> int:
+        """Residual degrees of freedom."""
+        return self.n_points - len(self.names) - 1
+
+    def predict(self, x: Mapping[str, ArrayLike]) -> np.ndarray:
+        """``y`` at covariates ``x`` (``{name: [m] positive values}``, every fitted name) ->
+        ``[m]``."""
+        missing = set(self.names) - set(x)
+        if missing:
+            raise ValueError(f"predict needs every covariate; missing {sorted(missing)}")
+        logs = _log_covariates({name: x[name] for name in self.names}, "x")
+        coefficients = np.array([self.exponents[name] for name in self.names])
+        return np.exp(self.log_prefactor + logs @ coefficients)
+
+    def formula(self, digits: int = 2) -> str:
+        """E.g. ``"1.51 T^0.99 B^-0.99"``."""
+        terms = [f"{name}^{self.exponents[name]:.{digits}f}" for name in self.names]
+        return " ".join([f"{self.prefactor:.{digits}f}", *terms])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "formula": self.formula(),
+            "names": list(self.names),
+            "exponents": self.exponents,
+            "prefactor": self.prefactor,
+            "log_prefactor": self.log_prefactor,
+            "standard_errors": self.standard_errors,
+            "intervals": {name: list(bounds) for name, bounds in self.intervals.items()},
+            "confidence": self.confidence,
+            "r2": self.r2,
+            "n_points": self.n_points,
+        }
+
+
+def _log_covariates(x: Mapping[str, ArrayLike], label: str) -> np.ndarray:
+    """``{name: [n] values}`` -> ``log`` design columns ``[n, len(x)]``; values must be > 0."""
+    columns = []
+    for name, values in x.items():
+        array = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if array.ndim != 1:
+            raise ValueError(f"{label}[{name!r}] must be 1-D, got shape {array.shape}")
+        if not np.all(array > 0):  # also rejects NaN
+            raise ValueError(f"{label}[{name!r}] must be > 0 everywhere for a log-log fit")
+        columns.append(np.log(array))
+    lengths = {len(column) for column in columns}
+    if len(lengths) > 1:
+        raise ValueError(f"covariates of {label} differ in length: {sorted(lengths)}")
+    return np.stack(columns, axis=1)
+
+
+def fit_power_law(
+    x: Mapping[str, ArrayLike], y: ArrayLike, *, confidence: float = 0.95
+) -> PowerLawFit:
+    """Least-squares fit of ``log y = log c + sum_i a_i log x_i``.
+
+    Args:
+        x: ``{name: [n] positive values}``, one or more covariates (e.g. ``{"T": ..., "B": ...}``).
+        y: ``[n]`` positive responses (e.g. emergence times in steps).
+        confidence: level of the intervals, in (0, 1).
+
+    Returns:
+        A `PowerLawFit`; standard errors from ``sigma^2 (X^T X)^-1`` with
+        ``sigma^2 = RSS / (n - p)``, intervals ``a_i +- t_{(1+confidence)/2, n-p} se(a_i)``
+        (``p`` = number of covariates + 1).
+
+    Raises:
+        ValueError: no covariate, a non-positive value, fewer than ``p + 1`` points (no residual
+            degree of freedom), or covariates that are constant or collinear in log space.
+    """
+    from scipy import stats
+
+    if not x:
+        raise ValueError("fit_power_law needs at least one covariate")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    names = tuple(x)
+    logs = _log_covariates(x, "x")
+    log_y = _log_covariates({"y": y}, "y")[:, 0]
+    if len(log_y) != len(logs):
+        raise ValueError(f"x has {len(logs)} points but y has {len(log_y)}")
+    design = np.column_stack([np.ones(len(log_y)), logs])
+    n, p = design.shape
+    if n <= p:
+        raise ValueError(
+            f"too few points: {n} for {p} parameters (need at least {p + 1} for intervals)"
+        )
+    if np.linalg.matrix_rank(design) < p:
+        raise ValueError(f"covariates {list(names)} are constant or collinear in log space")
+    coefficients, *_ = np.linalg.lstsq(design, log_y, rcond=None)
+    residuals = log_y - design @ coefficients
+    rss = float(residuals @ residuals)
+    tss = float(((log_y - log_y.mean()) ** 2).sum())
+    covariance = rss / (n - p) * np.linalg.inv(design.T @ design)
+    errors = np.sqrt(np.diag(covariance))
+    half_width = stats.t.ppf((1 + confidence) / 2, n - p) * errors
+    labels = ("log_prefactor", *names)
+    return PowerLawFit(
+        names=names,
+        exponents={name: float(a) for name, a in zip(names, coefficients[1:], strict=True)},
+        log_prefactor=float(coefficients[0]),
+        standard_errors={label: float(e) for label, e in zip(labels, errors, strict=True)},
+        intervals={
+            label: (float(c - h), float(c + h))
+            for label, c, h in zip(labels, coefficients, half_width, strict=True)
+        },
+        confidence=confidence,
+        r2=1.0 - rss / tss if tss > 0 else float("nan"),
+        n_points=n,
+    )
+
+
+def compare_exponents(fit: PowerLawFit, paper: Mapping[str, float]) -> list[dict[str, Any]]:
+    """One row per exponent of ``paper`` (``{name: exponent}``; every name must be fitted):
+    ``{name, ours, ci_low, ci_high, paper, difference (ours - paper), within_ci}``."""
+    unknown = [name for name in paper if name not in fit.exponents]
+    if unknown:
+        raise ValueError(f"exponents {unknown} are not in the fit (fitted: {list(fit.names)})")
+    rows = []
+    for name, reference in paper.items():
+        low, high = fit.intervals[name]
+        ours = fit.exponents[name]
+        rows.append(
+            {
+                "name": name,
+                "ours": ours,
+                "ci_low": low,
+                "ci_high": high,
+                "paper": float(reference),
+                "difference": ours - float(reference),
+                "within_ci": bool(low <= reference <= high),
+            }
+        )
+    return rows
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (one JSON object per line; blank lines and a
+    truncated last line, as left by an interrupted run, are skipped)."""
+    records = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines) - 1:
+                raise
+    return records
+
+
+def metric_series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps [m], values [m])`` of ``key`` over the records that hold it (not null), sorted
+    by step; a step logged twice (a resumed run) keeps its last value."""
+    by_step = {
+        int(record["step"]): float(record[key]) for record in records if record.get(key) is not None
+    }
+    steps = np.array(sorted(by_step), dtype=np.float64)
+    return steps, np.array([by_step[int(step)] for step in steps], dtype=np.float64)
+
+
+def attention_series(
+    records: Sequence[Mapping[str, Any]], name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps [m], values [m, layers, heads])`` of the attention metric ``name`` (e.g.
+    ``"relevant_mass"``) logged as ``record["attention"][name][layer][head]`` (the evaluation
+    records of ``workbench.train`` with ``trace_metrics``), sorted by step."""
+    by_step = {
+        int(record["step"]): record["attention"][name]
+        for record in records
+        if name in (record.get("attention") or {})
+    }
+    steps = sorted(by_step)
+    values = np.array([by_step[step] for step in steps], dtype=np.float64)
+    return np.array(steps, dtype=np.float64), values.reshape(len(steps), *values.shape[1:])

@@ -1,0 +1,360 @@
+"""The analyses of the bundled experiments (``experiments/*.yaml``), registered by name.
+
+They read the runs' configs (`workbench.train.TrainConfig` dicts: ``task`` as
+``{name, <task parameters>}``, ``sparse_method`` (None = dense), ``sparse_hparams``, ``seed``) and
+the runs' ``metrics.jsonl`` records (``step``, ``eval_loss``, ``eval_accuracy`` or ``eval_mse``, and
+with ``trace_metrics`` ``attention = {name: [layer][head]}``).
+Options come from the spec's ``analysis`` mapping; unknown options raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.analysis import (
+    attention_series,
+    compare_exponents,
+    emergence_time,
+    fit_power_law,
+    metric_series,
+    threshold_time,
+)
+from workbench.experiments.runner import AnalysisOutput, RunRecord, analysis
+from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
+from workbench.viz.experiments import curves_figure, power_law_figure, table_figure
+
+EMERGENCE_COVARIATES = {"T": "task.seq_len", "d": "task.d", "B": "task.burstiness"}
+"""Covariate name -> config path of the emergence fit."""
+
+PAPER_EXPONENTS = {
+    "toy_model": {"T": 0.99, "B": -0.99, "d": 0.49},  # T_plateau = 1.51 T^0.99 B^-0.99 d^0.49
+    "transformer": {"d": 1.29, "T": 0.80, "B": -0.80},  # T_plateau = 0.76 d^1.29 T^0.80 B^-0.80
+}
+"""Zucchet et al.'s fitted emergence-time exponents (arXiv 2505.17863)."""
+
+
+def _options(spec: ExperimentSpec, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``spec.analysis``; unknown options raise."""
+    unknown = set(spec.analysis) - set(defaults)
+    if unknown:
+        raise ValueError(
+            f"{spec.name}: unknown analysis options {sorted(unknown)} (known: {sorted(defaults)})"
+        )
+    return {**defaults, **spec.analysis}
+
+
+def _label(config: Mapping[str, Any], paths: Mapping[str, str]) -> str:
+    """``"T=64 B=4"`` from the values at ``paths`` (``{name: config path}``)."""
+    return " ".join(f"{name}={get_path(config, path)}" for name, path in paths.items())
+
+
+def _curve_figure(
+    runs: list[RunRecord], key: str, group: Callable[[RunRecord], str], **layout: Any
+) -> Any | None:
+    """`curves_figure` of metric ``key`` of every run that logged it (None if none did)."""
+    curves = {run.config_hash: metric_series(run.metrics(), key) for run in runs}
+    curves = {name: curve for name, curve in curves.items() if curve[0].size}
+    if not curves:
+        return None
+    groups = {run.config_hash: group(run) for run in runs}
+    return curves_figure(curves, groups=groups, y_title=key, **layout)
+
+
+def _figures(**figures: Any) -> dict[str, Any]:
+    """The figures that are not None."""
+    return {name: figure for name, figure in figures.items() if figure is not None}
+
+
+def _relevant_mass_figure(runs: list[RunRecord], group: Callable[[RunRecord], str]) -> Any | None:
+    """Per run and layer, the largest relevant mass over the heads against the step (None when
+    no run logged attention metrics)."""
+    curves, groups = {}, {}
+    for run in runs:
+        steps, values = attention_series(run.metrics(), "relevant_mass")  # [m, layers, heads]
+        for layer in range(values.shape[1] if steps.size else 0):
+            label = f"{run.config_hash} layer {layer}"
+            curves[label] = (steps, values[:, layer].max(axis=-1))
+            groups[label] = f"{group(run)} layer {layer}"
+    if not curves:
+        return None
+    return curves_figure(
+        curves, groups=groups, title="relevant mass (best head per layer)", y_title="mass"
+    )
+
+
+@analysis("emergence")
+def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
+    """Emergence time of every run (`emergence_time` of ``loss_key``), a power-law fit against
+    the covariates that vary (of T = seq_len, d, B = burstiness) with 95% intervals, and the
+    comparison with the paper's exponents (``paper``: ``"transformer"`` or ``"toy_model"``).
+    ``initial_loss``: the reference of the 0.2 x threshold (None: each run's loss at step 0; the
+    paper's toy model starts at the zero predictor's loss 0.5, which a randomly initialised
+    transformer does not). Figures: loss curves, relevant-mass curves (with ``trace_metrics``), fit."""
+    options = _options(
+        spec,
+        {
+            "paper": "transformer",
+            "loss_key": "eval_loss",
+            "fraction": 0.2,
+            "initial_loss": None,
+            "smoothing": 5,
+            "persist": 3,
+        },
+    )
+    if options["paper"] not in PAPER_EXPONENTS:
+        raise ValueError(
+            f"paper must be one of {sorted(PAPER_EXPONENTS)}, got {options['paper']!r}"
+        )
+    rows = [_emergence_row(run, options) for run in runs]
+    results: dict[str, Any] = {
+        "runs": rows,
+        **_emergence_fit(rows, PAPER_EXPONENTS[options["paper"]]),
+    }
+
+    def group(run: RunRecord) -> str:
+        return _label(run.config, EMERGENCE_COVARIATES)
+
+    figures = _figures(
+        loss=_curve_figure(runs, options["loss_key"], group, title="test loss", log_y=True),
+        relevant_mass=_relevant_mass_figure(runs, group),
+        fit=_fit_figure(rows, results.get("fit")),
+    )
+    return AnalysisOutput(results=results, figures=figures)
+
+
+def _emergence_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
+    steps, losses = metric_series(run.metrics(), options["loss_key"])
+    time = (
+        emergence_time(
+            steps,
+            losses,
+            initial=options["initial_loss"],
+            fraction=options["fraction"],
+            smoothing=options["smoothing"],
+            persist=options["persist"],
+        )
+        if steps.size
+        else None
+    )
+    covariates = {name: get_path(run.config, path) for name, path in EMERGENCE_COVARIATES.items()}
+    return {
+        "config_hash": run.config_hash,
+        "seed": run.config.get("seed"),
+        **covariates,
+        "emergence_time": time,
+    }
+
+
+def _emergence_fit(rows: list[dict[str, Any]], paper: Mapping[str, float]) -> dict[str, Any]:
+    """Power-law fit of the emerged runs' times on the covariates that vary among them."""
+    emerged = [row for row in rows if row["emergence_time"]]
+    varying = [name for name in EMERGENCE_COVARIATES if len({row[name] for row in emerged}) > 1]
+    summary: dict[str, Any] = {"n_emerged": len(emerged), "n_runs": len(rows), "fit": None}
+    if not varying:
+        summary["fit_error"] = "no covariate varies among the runs that emerged"
+        return summary
+    try:
+        fit = fit_power_law(
+            {name: [row[name] for row in emerged] for name in varying},
+            [row["emergence_time"] for row in emerged],
+        )
+    except ValueError as error:
+        summary["fit_error"] = str(error)
+        return summary
+    summary["fit"] = fit.to_dict()
+    summary["comparison"] = compare_exponents(
+        fit, {name: value for name, value in paper.items() if name in fit.names}
+    )
+    return summary
+
+
+def _fit_figure(rows: list[dict[str, Any]], fit: Mapping[str, Any] | None) -> Any | None:
+    if fit is None:
+        return None
+    emerged = [row for row in rows if row["emergence_time"]]
+    covariates = {name: [row[name] for row in emerged] for name in fit["names"]}
+    logs = np.log(np.array([covariates[name] for name in fit["names"]], dtype=np.float64)).T
+    exponents = np.array([fit["exponents"][name] for name in fit["names"]])
+    predicted = np.exp(fit["log_prefactor"] + logs @ exponents)
+    return power_law_figure(
+        covariates,
+        [row["emergence_time"] for row in emerged],
+        predicted.tolist(),
+        formula=fit["formula"],
+        x_name="T" if "T" in covariates else fit["names"][0],
+    )
+
+
+def _method_label(config: Mapping[str, Any]) -> str:
+    """``"dense"`` or e.g. ``"top_k(k=5)"`` from ``sparse_method`` and ``sparse_hparams``."""
+    method = config.get("sparse_method")
+    if method is None:
+        return "dense"
+    hparams = sorted((config.get("sparse_hparams") or {}).items())
+    return f"{method}({', '.join(f'{key}={value}' for key, value in hparams)})"
+
+
+@analysis("semantic_focus")
+def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
+    """Per sparse method: steps to reach each accuracy in ``thresholds`` (`threshold_time`),
+    final accuracy, and the final value of every other metric starting with ``accuracy_key``
+    (e.g. ``eval_accuracy_len128``: generalisation to longer sequences, when training logs it).
+    Figures: accuracy curves per method, summary table."""
+    options = _options(
+        spec,
+        {
+            "accuracy_key": "eval_accuracy",
+            "thresholds": [0.05, 0.5, 0.9],
+            "smoothing": 5,
+            "persist": 3,
+        },
+    )
+    key = options["accuracy_key"]
+    rows = [_focus_row(run, options) for run in runs]
+    summary = _summarise_by(
+        rows, "method", [name for name in rows[0] if name.startswith(key)] if rows else []
+    )
+    figures = _figures(
+        accuracy=_curve_figure(
+            runs, key, lambda run: _method_label(run.config), title="held-out accuracy per method"
+        ),
+        loss=_curve_figure(
+            runs,
+            "loss",
+            lambda run: _method_label(run.config),
+            title="training loss per method",
+            log_y=True,
+        ),
+        summary=table_figure(summary, title="semantic focus: per method") if summary else None,
+    )
+    return AnalysisOutput(results={"runs": rows, "methods": summary}, figures=figures)
+
+
+def _focus_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
+    records = run.metrics()
+    key = options["accuracy_key"]
+    steps, accuracy = metric_series(records, key)
+    row: dict[str, Any] = {
+        "config_hash": run.config_hash,
+        "method": _method_label(run.config),
+        "seed": run.config.get("seed"),
+    }
+    for threshold in options["thresholds"]:
+        row[f"steps_to_{threshold:g}"] = (
+            threshold_time(
+                steps,
+                accuracy,
+                threshold,
+                "above",
+                smoothing=options["smoothing"],
+                persist=options["persist"],
+            )
+            if steps.size
+            else None
+        )
+    finals = {name for record in records for name in record if name.startswith(key)}
+    for name in sorted(finals):
+        values = metric_series(records, name)[1]
+        row[name] = float(values[-1]) if values.size else None
+    return row
+
+
+def _summarise_by(
+    rows: list[dict[str, Any]], by: str, mean_keys: list[str]
+) -> list[dict[str, Any]]:
+    """Per value of ``rows[i][by]``: the number of runs, the mean of ``mean_keys`` and, for each
+    ``steps_to_*`` key, the median over the runs that reached it and their count."""
+    summary = []
+    for value in dict.fromkeys(row[by] for row in rows):
+        group = [row for row in rows if row[by] == value]
+        entry: dict[str, Any] = {by: value, "runs": len(group)}
+        for name in mean_keys:
+            values = [row[name] for row in group if row.get(name) is not None]
+            entry[f"mean_{name}"] = float(np.mean(values)) if values else None
+        for name in (name for name in group[0] if name.startswith("steps_to_")):
+            reached = [row[name] for row in group if row[name] is not None]
+            entry[f"median_{name}"] = float(np.median(reached)) if reached else None
+            entry[f"reached_{name[len('steps_to_') :]}"] = len(reached)
+        summary.append(entry)
+    return summary
+
+
+def load_model(run_dir: Path) -> Any:
+    """The trained model of a finished run, in eval mode, from its final checkpoint:
+    `workbench.train.load_model` (on CPU). Contract: a ``torch.nn.Module`` mapping inputs
+    ``[batch, seq_len, d_input]`` to outputs ``[batch, seq_len, d_output]``."""
+    from workbench.train import load_model as load_checkpoint
+
+    model, _, _ = load_checkpoint(run_dir)
+    return model
+
+
+@analysis("icl_linreg")
+def icl_linreg_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
+    """Garg et al.'s evaluation: the squared error / d of every trained model's prediction of
+    ``y_{k+1}`` against the number ``k`` of in-context examples, next to least squares, ridge
+    (``ridge_alpha``), ``knn_k``-nearest neighbours and averaging on the same ``eval_examples``
+    prompts (seed ``eval_seed``). Figures: one error curve plot per task config, test loss."""
+    options = _options(
+        spec, {"eval_examples": 1024, "eval_seed": 12345, "ridge_alpha": 0.1, "knn_k": 3}
+    )
+    results = icl_error_curves(runs, options, load_model)
+    figures = {
+        f"error_curves_{name}": curves_figure(
+            {label: (range(len(curve)), curve) for label, curve in curves.items()},
+            title=f"in-context regression, {name}",
+            x_title="in-context examples k",
+            y_title="squared error / d",
+            groups={label: label.split(" ")[0] for label in curves},
+        )
+        for name, curves in results["curves"].items()
+    }
+    loss = _curve_figure(
+        runs,
+        "eval_loss",
+        lambda run: _label(run.config, {"task": "task.name"}),
+        title="test loss",
+        log_y=True,
+    )
+    return AnalysisOutput(results=results, figures={**figures, **_figures(loss=loss)})
+
+
+def icl_error_curves(
+    runs: list[RunRecord], options: Mapping[str, Any], load: Callable[[Path], Any]
+) -> dict[str, Any]:
+    """``{"curves": {task label: {curve label: [n_points] errors}}}``: each run's model (loaded by
+    ``load(run_dir)``) as ``"model seed=<s>"`` and the baselines, per distinct task config."""
+    import torch
+
+    import toy_tasks
+    from toy_tasks import baselines
+
+    curves: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        task = toy_tasks.get(**run.config["task"])
+        name = f"d{task.d}_n{task.n_points}_{config_hash(task.to_dict())[:6]}"
+        batch = task.sample(
+            options["eval_examples"], torch.Generator().manual_seed(options["eval_seed"])
+        )
+        if name not in curves:
+            curves[name] = {
+                "least_squares": baselines.least_squares_curve(batch).tolist(),
+                f"ridge alpha={options['ridge_alpha']}": baselines.ridge_curve(
+                    batch, options["ridge_alpha"]
+                ).tolist(),
+                f"{options['knn_k']}-NN": baselines.knn_curve(batch, options["knn_k"]).tolist(),
+                "averaging": baselines.averaging_curve(batch).tolist(),
+            }
+        model = load(run.directory)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            outputs = model(batch.inputs.to(device)).cpu()
+        predictions = outputs[:, 0::2, 0]
+        curves[name][f"model seed={run.config.get('seed')}"] = baselines.error_curve(
+            batch, predictions
+        ).tolist()
+    return {"curves": curves}

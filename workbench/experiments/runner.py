@@ -1,0 +1,228 @@
+"""Run an experiment: train every config of its sweep (cached by config hash), then analyse.
+
+Layout under ``runs_dir``::
+
+    <name>/<config-hash>/config.yaml       one folder per run (written first)
+    <name>/<config-hash>/metrics.jsonl     written by the training function (and checkpoints)
+    <name>/<config-hash>/results.json      written here when training returns: marks it complete
+    <name>/<experiment-hash>/experiment.yaml, results.json, figures/*.html   the analysis
+
+A run whose ``results.json`` exists and whose ``config.yaml`` equals its config is reused, not
+retrained; any other run is (re)started with ``resume=True``, so a run interrupted after some
+checkpoints continues from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from workbench.analysis import read_metrics
+from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec
+from workbench.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+class TrainFn(Protocol):
+    """``train_fn(config, out_dir, resume=..., progress=...)``: trains one run described by the
+    nested ``config`` dict, writing ``metrics.jsonl`` (and checkpoints) into ``out_dir``; returns
+    a JSON-ready summary dict (stored in the run's ``results.json``) or None."""
+
+    def __call__(
+        self, config: dict[str, Any], out_dir: Path, *, resume: bool, progress: bool
+    ) -> Any: ...
+
+
+def train_with_workbench(
+    config: dict[str, Any], out_dir: Path, *, resume: bool, progress: bool
+) -> Any:
+    """The default `TrainFn`: ``workbench.train.train(TrainConfig.from_dict(config), out_dir,
+    resume=resume, progress=progress)`` (imported on first use: torch and TransformerLens load
+    only when something trains); returns the final metrics record and the resumed-from step."""
+    from workbench.train import TrainConfig, train
+
+    result = train(TrainConfig.from_dict(config), out_dir, resume=resume, progress=progress)
+    return {"metrics": result.metrics, "resumed_from": result.resumed_from}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One trained run of an experiment.
+
+    Attributes:
+        config: the run's nested config dict (with ``seed``).
+        config_hash: `config_hash` of ``config``: the folder name.
+        directory: ``runs/<name>/<config_hash>/``.
+        cached: True when the run was reused instead of trained.
+    """
+
+    config: dict[str, Any]
+    config_hash: str
+    directory: Path
+    cached: bool
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (empty when the run logged none)."""
+        path = self.directory / "metrics.jsonl"
+        return read_metrics(path) if path.exists() else []
+
+    def result(self) -> dict[str, Any]:
+        """The run's ``results.json``."""
+        return json.loads((self.directory / "results.json").read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class AnalysisOutput:
+    """What an experiment's analysis returns: JSON-ready ``results`` and named plotly figures
+    (written to ``figures/<name>.html``)."""
+
+    results: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+AnalysisFn = Callable[[ExperimentSpec, list[RunRecord]], AnalysisOutput]
+"""``analysis_fn(spec, runs)``; options come from ``spec.analysis``."""
+
+_ANALYSES: dict[str, AnalysisFn] = {}
+
+
+def analysis(name: str) -> Callable[[AnalysisFn], AnalysisFn]:
+    """Decorator registering the analysis of the experiment ``name``."""
+
+    def register(function: AnalysisFn) -> AnalysisFn:
+        if name in _ANALYSES:
+            raise ValueError(f"an analysis for experiment {name!r} is already registered")
+        _ANALYSES[name] = function
+        return function
+
+    return register
+
+
+def get_analysis(name: str) -> AnalysisFn:
+    """The analysis registered for ``name`` (the bundled ones are registered on first call);
+    experiments without one get `summarise_runs`."""
+    import workbench.experiments.analyses  # noqa: F401  (registers the bundled analyses)
+
+    return _ANALYSES.get(name, summarise_runs)
+
+
+def summarise_runs(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
+    """The fallback analysis: the last metrics record of every run."""
+    last = {run.config_hash: (run.metrics() or [None])[-1] for run in runs}
+    return AnalysisOutput(results={"final_metrics": last})
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """Outcome of `run_experiment`.
+
+    Attributes:
+        spec: the spec that ran (``--quick`` already applied).
+        runs: one record per config, in `ExperimentSpec.configs` order.
+        directory: ``runs/<name>/<experiment-hash>/``.
+        results: the analysis results (also in ``directory / "results.json"``).
+        figures: paths of the written ``figures/*.html``.
+    """
+
+    spec: ExperimentSpec
+    runs: list[RunRecord]
+    directory: Path
+    results: dict[str, Any]
+    figures: list[Path]
+
+    @property
+    def results_path(self) -> Path:
+        return self.directory / "results.json"
+
+    @property
+    def n_trained(self) -> int:
+        """Runs trained (not reused from the cache) by this call."""
+        return sum(not run.cached for run in self.runs)
+
+
+def _is_complete(directory: Path, config: Mapping[str, Any]) -> bool:
+    """Whether ``directory`` holds a finished run of ``config``."""
+    config_path = directory / "config.yaml"
+    if not (directory / "results.json").exists() or not config_path.exists():
+        return False
+    stored = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    if stored != config:
+        raise RuntimeError(
+            f"{config_path} holds another config than the one hashing to {directory.name}; "
+            "remove the folder"
+        )
+    return True
+
+
+def run_config(
+    config: dict[str, Any], directory: Path, train_fn: TrainFn, *, progress: bool
+) -> RunRecord:
+    """Train one config into ``directory`` unless a finished run of it is there."""
+    digest = config_hash(config)
+    if _is_complete(directory, config):
+        logger.info("reusing %s (cached)", directory)
+        return RunRecord(config, digest, directory, cached=True)
+    logger.info("training %s", directory)
+    atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+    result = train_fn(config, directory, resume=True, progress=progress)
+    atomic_write_json(directory / "results.json", {"config_hash": digest, "train": result})
+    return RunRecord(config, digest, directory, cached=False)
+
+
+def run_experiment(
+    experiment: str | ExperimentSpec,
+    *,
+    quick: bool = False,
+    runs_dir: str | Path = "runs",
+    train_fn: TrainFn | None = None,
+    progress: bool = True,
+) -> ExperimentResult:
+    """Train every run of ``experiment`` (a name in ``experiments/``, a YAML path or a spec),
+    reusing finished runs, then write its analysis.
+
+    Args:
+        experiment: spec name, YAML path or `ExperimentSpec`.
+        quick: apply the spec's ``quick`` overrides (small CPU variant).
+        runs_dir: root of the run folders.
+        train_fn: the training function (default `train_with_workbench`).
+        progress: passed to ``train_fn`` (progress bars).
+
+    Returns:
+        The `ExperimentResult`; the analysis is in ``runs_dir/<name>/<experiment-hash>/``.
+    """
+    spec = experiment if isinstance(experiment, ExperimentSpec) else load_spec(experiment)
+    if quick:
+        spec = spec.quick_variant()
+    train_fn = train_fn or train_with_workbench
+    root = Path(runs_dir) / spec.name
+    runs = [
+        run_config(config, root / config_hash(config), train_fn, progress=progress)
+        for config in spec.configs()
+    ]
+    directory = root / spec.experiment_hash()
+    output = get_analysis(spec.name)(spec, runs)
+    results = {
+        "experiment": spec.name,
+        "experiment_hash": spec.experiment_hash(),
+        "quick": quick,
+        "runs": [{"config_hash": run.config_hash, "config": run.config} for run in runs],
+        **output.results,
+    }
+    atomic_write_text(
+        directory / "experiment.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    )
+    atomic_write_json(directory / "results.json", results)
+    figures = [
+        atomic_write_text(
+            directory / "figures" / f"{name}.html", figure.to_html(include_plotlyjs="cdn")
+        )
+        for name, figure in output.figures.items()
+    ]
+    return ExperimentResult(spec, runs, directory, results, figures)

@@ -1,0 +1,653 @@
+"""Training loop for toy tasks: deterministic, resumable, with attention metrics and optional sparse
+attention.
+
+    config = TrainConfig(task="assoc_recall", task_overrides={"vocab_size": 32, "n_pairs": 4,
+                         "seq_len": 16}, model=ModelConfig(attn_only=True), steps=500, lr=3e-3)
+    result = train(config, "runs/recall")
+    result.metrics  # {"step": 500, "loss": ..., "eval_accuracy": ..., ...}
+
+Files in ``out_dir``:
+
+* ``metrics.jsonl``: one JSON object per line. Line ``step 0`` holds the evaluation of the initial
+  model; then every ``metrics_every`` steps (and every ``eval_every`` step, and the last step) a
+  line with ``step``, ``loss`` (that step's training batch), ``lr`` and ``grad_norm`` (before
+  clipping), plus at evaluation steps (every ``eval_every`` and the last) ``eval_loss`` and
+  ``eval_accuracy`` (token tasks: argmax accuracy on the scored positions) or ``eval_mse``
+  (continuous tasks: squared error / ``d_output`` on the scored positions), and with
+  ``trace_metrics`` ``attention = {"relevant_mass" | "entropy" | "k_0.9": [layer][head]}``: means
+  over the scored positions of the evaluation batch (attention of the model's own dense softmax).
+* ``checkpoint.safetensors`` (model and optimizer tensors) and ``checkpoint.json`` (step, config,
+  data-generator state, schedule, optimizer scalars), every ``checkpoint_every`` steps and at the end.
+
+Determinism: the weights come from the seed, training batches from a CPU ``torch.Generator`` seeded
+with ``seed``, the evaluation batch (fixed for the run) from a second generator. A run resumed from
+a checkpoint continues bit for bit as the uninterrupted run, and its ``metrics.jsonl`` is the same.
+
+Losses: token tasks, cross-entropy on the scored positions; continuous tasks,
+``1/2 ||y - y*||^2`` summed over ``d_output`` and averaged over the scored positions (the emergence
+paper's loss). With ``sparse_method``, every forward (training and evaluation) runs through
+`workbench.sparse.patch.sparsify`, so the sparse model is what is trained.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import toy_tasks
+from toy_tasks.base import Batch, ToyTask, check_float, check_int
+from workbench.io import atomic_write_json, atomic_write_safetensors, atomic_write_text
+from workbench.models import ModelConfig, build_model, check_compatible
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+MAX_SEED = 2**32 - 1
+EVAL_SEED_OFFSET = 2**32
+"""The evaluation generator is seeded with ``seed + EVAL_SEED_OFFSET`` (disjoint from training)."""
+RESUMABLE_FIELDS = ("steps", "device")
+"""Config fields that may differ between a checkpoint and the run resuming it."""
+TRACE_PS = (0.9,)
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_TENSORS = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+
+Callback = Callable[[int, "dict[str, Any] | None"], None]
+"""``callback(step, record)`` after every optimisation step (``record``: the line logged at that
+step, else None), after that step's log line and checkpoint are written."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+        task: a registered task name (with ``task_overrides``) or a task config object (overrides
+            are applied to it with ``replace``).
+        task_overrides: task parameters replacing the defaults.
+        model: the architecture; ``model.seed`` None means "initialise from ``seed``".
+        steps: number of optimisation steps.
+        batch_size: training examples per step.
+        optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
+        lr: peak learning rate (> 0).
+        weight_decay: weight decay (decoupled for AdamW, L2 for Adam and SGD).
+        momentum: SGD momentum in [0, 1).
+        schedule: ``"constant"``, ``"cosine"`` (to 0 at ``steps``) or ``"step"`` (times ``gamma``
+            every ``step_every`` steps after warm-up).
+        gamma: step-decay factor in (0, 1].
+        step_every: step-decay interval.
+        warmup_steps: linear warm-up from ``lr / warmup_steps`` to ``lr``.
+        grad_clip: clip the global gradient norm to this (None: no clipping).
+        seed: seed of the data (and of the weights unless ``model.seed`` is set).
+        eval_every: evaluate every this many steps (and at the last step).
+        eval_batch_size: size of the fixed evaluation batch.
+        metrics_every: log the training loss every this many steps.
+        checkpoint_every: checkpoint every this many steps (and at the last step).
+        trace_metrics: add attention metrics (`workbench.trace`) to the evaluations.
+        sparse_method: train through this `workbench.sparse` method (None: dense).
+        sparse_hparams: its hyper-parameters.
+        sparse_layers: the sparse layers (None: all).
+        sparse_block_size: block size of the sparse layouts.
+        mixed_precision: bf16 autocast on CUDA (no effect on CPU).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:<n>"``.
+    """
+
+    task: str | ToyTask = "assoc_recall"
+    task_overrides: Mapping[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    steps: int = 1000
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    schedule: str = "constant"
+    gamma: float = 0.1
+    step_every: int = 1000
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    seed: int = 0
+    eval_every: int = 100
+    eval_batch_size: int = 256
+    metrics_every: int = 10
+    checkpoint_every: int = 500
+    trace_metrics: bool = False
+    sparse_method: str | None = None
+    sparse_hparams: Mapping[str, Any] = field(default_factory=dict)
+    sparse_layers: Sequence[int] | None = None
+    sparse_block_size: int = 64
+    mixed_precision: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task_overrides", dict(self.task_overrides))
+        object.__setattr__(self, "sparse_hparams", dict(self.sparse_hparams))
+        if self.sparse_layers is not None:
+            object.__setattr__(self, "sparse_layers", tuple(self.sparse_layers))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field and its allowed range."""
+        task = self.resolved_task()
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        for name in ("steps", "batch_size", "step_every", "eval_every", "eval_batch_size"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("metrics_every", "checkpoint_every", "sparse_block_size"):
+            check_int(name, getattr(self, name), 1)
+        check_int("warmup_steps", self.warmup_steps, 0, self.steps)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_positive("lr", self.lr)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_float("momentum", self.momentum, 0.0, 1.0)
+        if self.momentum == 1.0:
+            raise ValueError("momentum must be in [0, 1), got 1.0")
+        _check_positive("gamma", self.gamma)
+        check_float("gamma", self.gamma, 0.0, 1.0)
+        if self.grad_clip is not None:
+            _check_positive("grad_clip", self.grad_clip)
+        for name in ("trace_metrics", "mixed_precision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        self._validate_sparse()
+        self._validate_device()
+        if task.kind not in ("tokens", "continuous"):
+            raise ValueError(f"task must be a token or continuous task, got kind {task.kind!r}")
+
+    def _validate_sparse(self) -> None:
+        if self.sparse_method is None:
+            if self.sparse_hparams or self.sparse_layers is not None:
+                raise ValueError("sparse_hparams and sparse_layers need a sparse_method")
+            return
+        self.method()  # unknown names and bad hyper-parameters raise ValueError
+        if self.sparse_layers is not None:
+            layers = self.sparse_layers
+            n_layers = self.model.n_layers
+            if not layers or len(set(layers)) < len(layers):
+                raise ValueError(f"sparse_layers must be distinct layer indices, got {layers}")
+            for layer in layers:
+                check_int("sparse_layers", layer, 0, n_layers - 1)
+
+    def _validate_device(self) -> None:
+        if self.device == "auto":
+            return
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<n>', got {self.device!r}"
+            )
+
+    # -- derived objects
+    def resolved_task(self) -> ToyTask:
+        """The task config (validated; a bad override raises ``ValueError`` naming it)."""
+        if isinstance(self.task, ToyTask):
+            return self.task.replace(**self.task_overrides) if self.task_overrides else self.task
+        if not isinstance(self.task, str):
+            raise ValueError(f"task must be a task name or a ToyTask, got {self.task!r}")
+        return toy_tasks.get(self.task, **self.task_overrides)
+
+    def model_config(self) -> ModelConfig:
+        """``model`` with its seed set (``seed`` when ``model.seed`` is None)."""
+        return self.model if self.model.seed is not None else self.model.replace(seed=self.seed)
+
+    def method(self) -> Any:
+        """The `workbench.sparse` method (None when training densely)."""
+        if self.sparse_method is None:
+            return None
+        import workbench.sparse
+
+        return workbench.sparse.get(self.sparse_method, **self.sparse_hparams)
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (YAML / JSON friendly) dict; `from_dict` inverts it."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["task"] = self.task if isinstance(self.task, str) else self.task.to_dict()
+        data["task_overrides"] = dict(self.task_overrides)
+        data["model"] = self.model.to_dict()
+        data["sparse_hparams"] = dict(self.sparse_hparams)
+        data["sparse_layers"] = None if self.sparse_layers is None else list(self.sparse_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        if isinstance(values.get("task"), Mapping):
+            task = dict(values["task"])
+            values["task"] = toy_tasks.get(task.pop("name"), **task)
+        if isinstance(values.get("model"), Mapping):
+            values["model"] = ModelConfig.from_dict(values["model"])
+        return cls(**values)
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    check_float(name, value, 0.0)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+# ---------------------------------------------------------------------------- losses and metrics
+def task_loss(task: ToyTask, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Scalar loss of ``outputs`` (logits ``[batch, seq, vocab]`` or vectors ``[batch, seq,
+    d_output]``) on the scored positions of ``batch``, computed in float32."""
+    outputs = outputs.float()
+    if task.kind == "tokens":
+        return nn.functional.cross_entropy(
+            outputs.flatten(0, 1), batch.targets.flatten(), ignore_index=toy_tasks.IGNORE_INDEX
+        )
+    squared = (outputs - batch.targets).square().sum(dim=-1)  # [batch, seq]
+    return 0.5 * squared[batch.loss_mask].mean()
+
+
+def task_metrics(task: ToyTask, outputs: torch.Tensor, batch: Batch) -> dict[str, float]:
+    """``eval_accuracy`` (token tasks) or ``eval_mse`` (continuous tasks, per output dimension)."""
+    mask = batch.loss_mask
+    if task.kind == "tokens":
+        correct = outputs.argmax(dim=-1) == batch.targets  # [batch, seq]
+        return {"eval_accuracy": correct[mask].float().mean().item()}
+    squared = (outputs.float() - batch.targets).square().sum(dim=-1)  # [batch, seq]
+    return {"eval_mse": (squared[mask].mean() / task.d_output).item()}
+
+
+def attention_metrics(model: nn.Module, batch: Batch) -> dict[str, list[list[float]]]:
+    """Per layer and head, means over the scored positions of ``batch`` of the mass on the relevant
+    positions, the entropy and the top-0.9 budget ``k_0.9`` -> ``{name: [layer][head]}``."""
+    from workbench.trace import TraceConfig, trace
+
+    recorded = trace(
+        model,
+        batch.inputs,
+        TraceConfig(ps=TRACE_PS),
+        relevant_positions=batch.relevant_positions,
+    )
+    weights = batch.loss_mask[:, None, :].float()  # [batch, 1, seq]
+    result: dict[str, list[list[float]]] = {}
+    for name in ("relevant_mass", "entropy", "k_0.9"):
+        rows = []
+        for layer in recorded.layers:
+            values = recorded.statistic(layer, name).float().nan_to_num()  # [batch, heads, seq]
+            means = (values * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
+            rows.append(means.tolist())
+        result[name] = rows
+    return result
+
+
+# ---------------------------------------------------------------------------- optimisation
+def learning_rate(config: TrainConfig, index: int) -> float:
+    """Learning rate of update ``index`` (0-based): warm-up, then the schedule."""
+    if index < config.warmup_steps:
+        return config.lr * (index + 1) / config.warmup_steps
+    after = index - config.warmup_steps
+    if config.schedule == "cosine":
+        total = max(config.steps - config.warmup_steps, 1)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(after / total, 1.0)))
+    if config.schedule == "step":
+        return config.lr * config.gamma ** (after // config.step_every)
+    return config.lr
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters (fixed sinusoidal positions are buffers)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@contextlib.contextmanager
+def forward_context(model: nn.Module, config: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Autocast (bf16 on CUDA with ``mixed_precision``) and the sparse method, if any."""
+    from workbench.sparse.patch import sparsify
+
+    with contextlib.ExitStack() as stack:
+        if config.mixed_precision and device.type == "cuda":
+            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        method = config.method()
+        if method is not None:
+            stack.enter_context(
+                sparsify(
+                    model,
+                    method,
+                    layers=config.sparse_layers,
+                    block_size=config.sparse_block_size,
+                    record=False,
+                )
+            )
+        yield
+
+
+def evaluate(
+    model: nn.Module, task: ToyTask, batch: Batch, config: TrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """``eval_loss``, the task metric and (``trace_metrics``) ``attention`` on ``batch``."""
+    model.eval()
+    try:
+        with torch.no_grad(), forward_context(model, config, device):
+            outputs = model(batch.inputs).float()
+        metrics: dict[str, Any] = {"eval_loss": task_loss(task, outputs, batch).item()}
+        metrics |= task_metrics(task, outputs, batch)
+        if config.trace_metrics:
+            metrics["attention"] = attention_metrics(model, batch)
+    finally:
+        model.train()
+    return metrics
+
+
+# ---------------------------------------------------------------------------- checkpoints
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the config: the model, the optimizer, the step and the
+    training-data generator."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+
+
+def save_checkpoint(out_dir: Path, state: TrainState, config: TrainConfig) -> None:
+    """Write ``checkpoint.safetensors`` then ``checkpoint.json`` atomically (both record the step)."""
+    tensors = {f"model/{name}": value for name, value in state.model.state_dict().items()}
+    scalars: dict[str, Any] = {}
+    for index, entry in state.optimizer.state_dict()["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{index}/{key}"] = value
+            else:
+                scalars[f"{index}/{key}"] = value
+    tensors["train/step"] = torch.tensor(state.step, dtype=torch.int64)
+    atomic_write_safetensors(out_dir / CHECKPOINT_TENSORS, tensors)
+    generator_state = base64.b64encode(state.generator.get_state().numpy().tobytes()).decode()
+    atomic_write_json(
+        out_dir / CHECKPOINT_JSON,
+        {
+            "step": state.step,
+            "config": config.to_dict(),
+            "data_generator_state": generator_state,
+            "scheduler": {"step": state.step, "lr": learning_rate(config, max(state.step - 1, 0))},
+            "optimizer_scalars": scalars,
+        },
+    )
+
+
+def read_checkpoint(out_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(json, tensors)`` of the checkpoint in ``out_dir`` (None when there is none); raises
+    ``ValueError`` when the two files are not of the same step."""
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    json_path, tensors_path = out_dir / CHECKPOINT_JSON, out_dir / CHECKPOINT_TENSORS
+    if not json_path.exists():
+        return None
+    meta = json.loads(json_path.read_text(encoding="utf-8"))
+    tensors = load_file(tensors_path) if tensors_path.exists() else {}
+    tensor_step = int(tensors["train/step"]) if "train/step" in tensors else None
+    if tensor_step != meta["step"]:
+        raise ValueError(
+            f"{tensors_path} (step {tensor_step}) does not match {json_path} (step {meta['step']}):"
+            " the run stopped while writing a checkpoint; delete both files to start over"
+        )
+    return meta, tensors
+
+
+def restore(
+    state: TrainState, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> None:
+    """Load a checkpoint read by `read_checkpoint` into ``state``."""
+    model_state = {
+        name.removeprefix("model/"): value
+        for name, value in tensors.items()
+        if name.startswith("model/")
+    }
+    state.model.load_state_dict(model_state)
+    optimizer_state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer/"):
+            _, index, key = name.split("/", 2)
+            optimizer_state.setdefault(int(index), {})[key] = value
+    for name, value in meta["optimizer_scalars"].items():
+        index, key = name.split("/", 1)
+        optimizer_state.setdefault(int(index), {})[key] = value
+    param_groups = state.optimizer.state_dict()["param_groups"]
+    state.optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
+    raw = base64.b64decode(meta["data_generator_state"])
+    state.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    state.step = int(meta["step"])
+
+
+def check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
+    """Raise ``ValueError`` when a checkpoint's config differs from ``config`` outside
+    `RESUMABLE_FIELDS`."""
+    current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
+    changed = sorted(
+        name
+        for name in set(saved) | set(current)
+        if name not in RESUMABLE_FIELDS and saved.get(name) != current.get(name)
+    )
+    if changed:
+        raise ValueError(
+            f"the checkpoint was written with a different config (fields {changed}); use another "
+            "out_dir or resume=False"
+        )
+
+
+def load_model(
+    out_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainConfig, int]:
+    """``(model, config, step)`` of the checkpoint in ``out_dir``, the model in eval mode."""
+    checkpoint = read_checkpoint(out_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no {CHECKPOINT_JSON} in {out_dir}")
+    meta, tensors = checkpoint
+    config = TrainConfig.from_dict(meta["config"])
+    model = build_model(config.resolved_task(), config.model_config())
+    model.load_state_dict(
+        {
+            name.removeprefix("model/"): value
+            for name, value in tensors.items()
+            if name.startswith("model/")
+        }
+    )
+    return model.to(torch.device(device), print_details=False).eval(), config, int(meta["step"])
+
+
+# ---------------------------------------------------------------------------- metrics log
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (a torn last line is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, last_step: int | None) -> None:
+    """Keep the records of steps ``<= last_step`` (None: none)."""
+    kept = [r for r in read_metrics(path) if last_step is not None and r["step"] <= last_step]
+    atomic_write_text(path, "".join(json_line(record) for record in kept))
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    """Outcome of `train`.
+
+    Attributes:
+        metrics: the last record of ``metrics.jsonl`` (the final step, with its evaluation).
+        model: the trained model (train mode, on the run's device).
+        task: the task config.
+        out_dir, metrics_path, checkpoint_path, checkpoint_json_path: the run's files.
+        resumed_from: the checkpoint step the run continued from (None: started afresh).
+    """
+
+    metrics: dict[str, Any]
+    model: nn.Module
+    task: ToyTask
+    out_dir: Path
+    metrics_path: Path
+    checkpoint_path: Path
+    checkpoint_json_path: Path
+    resumed_from: int | None
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> TrainResult:
+    """Train a `workbench.models.build_model` model on ``config``'s task; see the module docstring.
+
+    ``resume``: continue from ``out_dir``'s checkpoint when there is one (its config must equal
+    ``config`` up to `RESUMABLE_FIELDS`); False starts afresh, removing an old checkpoint and log.
+    ``progress``: a tqdm bar. ``callback``: see `Callback`; an exception it raises stops training
+    (the files on disk stay consistent and resumable).
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task, device = config.resolved_task(), config.torch_device()
+    model = build_model(task, config.model_config())
+    check_compatible(model, task)
+    model.to(device, print_details=False).train()
+    state = TrainState(
+        model, make_optimizer(config, model), torch.Generator().manual_seed(config.seed)
+    )
+    resumed_from = _start(out, state, config, resume)
+    eval_generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
+    eval_batch = task.sample(config.eval_batch_size, eval_generator).to(device)
+    metrics_path = out / METRICS_FILE
+    with (
+        open(metrics_path, "a", encoding="utf-8") as log,
+        tqdm(
+            total=config.steps, initial=state.step, disable=not progress, desc=f"train {task.name}"
+        ) as bar,
+    ):
+        if state.step == 0:
+            _write(log, {"step": 0, **evaluate(model, task, eval_batch, config, device)})
+        while state.step < config.steps:
+            record = _train_step(state, task, config, device)
+            if record is not None:
+                if _due(state.step, config.eval_every, config.steps):
+                    record |= evaluate(model, task, eval_batch, config, device)
+                _write(log, record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if _due(state.step, config.checkpoint_every, config.steps):
+                save_checkpoint(out, state, config)
+            bar.update(1)
+            if callback is not None:
+                callback(state.step, record)
+    records = read_metrics(metrics_path)
+    return TrainResult(
+        metrics=records[-1],
+        model=model,
+        task=task,
+        out_dir=out,
+        metrics_path=metrics_path,
+        checkpoint_path=out / CHECKPOINT_TENSORS,
+        checkpoint_json_path=out / CHECKPOINT_JSON,
+        resumed_from=resumed_from,
+    )
+
+
+def _start(out: Path, state: TrainState, config: TrainConfig, resume: bool) -> int | None:
+    """Restore the checkpoint (``resume``) or clear the old run; truncate the log to match.
+    Returns the step resumed from (None: fresh start)."""
+    checkpoint = read_checkpoint(out) if resume else None
+    if checkpoint is None:
+        for name in (CHECKPOINT_JSON, CHECKPOINT_TENSORS):
+            (out / name).unlink(missing_ok=True)
+        truncate_metrics(out / METRICS_FILE, None)
+        return None
+    meta, tensors = checkpoint
+    check_resumable(meta["config"], config)
+    restore(state, meta, tensors)
+    truncate_metrics(out / METRICS_FILE, state.step)
+    return state.step
+
+
+def _train_step(
+    state: TrainState, task: ToyTask, config: TrainConfig, device: torch.device
+) -> dict[str, Any] | None:
+    """One optimisation step; returns the training record when the step is logged."""
+    lr = learning_rate(config, state.step)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    batch = task.sample(config.batch_size, state.generator).to(device)
+    with forward_context(state.model, config, device):
+        loss = task_loss(task, state.model(batch.inputs), batch)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = math.inf if config.grad_clip is None else config.grad_clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        [p for group in state.optimizer.param_groups for p in group["params"]], max_norm
+    )
+    state.optimizer.step()
+    state.step += 1
+    logged = state.step % config.metrics_every == 0 or _due(
+        state.step, config.eval_every, config.steps
+    )
+    if not logged:
+        return None
+    record = {"step": state.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
+    if not math.isfinite(record["loss"]):
+        raise FloatingPointError(f"the training loss is {record['loss']} at step {state.step}")
+    return record
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def _write(log: Any, record: Mapping[str, Any]) -> None:
+    log.write(json_line(record))
+    log.flush()
