@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint clean
 
 demo: $(VENV)/.installed-base
-	$(BIN)/workbench demo
+	$(BIN)/workbench run emergence --quick
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
