@@ -263,7 +263,8 @@ def test_cli_run_list():
     assert result.exit_code == 0, result.output
     for name in ("emergence", "icl_linreg", "semantic_focus"):
         assert name in result.output
-    assert "(4 with --quick)" in result.output
+    quick_runs = len(load_spec("emergence").quick_variant().configs())
+    assert f"({quick_runs} with --quick)" in result.output
 
 
 def test_cli_run_unknown_experiment_names_the_known_ones():
