@@ -308,3 +308,49 @@ def run_command(
     typer.echo(f"results: {result.results_path}")
     for figure in result.figures:
         typer.echo(f"figure: {figure}")
+
+
+def _experiment_runs(run_dir: Path) -> dict[Path, list[Path]]:
+    """``{figures folder: run folders}``: every analysis folder (``*/experiment.yaml``) of an
+    experiment's ``run_dir`` with the runs of its ``results.json``; else ``run_dir/figures`` with
+    every run (``metrics.jsonl``) below ``run_dir``."""
+    import json
+
+    runs = sorted(path.parent for path in run_dir.rglob("metrics.jsonl"))
+    grouped = {}
+    for analysis_dir in sorted(path.parent for path in run_dir.glob("*/experiment.yaml")):
+        results = analysis_dir / "results.json"
+        hashes = (
+            {
+                run["config_hash"]
+                for run in json.loads(results.read_text(encoding="utf-8")).get("runs", [])
+            }
+            if results.exists()
+            else {run.name for run in runs}
+        )
+        grouped[analysis_dir / "figures"] = [run for run in runs if run.name in hashes]
+    return grouped or {run_dir / "figures": runs}
+
+
+@app.command("stability")
+def stability_command(
+    run_dir: Annotated[
+        Path, typer.Argument(help="An experiment's folder (runs/<name>) or a run folder.")
+    ],
+) -> None:
+    """Write softmax-stability curves over training (runs trained with stability_metrics) as
+    figures/stability_*.html next to the experiment's figures."""
+    from workbench.viz.stability import write_stability_figures
+
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a folder", param_hint="RUN_DIR")
+    written = [
+        path
+        for out_dir, runs in _experiment_runs(run_dir).items()
+        for path in write_stability_figures(runs, out_dir)
+    ]
+    if not written:
+        typer.echo(f"no stability metrics under {run_dir} (train with stability_metrics: true)")
+        raise typer.Exit(1)
+    for path in written:
+        typer.echo(f"figure: {path}")

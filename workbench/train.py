@@ -15,7 +15,9 @@ Files in ``out_dir``:
   ``eval_accuracy`` (token tasks: argmax accuracy on the scored positions) or ``eval_mse``
   (continuous tasks: squared error / ``d_output`` on the scored positions), and with
   ``trace_metrics`` ``attention = {"relevant_mass" | "entropy" | "k_0.9": [layer][head]}``: means
-  over the scored positions of the evaluation batch (attention of the model's own dense softmax).
+  over the scored positions of the evaluation batch (attention of the model's own dense softmax),
+  and with ``stability_metrics`` ``stability = {"jacobian_norm" | "method_jacobian_norm" |
+  "top_k_margin": [layer][head]}`` (`workbench.metrics.stability.stability_metrics`, same means).
 * ``checkpoint.safetensors`` (model and optimizer tensors) and ``checkpoint.json`` (step, config,
   data-generator state, schedule, optimizer scalars), every ``checkpoint_every`` steps and at the end.
 
@@ -94,6 +96,8 @@ class TrainConfig:
         metrics_every: log the training loss every this many steps.
         checkpoint_every: checkpoint every this many steps (and at the last step).
         trace_metrics: add attention metrics (`workbench.trace`) to the evaluations.
+        stability_metrics: add softmax-stability metrics (`workbench.metrics.stability`) to the
+            evaluations.
         sparse_method: train through this `workbench.sparse` method (None: dense).
         sparse_hparams: its hyper-parameters.
         sparse_layers: the sparse layers (None: all).
@@ -122,6 +126,7 @@ class TrainConfig:
     metrics_every: int = 10
     checkpoint_every: int = 500
     trace_metrics: bool = False
+    stability_metrics: bool = False
     sparse_method: str | None = None
     sparse_hparams: Mapping[str, Any] = field(default_factory=dict)
     sparse_layers: Sequence[int] | None = None
@@ -158,7 +163,7 @@ class TrainConfig:
         check_float("gamma", self.gamma, 0.0, 1.0)
         if self.grad_clip is not None:
             _check_positive("grad_clip", self.grad_clip)
-        for name in ("trace_metrics", "mixed_precision"):
+        for name in ("trace_metrics", "stability_metrics", "mixed_precision"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self._validate_sparse()
@@ -355,7 +360,8 @@ def forward_context(model: nn.Module, config: TrainConfig, device: torch.device)
 def evaluate(
     model: nn.Module, task: ToyTask, batch: Batch, config: TrainConfig, device: torch.device
 ) -> dict[str, Any]:
-    """``eval_loss``, the task metric and (``trace_metrics``) ``attention`` on ``batch``."""
+    """``eval_loss``, the task metric, (``trace_metrics``) ``attention`` and
+    (``stability_metrics``) ``stability`` on ``batch``."""
     model.eval()
     try:
         with torch.no_grad(), forward_context(model, config, device):
@@ -364,6 +370,12 @@ def evaluate(
         metrics |= task_metrics(task, outputs, batch)
         if config.trace_metrics:
             metrics["attention"] = attention_metrics(model, batch)
+        if config.stability_metrics:
+            from workbench.metrics.stability import stability_metrics
+
+            metrics["stability"] = stability_metrics(
+                model, batch.inputs, batch.loss_mask, config.method()
+            )
     finally:
         model.train()
     return metrics

@@ -25,7 +25,9 @@ from workbench.analysis import (
 )
 from workbench.experiments.runner import AnalysisOutput, RunRecord, analysis
 from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
+from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.viz.experiments import curves_figure, power_law_figure, table_figure
+from workbench.viz.stability import stability_figures
 
 EMERGENCE_COVARIATES = {"T": "task.seq_len", "d": "task.d", "B": "task.burstiness"}
 """Covariate name -> config path of the emergence fit."""
@@ -189,7 +191,7 @@ def _fit_figure(rows: list[dict[str, Any]], fit: Mapping[str, Any] | None) -> An
     )
 
 
-def _method_label(config: Mapping[str, Any]) -> str:
+def method_label(config: Mapping[str, Any]) -> str:
     """``"dense"`` or e.g. ``"top_k(k=5)"`` from ``sparse_method`` and ``sparse_hparams``."""
     method = config.get("sparse_method")
     if method is None:
@@ -203,7 +205,9 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
     """Per sparse method: steps to reach each accuracy in ``thresholds`` (`threshold_time`),
     final accuracy, and the final value of every other metric starting with ``accuracy_key``
     (e.g. ``eval_accuracy_len128``: generalisation to longer sequences, when training logs it).
-    Figures: accuracy curves per method, summary table."""
+    Runs trained with ``stability_metrics`` add the final softmax stability (`_stability_row`) and
+    a summary per kind of attention (dense, input-dependent, input-agnostic). Figures: accuracy
+    curves per method, summary table, stability curves."""
     options = _options(
         spec,
         {
@@ -214,24 +218,60 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
         },
     )
     key = options["accuracy_key"]
-    rows = [_focus_row(run, options) for run in runs]
-    summary = _summarise_by(
-        rows, "method", [name for name in rows[0] if name.startswith(key)] if rows else []
+    rows = [_focus_row(run, options) | _stability_row(run) for run in runs]
+    stability = [name for name in rows[0] if name.startswith("final_")] if rows else []
+    summary = (
+        _summarise_by(
+            rows, "method", [name for name in rows[0] if name.startswith(key)] + stability
+        )
+        if rows
+        else []
     )
+    by_kind = _summarise_by(rows, "kind", stability) if stability else []
     figures = _figures(
         accuracy=_curve_figure(
-            runs, key, lambda run: _method_label(run.config), title="held-out accuracy per method"
+            runs, key, lambda run: method_label(run.config), title="held-out accuracy per method"
         ),
         loss=_curve_figure(
             runs,
             "loss",
-            lambda run: _method_label(run.config),
+            lambda run: method_label(run.config),
             title="training loss per method",
             log_y=True,
         ),
         summary=table_figure(summary, title="semantic focus: per method") if summary else None,
     )
-    return AnalysisOutput(results={"runs": rows, "methods": summary}, figures=figures)
+    figures |= stability_figures(
+        {run.config_hash: run.metrics() for run in runs},
+        {run.config_hash: method_label(run.config) for run in runs},
+    )
+    results = {"runs": rows, "methods": summary}
+    if by_kind:
+        results["stability_by_kind"] = by_kind
+    return AnalysisOutput(results=results, figures=figures)
+
+
+def _attention_kind(config: Mapping[str, Any]) -> str:
+    """``"dense"``, ``"input-dependent"`` or ``"input-agnostic"`` sparse attention."""
+    import workbench.sparse
+
+    method = config.get("sparse_method")
+    if method is None:
+        return "dense"
+    hparams = config.get("sparse_hparams") or {}
+    dependent = workbench.sparse.get(method, **hparams).input_dependent
+    return "input-dependent" if dependent else "input-agnostic"
+
+
+def _stability_row(run: RunRecord) -> dict[str, Any]:
+    """The attention kind and, when the run logged stability metrics, the last evaluation's
+    ``final_<name>`` of each `ROW_STATISTICS` (mean over layers and heads)."""
+    row: dict[str, Any] = {"kind": _attention_kind(run.config)}
+    for name in ROW_STATISTICS:
+        steps, values = stability_series(run.metrics(), name)  # [m], [m, layers, heads]
+        if steps.size:
+            row[f"final_{name}"] = float(values[-1].mean())
+    return row
 
 
 def _focus_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,7 +280,7 @@ def _focus_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
     steps, accuracy = metric_series(records, key)
     row: dict[str, Any] = {
         "config_hash": run.config_hash,
-        "method": _method_label(run.config),
+        "method": method_label(run.config),
         "seed": run.config.get("seed"),
     }
     for threshold in options["thresholds"]:
