@@ -14,21 +14,28 @@ from typer.testing import CliRunner
 
 import toy_tasks
 import workbench.sparse
-from kernels.reference import top_k_threshold, top_p_threshold
+from kernels.reference import scaled_scores, top_k_threshold, top_p_threshold
 from workbench.cli import app
 from workbench.metrics.stability import (
     AttentionWeights,
+    RecordedCall,
     analytic_bound,
     flip_rate,
+    focus_quantities,
     jacobian_frobenius_norm,
     jacobian_spectral_norm,
     lipschitz_estimate,
+    model_lipschitz_estimate,
+    row_stability,
+    row_stability_from_qk,
     softmax_jacobian,
     sparse_probs,
     top_k_margin,
     top_p_margin,
+    topk_stability_conditions,
 )
 from workbench.models import ModelConfig, build_model
+from workbench.sparse.base import visible
 from workbench.train import TrainConfig, read_metrics, train
 
 
@@ -229,6 +236,134 @@ def test_bound_is_above_the_estimate(
         weights, x, iterations=60, generator=torch.Generator().manual_seed(0)
     )
     assert analytic_bound(weights, x) >= estimate
+
+
+def test_focus_quantities_on_hand_made_rows() -> None:
+    scores = torch.tensor(
+        [[4.0, 1.0, 3.0, -2.0, 0.0], [0.5, 2.0, -1.0, 1.5, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0]],
+        dtype=torch.float64,
+    )
+    keep = torch.tensor(
+        [[True, False, True, False, False], [True, True, False, True, False], [True] * 5]
+    )
+    full = torch.tensor([[True] * 5, [True, True, True, True, False], [True] * 5])
+    out = focus_quantities(scores, keep, full)
+    torch.testing.assert_close(
+        out["delta_full"], torch.tensor([6.0, 3.0, 0.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        out["delta_sparse"], torch.tensor([1.0, 1.5, 0.0], dtype=torch.float64)
+    )
+    # row 0: min kept 3 - max unkept 1; row 1: min kept 0.5 - unkept visible -1 (9 is masked)
+    torch.testing.assert_close(
+        out["separation"], torch.tensor([2.0, 1.5, math.inf], dtype=torch.float64)
+    )
+    torch.testing.assert_close(out["c1"][:2], torch.tensor([1 / 6, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(out["c2"][:2], torch.tensor([1 / 3, 0.5], dtype=torch.float64))
+    assert out["beta_keys"].tolist() == [3, 2, 2, 2, 1]
+    assert out["beta"].tolist() == [3, 3, 3]
+    torch.testing.assert_close(
+        out["sink_ratio"], torch.tensor([3 / 2, 1.0, 3 / 5], dtype=torch.float64)
+    )
+
+
+def test_focus_quantities_of_top_k_use_the_top_k_gap() -> None:
+    scores = random_rows(6, 10, 7)
+    keep = scores >= top_k_threshold(scores, 4).unsqueeze(-1)
+    out = focus_quantities(scores, keep)
+    ordered = scores.sort(-1, descending=True).values
+    torch.testing.assert_close(out["separation"], ordered[:, 3] - ordered[:, 4])
+    torch.testing.assert_close(out["delta_sparse"], ordered[:, 0] - ordered[:, 3])
+    torch.testing.assert_close(out["delta_full"], ordered[:, 0] - ordered[:, -1])
+
+
+def scalar_conditions(d: float, c1: float, c2: float, beta: float) -> tuple[bool, bool]:
+    w = c1 + (1 / d) * math.log(2 * (1 + 1 / (d * c2))) < 1
+    lhs = c1 + (1 / d) * math.log(d * (1 + beta) * (1 + 1 / (d * c2)) + beta)
+    return w, lhs < 1 + (1 / d) * math.log(d + 1)
+
+
+def test_topk_stability_conditions_match_the_scalar_formulas() -> None:
+    generator = torch.Generator().manual_seed(8)
+    d = torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], dtype=torch.float64)
+    d = d.repeat_interleave(50)
+    c1 = torch.rand(d.shape, generator=generator, dtype=torch.float64)
+    c2 = torch.rand(d.shape, generator=generator, dtype=torch.float64) * 0.99 + 0.01
+    beta = torch.randint(0, 8, d.shape, generator=generator).double() / 5
+    result = topk_stability_conditions(d, c1, c2, beta)
+    expected = [
+        scalar_conditions(*values)
+        for values in zip(*(t.tolist() for t in (d, c1, c2, beta)), strict=True)
+    ]
+    assert result["w"].tolist() == [w for w, _ in expected]
+    assert result["x"].tolist() == [x for _, x in expected]
+    assert result["w"].any() and not result["w"].all() and result["x"].any()
+    # one point by hand: d = 16, c1 = 0.1, c2 = 0.5: 0.1 + ln(2 (1 + 1/8)) / 16 = 0.1506 < 1
+    assert topk_stability_conditions(16.0, 0.1, 0.5, 1.0)["w"].item()
+    assert not topk_stability_conditions(0.25, 0.9, 0.1, 1.0)["w"].item()
+
+
+@pytest.mark.parametrize(
+    ("task_name", "config"),
+    [
+        ("assoc_recall", ModelConfig(n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16)),
+        (
+            "assoc_recall",
+            ModelConfig(n_layers=1, d_model=8, n_heads=2, d_head=4, positional="rotary"),
+        ),
+        ("single_location", ModelConfig(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16)),
+    ],
+)
+def test_model_lipschitz_estimate_matches_the_explicit_jacobian(
+    task_name: str, config: ModelConfig
+) -> None:
+    task = (
+        toy_tasks.get(task_name, vocab_size=16, n_pairs=2, seq_len=8)
+        if task_name == "assoc_recall"
+        else toy_tasks.get(task_name)
+    )
+    model = build_model(task, config).double()
+    generator = torch.Generator().manual_seed(0)
+    if task.kind == "tokens":
+        inputs = torch.randint(0, task.vocab_size, (1, 6), generator=generator)
+    else:
+        inputs = torch.randn(1, 6, task.d_input, generator=generator, dtype=torch.float64)
+    residual = model.input_to_embed(inputs)[0].detach()
+    jacobian = torch.autograd.functional.jacobian(lambda x: model(x, start_at_layer=0), residual)
+    exact = torch.linalg.matrix_norm(jacobian.reshape(-1, residual.numel()), ord=2).item()
+    estimate = model_lipschitz_estimate(
+        model, inputs, n_iter=60, generator=torch.Generator().manual_seed(1)
+    )
+    assert estimate == pytest.approx(exact, rel=1e-4)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("q_len", "kv_len", "chunk"), [(23, 23, 5), (10, 17, 4), (7, 7, 64)])
+def test_row_stability_from_qk_matches_the_unchunked_computation(
+    causal: bool, q_len: int, kv_len: int, chunk: int
+) -> None:
+    generator = torch.Generator().manual_seed(q_len + kv_len)
+    q = torch.randn(2, 4, q_len, 8, generator=generator) * 2
+    k = torch.randn(2, 2, kv_len, 8, generator=generator) * 2
+    scale = 0.3
+    streamed = row_stability_from_qk(
+        q, k, causal=causal, scale=scale, chunk=chunk, k_top=3, compute_dtype=torch.float64
+    )
+    scores = scaled_scores(q, k, scale, torch.float64)
+    keep = visible(q, k, causal).expand_as(scores)
+    probs = sparse_probs(scores, keep)
+    torch.testing.assert_close(streamed["jacobian_norm"], jacobian_spectral_norm(probs))
+    torch.testing.assert_close(streamed["jacobian_frobenius"], jacobian_frobenius_norm(probs))
+    torch.testing.assert_close(streamed["top_k_margin"], top_k_margin(scores, 3, keep))
+    # float32 scores (the default): `row_stability` up to the rounding of the scores
+    single = row_stability_from_qk(q, k, causal=causal, scale=scale, chunk=chunk, k_top=3)
+    dense = row_stability(RecordedCall(q, k, scale, causal), None)
+    torch.testing.assert_close(
+        single["jacobian_norm"], dense["jacobian_norm"], rtol=1e-5, atol=1e-6
+    )
+    assert streamed["jacobian_norm"].shape == (2, 4, q_len)
+    if causal and q_len == kv_len:
+        assert torch.isinf(streamed["top_k_margin"][..., :3]).all()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,14 @@ Per query row, with probabilities ``p = softmax(s)`` over the keys the row atten
 * **Lipschitz constant** of the attention map ``X -> Attn(X)`` (`AttentionWeights`): power
   iteration on ``J_f^T J_f`` through ``torch.func.jvp`` / ``vjp`` (`lipschitz_estimate`), and the
   upper bound `analytic_bound` on the same weights (derivation in its docstring).
+* **Semantic-focus quantities** (`focus_quantities`): per row the dispersions of the full and the
+  sparse softmax, the separation of the selection, ``c1``, ``c2`` and the sink counts ``beta``;
+  `topk_stability_conditions` evaluates the paper's two sufficient conditions for top-k to have a
+  smaller stability constant than full attention, as written in the public code (rithram/spartan).
+* **Whole model** (`model_lipschitz_estimate`): the Lipschitz estimate of a toy model from its
+  residual stream after the embedding to its logits (outputs).
+* **Streaming** (`row_stability_from_qk`): per-row ``||J||_2``, ``||J||_F`` and the top-k margin
+  from q and k in chunks of query rows (memory ``O(chunk x kv_len)``).
 * **Traces**: `stability_metrics` (per layer and head means over the scored positions of a batch,
   as logged by `workbench.train` with ``stability_metrics``) and `stability_series` (curves from a
   ``metrics.jsonl``).
@@ -33,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels.reference import masked_softmax, scaled_scores, top_p_budget
+from kernels.reference import default_scale, masked_softmax, scaled_scores, top_p_budget
 from workbench.sparse.base import SparseMethod, visible
 
 STABILITY_TOP_K = 5
@@ -294,6 +302,161 @@ def analytic_bound(weights: AttentionWeights, x: torch.Tensor) -> float:
     query_side = c * w_qk * radius**2
     key_side = math.sqrt(n / 2) * radius * c * (radius * w_qk + bias)
     return (w_vo * (math.sqrt(n) + query_side + key_side)).sum().item()
+
+
+def model_lipschitz_estimate(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    n_iter: int = 100,
+    generator: torch.Generator | None = None,
+) -> float:
+    """`lipschitz_estimate` of a whole model built by `workbench.models.build_model`, as the map
+    from its residual stream after the embedding (token + positional embedding, TransformerLens'
+    ``input_to_embed``) to its logits (continuous models: its outputs).
+
+    ``inputs``: tokens ``[batch, pos]`` (token models) or ``[batch, pos, d_input]`` (continuous
+    models). The map ``[batch, pos, d_model] -> [batch, pos, d_out]`` is run with
+    ``model(residual, start_at_layer=0)`` (TransformerLens skips the embedding; rotary positions are
+    applied inside attention as usual). Sequences of a batch do not interact, so the Jacobian is
+    block diagonal and the estimate is the largest of the per-sequence ones. Parameters are held
+    fixed; run the model in float64 for a check at ``1e-4``."""
+    with torch.no_grad():
+        residual = model.input_to_embed(inputs)[0].detach()
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return model(x, start_at_layer=0)
+
+    return lipschitz_estimate(logits, residual, iterations=n_iter, generator=generator)
+
+
+# ---------------------------------------------------------------------------- semantic focus
+def focus_quantities(
+    scores: torch.Tensor, keep: torch.Tensor, full_mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """The semantic-focus theory's quantities of a selection (arXiv 2506.14095; names as the
+    public code rithram/spartan logs them: ``width-delta``, ``sep-Delta``, ``beta``).
+
+    ``scores`` ``[..., q_len, kv_len]``; ``keep`` (selected keys) and ``full_mask`` (the keys full
+    attention sees; None = all) broadcastable to it; ``keep`` is intersected with ``full_mask``.
+    Per row ``[..., q_len]``:
+
+    * ``delta_full``: dispersion ``max - min`` of the scores over ``full_mask`` (0 for one key);
+    * ``delta_sparse``: the same over the kept keys;
+    * ``separation`` (``Delta``): smallest kept score minus largest visible unkept score (the top-k
+      gap for top-k; +inf when every visible key is kept, negative for a selection that is not the
+      top of the row, e.g. a banded window);
+    * ``c1 = delta_sparse / delta_full`` and ``c2 = separation / delta_full`` (inf / nan where
+      ``delta_full = 0``);
+    * ``beta``: the largest sink count over the row's kept keys, and ``sink_ratio = beta / k`` with
+      ``k`` the row's number of kept keys (0 for rows that keep nothing).
+
+    Per key ``beta_keys`` ``[..., kv_len]``: how many query rows (of the same leading indices)
+    select it. The paper's own definition of beta was not read here (its text was not found); the
+    public code logs a ``beta`` statistic and passes ``beta / NNZ`` (``NNZ = 5``, its ``k``) to the
+    second condition (``bounds-lhs.py``, ``get_ratios`` / ``print_bound_lhs``: "HH sink ratio"), so
+    ``sink_ratio`` is the value for `topk_stability_conditions`; the per-input worst case is
+    ``beta_keys.amax(-1) / k``."""
+    full = torch.ones_like(scores, dtype=torch.bool) if full_mask is None else full_mask
+    full = full.expand_as(scores)
+    keep = keep.expand_as(scores) & full
+    s = scores.double()
+    inf = torch.tensor(float("inf"), dtype=s.dtype, device=s.device)
+
+    def spread(mask: torch.Tensor) -> torch.Tensor:
+        high = s.masked_fill(~mask, -inf).amax(-1)
+        low = s.masked_fill(~mask, inf).amin(-1)
+        return torch.where(mask.any(-1), high - low, torch.zeros_like(high))
+
+    delta_full, delta_sparse = spread(full), spread(keep)
+    unkept = full & ~keep
+    separation = s.masked_fill(~keep, inf).amin(-1) - s.masked_fill(~unkept, -inf).amax(-1)
+    separation = torch.where(unkept.any(-1), separation, inf)
+    beta_keys = keep.sum(-2)
+    beta = (beta_keys.unsqueeze(-2) * keep).amax(-1)
+    selected = keep.sum(-1)
+    return {
+        "delta_full": delta_full,
+        "delta_sparse": delta_sparse,
+        "separation": separation,
+        "c1": delta_sparse / delta_full,
+        "c2": separation / delta_full,
+        "beta": beta,
+        "sink_ratio": beta.double() / selected.clamp(min=1),
+        "beta_keys": beta_keys,
+    }
+
+
+def topk_stability_conditions(
+    delta_full: torch.Tensor | float,
+    c1: torch.Tensor | float,
+    c2: torch.Tensor | float,
+    beta: torch.Tensor | float,
+) -> dict[str, torch.Tensor]:
+    """The two sufficient conditions (broadcast, float64 -> bool) for top-k attention to have a
+    smaller stability constant than full attention, exactly as rithram/spartan's ``bounds.py``
+    (functions ``wratio`` and ``xratio``; the same formulas in ``bounds-lhs.py``) evaluates them,
+    with ``d = delta_full`` (the full attention's dispersion, their ``ds``):
+
+    * ``"w"`` (``wratio``, ``mult = 2``; w.r.t. the weights): ``c1 + ln(2 (1 + 1 / (d c2))) / d < 1``;
+    * ``"x"`` (``xratio``; w.r.t. the inputs, with the sink measure ``beta``):
+      ``c1 + ln(d (1 + beta) (1 + 1 / (d c2)) + beta) / d < 1 + ln(d + 1) / d``. Their code notes
+      "Assuming 2 * gamma * xi^2 = delta_s" and, in ``bounds-lhs.py``, feeds ``beta / NNZ`` (count of
+      selecting queries over k: `focus_quantities`' ``sink_ratio``).
+
+    The paper's theorem text was not found (searched for arXiv 2506.14095), so the statements are
+    those of the code, not verified against the paper. Their code applies them to quantiles of the
+    logged statistics (high ones of ``delta``, ``beta``, low ones of ``Delta``), not row by row.
+    ``c2 <= 0`` (a selection that is not the top of the row) gives a NaN or negative log argument:
+    False."""
+    d, c1, c2, beta = (torch.as_tensor(v, dtype=torch.float64) for v in (delta_full, c1, c2, beta))
+    spread = 1.0 + 1.0 / (d * c2)
+    w = c1 + torch.log(2.0 * spread) / d < 1.0
+    x = c1 + torch.log(d * (1.0 + beta) * spread + beta) / d < 1.0 + torch.log(d + 1.0) / d
+    return {"w": w, "x": x}
+
+
+# ---------------------------------------------------------------------------- streaming
+def row_stability_from_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float | None = None,
+    chunk: int = 256,
+    k_top: int = STABILITY_TOP_K,
+    compute_dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Per row of dense attention, from q ``[batch, heads, q_len, d]`` and k ``[batch, kv_heads,
+    kv_len, d]`` (end-aligned causal mask when ``causal``): ``jacobian_norm`` (exact ``||J||_2``,
+    secular root), ``jacobian_frobenius`` and ``top_k_margin`` (k = ``k_top``; +inf for rows with at
+    most ``k_top`` keys), each ``[batch, heads, q_len]`` float64.
+
+    Query rows are processed ``chunk`` at a time, so the scores and the bisection's temporaries are
+    ``[batch, heads, chunk, kv_len]``: memory ``O(chunk x kv_len)`` per head, not
+    ``O(q_len x kv_len)``. This is the streaming available here: the kernels' row statistics give
+    each row's log-sum-exp, not its Jacobian norm, which needs the whole row of probabilities (the
+    secular equation involves every ``p_i``). Scores are computed in ``compute_dtype`` (float32 as
+    in `row_stability`, which this equals with ``method=None`` up to float32 rounding of the scores;
+    float64 for exact agreement with an unchunked float64 computation)."""
+    scale = default_scale(q.shape[-1]) if scale is None else scale
+    q_len, kv_len = q.shape[2], k.shape[2]
+    keys = torch.arange(kv_len, device=q.device)
+    parts: dict[str, list[torch.Tensor]] = {
+        "jacobian_norm": [],
+        "jacobian_frobenius": [],
+        "top_k_margin": [],
+    }
+    for start in range(0, q_len, chunk):
+        rows = torch.arange(start, min(start + chunk, q_len), device=q.device)
+        mask = keys <= (rows + kv_len - q_len).unsqueeze(-1) if causal else None
+        scores = scaled_scores(q[:, :, rows], k, scale, compute_dtype)
+        visible_keys = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask
+        probs = sparse_probs(scores, visible_keys.expand_as(scores))
+        parts["jacobian_norm"].append(jacobian_spectral_norm(probs))
+        parts["jacobian_frobenius"].append(jacobian_frobenius_norm(probs))
+        parts["top_k_margin"].append(top_k_margin(scores, k_top, mask).double())
+    return {name: torch.cat(values, dim=-1) for name, values in parts.items()}
 
 
 # ---------------------------------------------------------------------------- traces
