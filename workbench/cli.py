@@ -120,6 +120,7 @@ def trace_command(
     from rich.console import Console
     from rich.table import Table
 
+    from workbench.io import write_figure
     from workbench.trace import TraceConfig, trace
     from workbench.viz.trace import trace_figure
 
@@ -144,7 +145,7 @@ def trace_command(
             table.add_row(str(layer), str(head), *cells, *["-"] * (4 - len(cells)))
     Console().print(table)
     result.save(out / "trace")
-    trace_figure(result).write_html(out / "trace.html", include_plotlyjs="cdn")
+    write_figure(trace_figure(result), out / "trace.html")
     typer.echo(f"wrote {out / 'trace.safetensors'}, {out / 'trace.json'} and {out / 'trace.html'}")
 
 
@@ -198,7 +199,7 @@ def sparsify_eval_command(
     from rich.table import Table
 
     import workbench.sparse
-    from workbench.io import atomic_write_json, atomic_write_text
+    from workbench.io import atomic_write_json, write_figure
     from workbench.metrics.fidelity import fidelity
     from workbench.viz.fidelity import fidelity_figure
 
@@ -218,13 +219,16 @@ def sparsify_eval_command(
         inputs, extra = batch.inputs, {"targets": batch.targets, "loss_mask": batch.loss_mask}
     else:
         inputs, _, network = _minilm_inputs(text)
-    layer_list = None if layers is None else [int(layer) for layer in layers.split(",")]
-    reports = [
-        fidelity(
-            network, inputs, method, layers=layer_list, block_size=block_size, **extra
-        ).to_dict()
-        for method in chosen
-    ]
+    try:
+        layer_list = None if layers is None else [int(layer) for layer in layers.split(",")]
+        reports = [
+            fidelity(
+                network, inputs, method, layers=layer_list, block_size=block_size, **extra
+            ).to_dict()
+            for method in chosen
+        ]
+    except (ValueError, NotImplementedError) as error:
+        raise typer.BadParameter(str(error), param_hint="--layers / --methods") from None
     table = Table("method", "density", "recall", "local error", "end-to-end", "accuracy delta")
     for report in reports:
         end_to_end = (
@@ -243,7 +247,7 @@ def sparsify_eval_command(
     summary = {"model": model, "task": task if model == "toy" else None, "reports": reports}
     atomic_write_json(out / "results.json", summary)
     figure = fidelity_figure(reports, title=f"sparse-attention fidelity ({model})")
-    atomic_write_text(out / "fidelity.html", figure.to_html(include_plotlyjs="cdn"))
+    write_figure(figure, out / "fidelity.html")
     typer.echo(f"wrote {out / 'results.json'} and {out / 'fidelity.html'}")
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 import toy_tasks
 from toy_tasks import Batch, LinearRegressionICL, ToyTask
 from toy_tasks.baselines import averaging_curve, knn_curve, least_squares_curve, ridge_curve
-from workbench.io import atomic_write_json, atomic_write_text
+from workbench.io import atomic_write_json, atomic_write_text, write_figure
 from workbench.viz.tasks import curves_figure, relevance_figure
 
 
@@ -72,7 +72,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, seed: int = 0, batch_size: in
                 log_y=True,
             )
     for figure_name, figure in figures.items():
-        atomic_write_text(out_dir / "figures" / f"{figure_name}.html", figure.to_html())
+        write_figure(figure, out_dir / "figures" / f"{figure_name}.html")
     atomic_write_text(out_dir / "index.html", _index_html(figures))
     atomic_write_json(out_dir / "summary.json", summary)
     return summary

@@ -52,3 +52,18 @@ def atomic_write_safetensors(path: str | Path, tensors: Mapping[str, torch.Tenso
 
     cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     return atomic_write(path, lambda temporary: save_file(cpu, str(temporary)))
+
+
+PLOTLY_SCRIPT = "plotly.min.js"
+
+
+def write_figure(figure: Any, path: str | Path) -> Path:
+    """Write a plotly figure as HTML, atomically, that opens offline: it loads plotly.js from a
+    ``plotly.min.js`` written once beside it (not from a CDN, and not embedded in every file)."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(path)
+    script = path.parent / PLOTLY_SCRIPT
+    if not script.exists():
+        atomic_write_text(script, get_plotlyjs())
+    return atomic_write_text(path, figure.to_html(include_plotlyjs=PLOTLY_SCRIPT))

@@ -112,3 +112,18 @@ def test_sparsify_eval_command_writes_results_and_figure(tmp_path, model: str) -
 def test_sparsify_eval_rejects_unknown_methods(tmp_path) -> None:
     result = CliRunner().invoke(app, ["sparsify-eval", "--methods", "nope", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "nope" in result.output
+
+
+def test_sparsify_eval_bad_layers_is_a_usage_error(tmp_path) -> None:
+    for layers in ("x", "7"):
+        arguments = [
+            "sparsify-eval",
+            "--methods",
+            "top_k",
+            "--layers",
+            layers,
+            "--out",
+            str(tmp_path),
+        ]
+        result = CliRunner().invoke(app, arguments)
+        assert result.exit_code == 2 and "--layers" in result.output

@@ -33,3 +33,18 @@ def test_atomic_safetensors_round_trip(tmp_path):
     loaded = load_file(path)
     assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+
+
+def test_write_figure_opens_offline(tmp_path):
+    import plotly.graph_objects as go
+
+    from workbench.io import PLOTLY_SCRIPT, write_figure
+
+    figure = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    first = write_figure(figure, tmp_path / "a.html")
+    write_figure(figure, tmp_path / "b.html")
+    html = first.read_text()
+    assert f'src="{PLOTLY_SCRIPT}"' in html and "cdn.plot.ly" not in html
+    script = tmp_path / PLOTLY_SCRIPT
+    assert script.stat().st_size > 1_000_000  # the whole plotly.js, written once for the folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "b.html", PLOTLY_SCRIPT]

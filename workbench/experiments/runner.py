@@ -25,7 +25,7 @@ import yaml
 
 from workbench.analysis import read_metrics
 from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec
-from workbench.io import atomic_write_json, atomic_write_text
+from workbench.io import atomic_write_json, atomic_write_text, write_figure
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +220,7 @@ def run_experiment(
     )
     atomic_write_json(directory / "results.json", results)
     figures = [
-        atomic_write_text(
-            directory / "figures" / f"{name}.html", figure.to_html(include_plotlyjs="cdn")
-        )
+        write_figure(figure, directory / "figures" / f"{name}.html")
         for name, figure in output.figures.items()
     ]
     return ExperimentResult(spec, runs, directory, results, figures)

@@ -11,7 +11,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from kernels.reference import scaled_scores
-from workbench.io import atomic_write_text
+from workbench.io import write_figure
 from workbench.sparse import SparseMethod, get
 
 KEPT_COLOURS = [[0.0, "#f4f4f4"], [1.0, "#1f4e79"]]
@@ -80,5 +80,4 @@ def methods_figure(
 
 def write_method_figure(method: SparseMethod, path: str | Path | None = None) -> Path:
     """Write ``method``'s layout figure to ``path`` (default ``<name>.html``) and return the path."""
-    html = methods_figure([method]).to_html(include_plotlyjs="cdn")
-    return atomic_write_text(path or f"{method.name}.html", html)
+    return write_figure(methods_figure([method]), path or f"{method.name}.html")

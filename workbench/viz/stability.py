@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import yaml
 
 from workbench.analysis import read_metrics
-from workbench.io import atomic_write_text
+from workbench.io import write_figure
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.viz.experiments import curves_figure
 
@@ -63,6 +63,6 @@ def write_stability_figures(run_dirs: Sequence[Path], out_dir: Path) -> list[Pat
     runs = {run_dir.name: read_metrics(run_dir / "metrics.jsonl") for run_dir in run_dirs}
     groups = {run_dir.name: run_label(run_dir) for run_dir in run_dirs}
     return [
-        atomic_write_text(out_dir / f"{name}.html", figure.to_html(include_plotlyjs="cdn"))
+        write_figure(figure, out_dir / f"{name}.html")
         for name, figure in stability_figures(runs, groups).items()
     ]
