@@ -320,9 +320,12 @@ def compare_exponents(fit: PowerLawFit, paper: Mapping[str, float]) -> list[dict
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file (one JSON object per line; blank lines and a
-    truncated last line, as left by an interrupted run, are skipped)."""
+    truncated last line, as left by an interrupted run, are skipped; a missing file has none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
     records = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines):
         if not line.strip():
             continue

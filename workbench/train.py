@@ -48,6 +48,7 @@ from torch import nn
 
 import toy_tasks
 from toy_tasks.base import Batch, ToyTask, check_float, check_int
+from workbench.analysis import read_metrics
 from workbench.io import atomic_write_json, atomic_write_safetensors, atomic_write_text
 from workbench.models import ModelConfig, build_model, check_compatible
 
@@ -500,20 +501,6 @@ def load_model(
 
 
 # ---------------------------------------------------------------------------- metrics log
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (a torn last line is skipped)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def truncate_metrics(path: Path, last_step: int | None) -> None:
     """Keep the records of steps ``<= last_step`` (None: none)."""
     kept = [r for r in read_metrics(path) if last_step is not None and r["step"] <= last_step]

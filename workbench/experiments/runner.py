@@ -70,8 +70,7 @@ class RunRecord:
 
     def metrics(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` (empty when the run logged none)."""
-        path = self.directory / "metrics.jsonl"
-        return read_metrics(path) if path.exists() else []
+        return read_metrics(self.directory / "metrics.jsonl")
 
     def result(self) -> dict[str, Any]:
         """The run's ``results.json``."""
