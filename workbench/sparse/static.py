@@ -9,6 +9,7 @@ key and every row attends to the global keys.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,31 @@ class Strided(StaticMethod):
 
 
 @dataclass(frozen=True, eq=False)
-class Banded(StaticMethod):
+class _LocalWithGlobalTokens(StaticMethod):
+    """A local pattern of ``k`` keys per query plus ``global_tokens`` global rows and columns."""
+
+    k: int = 5
+    global_tokens: int = 0
+
+    def validate(self) -> None:
+        check_int("k", self.k, 1)
+        check_int("global_tokens", self.global_tokens, 0)
+
+    @abstractmethod
+    def local_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        """``[q_len, kv_len]`` bool: the local pattern, before the global tokens."""
+
+    def static_mask(
+        self, q_len: int, kv_len: int, causal: bool, device: torch.device
+    ) -> torch.Tensor:
+        local = self.local_mask(q_len, kv_len, causal, device)
+        return _with_global_tokens(local, self.global_tokens)
+
+
+@dataclass(frozen=True, eq=False)
+class Banded(_LocalWithGlobalTokens):
     """A window of exactly ``k`` keys per query, as in spartan's ``mask_window``.
 
     Without ``causal`` the window is ``[i - (k-1)//2, i + k - 1 - (k-1)//2]``, shifted to stay inside
@@ -93,14 +118,7 @@ class Banded(StaticMethod):
     description = "window of exactly k keys per query, shifted at the edges (+ global tokens)"
     paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
 
-    k: int = 5
-    global_tokens: int = 0
-
-    def validate(self) -> None:
-        check_int("k", self.k, 1)
-        check_int("global_tokens", self.global_tokens, 0)
-
-    def static_mask(
+    def local_mask(
         self, q_len: int, kv_len: int, causal: bool, device: torch.device
     ) -> torch.Tensor:
         position = _query_positions(q_len, kv_len, device)
@@ -110,13 +128,11 @@ class Banded(StaticMethod):
             start = torch.clamp(position - (self.k - 1) // 2, min=0)
             start = torch.clamp(start, max=max(kv_len - self.k, 0))
         keys = torch.arange(kv_len, device=device).unsqueeze(0)
-        mask = (keys >= start) & (keys < start + self.k)
-        mask = _with_global_tokens(mask, self.global_tokens)
-        return mask
+        return (keys >= start) & (keys < start + self.k)
 
 
 @dataclass(frozen=True, eq=False)
-class BlockLocal(StaticMethod):
+class BlockLocal(_LocalWithGlobalTokens):
     """Queries attend within ``k x k`` blocks on the (end-aligned) diagonal, as in spartan's
     ``mask_block_local`` (the last block may be smaller)."""
 
@@ -124,23 +140,14 @@ class BlockLocal(StaticMethod):
     description = "k x k token blocks on the diagonal (+ global tokens)"
     paper = "Transformers learn faster with semantic focus, arXiv 2506.14095 (code rithram/spartan)"
 
-    k: int = 5
-    global_tokens: int = 0
-
-    def validate(self) -> None:
-        check_int("k", self.k, 1)
-        check_int("global_tokens", self.global_tokens, 0)
-
-    def static_mask(
+    def local_mask(
         self, q_len: int, kv_len: int, causal: bool, device: torch.device
     ) -> torch.Tensor:
         position = _query_positions(q_len, kv_len, device)
         keys = torch.arange(kv_len, device=device).unsqueeze(0)
-        mask = torch.div(keys, self.k, rounding_mode="floor") == torch.div(
+        return torch.div(keys, self.k, rounding_mode="floor") == torch.div(
             position, self.k, rounding_mode="floor"
         )
-        mask = _with_global_tokens(mask, self.global_tokens)
-        return mask
 
 
 def random_keys(k: int = 5, seed: int = 0) -> RandomKeys:
