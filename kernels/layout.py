@@ -62,6 +62,16 @@ class Layout:
     def __post_init__(self) -> None:
         self.validate()
 
+    @classmethod
+    def trusted(cls, **fields) -> Layout:
+        """A layout from fields already known to be valid (every field named), without `validate`:
+        validation reads tensor values, a device synchronisation that per-call views of a
+        validated layout (`expand`, the kernels' custom op) must not pay."""
+        layout = object.__new__(cls)
+        for field in dataclasses.fields(cls):
+            object.__setattr__(layout, field.name, fields[field.name])
+        return layout
+
     # ------------------------------------------------------------------ shape facts
     @property
     def n_q_blocks(self) -> int:
@@ -318,21 +328,24 @@ class Layout:
                 return None
             return tensor.expand(batch, heads, *tensor.shape[2:])
 
-        return dataclasses.replace(
-            self,
-            kv_indices=grow(self.kv_indices),
-            kv_counts=grow(self.kv_counts),
-            token_mask=grow(self.token_mask),
-            row_threshold=grow(self.row_threshold),
+        return Layout.trusted(
+            **{
+                **vars(self),
+                "kv_indices": grow(self.kv_indices),
+                "kv_counts": grow(self.kv_counts),
+                "token_mask": grow(self.token_mask),
+                "row_threshold": grow(self.row_threshold),
+            }
         )
 
     def transpose(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Column view for backward passes: ``(q_indices, q_counts)`` with shapes
         ``[batch|1, heads|1, n_kv_blocks, max_q_blocks]`` and ``[batch|1, heads|1, n_kv_blocks]``,
-        listing for every key block the query blocks that select it (increasing, int32)."""
+        listing for every key block the query blocks that select it (increasing, int32);
+        ``max_q_blocks = n_q_blocks`` (a bound known without reading the counts: no device sync)."""
         columns = self.block_mask().transpose(-1, -2)
         counts = columns.sum(-1, dtype=torch.int32)
-        width = max(int(counts.max()) if counts.numel() else 0, 1)
+        width = max(self.n_q_blocks, 1)
         order = torch.sort((~columns).to(torch.int8), dim=-1, stable=True).indices[..., :width]
         valid = torch.arange(width, device=self.device) < counts.unsqueeze(-1)
         indices = torch.where(valid, order, torch.zeros_like(order)).to(torch.int32)

@@ -284,6 +284,9 @@ def run_command(
     quick: Annotated[bool, typer.Option(help="Run the small CPU variant of the spec.")] = False,
     runs_dir: Annotated[Path, typer.Option(help="Root folder of the runs.")] = Path("runs"),
     list_: Annotated[bool, typer.Option("--list", help="List the experiments and exit.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Train this many runs at once, in separate processes.")
+    ] = 1,
 ) -> None:
     """Train every run of an experiment (finished runs are reused) and write its analysis:
     runs/<name>/<hash>/{config.yaml, metrics.jsonl, results.json, figures/*.html}."""
@@ -304,7 +307,7 @@ def run_command(
         spec = load_spec(name)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="NAME") from None
-    result = run_experiment(spec, quick=quick, runs_dir=runs_dir)
+    result = run_experiment(spec, quick=quick, runs_dir=runs_dir, workers=workers)
     typer.echo(
         f"{len(result.runs)} runs ({result.n_trained} trained, "
         f"{len(result.runs) - result.n_trained} reused) under {runs_dir / result.spec.name}"

@@ -104,6 +104,10 @@ class TrainConfig:
         sparse_layers: the sparse layers (None: all).
         sparse_block_size: block size of the sparse layouts.
         mixed_precision: bf16 autocast on CUDA (no effect on CPU).
+        early_stop: stop before ``steps`` once an evaluation metric has met a bound at
+            ``patience`` consecutive evaluations, e.g. ``{"metric": "eval_loss", "below": 0.05,
+            "patience": 3}`` (``below`` or ``above``; ``patience`` defaults to 1). The last record
+            then holds ``"stopped_early": true`` and a checkpoint; None: always train ``steps``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:<n>"``.
     """
 
@@ -133,11 +137,14 @@ class TrainConfig:
     sparse_layers: Sequence[int] | None = None
     sparse_block_size: int = 64
     mixed_precision: bool = False
+    early_stop: Mapping[str, Any] | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_overrides", dict(self.task_overrides))
         object.__setattr__(self, "sparse_hparams", dict(self.sparse_hparams))
+        if self.early_stop is not None:
+            object.__setattr__(self, "early_stop", dict(self.early_stop))
         if self.sparse_layers is not None:
             object.__setattr__(self, "sparse_layers", tuple(self.sparse_layers))
         self.validate()
@@ -168,6 +175,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self._validate_sparse()
+        self._validate_early_stop()
         self._validate_device()
         if task.kind not in ("tokens", "continuous"):
             raise ValueError(f"task must be a token or continuous task, got kind {task.kind!r}")
@@ -185,6 +193,27 @@ class TrainConfig:
                 raise ValueError(f"sparse_layers must be distinct layer indices, got {layers}")
             for layer in layers:
                 check_int("sparse_layers", layer, 0, n_layers - 1)
+
+    def _validate_early_stop(self) -> None:
+        rule = self.early_stop
+        if rule is None:
+            return
+        allowed = {"metric", "below", "above", "patience"}
+        if not isinstance(rule, Mapping) or not set(rule) <= allowed or "metric" not in rule:
+            raise ValueError(
+                f"early_stop must be a dict with 'metric', one of 'below' / 'above' and an "
+                f"optional 'patience', got {rule!r}"
+            )
+        if not isinstance(rule["metric"], str) or not rule["metric"].startswith("eval_"):
+            raise ValueError(
+                f"early_stop.metric must name an evaluation metric ('eval_loss', "
+                f"'eval_accuracy', 'eval_mse'), got {rule['metric']!r}"
+            )
+        bounds = [key for key in ("below", "above") if key in rule]
+        if len(bounds) != 1:
+            raise ValueError(f"early_stop needs exactly one of 'below' and 'above', got {rule!r}")
+        check_float(f"early_stop.{bounds[0]}", rule[bounds[0]], -math.inf)
+        check_int("early_stop.patience", rule.get("patience", 1), 1)
 
     def _validate_device(self) -> None:
         if self.device == "auto":
@@ -237,6 +266,7 @@ class TrainConfig:
         data["model"] = self.model.to_dict()
         data["sparse_hparams"] = dict(self.sparse_hparams)
         data["sparse_layers"] = None if self.sparse_layers is None else list(self.sparse_layers)
+        data["early_stop"] = None if self.early_stop is None else dict(self.early_stop)
         return data
 
     @classmethod
@@ -562,6 +592,7 @@ def train(
         model, make_optimizer(config, model), torch.Generator().manual_seed(config.seed)
     )
     resumed_from = _start(out, state, config, resume)
+    hits = _stop_hits(config.early_stop, read_metrics(out / METRICS_FILE))
     eval_generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
     eval_batch = task.sample(config.eval_batch_size, eval_generator).to(device)
     metrics_path = out / METRICS_FILE
@@ -572,15 +603,18 @@ def train(
         ) as bar,
     ):
         if state.step == 0:
-            _write(log, {"step": 0, **evaluate(model, task, eval_batch, config, device)})
-        while state.step < config.steps:
+            hits = _evaluate_into(record := {"step": 0}, state, eval_batch, config, hits)
+            _write(log, record)
+            if hits is None:
+                save_checkpoint(out, state, config)
+        while state.step < config.steps and hits is not None:
             record = _train_step(state, task, config, device)
             if record is not None:
                 if _due(state.step, config.eval_every, config.steps):
-                    record |= evaluate(model, task, eval_batch, config, device)
+                    hits = _evaluate_into(record, state, eval_batch, config, hits)
                 _write(log, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if _due(state.step, config.checkpoint_every, config.steps):
+            if hits is None or _due(state.step, config.checkpoint_every, config.steps):
                 save_checkpoint(out, state, config)
             bar.update(1)
             if callback is not None:
@@ -641,6 +675,38 @@ def _train_step(
     if not math.isfinite(record["loss"]):
         raise FloatingPointError(f"the training loss is {record['loss']} at step {state.step}")
     return record
+
+
+def _evaluate_into(
+    record: dict[str, Any], state: TrainState, batch: Batch, config: TrainConfig, hits: int
+) -> int | None:
+    """Add the evaluation to ``record`` (and ``stopped_early`` when it stops the run); returns the
+    updated `_stop_hits`."""
+    task, device = config.resolved_task(), config.torch_device()
+    record |= evaluate(state.model, task, batch, config, device)
+    hits = _stop_hits(config.early_stop, [record], hits)
+    if hits is None:
+        record["stopped_early"] = True
+    return hits
+
+
+def _stop_hits(
+    rule: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]], hits: int = 0
+) -> int | None:
+    """Consecutive evaluations meeting the ``early_stop`` rule after ``records`` (counting on
+    from ``hits``); None once the run is to stop (``patience`` reached, or a record already marked
+    ``stopped_early``: a finished run being resumed)."""
+    for record in records:
+        if record.get("stopped_early"):
+            return None
+        if rule is None or rule["metric"] not in record:
+            continue
+        value = record[rule["metric"]]
+        met = value < rule["below"] if "below" in rule else value > rule["above"]
+        hits = hits + 1 if met else 0
+        if hits >= rule.get("patience", 1):
+            return None
+    return hits
 
 
 def _due(step: int, every: int, last: int) -> bool:

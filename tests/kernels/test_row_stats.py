@@ -300,10 +300,17 @@ def test_long_bf16_on_gpu() -> None:
     q, k = random_qk(91, 1, heads, kv_heads, n, n, d_head, torch.bfloat16)
     positions = torch.randint(-1, n, (1, n, 4), generator=torch.Generator().manual_seed(92))
     positions = positions.to(DEVICE)
+
+    def stats() -> object:
+        return triton_row_stats.row_stats(
+            q, k, causal=True, ps=ALL_PS, relevant_positions=positions
+        )
+
+    stats()  # autotune first: Triton's benchmarking allocates a 256 MB cache-flush buffer
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     baseline = torch.cuda.memory_allocated()
-    out = triton_row_stats.row_stats(q, k, causal=True, ps=ALL_PS, relevant_positions=positions)
+    out = stats()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - baseline
     assert peak < n * n * 4 / 8, f"peak {peak / 2**20:.1f} MiB"

@@ -168,6 +168,22 @@ def test_runs_are_cached_by_config_hash(tmp_path):
     assert set(results["final_metrics"]) == {run.config_hash for run in second.runs}
 
 
+def test_workers_train_in_processes_like_one_process(tmp_path):
+    spec = make_spec(sweep={"task.seq_len": [8, 12, 16]}, seeds=[0])
+    parallel = run_experiment(spec, runs_dir=tmp_path / "parallel", progress=False, workers=2)
+    assert parallel.n_trained == 3
+    serial = run_experiment(spec, runs_dir=tmp_path / "serial", progress=False)
+    for a, b in zip(parallel.runs, serial.runs, strict=True):
+        assert a.config_hash == b.config_hash
+        last_a, last_b = a.metrics()[-1], b.metrics()[-1]
+        assert last_a["step"] == last_b["step"] == 10
+        assert last_a["eval_loss"] == pytest.approx(last_b["eval_loss"], rel=1e-4)
+    again = run_experiment(spec, runs_dir=tmp_path / "parallel", progress=False, workers=2)
+    assert again.n_trained == 0 and again.results["runs"] == parallel.results["runs"]
+    with pytest.raises(ValueError, match="workers"):
+        run_experiment(spec, runs_dir=tmp_path, progress=False, workers=0)
+
+
 def test_interrupted_run_resumes(tmp_path):
     spec = make_spec()
     calls = []

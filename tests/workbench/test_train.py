@@ -168,6 +168,46 @@ def test_resume_refuses_another_config_and_torn_checkpoints(tmp_path: Path) -> N
         train(config.replace(lr=1e-2), tmp_path, progress=False)
 
 
+def test_early_stop_ends_the_run_and_a_stopped_run_stays_stopped(tmp_path: Path) -> None:
+    rule = {"metric": "eval_accuracy", "above": 0.5, "patience": 2}
+    config = recall_config(steps=1000, eval_every=20, checkpoint_every=500, early_stop=rule)
+    result = train(config, tmp_path, progress=False)
+    records = read_metrics(result.metrics_path)
+    evaluations = [r for r in records if "eval_accuracy" in r]
+    step = result.metrics["step"]
+    assert result.metrics["stopped_early"] is True and step < 1000
+    # Stopped at the first evaluation that makes two in a row above the bound, not later.
+    above = [r["eval_accuracy"] > 0.5 for r in evaluations]
+    first = next(i for i in range(1, len(above)) if above[i] and above[i - 1])
+    assert evaluations[first]["step"] == step == evaluations[-1]["step"]
+    assert json.loads(result.checkpoint_json_path.read_text())["step"] == step
+    log = result.metrics_path.read_bytes()
+    again = train(config, tmp_path, progress=False)  # resuming a stopped run trains no further
+    assert again.resumed_from == step and result.metrics_path.read_bytes() == log
+
+
+def test_early_stop_resume_after_a_kill_is_identical(tmp_path: Path) -> None:
+    rule = {"metric": "eval_loss", "below": 2.5, "patience": 2}
+    config = recall_config(
+        model=TINY, steps=400, batch_size=16, eval_every=10, eval_batch_size=32,
+        metrics_every=5, checkpoint_every=10, lr=1e-2, early_stop=rule,
+    )  # fmt: skip
+    uninterrupted = train(config, tmp_path / "a", progress=False)
+    stop = uninterrupted.metrics["step"]
+    assert uninterrupted.metrics.get("stopped_early") and stop > 20
+
+    def kill_one_step_before_the_stop(step: int, record: dict | None) -> None:
+        if step == stop - 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "b", progress=False, callback=kill_one_step_before_the_stop)
+    resumed = train(config, tmp_path / "b", progress=False)
+    assert resumed.metrics == uninterrupted.metrics
+    metrics = (tmp_path / "a" / "metrics.jsonl").read_bytes()
+    assert (tmp_path / "b" / "metrics.jsonl").read_bytes() == metrics
+
+
 def test_sparse_training_runs_through_sparsify_and_learns(tmp_path: Path) -> None:
     sparse = recall_config(
         steps=100,
@@ -219,6 +259,11 @@ def test_learning_rate_schedules() -> None:
         ({"sparse_hparams": {"k": 3}}, "sparse_method"),
         ({"device": "tpu"}, "device"),
         ({"trace_metrics": "yes"}, "trace_metrics"),
+        ({"early_stop": {"metric": "loss", "below": 1.0}}, "early_stop.metric"),
+        ({"early_stop": {"metric": "eval_loss"}}, "early_stop"),
+        ({"early_stop": {"metric": "eval_loss", "below": 1, "above": 2}}, "early_stop"),
+        ({"early_stop": {"metric": "eval_loss", "below": 1, "patience": 0}}, "patience"),
+        ({"early_stop": {"metric": "eval_loss", "under": 1}}, "early_stop"),
     ],
 )
 def test_validation_names_the_field(changes: dict, field: str) -> None:

@@ -9,14 +9,18 @@ Layout under ``runs_dir``::
 
 A run whose ``results.json`` exists and whose ``config.yaml`` equals its config is reused, not
 retrained; any other run is (re)started with ``resume=True``, so a run interrupted after some
-checkpoints continues from the last one.
+checkpoints continues from the last one. With ``workers > 1`` the runs to train are spread over
+that many processes (small models leave a GPU, or a many-core CPU, mostly idle in one process).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -175,6 +179,35 @@ def run_config(
     return RunRecord(config, digest, directory, cached=False)
 
 
+def _limit_threads(threads: int) -> None:
+    """Worker initialiser: share the CPU cores between the worker processes."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_pending(
+    pending: list[tuple[dict[str, Any], Path]], train_fn: TrainFn, *, workers: int, progress: bool
+) -> None:
+    """Train ``(config, directory)`` pairs in ``workers`` spawned processes (one run each at a
+    time, CPU threads split between them), with one progress bar over the runs; the first
+    failure is raised once the runs in flight have ended."""
+    from tqdm.auto import tqdm
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(workers, context, _limit_threads, (threads,)) as pool:
+        futures = [
+            pool.submit(run_config, config, directory, train_fn, progress=False)
+            for config, directory in pending
+        ]
+        for future in tqdm(as_completed(futures), total=len(futures), disable=not progress):
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                raise future.exception()
+
+
 def run_experiment(
     experiment: str | ExperimentSpec,
     *,
@@ -182,6 +215,7 @@ def run_experiment(
     runs_dir: str | Path = "runs",
     train_fn: TrainFn | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> ExperimentResult:
     """Train every run of ``experiment`` (a name in ``experiments/``, a YAML path or a spec),
     reusing finished runs, then write its analysis.
@@ -191,7 +225,9 @@ def run_experiment(
         quick: apply the spec's ``quick`` overrides (small CPU variant).
         runs_dir: root of the run folders.
         train_fn: the training function (default `train_with_workbench`).
-        progress: passed to ``train_fn`` (progress bars).
+        progress: passed to ``train_fn`` (progress bars; with ``workers > 1`` one bar over runs).
+        workers: train this many runs at once in separate processes (``train_fn`` must then be
+            picklable: a module-level function).
 
     Returns:
         The `ExperimentResult`; the analysis is in ``runs_dir/<name>/<experiment-hash>/``.
@@ -199,12 +235,21 @@ def run_experiment(
     spec = experiment if isinstance(experiment, ExperimentSpec) else load_spec(experiment)
     if quick:
         spec = spec.quick_variant()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     train_fn = train_fn or train_with_workbench
     root = Path(runs_dir) / spec.name
-    runs = [
-        run_config(config, root / config_hash(config), train_fn, progress=progress)
-        for config in spec.configs()
-    ]
+    configs = [(config, root / config_hash(config)) for config in spec.configs()]
+    if workers > 1:
+        pending = [(config, path) for config, path in configs if not _is_complete(path, config)]
+        train_pending(pending, train_fn, workers=workers, progress=progress)
+        trained = {path for _, path in pending}
+        runs = [
+            RunRecord(config, path.name, path, cached=path not in trained)
+            for config, path in configs
+        ]
+    else:
+        runs = [run_config(config, path, train_fn, progress=progress) for config, path in configs]
     directory = root / spec.experiment_hash()
     output = get_analysis(spec.name)(spec, runs)
     results = {
