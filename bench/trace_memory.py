@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def main() -> None:
     results = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
+        "triton": importlib.metadata.version("triton"),
+        "transformer_lens": importlib.metadata.version("transformer-lens"),
         "date": datetime.date.today().isoformat(),
         "model": "HookedTransformer, random weights, d_model 768, 12 heads x 64, bf16, rotary",
         "layers": args.layers,
