@@ -96,8 +96,12 @@ class Layout:
         return self.kv_counts.device
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first field that breaks the layout's invariants."""
+    def validate(self, *, values: bool = True) -> None:
+        """Raise ``ValueError`` naming the first field that breaks the layout's invariants.
+
+        ``values=False`` checks types and shapes only; the value checks (counts in range, indices
+        in range and strictly increasing) read tensor values: device synchronisations, skipped by
+        the constructors whose indices are valid by construction."""
         for name in ("block_q", "block_k"):
             size = getattr(self, name)
             if not isinstance(size, int) or size < MIN_BLOCK or size & (size - 1):
@@ -122,6 +126,12 @@ class Layout:
             )
         if indices.device != counts.device:
             raise ValueError("kv_indices and kv_counts must be on the same device")
+        self._validate_token_fields()
+        if values:
+            self._validate_values()
+
+    def _validate_values(self) -> None:
+        indices, counts = self.kv_indices, self.kv_counts
         max_blocks = indices.shape[3]
         if counts.numel() and (counts.min() < 0 or counts.max() > max_blocks):
             raise ValueError(f"kv_counts must lie in [0, max_kv_blocks={max_blocks}]")
@@ -136,7 +146,6 @@ class Layout:
             step_valid = valid[..., 1:]
             if (indices[..., 1:] <= indices[..., :-1])[step_valid].any():
                 raise ValueError("kv_indices must be strictly increasing (sorted, no duplicates)")
-        self._validate_token_fields()
 
     def _validate_token_fields(self) -> None:
         if self.token_mask is not None:
@@ -198,7 +207,7 @@ class Layout:
         indices = order[..., :width].to(torch.int32)
         valid = torch.arange(width, device=block_mask.device) < counts.unsqueeze(-1)
         indices = torch.where(valid, indices, torch.zeros_like(indices))
-        return cls(
+        layout = cls.trusted(
             kv_indices=indices.contiguous(),
             kv_counts=counts.contiguous(),
             q_len=q_len,
@@ -209,6 +218,8 @@ class Layout:
             token_mask=token_mask,
             row_threshold=row_threshold,
         )
+        layout.validate(values=False)  # sorted, in-range indices by construction
+        return layout
 
     @classmethod
     def from_token_mask(
@@ -278,7 +289,9 @@ class Layout:
         layout = cls.from_token_mask(
             kept, block_q=block_q, block_k=block_k, causal=causal, keep_token_mask=False
         )
-        return dataclasses.replace(layout, row_threshold=threshold)
+        layout = cls.trusted(**{**vars(layout), "row_threshold": threshold})
+        layout.validate(values=False)
+        return layout
 
     # ------------------------------------------------------------------ views
     def block_mask(self) -> torch.Tensor:
