@@ -157,7 +157,9 @@ def test_runs_are_cached_by_config_hash(tmp_path):
     for run in first.runs:
         assert run.directory == tmp_path / "toy" / config_hash(run.config)
         assert yaml.safe_load((run.directory / "config.yaml").read_text()) == run.config
-        assert run.result() == {"config_hash": run.config_hash, "train": {"final_step": 400}}
+        result = run.result()
+        assert result["config_hash"] == run.config_hash and result["seconds"] >= 0
+        assert result["train"] == {"final_step": 400}
     again = StubTrain()
     second = run_experiment(spec, runs_dir=tmp_path, train_fn=again, progress=False)
     assert again.calls == [] and second.n_trained == 0

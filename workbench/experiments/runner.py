@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -174,8 +175,12 @@ def run_config(
         return RunRecord(config, digest, directory, cached=True)
     logger.info("training %s", directory)
     atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+    start = time.perf_counter()
     result = train_fn(config, directory, resume=True, progress=progress)
-    atomic_write_json(directory / "results.json", {"config_hash": digest, "train": result})
+    seconds = time.perf_counter() - start  # this call's training (a resumed run: the rest of it)
+    atomic_write_json(
+        directory / "results.json", {"config_hash": digest, "train": result, "seconds": seconds}
+    )
     return RunRecord(config, digest, directory, cached=False)
 
 
