@@ -69,11 +69,19 @@ class Batch:
         mask.scatter_(2, index, True)
         return mask[:, :, :seq]
 
-    def to(self, device: torch.device | str) -> Batch:
-        """Copy of the batch with every tensor (metadata included) on ``device``."""
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:
+        """Copy of the batch with every tensor (metadata included) on ``device``.
+
+        ``non_blocking``: CPU tensors going to CUDA are pinned and copied asynchronously, so the
+        host does not wait for the GPU (a copy from pageable memory synchronises)."""
+        to_cuda = torch.device(device).type == "cuda"
 
         def move(value: Any) -> Any:
-            return value.to(device) if isinstance(value, torch.Tensor) else value
+            if not isinstance(value, torch.Tensor):
+                return value
+            if non_blocking and to_cuda and value.device.type == "cpu":
+                value = value.pin_memory()
+            return value.to(device, non_blocking=non_blocking)
 
         return Batch(
             inputs=move(self.inputs),

@@ -305,7 +305,8 @@ def task_loss(task: ToyTask, outputs: torch.Tensor, batch: Batch) -> torch.Tenso
             outputs.flatten(0, 1), batch.targets.flatten(), ignore_index=toy_tasks.IGNORE_INDEX
         )
     squared = (outputs - batch.targets).square().sum(dim=-1)  # [batch, seq]
-    return 0.5 * squared[batch.loss_mask].mean()
+    # A masked sum, not squared[mask]: boolean indexing waits for the GPU (its size is data).
+    return 0.5 * torch.where(batch.loss_mask, squared, 0.0).sum() / batch.loss_mask.sum()
 
 
 def task_metrics(task: ToyTask, outputs: torch.Tensor, batch: Batch) -> dict[str, float]:
@@ -655,7 +656,7 @@ def _train_step(
     lr = learning_rate(config, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    batch = task.sample(config.batch_size, state.generator).to(device)
+    batch = task.sample(config.batch_size, state.generator).to(device, non_blocking=True)
     with forward_context(state.model, config, device):
         loss = task_loss(task, state.model(batch.inputs), batch)
     state.optimizer.zero_grad(set_to_none=True)

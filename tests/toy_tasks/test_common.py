@@ -122,3 +122,26 @@ def test_checks_name_the_parameter_and_range():
 def test_random_permutations_are_permutations():
     perms = random_permutations(16, 9, torch.Generator().manual_seed(0))
     assert torch.equal(perms.sort(dim=1).values, torch.arange(9).expand(16, 9))
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+            ],
+        ),
+    ],
+)
+def test_non_blocking_move_copies_every_tensor(device: str) -> None:
+    batch = sample("linear_regression", 3)
+    moved = batch.to(device, non_blocking=True)
+    pairs = [(batch.inputs, moved.inputs), (batch.targets, moved.targets)]
+    pairs += [(batch.loss_mask, moved.loss_mask), (batch.metadata["w"], moved.metadata["w"])]
+    for original, copy in pairs:
+        assert copy.device.type == device
+        assert torch.equal(copy.cpu(), original)
