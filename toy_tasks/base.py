@@ -69,6 +69,24 @@ class Batch:
         mask.scatter_(2, index, True)
         return mask[:, :, :seq]
 
+    def take(self, indices: torch.Tensor) -> Batch:
+        """The examples ``indices`` (``[n]`` int64, on the batch's device) as a batch: every tensor
+        with a leading batch dimension (metadata included) is indexed, plain values are kept."""
+        size = self.batch_size
+
+        def pick(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == size:
+                return value[indices]
+            return value
+
+        return Batch(
+            inputs=pick(self.inputs),
+            targets=pick(self.targets),
+            loss_mask=pick(self.loss_mask),
+            relevant_positions=pick(self.relevant_positions),
+            metadata={key: pick(value) for key, value in self.metadata.items()},
+        )
+
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:
         """Copy of the batch with every tensor (metadata included) on ``device``.
 

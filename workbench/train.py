@@ -17,12 +17,16 @@ Files in ``out_dir``:
   ``trace_metrics`` ``attention = {"relevant_mass" | "entropy" | "k_0.9": [layer][head]}``: means
   over the scored positions of the evaluation batch (attention of the model's own dense softmax),
   and with ``stability_metrics`` ``stability = {"jacobian_norm" | "method_jacobian_norm" |
-  "top_k_margin": [layer][head]}`` (`workbench.metrics.stability.stability_metrics`, same means).
+  "top_k_margin": [layer][head]}`` (`workbench.metrics.stability.stability_metrics`, same means);
+  with a fixed training set (``train_samples``) also ``eval_loss_train`` and
+  ``eval_accuracy_train`` / ``eval_mse_train`` on its first ``eval_batch_size`` examples.
 * ``checkpoint.safetensors`` (model and optimizer tensors) and ``checkpoint.json`` (step, config,
   data-generator state, schedule, optimizer scalars), every ``checkpoint_every`` steps and at the end.
 
 Determinism: the weights come from the seed, training batches from a CPU ``torch.Generator`` seeded
-with ``seed``, the evaluation batch (fixed for the run) from a second generator. A run resumed from
+with ``seed`` (or, with ``train_samples``, from a fixed set drawn once and reshuffled every epoch
+with a seed derived from the epoch), the evaluation batch (fixed for the run) from a second
+generator. A run resumed from
 a checkpoint continues bit for bit as the uninterrupted run, and its ``metrics.jsonl`` is the same.
 
 Losses: token tasks, cross-entropy on the scored positions; continuous tasks,
@@ -57,6 +61,11 @@ SCHEDULES = ("constant", "cosine", "step")
 MAX_SEED = 2**32 - 1
 EVAL_SEED_OFFSET = 2**32
 """The evaluation generator is seeded with ``seed + EVAL_SEED_OFFSET`` (disjoint from training)."""
+TRAIN_SET_SEED_OFFSET = 2**33
+"""A fixed training set (``train_samples``) is drawn with seed ``seed + TRAIN_SET_SEED_OFFSET``."""
+EPOCH_SEED_BASE = 2**60
+"""Epoch ``e`` of a fixed training set is shuffled with seed ``EPOCH_SEED_BASE + seed * 2**24 + e``
+(a function of the step: resuming needs no shuffling state)."""
 RESUMABLE_FIELDS = ("steps", "device")
 """Config fields that may differ between a checkpoint and the run resuming it."""
 TRACE_PS = (0.9,)
@@ -81,6 +90,11 @@ class TrainConfig:
         model: the architecture; ``model.seed`` None means "initialise from ``seed``".
         steps: number of optimisation steps.
         batch_size: training examples per step.
+        train_samples: train on a fixed set of this many examples (shuffled every epoch, the last
+            ``train_samples % batch_size`` of each epoch's order left out), as in the semantic-focus
+            paper; evaluations then add ``eval_loss_train`` and ``eval_accuracy_train`` (or
+            ``eval_mse_train``) on its first ``eval_batch_size`` examples, so the gap to the
+            held-out metrics measures generalisation. None: a fresh batch every step.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
         lr: peak learning rate (> 0).
         weight_decay: weight decay (decoupled for AdamW, L2 for Adam and SGD).
@@ -116,6 +130,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     steps: int = 1000
     batch_size: int = 32
+    train_samples: int | None = None
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -159,6 +174,8 @@ class TrainConfig:
         for name in ("metrics_every", "checkpoint_every", "sparse_block_size"):
             check_int(name, getattr(self, name), 1)
         check_int("warmup_steps", self.warmup_steps, 0, self.steps)
+        if self.train_samples is not None:
+            check_int("train_samples", self.train_samples, self.batch_size)
         check_int("seed", self.seed, 0, MAX_SEED)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
@@ -396,10 +413,7 @@ def evaluate(
     (``stability_metrics``) ``stability`` on ``batch``."""
     model.eval()
     try:
-        with torch.no_grad(), forward_context(model, config, device):
-            outputs = model(batch.inputs).float()
-        metrics: dict[str, Any] = {"eval_loss": task_loss(task, outputs, batch).item()}
-        metrics |= task_metrics(task, outputs, batch)
+        metrics = loss_and_task_metric(model, task, batch, config, device)
         if config.trace_metrics:
             metrics["attention"] = attention_metrics(model, batch)
         if config.stability_metrics:
@@ -411,6 +425,59 @@ def evaluate(
     finally:
         model.train()
     return metrics
+
+
+def loss_and_task_metric(
+    model: nn.Module, task: ToyTask, batch: Batch, config: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    """``eval_loss`` and ``eval_accuracy`` / ``eval_mse`` of ``model`` on ``batch`` (no grad)."""
+    with torch.no_grad(), forward_context(model, config, device):
+        outputs = model(batch.inputs).float()
+    return {"eval_loss": task_loss(task, outputs, batch).item()} | task_metrics(
+        task, outputs, batch
+    )
+
+
+class TrainingData:
+    """Where training batches come from: a fresh sample from the training generator every step,
+    or (``train_samples``) shuffled epochs over a fixed set kept on the device."""
+
+    def __init__(self, task: ToyTask, config: TrainConfig, device: torch.device) -> None:
+        self.task, self.config, self.device = task, config, device
+        self.fixed: Batch | None = None
+        if config.train_samples is not None:
+            generator = torch.Generator().manual_seed(config.seed + TRAIN_SET_SEED_OFFSET)
+            self.fixed = task.sample(config.train_samples, generator).to(device)
+            self.steps_per_epoch = config.train_samples // config.batch_size
+            self._epoch, self._order = -1, torch.empty(0)
+
+    def batch(self, step: int, generator: torch.Generator) -> Batch:
+        """The batch of optimisation step ``step`` (0-based)."""
+        size = self.config.batch_size
+        if self.fixed is None:
+            return self.task.sample(size, generator).to(self.device, non_blocking=True)
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            seed = EPOCH_SEED_BASE + self.config.seed * 2**24 + epoch
+            order = torch.randperm(
+                self.fixed.batch_size, generator=torch.Generator().manual_seed(seed)
+            )
+            self._epoch, self._order = epoch, order.to(self.device)
+        return self.fixed.take(self._order[index * size : (index + 1) * size])
+
+    def train_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Loss and task metric on the first ``eval_batch_size`` examples of the fixed set, keys
+        suffixed ``_train`` (empty without a fixed set)."""
+        if self.fixed is None:
+            return {}
+        count = min(self.config.eval_batch_size, self.fixed.batch_size)
+        subset = self.fixed.take(torch.arange(count, device=self.device))
+        model.eval()
+        try:
+            metrics = loss_and_task_metric(model, self.task, subset, self.config, self.device)
+        finally:
+            model.train()
+        return {f"{name}_train": value for name, value in metrics.items()}
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -596,6 +663,7 @@ def train(
     hits = _stop_hits(config.early_stop, read_metrics(out / METRICS_FILE))
     eval_generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
     eval_batch = task.sample(config.eval_batch_size, eval_generator).to(device)
+    data = TrainingData(task, config, device)
     metrics_path = out / METRICS_FILE
     with (
         open(metrics_path, "a", encoding="utf-8") as log,
@@ -604,15 +672,15 @@ def train(
         ) as bar,
     ):
         if state.step == 0:
-            hits = _evaluate_into(record := {"step": 0}, state, eval_batch, config, hits)
+            hits = _evaluate_into(record := {"step": 0}, state, data, eval_batch, hits)
             _write(log, record)
             if hits is None:
                 save_checkpoint(out, state, config)
         while state.step < config.steps and hits is not None:
-            record = _train_step(state, task, config, device)
+            record = _train_step(state, data)
             if record is not None:
                 if _due(state.step, config.eval_every, config.steps):
-                    hits = _evaluate_into(record, state, eval_batch, config, hits)
+                    hits = _evaluate_into(record, state, data, eval_batch, hits)
                 _write(log, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if hits is None or _due(state.step, config.checkpoint_every, config.steps):
@@ -649,16 +717,15 @@ def _start(out: Path, state: TrainState, config: TrainConfig, resume: bool) -> i
     return state.step
 
 
-def _train_step(
-    state: TrainState, task: ToyTask, config: TrainConfig, device: torch.device
-) -> dict[str, Any] | None:
+def _train_step(state: TrainState, data: TrainingData) -> dict[str, Any] | None:
     """One optimisation step; returns the training record when the step is logged."""
+    config = data.config
     lr = learning_rate(config, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    batch = task.sample(config.batch_size, state.generator).to(device, non_blocking=True)
-    with forward_context(state.model, config, device):
-        loss = task_loss(task, state.model(batch.inputs), batch)
+    batch = data.batch(state.step, state.generator)
+    with forward_context(state.model, config, data.device):
+        loss = task_loss(data.task, state.model(batch.inputs), batch)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = math.inf if config.grad_clip is None else config.grad_clip
@@ -679,12 +746,13 @@ def _train_step(
 
 
 def _evaluate_into(
-    record: dict[str, Any], state: TrainState, batch: Batch, config: TrainConfig, hits: int
+    record: dict[str, Any], state: TrainState, data: TrainingData, batch: Batch, hits: int
 ) -> int | None:
-    """Add the evaluation to ``record`` (and ``stopped_early`` when it stops the run); returns the
-    updated `_stop_hits`."""
-    task, device = config.resolved_task(), config.torch_device()
-    record |= evaluate(state.model, task, batch, config, device)
+    """Add the evaluation on ``batch`` (and on the fixed training set) to ``record``, and
+    ``stopped_early`` when it stops the run; returns the updated `_stop_hits`."""
+    config = data.config
+    record |= evaluate(state.model, data.task, batch, config, data.device)
+    record |= data.train_metrics(state.model)
     hits = _stop_hits(config.early_stop, [record], hits)
     if hits is None:
         record["stopped_early"] = True

@@ -145,3 +145,13 @@ def test_non_blocking_move_copies_every_tensor(device: str) -> None:
     for original, copy in pairs:
         assert copy.device.type == device
         assert torch.equal(copy.cpu(), original)
+
+
+def test_take_indexes_every_batch_tensor():
+    batch = sample("linear_regression", 4)
+    indices = torch.tensor([5, 0, 5])
+    taken = batch.take(indices)
+    assert taken.batch_size == 3
+    for name in ("inputs", "targets", "loss_mask", "relevant_positions"):
+        assert torch.equal(getattr(taken, name), getattr(batch, name)[indices])
+    assert torch.equal(taken.metadata["w"], batch.metadata["w"][indices])

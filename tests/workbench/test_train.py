@@ -12,7 +12,14 @@ import yaml
 import toy_tasks
 from toy_tasks.baselines import averaging_curve, error_curve
 from workbench.models import ModelConfig
-from workbench.train import TrainConfig, learning_rate, load_model, read_metrics, train
+from workbench.train import (
+    TrainConfig,
+    TrainingData,
+    learning_rate,
+    load_model,
+    read_metrics,
+    train,
+)
 
 RECALL = {"vocab_size": 32, "n_pairs": 4, "seq_len": 16}
 ATTN_ONLY = ModelConfig(n_layers=2, d_model=64, n_heads=2, d_head=32, attn_only=True)
@@ -121,8 +128,9 @@ def test_linear_regression_beats_the_averaging_baseline(tmp_path: Path) -> None:
     [
         {"optimizer": "adamw", "weight_decay": 0.1, "schedule": "cosine", "warmup_steps": 5},
         {"optimizer": "sgd", "momentum": 0.9, "schedule": "step", "step_every": 10, "gamma": 0.5},
+        {"train_samples": 44},  # a fixed set: 5 batches of 8 per epoch, 4 examples left out
     ],
-    ids=["adamw-cosine", "sgd-step"],
+    ids=["adamw-cosine", "sgd-step", "fixed-set"],
 )
 def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None:
     config = recall_config(
@@ -153,6 +161,34 @@ def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None
         assert torch.equal(value, expected[name]), name
     metrics = (tmp_path / "a" / "metrics.jsonl").read_bytes()
     assert (tmp_path / "b" / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_fixed_training_set_epochs_and_generalisation_metrics(tmp_path: Path) -> None:
+    config = recall_config(
+        model=TINY, steps=12, batch_size=8, train_samples=20, eval_every=6, eval_batch_size=16
+    )
+    task = config.resolved_task()
+    data = TrainingData(task, config, torch.device("cpu"))
+    fixed = data.fixed.inputs  # [20, seq]
+    rows = {tuple(row.tolist()): i for i, row in enumerate(fixed)}
+    assert len(rows) == 20  # distinct examples
+
+    def indices(step: int) -> list[int]:
+        return [rows[tuple(row.tolist())] for row in data.batch(step, None).inputs]
+
+    first, second = indices(0) + indices(1), indices(2) + indices(3)  # 2 batches per epoch
+    assert len(set(first)) == 16 and len(set(second)) == 16  # no repeats within an epoch
+    assert first != second  # reshuffled
+    again = TrainingData(task, config, torch.device("cpu"))
+    assert [indices(step) for step in (5, 0)] == [
+        [rows[tuple(r.tolist())] for r in again.batch(step, None).inputs] for step in (5, 0)
+    ]  # a function of the step alone: resuming needs no shuffling state
+    records = read_metrics(train(config, tmp_path, progress=False).metrics_path)
+    evaluations = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evaluations] == [0, 6, 12]
+    assert all({"eval_loss_train", "eval_accuracy_train"} <= set(r) for r in evaluations)
+    with pytest.raises(ValueError, match="train_samples"):
+        config.replace(train_samples=4)
 
 
 def test_resume_refuses_another_config_and_torn_checkpoints(tmp_path: Path) -> None:
