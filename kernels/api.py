@@ -121,7 +121,8 @@ def row_stats(
     """Per-row statistics of the dense (optionally causal) attention of ``q`` over ``k`` without
     materialising the score matrix (triton): logsumexp, max score, entropy, top-p budgets for every
     mass in ``ps``, the mass inside ``selection`` and on ``relevant_positions``
-    (``[batch, q_len, R]`` or ``[batch, heads, q_len, R]``, -1 padded). See `RowStats`."""
+    (``[batch, q_len, R]`` or ``[batch, heads, q_len, R]``, -1 padded). See `RowStats`.
+    ``ps=()`` skips the budgets, whose search passes are most of the Triton path's cost."""
     reference.check_ps(tuple(ps))
     scale = reference.default_scale(q.shape[-1]) if scale is None else float(scale)
     arguments = dict(

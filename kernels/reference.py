@@ -107,7 +107,7 @@ class RowStats:
         max_score: largest scaled score in the row (-inf for an empty row).
         entropy: Shannon entropy of the attention weights, in nats.
         top_p_budget: ``[batch, heads, q_len, len(ps)]`` int32: smallest number of keys whose weights
-            sum to at least ``ps[i]``.
+            sum to at least ``ps[i]`` (last dimension 0 for ``ps=()``).
         ps: the masses the budgets are for.
         selection_mass: weight inside a given layout's entries, or None.
         relevant_mass: weight on given relevant positions, or None.
@@ -180,7 +180,10 @@ def row_stats(
     probs, lse = masked_softmax(scores, mask.expand_as(scores))
     max_score = scores.masked_fill(~mask, float("-inf")).amax(-1)
     plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
-    budgets = torch.stack([top_p_budget(probs, p) for p in ps], dim=-1)
+    if ps:
+        budgets = torch.stack([top_p_budget(probs, p) for p in ps], dim=-1)
+    else:
+        budgets = torch.zeros(*lse.shape, 0, dtype=torch.int32, device=lse.device)
     selection_mass = None
     if selection is not None:
         selection_mass = (probs * selection.to_dense(scores)).sum(-1).to(torch.float32)
@@ -199,8 +202,9 @@ def row_stats(
 
 
 def check_ps(ps: tuple[float, ...]) -> None:
-    if len(ps) == 0 or any(not 0.0 < p <= 1.0 for p in ps):
-        raise ValueError(f"ps must be a non-empty sequence of masses in (0, 1], got {ps}")
+    """``ps`` must hold masses in (0, 1]; empty means "no top-p budgets"."""
+    if any(not 0.0 < p <= 1.0 for p in ps):
+        raise ValueError(f"ps must be masses in (0, 1] (or empty: no budgets), got {ps}")
 
 
 def top_p_threshold(

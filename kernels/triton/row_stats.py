@@ -878,7 +878,8 @@ def row_stats(
         scale: score scale, default ``1 / sqrt(d_head)``.
         causal: end-aligned causal mask (rows with no visible key get lse/max -inf, entropy 0,
             budgets 0, masses 0).
-        ps: masses in (0, 1] for the top-p budgets.
+        ps: masses in (0, 1] for the top-p budgets; ``()`` skips them (the search passes cost
+            most of this function's time: without them it is about one attention forward).
         selection: a `Layout` whose kept entries' mass is returned (``selection_mass``).
         relevant_positions: ``[batch, q_len, R]`` or ``[batch, heads|1, q_len, R]`` int key
             positions (-1 = padding) whose mass is returned (``relevant_mass``).
@@ -920,7 +921,11 @@ def row_stats(
         **sel_constexprs,
         **_common_args(q, k),
     )
-    budgets = _top_p_budgets(q, k, scale, causal, ps, lse2, max2, min2, max_search_passes)
+    budgets = (
+        _top_p_budgets(q, k, scale, causal, ps, lse2, max2, min2, max_search_passes)
+        if ps
+        else _empty((rows, 0), torch.int32, q.device)
+    )
     relevant = None
     if relevant_positions is not None:
         relevant = _relevant_mass(q, k, scale, causal, lse2, relevant_positions)

@@ -147,6 +147,19 @@ def test_strided_inputs() -> None:
     assert_matches(out, oracle(q, k, causal=True, ps=(0.9,)))
 
 
+def test_no_masses_skips_the_budgets() -> None:
+    """``ps=()``: no budgets (last dimension 0), every other statistic unchanged."""
+    q, k = random_qk(5, 1, 2, 1, 40, 70, 32)
+    positions = torch.randint(-1, 70, (1, 40, 3), generator=torch.Generator().manual_seed(6))
+    kwargs = dict(causal=True, relevant_positions=positions.to(DEVICE))
+    out, ref = run_both(q, k, ps=(), **kwargs)
+    assert_matches(out, ref)
+    assert out.top_p_budget.shape == (1, 2, 40, 0) and out.ps == ()
+    with_budgets = triton_row_stats.row_stats(q, k, ps=(0.9,), **kwargs)
+    for name in ("lse", "max_score", "entropy", "relevant_mass"):
+        assert torch.equal(getattr(out, name), getattr(with_budgets, name)), name
+
+
 # ---------------------------------------------------------------------------- selection mass
 def test_selection_block_mask_broadcast() -> None:
     """A block layout shared by the batch (batch dim 1), blocks unlike the kernel tiles."""

@@ -190,6 +190,16 @@ def test_save_load_frame_and_figures(tmp_path) -> None:
     assert pattern_figure(loaded, layer=1, head=3).data[0].z.shape == (2, 12)
 
 
+def test_trace_without_budgets_saves_and_loads(tmp_path) -> None:
+    result = trace(toy_model(), tokens(), TraceConfig(ps=()))
+    assert result.stats[0]["top_p_budget"].shape[-1] == 0
+    assert not any(name.startswith("k_") for name in result.statistic_names())
+    result.save(tmp_path / "trace")
+    loaded = Trace.load(tmp_path / "trace.safetensors")
+    assert torch.equal(loaded.stats[1]["entropy"], result.stats[1]["entropy"])
+    assert set(loaded.to_frame()["statistic"]) == set(result.statistic_names())
+
+
 @pytest.mark.parametrize("model", ["toy", "minilm"])
 def test_cli_trace_writes_files(tmp_path, model: str) -> None:
     result = CliRunner().invoke(app, ["trace", "--model", model, "--out", str(tmp_path)])
