@@ -6,6 +6,7 @@ memory and time, next to TransformerLens's ``run_with_cache`` of ``hook_pattern`
 survives (it materialises N x N per layer).
 
     python bench/trace_memory.py --lengths 4096 8192 16384 32768 --out bench/results/trace_memory.json
+    python bench/trace_memory.py --ps --out bench/results/trace_memory_no_budgets.json
 """
 
 from __future__ import annotations
@@ -56,12 +57,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument(
+        "--ps", type=float, nargs="*", default=None, help="top-p masses (none: skip the budgets)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/trace_memory.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
     model = build_model(max(args.lengths), args.layers, "cuda")
-    config = TraceConfig(stats=True, attention="kernels", impl="triton")
+    ps = {} if args.ps is None else {"ps": tuple(args.ps)}
+    config = TraceConfig(stats=True, attention="kernels", impl="triton", **ps)
     results = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -70,6 +75,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "model": "HookedTransformer, random weights, d_model 768, 12 heads x 64, bf16, rotary",
         "layers": args.layers,
+        "ps": list(config.ps),
         "rows": [],
     }
     tl_failed = False

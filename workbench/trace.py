@@ -67,7 +67,7 @@ class TraceConfig:
         pattern_queries: keep only these query positions of the patterns (None = all).
         max_pattern_bytes: refuse (``ValueError``) to record patterns estimated larger than this.
         stats: record streaming row statistics.
-        ps: masses of the top-p budgets, in (0, 1].
+        ps: masses of the top-p budgets, in (0, 1]; empty: no budgets.
         sink_tokens: the sink mass is the mass on the first ``sink_tokens`` real positions.
         impl: kernels implementation for `kernels.api.row_stats` (and for attention with
             ``attention="kernels"``).
