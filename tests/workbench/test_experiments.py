@@ -186,6 +186,28 @@ def test_workers_train_in_processes_like_one_process(tmp_path):
         run_experiment(spec, runs_dir=tmp_path, progress=False, workers=0)
 
 
+def stub_or_fail_at_length_12(config, out_dir, *, resume, progress):
+    """A picklable `TrainFn` (module level, for worker processes): the stub, failing at T = 12."""
+    if config["task"]["seq_len"] == 12:
+        raise FloatingPointError("diverged")
+    return StubTrain()(config, out_dir, resume=resume, progress=progress)
+
+
+def test_a_failed_run_does_not_stop_the_other_workers(tmp_path):
+    spec = make_spec(sweep={"task.seq_len": [8, 12, 16, 20]}, seeds=[0])
+    with pytest.raises(RuntimeError, match=r"1 of 4 runs failed .*diverged") as raised:
+        run_experiment(
+            spec, runs_dir=tmp_path, train_fn=stub_or_fail_at_length_12, progress=False, workers=2
+        )
+    assert isinstance(raised.value.__cause__, FloatingPointError)
+    finished = {
+        config["task"]["seq_len"]
+        for config in spec.configs()
+        if (tmp_path / "toy" / config_hash(config) / "results.json").exists()
+    }
+    assert finished == {8, 16, 20}
+
+
 def test_interrupted_run_resumes(tmp_path):
     spec = make_spec()
     calls = []

@@ -195,22 +195,28 @@ def train_pending(
     pending: list[tuple[dict[str, Any], Path]], train_fn: TrainFn, *, workers: int, progress: bool
 ) -> None:
     """Train ``(config, directory)`` pairs in ``workers`` spawned processes (one run each at a
-    time, CPU threads split between them), with one progress bar over the runs; the first
-    failure is raised once the runs in flight have ended."""
+    time, CPU threads split between them), with one progress bar over the runs. A failed run does
+    not stop the others (a long sweep keeps going); once all have ended, a ``RuntimeError`` names
+    every failed run and chains the first error."""
     from tqdm.auto import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    failures: list[tuple[Path, BaseException]] = []
     with ProcessPoolExecutor(workers, context, _limit_threads, (threads,)) as pool:
-        futures = [
-            pool.submit(run_config, config, directory, train_fn, progress=False)
+        futures = {
+            pool.submit(run_config, config, directory, train_fn, progress=False): directory
             for config, directory in pending
-        ]
+        }
         for future in tqdm(as_completed(futures), total=len(futures), disable=not progress):
             if future.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                raise future.exception()
+                logger.error("run %s failed: %r", futures[future], future.exception())
+                failures.append((futures[future], future.exception()))
+    if failures:
+        listed = "; ".join(f"{directory.name}: {error!r}" for directory, error in failures)
+        raise RuntimeError(f"{len(failures)} of {len(pending)} runs failed ({listed})") from (
+            failures[0][1]
+        )
 
 
 def run_experiment(
