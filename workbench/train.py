@@ -26,8 +26,8 @@ Files in ``out_dir``:
 Determinism: the weights come from the seed, training batches from a CPU ``torch.Generator`` seeded
 with ``seed`` (or, with ``train_samples``, from a fixed set drawn once and reshuffled every epoch
 with a seed derived from the epoch), the evaluation batch (fixed for the run) from a second
-generator. A run resumed from
-a checkpoint continues bit for bit as the uninterrupted run, and its ``metrics.jsonl`` is the same.
+generator. A run resumed from a checkpoint continues bit for bit as the uninterrupted run, and its
+``metrics.jsonl`` is the same.
 
 Losses: token tasks, cross-entropy on the scored positions; continuous tasks,
 ``1/2 ||y - y*||^2`` summed over ``d_output`` and averaged over the scored positions (the emergence
