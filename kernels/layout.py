@@ -282,16 +282,19 @@ class Layout:
         (used only to find which blocks hold a kept entry); ``threshold`` ``[batch, heads, q_len]``.
         The layout keeps ``row_threshold`` so that kernels re-apply the exact rule.
         """
+        q_len, kv_len = scores.shape[2:]
         kept = scores >= threshold.unsqueeze(-1)
         if causal:
-            q_len, kv_len = scores.shape[2:]
             kept = kept & causal_token_mask(q_len, kv_len, scores.device)
-        layout = cls.from_token_mask(
-            kept, block_q=block_q, block_k=block_k, causal=causal, keep_token_mask=False
+        return cls.from_block_mask(
+            pool_to_blocks(kept, block_q, block_k),
+            q_len,
+            kv_len,
+            block_q=block_q,
+            block_k=block_k,
+            causal=causal,
+            row_threshold=threshold,
         )
-        layout = cls.trusted(**{**vars(layout), "row_threshold": threshold})
-        layout.validate(values=False)
-        return layout
 
     # ------------------------------------------------------------------ views
     def block_mask(self) -> torch.Tensor:

@@ -69,22 +69,27 @@ class Batch:
         mask.scatter_(2, index, True)
         return mask[:, :, :seq]
 
-    def take(self, indices: torch.Tensor) -> Batch:
-        """The examples ``indices`` (``[n]`` int64, on the batch's device) as a batch: every tensor
-        with a leading batch dimension (metadata included) is indexed, plain values are kept."""
-        size = self.batch_size
+    def map_tensors(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """A batch with ``function`` applied to every tensor (metadata included); plain metadata
+        values are kept."""
 
-        def pick(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == size:
-                return value[indices]
-            return value
+        def apply(value: Any) -> Any:
+            return function(value) if isinstance(value, torch.Tensor) else value
 
         return Batch(
-            inputs=pick(self.inputs),
-            targets=pick(self.targets),
-            loss_mask=pick(self.loss_mask),
-            relevant_positions=pick(self.relevant_positions),
-            metadata={key: pick(value) for key, value in self.metadata.items()},
+            inputs=apply(self.inputs),
+            targets=apply(self.targets),
+            loss_mask=apply(self.loss_mask),
+            relevant_positions=apply(self.relevant_positions),
+            metadata={key: apply(value) for key, value in self.metadata.items()},
+        )
+
+    def take(self, indices: torch.Tensor) -> Batch:
+        """The examples ``indices`` (``[n]`` int64, on the batch's device) as a batch: every tensor
+        with a leading batch dimension (metadata included) is indexed, the rest is kept."""
+        size = self.batch_size
+        return self.map_tensors(
+            lambda value: value[indices] if value.dim() and value.shape[0] == size else value
         )
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:
@@ -94,20 +99,12 @@ class Batch:
         host does not wait for the GPU (a copy from pageable memory synchronises)."""
         to_cuda = torch.device(device).type == "cuda"
 
-        def move(value: Any) -> Any:
-            if not isinstance(value, torch.Tensor):
-                return value
+        def move(value: torch.Tensor) -> torch.Tensor:
             if non_blocking and to_cuda and value.device.type == "cpu":
                 value = value.pin_memory()
             return value.to(device, non_blocking=non_blocking)
 
-        return Batch(
-            inputs=move(self.inputs),
-            targets=move(self.targets),
-            loss_mask=move(self.loss_mask),
-            relevant_positions=move(self.relevant_positions),
-            metadata={key: move(value) for key, value in self.metadata.items()},
-        )
+        return self.map_tensors(move)
 
 
 @dataclass(frozen=True)

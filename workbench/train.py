@@ -411,8 +411,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """``eval_loss``, the task metric, (``trace_metrics``) ``attention`` and
     (``stability_metrics``) ``stability`` on ``batch``."""
-    model.eval()
-    try:
+    with evaluation_mode(model):
         metrics = loss_and_task_metric(model, task, batch, config, device)
         if config.trace_metrics:
             metrics["attention"] = attention_metrics(model, batch)
@@ -422,9 +421,17 @@ def evaluate(
             metrics["stability"] = stability_metrics(
                 model, batch.inputs, batch.loss_mask, config.method()
             )
+    return metrics
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside, ``model.train()`` on leaving (also on errors)."""
+    model.eval()
+    try:
+        yield
     finally:
         model.train()
-    return metrics
 
 
 def loss_and_task_metric(
@@ -448,6 +455,8 @@ class TrainingData:
         if config.train_samples is not None:
             generator = torch.Generator().manual_seed(config.seed + TRAIN_SET_SEED_OFFSET)
             self.fixed = task.sample(config.train_samples, generator).to(device)
+            count = min(config.eval_batch_size, config.train_samples)
+            self.fixed_head = self.fixed.take(torch.arange(count, device=device))
             self.steps_per_epoch = config.train_samples // config.batch_size
             self._epoch, self._order = -1, torch.empty(0)
 
@@ -470,13 +479,10 @@ class TrainingData:
         suffixed ``_train`` (empty without a fixed set)."""
         if self.fixed is None:
             return {}
-        count = min(self.config.eval_batch_size, self.fixed.batch_size)
-        subset = self.fixed.take(torch.arange(count, device=self.device))
-        model.eval()
-        try:
-            metrics = loss_and_task_metric(model, self.task, subset, self.config, self.device)
-        finally:
-            model.train()
+        with evaluation_mode(model):
+            metrics = loss_and_task_metric(
+                model, self.task, self.fixed_head, self.config, self.device
+            )
         return {f"{name}_train": value for name, value in metrics.items()}
 
 
