@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from kernels import api
 from kernels.layout import Layout, causal_block_mask, num_blocks
 from kernels.reference import select_cumulative_blocks
+from workbench.io import atomic_write_json
 
 BLOCK = 128
 compiled_flex = torch.compile(flex_attention, dynamic=False)
@@ -227,8 +227,7 @@ def main() -> None:
     }
     for n in args.lengths:
         results["lengths"].append(bench_length(n, args.heads, args.d_head))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

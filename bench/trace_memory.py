@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from workbench.io import atomic_write_json
 from workbench.trace import TraceConfig, trace
 
 
@@ -92,8 +93,7 @@ def main() -> None:
             tl_failed = "error" in row["tl_run_with_cache_pattern"]
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.out, results)
 
 
 if __name__ == "__main__":

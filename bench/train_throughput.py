@@ -23,6 +23,7 @@ import torch
 
 from workbench.experiments import load_spec, run_experiment
 from workbench.experiments.spec import SEED_KEY
+from workbench.io import atomic_write_json
 
 
 def throughput(name: str, index: int, workers: int, steps: int) -> dict:
@@ -60,8 +61,7 @@ def main() -> None:
         row = throughput(args.experiment, args.index, workers, args.steps)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.out, results)
 
 
 if __name__ == "__main__":

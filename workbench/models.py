@@ -33,6 +33,14 @@ NORMALIZATIONS = ("LN", None)
 ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu")
 
 
+def check_known_fields(cls: type, data: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the keys of ``data`` that are no field of dataclass ``cls``."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a toy-task transformer (the sizes of the task come from the task).
@@ -104,10 +112,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data)
         return cls(**data)
 
 

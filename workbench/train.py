@@ -54,7 +54,7 @@ import toy_tasks
 from toy_tasks.base import Batch, ToyTask, check_float, check_int
 from workbench.analysis import read_metrics
 from workbench.io import atomic_write_json, atomic_write_safetensors, atomic_write_text
-from workbench.models import ModelConfig, build_model, check_compatible
+from workbench.models import ModelConfig, build_model, check_compatible, check_known_fields
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -288,10 +288,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data)
         values = dict(data)
         if isinstance(values.get("task"), Mapping):
             task = dict(values["task"])
