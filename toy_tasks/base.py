@@ -87,9 +87,21 @@ class Batch:
     def take(self, indices: torch.Tensor) -> Batch:
         """The examples ``indices`` (``[n]`` int64, on the batch's device) as a batch: every tensor
         with a leading batch dimension (metadata included) is indexed, the rest is kept."""
+        return self._per_example(lambda value: value[indices])
+
+    def split(self, size: int) -> list[Batch]:
+        """Consecutive chunks of at most ``size`` examples (views of this batch's tensors)."""
+        check_int("size", size, 1)
+        return [
+            self._per_example(lambda value, start=start: value[start : start + size])
+            for start in range(0, self.batch_size, size)
+        ]
+
+    def _per_example(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """`map_tensors` of ``function`` over the tensors with a leading batch dimension."""
         size = self.batch_size
         return self.map_tensors(
-            lambda value: value[indices] if value.dim() and value.shape[0] == size else value
+            lambda value: function(value) if value.dim() and value.shape[0] == size else value
         )
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:

@@ -69,6 +69,10 @@ EPOCH_SEED_BASE = 2**60
 RESUMABLE_FIELDS = ("steps", "device")
 """Config fields that may differ between a checkpoint and the run resuming it."""
 TRACE_PS = (0.9,)
+EVAL_CHUNK_TOKENS = 2**16
+"""Evaluation forwards run on chunks of at most this many tokens (at least one example): the
+activation memory of an evaluation (a model's ``[batch, heads, seq, seq]`` scores) stays bounded
+whatever ``eval_batch_size``."""
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
@@ -338,18 +342,22 @@ def attention_metrics(model: nn.Module, batch: Batch) -> dict[str, list[list[flo
     positions, the entropy and the top-0.9 budget ``k_0.9`` -> ``{name: [layer][head]}``."""
     from workbench.trace import TraceConfig, trace
 
-    recorded = trace(
-        model,
-        batch.inputs,
-        TraceConfig(ps=TRACE_PS),
-        relevant_positions=batch.relevant_positions,
-    )
+    traces = [
+        trace(
+            model,
+            chunk.inputs,
+            TraceConfig(ps=TRACE_PS),
+            relevant_positions=chunk.relevant_positions,
+        )
+        for chunk in eval_chunks(batch)
+    ]
     weights = batch.loss_mask[:, None, :].float()  # [batch, 1, seq]
     result: dict[str, list[list[float]]] = {}
     for name in ("relevant_mass", "entropy", "k_0.9"):
         rows = []
-        for layer in recorded.layers:
-            values = recorded.statistic(layer, name).float().nan_to_num()  # [batch, heads, seq]
+        for layer in traces[0].layers:
+            values = torch.cat([part.statistic(layer, name) for part in traces])
+            values = values.float().nan_to_num()  # [batch, heads, seq]
             means = (values * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
             rows.append(means.tolist())
         result[name] = rows
@@ -403,6 +411,11 @@ def forward_context(model: nn.Module, config: TrainConfig, device: torch.device)
         yield
 
 
+def eval_chunks(batch: Batch) -> list[Batch]:
+    """``batch`` in consecutive chunks of at most `EVAL_CHUNK_TOKENS` tokens."""
+    return batch.split(max(1, EVAL_CHUNK_TOKENS // batch.inputs.shape[1]))
+
+
 def evaluate(
     model: nn.Module, task: ToyTask, batch: Batch, config: TrainConfig, device: torch.device
 ) -> dict[str, Any]:
@@ -436,7 +449,7 @@ def loss_and_task_metric(
 ) -> dict[str, float]:
     """``eval_loss`` and ``eval_accuracy`` / ``eval_mse`` of ``model`` on ``batch`` (no grad)."""
     with torch.no_grad(), forward_context(model, config, device):
-        outputs = model(batch.inputs).float()
+        outputs = torch.cat([model(chunk.inputs).float() for chunk in eval_chunks(batch)])
     return {"eval_loss": task_loss(task, outputs, batch).item()} | task_metrics(
         task, outputs, batch
     )

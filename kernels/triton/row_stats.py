@@ -112,11 +112,21 @@ SLACK_TOLERANCE = 1e-12
 RANGE_PAD = 1e-3
 """Margin (log2 units) around the first search range against recomputation rounding."""
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU.
-_STATS_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 3)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU; the first serves short sequences.
+_STATS_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 4, 3)]
 _SEARCH_CONFIGS = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
 _RELEVANT_ROWS = 32
 """Query rows per program of the relevant-mass gather."""
+
+
+SHORT_KEYS = 1024
+"""Up to this many keys (``len_bucket``) only the first configuration runs: tile shapes matter
+little there, and each configuration tried is one more compilation (seconds to tens of seconds
+for the search kernel), which dominates short workloads such as evaluations during training."""
+
+
+def _prune_short(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    return configs[:1] if {**named_args, **kwargs}["len_bucket"] <= SHORT_KEYS else configs
 
 
 def _autotune(gpu_configs: list[tuple[int, int, int, int]], key: list[str]):
@@ -129,7 +139,9 @@ def _autotune(gpu_configs: list[tuple[int, int, int, int]], key: list[str]):
             triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
             for m, n, warps, stages in gpu_configs
         ]
-    return triton.autotune(configs=configs, key=key)
+    return triton.autotune(
+        configs=configs, key=key, prune_configs_by={"early_config_prune": _prune_short}
+    )
 
 
 # ---------------------------------------------------------------------------- jit helpers

@@ -155,3 +155,15 @@ def test_take_indexes_every_batch_tensor():
     for name in ("inputs", "targets", "loss_mask", "relevant_positions"):
         assert torch.equal(getattr(taken, name), getattr(batch, name)[indices])
     assert torch.equal(taken.metadata["w"], batch.metadata["w"][indices])
+
+
+def test_split_chunks_concatenate_back_to_the_batch():
+    batch = sample("linear_regression", 0, batch_size=7)
+    chunks = batch.split(3)
+    assert [chunk.batch_size for chunk in chunks] == [3, 3, 1]
+    for name in ("inputs", "targets", "loss_mask", "relevant_positions"):
+        joined = torch.cat([getattr(chunk, name) for chunk in chunks])
+        assert torch.equal(joined, getattr(batch, name))
+    assert torch.equal(torch.cat([chunk.metadata["w"] for chunk in chunks]), batch.metadata["w"])
+    with pytest.raises(ValueError, match="size"):
+        batch.split(0)

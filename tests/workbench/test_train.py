@@ -11,10 +11,12 @@ import yaml
 
 import toy_tasks
 from toy_tasks.baselines import averaging_curve, error_curve
+from workbench import train as train_module
 from workbench.models import ModelConfig
 from workbench.train import (
     TrainConfig,
     TrainingData,
+    evaluate,
     learning_rate,
     load_model,
     read_metrics,
@@ -82,6 +84,21 @@ def test_metrics_schema(recall_run) -> None:
     checkpoint = json.loads(recall_run.checkpoint_json_path.read_text())
     assert checkpoint["step"] == 300
     assert TrainConfig.from_dict(checkpoint["config"]) == recall_config(trace_metrics=True)
+
+
+def test_evaluation_does_not_depend_on_the_chunk_size(recall_run, monkeypatch) -> None:
+    config = recall_config(trace_metrics=True)
+    batch = recall_run.task.sample(40, torch.Generator().manual_seed(5))
+    whole = evaluate(recall_run.model, recall_run.task, batch, config, torch.device("cpu"))
+    monkeypatch.setattr(train_module, "EVAL_CHUNK_TOKENS", 7 * RECALL["seq_len"])
+    assert len(train_module.eval_chunks(batch)) == 6
+    chunked = evaluate(recall_run.model, recall_run.task, batch, config, torch.device("cpu"))
+    assert chunked["eval_accuracy"] == whole["eval_accuracy"]
+    assert chunked["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-5)
+    for name, rows in whole["attention"].items():
+        torch.testing.assert_close(
+            torch.tensor(chunked["attention"][name]), torch.tensor(rows), msg=name
+        )
 
 
 def test_load_model_restores_the_trained_weights(recall_run) -> None:
