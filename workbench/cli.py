@@ -287,6 +287,13 @@ def run_command(
     workers: Annotated[
         int, typer.Option(min=1, help="Train this many runs at once, in separate processes.")
     ] = 1,
+    train: Annotated[
+        bool,
+        typer.Option(
+            help="--no-train: analyse the runs already there (finished ones, and the logged part "
+            "of unfinished ones) without training."
+        ),
+    ] = True,
 ) -> None:
     """Train every run of an experiment (finished runs are reused) and write its analysis:
     runs/<name>/<hash>/{config.yaml, metrics.jsonl, results.json, figures/*.html}."""
@@ -307,11 +314,13 @@ def run_command(
         spec = load_spec(name)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="NAME") from None
-    result = run_experiment(spec, quick=quick, runs_dir=runs_dir, workers=workers)
-    typer.echo(
-        f"{len(result.runs)} runs ({result.n_trained} trained, "
-        f"{len(result.runs) - result.n_trained} reused) under {runs_dir / result.spec.name}"
-    )
+    result = run_experiment(spec, quick=quick, runs_dir=runs_dir, workers=workers, train=train)
+    if train:
+        counts = f"{result.n_trained} trained, {len(result.runs) - result.n_trained} reused"
+    else:
+        unfinished = sum(not run.finished for run in result.runs)
+        counts = f"{unfinished} unfinished, {len(result.results.get('missing', []))} missing"
+    typer.echo(f"{len(result.runs)} runs ({counts}) under {runs_dir / result.spec.name}")
     typer.echo(f"results: {result.results_path}")
     for figure in result.figures:
         typer.echo(f"figure: {figure}")

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,34 @@ def test_interrupted_run_resumes(tmp_path):
     assert train.calls[0]["out_dir"] == run_dir and result.n_trained == 1
 
 
+def test_no_train_analyses_finished_and_unfinished_runs_and_names_missing_ones(tmp_path):
+    spec = make_spec(
+        "emergence",
+        sweep={"task.seq_len": [8, 16, 32, 64], "task.burstiness": [1, 2]},
+        analysis={"paper": "toy_model"},
+    )
+    run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
+    configs = spec.configs()
+    unfinished = tmp_path / "emergence" / config_hash(configs[-1])
+    (unfinished / "results.json").unlink()
+    records = [json.loads(line) for line in (unfinished / "metrics.jsonl").read_text().splitlines()]
+    cut = [record for record in records if record["step"] <= 2]  # before it emerged
+    (unfinished / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cut))
+    missing = tmp_path / "emergence" / config_hash(configs[0])
+    shutil.rmtree(missing)
+    never = StubTrain()
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=never, progress=False, train=False)
+    assert never.calls == [] and not missing.exists()
+    assert result.results["missing"] == [missing.name]
+    assert len(result.runs) == len(configs) - 1
+    assert [run.finished for run in result.runs] == [True] * (len(configs) - 2) + [False]
+    row = next(row for row in result.results["runs"] if row["config_hash"] == unfinished.name)
+    assert row["emergence_time"] is None and not row["finished"]
+    assert row["last_step"] == cut[-1]["step"]
+    assert result.results["n_emerged"] == len(configs) - 2
+    assert result.results["fit"]["exponents"]["T"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
     spec = make_spec(
         "emergence",
@@ -321,3 +350,17 @@ def test_cli_run_prints_where_results_are(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "1 runs (1 trained, 0 reused)" in result.output
     assert str(Path(tmp_path) / "toy" / spec.experiment_hash() / "results.json") in result.output
+
+
+def test_cli_run_no_train_counts_unfinished_and_missing_runs(tmp_path, monkeypatch):
+    spec = make_spec(sweep={"task.seq_len": [8, 16]})
+    monkeypatch.setattr("workbench.experiments.load_spec", lambda name: spec)
+    monkeypatch.setattr("workbench.experiments.runner.train_with_workbench", StubTrain())
+    assert CliRunner().invoke(app, ["run", "toy", "--runs-dir", str(tmp_path)]).exit_code == 0
+    configs = spec.configs()
+    (tmp_path / "toy" / config_hash(configs[0]) / "results.json").unlink()
+    shutil.rmtree(tmp_path / "toy" / config_hash(configs[1]))
+    result = CliRunner().invoke(app, ["run", "toy", "--runs-dir", str(tmp_path), "--no-train"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(configs) - 1} runs (1 unfinished, 1 missing)" in result.output
+    assert not (tmp_path / "toy" / config_hash(configs[1])).exists()

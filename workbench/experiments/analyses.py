@@ -148,6 +148,9 @@ def _emergence_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]
         "seed": run.config.get("seed"),
         **covariates,
         "emergence_time": time,
+        # An unfinished run without an emergence time: not emerged by `last_step` (censored).
+        "finished": run.finished,
+        "last_step": int(steps[-1]) if steps.size else None,
     }
 
 

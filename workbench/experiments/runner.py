@@ -66,12 +66,15 @@ class RunRecord:
         config_hash: `config_hash` of ``config``: the folder name.
         directory: ``runs/<name>/<config_hash>/``.
         cached: True when the run was reused instead of trained.
+        finished: False for a run analysed from the logged part of an unfinished training
+            (`run_experiment` with ``train=False``).
     """
 
     config: dict[str, Any]
     config_hash: str
     directory: Path
     cached: bool
+    finished: bool = True
 
     def metrics(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` (empty when the run logged none)."""
@@ -184,6 +187,17 @@ def run_config(
     return RunRecord(config, digest, directory, cached=False)
 
 
+def logged_run(config: dict[str, Any], directory: Path) -> RunRecord | None:
+    """The run of ``config`` in ``directory`` as it stands, finished or not (None: nothing
+    logged there)."""
+    if _is_complete(directory, config):
+        return RunRecord(config, directory.name, directory, cached=True)
+    if not read_metrics(directory / "metrics.jsonl"):
+        return None
+    logger.info("analysing the unfinished run %s as logged so far", directory)
+    return RunRecord(config, directory.name, directory, cached=True, finished=False)
+
+
 def _limit_threads(threads: int) -> None:
     """Worker initialiser: share the CPU cores between the worker processes."""
     import torch
@@ -227,6 +241,7 @@ def run_experiment(
     train_fn: TrainFn | None = None,
     progress: bool = True,
     workers: int = 1,
+    train: bool = True,
 ) -> ExperimentResult:
     """Train every run of ``experiment`` (a name in ``experiments/``, a YAML path or a spec),
     reusing finished runs, then write its analysis.
@@ -239,6 +254,9 @@ def run_experiment(
         progress: passed to ``train_fn`` (progress bars; with ``workers > 1`` one bar over runs).
         workers: train this many runs at once in separate processes (``train_fn`` must then be
             picklable: a module-level function).
+        train: False analyses what is already there without training: the finished runs and
+            the logged part of unfinished ones (``RunRecord.finished`` False); runs that logged
+            nothing are left out and named in the results' ``missing``.
 
     Returns:
         The `ExperimentResult`; the analysis is in ``runs_dir/<name>/<experiment-hash>/``.
@@ -251,7 +269,12 @@ def run_experiment(
     train_fn = train_fn or train_with_workbench
     root = Path(runs_dir) / spec.name
     configs = [(config, root / config_hash(config)) for config in spec.configs()]
-    if workers > 1:
+    missing: list[str] = []
+    if not train:
+        runs = [logged_run(config, path) for config, path in configs]
+        missing = [path.name for run, (_, path) in zip(runs, configs, strict=True) if run is None]
+        runs = [run for run in runs if run is not None]
+    elif workers > 1:
         pending = [(config, path) for config, path in configs if not _is_complete(path, config)]
         train_pending(pending, train_fn, workers=workers, progress=progress)
         trained = {path for _, path in pending}
@@ -267,7 +290,11 @@ def run_experiment(
         "experiment": spec.name,
         "experiment_hash": spec.experiment_hash(),
         "quick": quick,
-        "runs": [{"config_hash": run.config_hash, "config": run.config} for run in runs],
+        "runs": [
+            {"config_hash": run.config_hash, "config": run.config, "finished": run.finished}
+            for run in runs
+        ],
+        **({"missing": missing} if missing else {}),
         **output.results,
     }
     atomic_write_text(
