@@ -69,7 +69,7 @@ EPOCH_SEED_BASE = 2**60
 RESUMABLE_FIELDS = ("steps", "device")
 """Config fields that may differ between a checkpoint and the run resuming it."""
 TRACE_PS = (0.9,)
-EVAL_CHUNK_TOKENS = 2**16
+EVAL_CHUNK_TOKENS = 2**15
 """Evaluation forwards run on chunks of at most this many tokens (at least one example): the
 activation memory of an evaluation (a model's ``[batch, heads, seq, seq]`` scores) stays bounded
 whatever ``eval_batch_size``."""
