@@ -4,8 +4,9 @@ Emergence (Zucchet et al., "The emergence of sparse attention", arXiv 2505.17863
 time of a run is the time its test loss needs to reach ``0.2 x`` its initial value; for in-context
 associative recall it is the number of steps to reach 5% accuracy. The paper fits emergence times
 with power laws such as ``T_plateau = 1.51 T^0.99 B^-0.99 d^0.49``; `fit_power_law` fits
-``log y = log c + sum_i a_i log x_i`` by least squares and gives confidence intervals of the
-exponents, `compare_exponents` puts them next to the paper's.
+``log y = log c + sum_i a_i log x_i`` by least squares (by maximum likelihood when some times are
+only known to exceed a bound: runs stopped before they emerged) and gives confidence intervals of
+the exponents, `compare_exponents` puts them next to the paper's.
 
 Curves are logged at arbitrary (increasing) steps; every function takes ``steps [n]`` and
 ``values [n]`` as array-likes and ignores NaN values.
@@ -163,8 +164,10 @@ class PowerLawFit:
         intervals: ``{name: (low, high)}`` confidence intervals (t-distribution) of the exponents
             and of ``"log_prefactor"``.
         confidence: the level of ``intervals`` (0.95 by default).
-        r2: coefficient of determination of the log-log fit.
-        n_points: number of fitted points; ``dof = n_points - len(names) - 1``.
+        r2: coefficient of determination of the log-log fit (of the uncensored points).
+        n_points: number of fitted points, censored ones included; ``dof = n_points -
+            len(names) - 1``.
+        n_censored: how many of them are censored (only a lower bound of ``y`` is known).
     """
 
     names: tuple[str, ...]
@@ -175,6 +178,7 @@ class PowerLawFit:
     confidence: float
     r2: float
     n_points: int
+    n_censored: int = 0
 
     @property
     def prefactor(self) -> float:
@@ -214,6 +218,7 @@ class PowerLawFit:
             "confidence": self.confidence,
             "r2": self.r2,
             "n_points": self.n_points,
+            "n_censored": self.n_censored,
         }
 
 
@@ -234,23 +239,32 @@ def _log_covariates(x: Mapping[str, ArrayLike], label: str) -> np.ndarray:
 
 
 def fit_power_law(
-    x: Mapping[str, ArrayLike], y: ArrayLike, *, confidence: float = 0.95
+    x: Mapping[str, ArrayLike],
+    y: ArrayLike,
+    *,
+    confidence: float = 0.95,
+    censored: ArrayLike | None = None,
 ) -> PowerLawFit:
-    """Least-squares fit of ``log y = log c + sum_i a_i log x_i``.
+    """Fit of ``log y = log c + sum_i a_i log x_i + noise``.
 
     Args:
         x: ``{name: [n] positive values}``, one or more covariates (e.g. ``{"T": ..., "B": ...}``).
         y: ``[n]`` positive responses (e.g. emergence times in steps).
         confidence: level of the intervals, in (0, 1).
+        censored: ``[n]`` bool, True where ``y`` is only a lower bound (right-censored: e.g. a run
+            stopped at step ``y`` before it emerged). None: no point is censored.
 
     Returns:
-        A `PowerLawFit`; standard errors from ``sigma^2 (X^T X)^-1`` with
-        ``sigma^2 = RSS / (n - p)``, intervals ``a_i +- t_{(1+confidence)/2, n-p} se(a_i)``
-        (``p`` = number of covariates + 1).
+        A `PowerLawFit`. Without censored points, least squares: standard errors from
+        ``sigma^2 (X^T X)^-1`` with ``sigma^2 = RSS / (n - p)``, intervals
+        ``a_i +- t_{(1+confidence)/2, n-p} se(a_i)`` (``p`` = number of covariates + 1). With
+        censored points, maximum likelihood of the censored normal (Tobit) model of ``log y``:
+        a censored point contributes ``P(log y > log bound)``; standard errors from the inverse
+        observed information, normal-quantile intervals.
 
     Raises:
-        ValueError: no covariate, a non-positive value, fewer than ``p + 1`` points (no residual
-            degree of freedom), or covariates that are constant or collinear in log space.
+        ValueError: no covariate, a non-positive value, fewer than ``p + 1`` uncensored points,
+            or covariates that are constant or collinear in log space (over the uncensored points).
     """
     from scipy import stats
 
@@ -263,21 +277,31 @@ def fit_power_law(
     log_y = _log_covariates({"y": y}, "y")[:, 0]
     if len(log_y) != len(logs):
         raise ValueError(f"x has {len(logs)} points but y has {len(log_y)}")
+    mask = np.zeros(len(log_y), dtype=bool) if censored is None else np.asarray(censored)
+    if mask.dtype != np.bool_ or mask.shape != log_y.shape:
+        raise ValueError(f"censored must be a bool array of shape {log_y.shape}, got {mask!r}")
     design = np.column_stack([np.ones(len(log_y)), logs])
     n, p = design.shape
-    if n <= p:
+    observed = int((~mask).sum())
+    if observed <= p:
         raise ValueError(
-            f"too few points: {n} for {p} parameters (need at least {p + 1} for intervals)"
+            f"too few points: {observed} uncensored for {p} parameters "
+            f"(need at least {p + 1} for intervals)"
         )
-    if np.linalg.matrix_rank(design) < p:
+    if np.linalg.matrix_rank(design[~mask]) < p:
         raise ValueError(f"covariates {list(names)} are constant or collinear in log space")
-    coefficients, *_ = np.linalg.lstsq(design, log_y, rcond=None)
-    residuals = log_y - design @ coefficients
-    rss = float(residuals @ residuals)
-    tss = float(((log_y - log_y.mean()) ** 2).sum())
-    covariance = rss / (n - p) * np.linalg.inv(design.T @ design)
+    if mask.any():
+        coefficients, covariance = _censored_normal_fit(design, log_y, mask)
+        quantile = stats.norm.ppf((1 + confidence) / 2)
+    else:
+        coefficients, *_ = np.linalg.lstsq(design, log_y, rcond=None)
+        rss = float(np.sum((log_y - design @ coefficients) ** 2))
+        covariance = rss / (n - p) * np.linalg.inv(design.T @ design)
+        quantile = stats.t.ppf((1 + confidence) / 2, n - p)
     errors = np.sqrt(np.diag(covariance))
-    half_width = stats.t.ppf((1 + confidence) / 2, n - p) * errors
+    half_width = quantile * errors
+    residuals = (log_y - design @ coefficients)[~mask]
+    tss = float(((log_y[~mask] - log_y[~mask].mean()) ** 2).sum())
     labels = ("log_prefactor", *names)
     return PowerLawFit(
         names=names,
@@ -289,9 +313,75 @@ def fit_power_law(
             for label, c, h in zip(labels, coefficients, half_width, strict=True)
         },
         confidence=confidence,
-        r2=1.0 - rss / tss if tss > 0 else float("nan"),
+        r2=1.0 - float(residuals @ residuals) / tss if tss > 0 else float("nan"),
         n_points=n,
+        n_censored=int(mask.sum()),
     )
+
+
+def _censored_normal_fit(
+    design: np.ndarray, log_y: np.ndarray, censored: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum likelihood of ``log_y = design @ beta + sigma * N(0, 1)`` where ``log_y`` is a lower
+    bound at the ``censored`` rows -> ``(beta [p], covariance of beta [p, p])``."""
+    from scipy import optimize
+
+    observed = ~censored
+    start, *_ = np.linalg.lstsq(design[observed], log_y[observed], rcond=None)
+    spread = np.std(log_y[observed] - design[observed] @ start)
+    if spread < 1e-12 and np.all(design[censored] @ start >= log_y[censored]):
+        # An exact law that every bound allows: the likelihood grows without limit as sigma -> 0
+        # at that law (as least squares on exact data, zero standard errors).
+        return start, np.zeros((len(start), len(start)))
+    theta = np.append(start, np.log(max(spread, 1e-3)))  # (beta, log sigma)
+    result = optimize.minimize(
+        _censored_negative_log_likelihood,
+        theta,
+        args=(design, log_y, censored),
+        jac=True,
+        method="BFGS",
+        options={"gtol": 1e-8, "maxiter": 10_000},
+    )
+    # BFGS may stop on "precision loss" at the optimum; only a large gradient is a failure.
+    if not result.success and np.abs(result.jac).max() > 1e-4:
+        raise RuntimeError(f"the censored power-law fit did not converge: {result.message}")
+    hessian = _numerical_hessian(
+        lambda point: _censored_negative_log_likelihood(point, design, log_y, censored)[1],
+        result.x,
+    )
+    covariance = np.linalg.inv(hessian)
+    p = design.shape[1]
+    return result.x[:p], covariance[:p, :p]
+
+
+def _censored_negative_log_likelihood(
+    theta: np.ndarray, design: np.ndarray, log_y: np.ndarray, censored: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Negative log-likelihood of the censored normal model and its gradient in
+    ``theta = (beta, log sigma)``."""
+    from scipy import stats
+
+    beta, log_sigma = theta[:-1], theta[-1]
+    sigma = math.exp(log_sigma)
+    z = (log_y - design @ beta) / sigma
+    observed = ~censored
+    zo, zc = z[observed], z[censored]
+    log_likelihood = np.sum(stats.norm.logpdf(zo) - log_sigma) + np.sum(stats.norm.logsf(zc))
+    hazard = np.exp(stats.norm.logpdf(zc) - stats.norm.logsf(zc))  # d(-log sf)/dz
+    gradient_beta = design[observed].T @ zo / sigma + design[censored].T @ hazard / sigma
+    gradient_log_sigma = np.sum(zo**2 - 1) + np.sum(hazard * zc)
+    return -float(log_likelihood), -np.append(gradient_beta, gradient_log_sigma)
+
+
+def _numerical_hessian(gradient: Any, point: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    """Symmetrised central differences of ``gradient`` at ``point``."""
+    columns = []
+    for index in range(len(point)):
+        delta = np.zeros_like(point)
+        delta[index] = step
+        columns.append((gradient(point + delta) - gradient(point - delta)) / (2 * step))
+    hessian = np.stack(columns, axis=1)
+    return (hessian + hessian.T) / 2
 
 
 def compare_exponents(fit: PowerLawFit, paper: Mapping[str, float]) -> list[dict[str, Any]]:

@@ -176,3 +176,69 @@ def test_attention_series_reads_nested_layer_head_metrics():
     assert steps.tolist() == [5, 10] and values.shape == (2, 2, 2)
     assert values[1, 1, 0] == 0.3
     assert attention_series(records, "entropy")[0].size == 0
+
+
+def censor(y: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """Times stopped at a budget: ``(min(y, budget), y > budget)``."""
+    budget = np.quantile(y, quantile)
+    return np.minimum(y, budget), y > budget
+
+
+def test_censored_fit_corrects_the_bias_of_dropping_unfinished_runs():
+    mle, dropped = [], []
+    for seed in range(100):
+        x, y = power_law_data(noise=0.4, n=40, seed=seed)
+        stopped, censored = censor(y, 0.6)
+        fit = fit_power_law(x, stopped, censored=censored)
+        assert fit.n_censored == censored.sum() and fit.n_points == 40
+        mle.append(fit.exponents["T"])
+        kept = {name: values[~censored] for name, values in x.items()}
+        dropped.append(fit_power_law(kept, y[~censored]).exponents["T"])
+    assert abs(np.mean(mle) - 0.8) < 0.03
+    assert np.mean(dropped) < 0.75  # the runs that emerged late are the ones left out
+
+
+def test_censored_fit_intervals_cover_the_truth():
+    covered = 0
+    for seed in range(200):
+        x, y = power_law_data(noise=0.3, n=30, seed=seed)
+        stopped, censored = censor(y, 0.7)
+        low, high = fit_power_law(x, stopped, censored=censored).intervals["T"]
+        covered += low <= 0.8 <= high
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_an_uninformative_censored_point_leaves_the_least_squares_fit():
+    x, y = power_law_data(noise=0.2, n=25)
+    reference = fit_power_law(x, y)
+    # A run censored at a bound far below every prediction says nothing about the exponents.
+    more_x = {name: np.append(values, values[0]) for name, values in x.items()}
+    fit = fit_power_law(more_x, np.append(y, 1e-9), censored=np.arange(26) == 25)
+    for name in ("T", "B"):
+        assert fit.exponents[name] == pytest.approx(reference.exponents[name], abs=1e-6)
+    # Maximum likelihood: covariance sigma_ml^2 (X^T X)^-1 with sigma_ml^2 = RSS / n.
+    design = np.column_stack([np.ones(25), np.log(x["T"]), np.log(x["B"])])
+    residuals = np.log(y) - design @ np.array(
+        [reference.log_prefactor, reference.exponents["T"], reference.exponents["B"]]
+    )
+    covariance = residuals @ residuals / 25 * np.linalg.inv(design.T @ design)
+    assert fit.standard_errors["T"] == pytest.approx(np.sqrt(covariance[1, 1]), rel=1e-3)
+    assert fit.r2 == pytest.approx(reference.r2)
+
+
+def test_censored_fit_errors():
+    x, y = power_law_data(noise=0.1, n=6)
+    with pytest.raises(ValueError, match="censored must be a bool array"):
+        fit_power_law(x, y, censored=[0, 1, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="censored must be a bool array"):
+        fit_power_law(x, y, censored=np.zeros(5, dtype=bool))
+    with pytest.raises(ValueError, match="3 uncensored"):
+        fit_power_law(x, y, censored=np.arange(6) < 3)
+
+
+def test_censored_fit_of_an_exact_law_is_that_law():
+    x, y = power_law_data(noise=0.0, n=30)
+    stopped, censored = censor(y, 0.6)
+    fit = fit_power_law(x, stopped, censored=censored)
+    assert fit.exponents == {"T": pytest.approx(0.8), "B": pytest.approx(-0.8)}
+    assert fit.standard_errors["T"] == 0.0
