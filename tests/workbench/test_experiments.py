@@ -254,7 +254,11 @@ def test_no_train_analyses_finished_and_unfinished_runs_and_names_missing_ones(t
     assert row["emergence_time"] is None and not row["finished"]
     assert row["last_step"] == cut[-1]["step"]
     assert result.results["n_emerged"] == len(configs) - 2
+    assert result.results["n_censored"] == result.results["fit"]["n_censored"] == 1
     assert result.results["fit"]["exponents"]["T"] == pytest.approx(1.0, abs=0.05)
+    assert result.results["fit_emerged_only"]["n_points"] == len(configs) - 2
+    fit_html = next(path for path in result.figures if path.name == "fit.html").read_text()
+    assert "triangle-up-open" in fit_html  # the censored run, drawn as a lower bound
 
 
 def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):

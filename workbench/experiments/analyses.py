@@ -123,7 +123,7 @@ def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisO
     figures = _figures(
         loss=_curve_figure(runs, options["loss_key"], group, title="test loss", log_y=True),
         relevant_mass=_relevant_mass_figure(runs, group),
-        fit=_fit_figure(rows, results.get("fit")),
+        fit=emergence_fit_figure(rows, results.get("fit")),
     )
     return AnalysisOutput(results=results, figures=figures)
 
@@ -155,18 +155,34 @@ def _emergence_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _emergence_fit(rows: list[dict[str, Any]], paper: Mapping[str, float]) -> dict[str, Any]:
-    """Power-law fit of the emerged runs' times on the covariates that vary among them."""
+    """Power-law fit of the emergence times on the covariates that vary among the runs that
+    emerged. A run without an emergence time is censored at its last logged step (it emerged
+    later, if ever): with such runs the fit is the censored maximum-likelihood one, and
+    ``fit_emerged_only`` (least squares over the emerged runs alone) is given beside it."""
     emerged = [row for row in rows if row["emergence_time"]]
+    censored = [row for row in rows if not row["emergence_time"] and row.get("last_step")]
     varying = [name for name in EMERGENCE_COVARIATES if len({row[name] for row in emerged}) > 1]
-    summary: dict[str, Any] = {"n_emerged": len(emerged), "n_runs": len(rows), "fit": None}
+    summary: dict[str, Any] = {
+        "n_emerged": len(emerged),
+        "n_censored": len(censored),
+        "n_runs": len(rows),
+        "fit": None,
+    }
     if not varying:
         summary["fit_error"] = "no covariate varies among the runs that emerged"
         return summary
+    points = emerged + censored
     try:
         fit = fit_power_law(
-            {name: [row[name] for row in emerged] for name in varying},
-            [row["emergence_time"] for row in emerged],
+            {name: [row[name] for row in points] for name in varying},
+            [row["emergence_time"] or row["last_step"] for row in points],
+            censored=np.arange(len(points)) >= len(emerged),
         )
+        if censored:
+            summary["fit_emerged_only"] = fit_power_law(
+                {name: [row[name] for row in emerged] for name in varying},
+                [row["emergence_time"] for row in emerged],
+            ).to_dict()
     except ValueError as error:
         summary["fit_error"] = str(error)
         return summary
@@ -177,20 +193,23 @@ def _emergence_fit(rows: list[dict[str, Any]], paper: Mapping[str, float]) -> di
     return summary
 
 
-def _fit_figure(rows: list[dict[str, Any]], fit: Mapping[str, Any] | None) -> Any | None:
+def emergence_fit_figure(rows: list[dict[str, Any]], fit: Mapping[str, Any] | None) -> Any | None:
+    """`power_law_figure` of an emergence analysis' ``results["runs"]`` rows and
+    ``results["fit"]`` (None without a fit): emerged runs, censored runs as lower bounds."""
     if fit is None:
         return None
-    emerged = [row for row in rows if row["emergence_time"]]
-    covariates = {name: [row[name] for row in emerged] for name in fit["names"]}
+    points = [row for row in rows if row["emergence_time"] or row.get("last_step")]
+    covariates = {name: [row[name] for row in points] for name in fit["names"]}
     logs = np.log(np.array([covariates[name] for name in fit["names"]], dtype=np.float64)).T
     exponents = np.array([fit["exponents"][name] for name in fit["names"]])
     predicted = np.exp(fit["log_prefactor"] + logs @ exponents)
     return power_law_figure(
         covariates,
-        [row["emergence_time"] for row in emerged],
+        [row["emergence_time"] or row["last_step"] for row in points],
         predicted.tolist(),
         formula=fit["formula"],
         x_name="T" if "T" in covariates else fit["names"][0],
+        censored=[not row["emergence_time"] for row in points],
     )
 
 

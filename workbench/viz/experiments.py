@@ -55,6 +55,10 @@ def curves_figure(
     return figure
 
 
+_LOWER_BOUND_MARKER = {"symbol": "triangle-up-open", "size": 10}
+"""Marker of a censored point: the value is a lower bound."""
+
+
 def power_law_figure(
     covariates: Mapping[str, Sequence[float]],
     observed: Sequence[float],
@@ -63,10 +67,14 @@ def power_law_figure(
     formula: str,
     x_name: str,
     y_title: str = "emergence time (steps)",
+    censored: Sequence[bool] | None = None,
 ) -> go.Figure:
     """Left: log-log scatter of ``observed [n]`` against covariate ``x_name``, one colour per
     combination of the other covariates, with the fitted law as lines; right: observed against
-    fitted (``predicted [n]``) with the diagonal. ``covariates``: ``{name: [n] values}``."""
+    fitted (``predicted [n]``) with the diagonal. ``covariates``: ``{name: [n] values}``;
+    ``censored`` ``[n]``: True where ``observed`` is only a lower bound (drawn as open triangles:
+    later than that, if ever)."""
+    lower_bound = list(censored) if censored is not None else [False] * len(observed)
     figure = make_subplots(
         rows=1, cols=2, subplot_titles=(f"{y_title} vs {x_name}", f"observed vs fit: {formula}")
     )
@@ -79,18 +87,23 @@ def power_law_figure(
         label = ", ".join(f"{name}={value:g}" for name, value in zip(others, key, strict=True))
         colour = palette[colour_index % len(palette)]
         x = [covariates[x_name][i] for i in order]
-        figure.add_trace(
-            go.Scatter(
-                x=x,
-                y=[observed[i] for i in order],
-                mode="markers",
-                name=label or "runs",
-                legendgroup=label,
-                marker={"color": colour},
-            ),
-            row=1,
-            col=1,
-        )
+        for bound in (False, True):
+            points = [i for i in order if lower_bound[i] == bound]
+            if not points:
+                continue
+            figure.add_trace(
+                go.Scatter(
+                    x=[covariates[x_name][i] for i in points],
+                    y=[observed[i] for i in points],
+                    mode="markers",
+                    name=f"{label or 'runs'}: not yet at" if bound else label or "runs",
+                    legendgroup=label,
+                    showlegend=not bound,
+                    marker={"color": colour, **(_LOWER_BOUND_MARKER if bound else {})},
+                ),
+                row=1,
+                col=1,
+            )
         figure.add_trace(
             go.Scatter(
                 x=x,
@@ -105,18 +118,21 @@ def power_law_figure(
             col=1,
         )
     bounds = [float(np.min([*observed, *predicted])), float(np.max([*observed, *predicted]))]
-    figure.add_trace(
-        go.Scatter(
-            x=list(predicted),
-            y=list(observed),
-            mode="markers",
-            name="runs",
-            showlegend=False,
-            marker={"color": "black"},
-        ),
-        row=1,
-        col=2,
-    )
+    for bound in (False, True):
+        points = [i for i in range(len(observed)) if lower_bound[i] == bound]
+        if points:
+            figure.add_trace(
+                go.Scatter(
+                    x=[predicted[i] for i in points],
+                    y=[observed[i] for i in points],
+                    mode="markers",
+                    name="lower bounds" if bound else "runs",
+                    showlegend=bound,
+                    marker={"color": "black", **(_LOWER_BOUND_MARKER if bound else {})},
+                ),
+                row=1,
+                col=2,
+            )
     figure.add_trace(
         go.Scatter(
             x=bounds,
