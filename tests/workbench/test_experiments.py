@@ -289,11 +289,39 @@ def test_semantic_focus_analysis_groups_by_method(tmp_path):
     result = run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
     methods = {row["method"]: row for row in result.results["methods"]}
     assert set(methods) == {"dense", "top_k(k=5)"}
+    assert {row["task"] for row in result.results["methods"]} == {"single_location"}
     assert methods["dense"]["runs"] == 2 and methods["dense"]["reached_0.5"] == 2
     centre = 32 - 3 * np.log(0.8 / 0.18)  # where the stub's accuracy is 0.5
     assert methods["dense"]["median_steps_to_0.5"] == pytest.approx(centre, abs=0.5)
     assert methods["dense"]["mean_eval_accuracy"] == pytest.approx(1.0)
     assert {path.name for path in result.figures} == {"accuracy.html", "loss.html", "summary.html"}
+
+
+def test_semantic_focus_summarises_each_task_apart(tmp_path):
+    spec = make_spec(
+        "semantic_focus",
+        sweep={
+            "task.seq_len": [8, 16],
+            "sparse_method,sparse_hparams": [[None, {}], ["top_k", {"k": 5}]],
+        },
+        seeds=[0],
+    )
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
+    keys = [(row["task"], row["method"], row["runs"]) for row in result.results["methods"]]
+    assert sorted(keys) == [
+        ("single_location(seq_len=16)", "dense", 1),
+        ("single_location(seq_len=16)", "top_k(k=5)", 1),
+        ("single_location(seq_len=8)", "dense", 1),
+        ("single_location(seq_len=8)", "top_k(k=5)", 1),
+    ]
+    # The stub's accuracy rises later for longer sequences: the tasks are not averaged together.
+    steps = {
+        (row["task"], row["method"]): row["median_steps_to_0.5"]
+        for row in result.results["methods"]
+    }
+    assert (
+        steps[("single_location(seq_len=16)", "dense")] > steps[("single_location(seq_len=8)", "dense")]
+    )
 
 
 def test_unknown_analysis_option_raises(tmp_path):

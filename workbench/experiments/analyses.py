@@ -9,7 +9,7 @@ Options come from the spec's ``analysis`` mapping; unknown options raise ``Value
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,12 +224,12 @@ def method_label(config: Mapping[str, Any]) -> str:
 
 @analysis("semantic_focus")
 def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
-    """Per sparse method: steps to reach each accuracy in ``thresholds`` (`threshold_time`),
-    final accuracy, and the final value of every other metric starting with ``accuracy_key``
-    (e.g. ``eval_accuracy_len128``: generalisation to longer sequences, when training logs it).
-    Runs trained with ``stability_metrics`` add the final softmax stability (`_stability_row`) and
-    a summary per kind of attention (dense, input-dependent, input-agnostic). Figures: accuracy
-    curves per method, summary table, stability curves."""
+    """Per task and sparse method: steps to reach each accuracy in ``thresholds``
+    (`threshold_time`), final accuracy, and the final value of every other metric starting with
+    ``accuracy_key`` (e.g. ``eval_accuracy_train``: on the training set). Runs trained with
+    ``stability_metrics`` add the final softmax stability (`_stability_row`) and a summary per task
+    and kind of attention (dense, input-dependent, input-agnostic). Figures: accuracy and loss
+    curves per task and method, summary table, stability curves."""
     options = _options(
         spec,
         {
@@ -240,37 +240,66 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
         },
     )
     key = options["accuracy_key"]
-    rows = [_focus_row(run, options) | _stability_row(run) for run in runs]
+    tasks = task_labels(runs)
+    rows = [
+        {"task": tasks[run.config_hash]} | _focus_row(run, options) | _stability_row(run)
+        for run in runs
+    ]
     stability = [name for name in rows[0] if name.startswith("final_")] if rows else []
     summary = (
         _summarise_by(
-            rows, "method", [name for name in rows[0] if name.startswith(key)] + stability
+            rows,
+            ("task", "method"),
+            [name for name in rows[0] if name.startswith(key)] + stability,
         )
         if rows
         else []
     )
-    by_kind = _summarise_by(rows, "kind", stability) if stability else []
+    by_kind = _summarise_by(rows, ("task", "kind"), stability) if stability else []
+
+    def group(run: RunRecord) -> str:
+        method = method_label(run.config)
+        return f"{tasks[run.config_hash]}: {method}" if len(set(tasks.values())) > 1 else method
+
     figures = _figures(
-        accuracy=_curve_figure(
-            runs, key, lambda run: method_label(run.config), title="held-out accuracy per method"
-        ),
+        accuracy=_curve_figure(runs, key, group, title="held-out accuracy per task and method"),
         loss=_curve_figure(
-            runs,
-            "loss",
-            lambda run: method_label(run.config),
-            title="training loss per method",
-            log_y=True,
+            runs, "loss", group, title="training loss per task and method", log_y=True
         ),
-        summary=table_figure(summary, title="semantic focus: per method") if summary else None,
+        summary=table_figure(summary, title="semantic focus: per task and method")
+        if summary
+        else None,
     )
     figures |= stability_figures(
         {run.config_hash: run.metrics() for run in runs},
-        {run.config_hash: method_label(run.config) for run in runs},
+        {run.config_hash: group(run) for run in runs},
     )
     results = {"runs": rows, "methods": summary}
     if by_kind:
         results["stability_by_kind"] = by_kind
     return AnalysisOutput(results=results, figures=figures)
+
+
+def task_labels(runs: list[RunRecord]) -> dict[str, str]:
+    """``{config_hash: label}`` of each run's task: its name, or the name and its settings where
+    runs have different settings under one name (e.g. ``"assoc_recall(seq_len=64)"``)."""
+    tasks = {run.config_hash: run.config["task"] for run in runs}
+
+    def settings(task: Any) -> dict[str, Any]:
+        return dict(task) if isinstance(task, Mapping) else {"name": task}
+
+    labels = {}
+    for digest, task in tasks.items():
+        name = settings(task)["name"]
+        variants = [settings(other) for other in tasks.values() if settings(other)["name"] == name]
+        varying = sorted(
+            field
+            for field in {field for variant in variants for field in variant}
+            if len({repr(variant.get(field)) for variant in variants}) > 1
+        )
+        values = ", ".join(f"{field}={settings(task).get(field)}" for field in varying)
+        labels[digest] = f"{name}({values})" if values else name
+    return labels
 
 
 def _attention_kind(config: Mapping[str, Any]) -> str:
@@ -326,14 +355,15 @@ def _focus_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _summarise_by(
-    rows: list[dict[str, Any]], by: str, mean_keys: list[str]
+    rows: list[dict[str, Any]], by: Sequence[str], mean_keys: list[str]
 ) -> list[dict[str, Any]]:
-    """Per value of ``rows[i][by]``: the number of runs, the mean of ``mean_keys`` and, for each
-    ``steps_to_*`` key, the median over the runs that reached it and their count."""
+    """Per combination of the values of ``by`` (row keys): the number of runs, the mean of
+    ``mean_keys`` and, for each ``steps_to_*`` key, the median over the runs that reached it and
+    their count."""
     summary = []
-    for value in dict.fromkeys(row[by] for row in rows):
-        group = [row for row in rows if row[by] == value]
-        entry: dict[str, Any] = {by: value, "runs": len(group)}
+    for values in dict.fromkeys(tuple(row[key] for key in by) for row in rows):
+        group = [row for row in rows if tuple(row[key] for key in by) == values]
+        entry: dict[str, Any] = {**dict(zip(by, values, strict=True)), "runs": len(group)}
         for name in mean_keys:
             values = [row[name] for row in group if row.get(name) is not None]
             entry[f"mean_{name}"] = float(np.mean(values)) if values else None
