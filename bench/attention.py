@@ -7,6 +7,7 @@ kernel (with its peak memory) and the block-scoring kernels. "ideal" is density 
 density being the fraction of causal 128 x 128 blocks a layout keeps.
 
     python bench/attention.py --lengths 4096 16384 65536 --out bench/results/attention.json
+    python bench/attention.py --lengths 65536 --layouts random_10pct --forward-only --no-extras
 
 Correctness is checked before timing (ours vs FlexAttention on the same layout, relative error).
 """
@@ -30,6 +31,7 @@ from kernels.reference import select_cumulative_blocks
 from workbench.io import atomic_write_json
 
 BLOCK = 128
+LAYOUTS = ("causal_dense", "random_10pct", "sink_window", "top_p_xattention")
 compiled_flex = torch.compile(flex_attention, dynamic=False)
 
 
@@ -101,8 +103,12 @@ def flex_block_mask(layout: Layout, n: int, heads: int) -> BlockMask:
     )
 
 
-def time_pair(forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> dict:
+def time_pair(
+    forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...], backward: bool = True
+) -> dict:
     fwd = median_ms(forward)
+    if not backward:
+        return {"fwd_ms": fwd}
     grad = torch.randn_like(inputs[0])
 
     def forward_backward() -> None:
@@ -113,7 +119,11 @@ def time_pair(forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, .
 
 
 def bench_layout(
-    inputs: tuple[torch.Tensor, ...], blocks: torch.Tensor, sdpa: dict, causal_total: int
+    inputs: tuple[torch.Tensor, ...],
+    blocks: torch.Tensor,
+    sdpa: dict,
+    causal_total: int,
+    backward: bool,
 ) -> dict:
     """Ours vs FlexAttention on one causal block layout; times relative to the ideal."""
     n, heads = inputs[0].shape[2], inputs[0].shape[1]
@@ -133,34 +143,39 @@ def bench_layout(
     entry = {
         "density_of_causal": density,
         "rel_error_vs_flex": error,
-        "ours": time_pair(ours, inputs),
-        "flex": time_pair(flex, inputs),
+        "ours": time_pair(ours, inputs, backward),
+        "flex": time_pair(flex, inputs, backward),
     }
-    for key in ("fwd_ms", "fwd_bwd_ms"):
+    for key in ("fwd_ms", "fwd_bwd_ms") if backward else ("fwd_ms",):
         ideal = density * sdpa[key]
         for impl in ("ours", "flex"):
             entry[impl][f"{key}_over_ideal"] = entry[impl][key] / ideal
-    entry["speedup_vs_flex_fwd"] = entry["flex"]["fwd_ms"] / entry["ours"]["fwd_ms"]
-    entry["speedup_vs_flex_fwd_bwd"] = entry["flex"]["fwd_bwd_ms"] / entry["ours"]["fwd_bwd_ms"]
+        entry[f"speedup_vs_flex_{key[:-3]}"] = entry["flex"][key] / entry["ours"][key]
     return entry
 
 
-def bench_length(n: int, heads: int, d: int) -> dict:
+def bench_length(
+    n: int, heads: int, d: int, layouts: tuple[str, ...], backward: bool, extras: bool
+) -> dict:
+    """SDPA, then ours and FlexAttention on each of ``layouts`` (names in `LAYOUTS`); with
+    ``extras`` also the row-statistics and block-scoring kernels."""
     q, k, v = realistic_qkv(n, heads, d)
     inputs = tuple(t.detach().requires_grad_(True) for t in (q, k, v))
     sdpa = time_pair(
-        lambda: torch.nn.functional.scaled_dot_product_attention(*inputs, is_causal=True), inputs
+        lambda: torch.nn.functional.scaled_dot_product_attention(*inputs, is_causal=True),
+        inputs,
+        backward,
     )
     causal_total = causal_blocks(n).sum().item()
-    layouts = {
-        "causal_dense": causal_blocks(n),
-        "random_10pct": random_blocks(n, heads, 0.1),
-        "sink_window": sink_window_blocks(n),
-        "top_p_xattention": top_p_blocks(q, k),
+    builders = {
+        "causal_dense": lambda: causal_blocks(n),
+        "random_10pct": lambda: random_blocks(n, heads, 0.1),
+        "sink_window": lambda: sink_window_blocks(n),
+        "top_p_xattention": lambda: top_p_blocks(q, k),
     }
     result = {"n": n, "sdpa_causal": sdpa, "layouts": {}}
-    for name, blocks in layouts.items():
-        entry = bench_layout(inputs, blocks, sdpa, causal_total)
+    for name in layouts:
+        entry = bench_layout(inputs, builders[name](), sdpa, causal_total, backward)
         result["layouts"][name] = entry
         print(
             f"N={n:6d} {name:18s} density {entry['density_of_causal']:.3f}  "
@@ -169,6 +184,8 @@ def bench_length(n: int, heads: int, d: int) -> dict:
             f"err {entry['rel_error_vs_flex']:.1e}",
             flush=True,
         )
+    if not extras:
+        return result
     result["row_stats"] = bench_row_stats(q, k, sdpa["fwd_ms"])
     result["block_scores"] = {
         method: median_ms(
@@ -208,6 +225,11 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536])
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--d-head", type=int, default=128)
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--forward-only", action="store_true", help="skip forward+backward")
+    parser.add_argument(
+        "--no-extras", action="store_true", help="skip the row-statistics and block-score kernels"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/attention.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -226,7 +248,16 @@ def main() -> None:
         "lengths": [],
     }
     for n in args.lengths:
-        results["lengths"].append(bench_length(n, args.heads, args.d_head))
+        results["lengths"].append(
+            bench_length(
+                n,
+                args.heads,
+                args.d_head,
+                tuple(args.layouts),
+                backward=not args.forward_only,
+                extras=not args.no_extras,
+            )
+        )
         atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
 
