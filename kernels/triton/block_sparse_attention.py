@@ -87,11 +87,21 @@ def _configs(gpu_configs: list[tuple[int, int, int, int]]) -> list[triton.Config
     ]
 
 
+FP32_MAX_TILE = 32
+"""fp32 inputs use tiles of at most 32 x 32: larger fp32 tiles compile (ptxas, sm_90) to kernels
+holding 6-13 KB of stack per thread, and the driver reserves the stack of every thread the GPU can
+hold (~3 GB of device memory per process, for as long as it lives) as soon as one of them runs,
+e.g. while autotuning."""
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the configurations whose tiles divide the layout's blocks; of those, drop tiles smaller
-    than ``min(block, 32)`` when larger ones remain (small tiles serve layouts of small blocks)."""
+    """Keep the configurations whose tiles divide the layout's blocks (and, for fp32 inputs, are at
+    most `FP32_MAX_TILE`); of those, drop tiles smaller than ``min(block, 32)`` when larger ones
+    remain (small tiles serve layouts of small blocks)."""
     args = {**named_args, **kwargs}
     block_q, block_k = args["BLOCK_Q"], args["BLOCK_K"]
+    if args["Q"].dtype == torch.float32:
+        block_q, block_k = min(block_q, FP32_MAX_TILE), min(block_k, FP32_MAX_TILE)
     fits = [
         config
         for config in configs

@@ -112,36 +112,84 @@ SLACK_TOLERANCE = 1e-12
 RANGE_PAD = 1e-3
 """Margin (log2 units) around the first search range against recomputation rounding."""
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU; the first serves short sequences.
-_STATS_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 4, 3)]
-_SEARCH_CONFIGS = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU (see `_autotune` for the short / fp32 ones).
+_STATS_CONFIGS = [
+    (64, 64, 4, 3),
+    (128, 64, 8, 3),
+    (128, 128, 8, 2),
+    (64, 128, 4, 3),
+    (16, 64, 4, 3),
+]
+_SEARCH_CONFIGS = [
+    (32, 32, 4, 2),
+    (64, 64, 4, 2),
+    (128, 64, 8, 2),
+    (64, 128, 8, 2),
+    (128, 128, 8, 2),
+]
+_STATS_SHORT, _STATS_FP32 = (64, 64, 4, 3), (16, 64, 4, 3)
+_SEARCH_SHORT = _SEARCH_FP32 = (32, 32, 4, 2)
 _RELEVANT_ROWS = 32
 """Query rows per program of the relevant-mass gather."""
 
 
 SHORT_KEYS = 1024
-"""Up to this many keys (``len_bucket``) only the first configuration runs: tile shapes matter
+"""Up to this many keys (``len_bucket``) only one configuration runs: tile shapes matter
 little there, and each configuration tried is one more compilation (seconds to tens of seconds
 for the search kernel), which dominates short workloads such as evaluations during training."""
 
 
-def _prune_short(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    return configs[:1] if {**named_args, **kwargs}["len_bucket"] <= SHORT_KEYS else configs
-
-
-def _autotune(gpu_configs: list[tuple[int, int, int, int]], key: list[str]):
+def _autotune(
+    gpu_configs: list[tuple[int, int, int, int]],
+    key: list[str],
+    *,
+    short: tuple[int, int, int, int],
+    fp32: tuple[int, int, int, int],
+):
     """Autotuner over ``gpu_configs``; a single config under the interpreter (tuning there is slow
-    and pointless)."""
+    and pointless). Up to `SHORT_KEYS` keys only ``short`` runs. fp32 inputs run only ``fp32``:
+    with fp32 tiles of 64 x 64 and more (or 64 rows at d_head 128) ptxas gives these kernels
+    8-15 KB of stack per thread on sm_90, and the driver reserves the stack of every thread the
+    GPU can hold, ~4 GB of device memory per process for as long as it lives; ``fp32`` tiles keep
+    it under 1 KB."""
     if interpret_mode():
         configs = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=1, num_stages=1)]
+        return triton.autotune(configs=configs, key=key)
+    configs = [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+        for m, n, warps, stages in gpu_configs
+    ]
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        args = {**named_args, **kwargs}
+        return candidate_configs(configs, args["Q"].dtype, args["len_bucket"], short, fp32)
+
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune})
+
+
+def candidate_configs(
+    configs: list[triton.Config],
+    dtype: torch.dtype,
+    len_bucket: int,
+    short: tuple[int, int, int, int],
+    fp32: tuple[int, int, int, int],
+) -> list[triton.Config]:
+    """The configurations the autotuner tries (see `_autotune`)."""
+    if dtype == torch.float32:
+        wanted = fp32
+    elif len_bucket <= SHORT_KEYS:
+        wanted = short
     else:
-        configs = [
-            triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-            for m, n, warps, stages in gpu_configs
-        ]
-    return triton.autotune(
-        configs=configs, key=key, prune_configs_by={"early_config_prune": _prune_short}
-    )
+        return configs
+    chosen = [config for config in configs if _shape(config) == wanted]
+    if not chosen:
+        raise ValueError(f"configuration {wanted} is not among the autotuned ones")
+    return chosen
+
+
+def _shape(config: triton.Config) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``."""
+    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
 
 
 # ---------------------------------------------------------------------------- jit helpers
@@ -285,7 +333,12 @@ def _resolve(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_
 
 
 # ---------------------------------------------------------------------------- pass 1: statistics
-@_autotune(_STATS_CONFIGS, key=["D_HEAD", "CAUSAL", "HAS_SELECTION", "len_bucket"])
+@_autotune(
+    _STATS_CONFIGS,
+    key=["D_HEAD", "CAUSAL", "HAS_SELECTION", "len_bucket"],
+    short=_STATS_SHORT,
+    fp32=_STATS_FP32,
+)
 @triton.jit
 def _stats_kernel(
     Q,
@@ -419,7 +472,12 @@ def _stats_kernel(
 
 
 # ---------------------------------------------------------------------------- pass 2+: top-p search
-@_autotune(_SEARCH_CONFIGS, key=["D_HEAD", "CAUSAL", "NUM_PS", "len_bucket"])
+@_autotune(
+    _SEARCH_CONFIGS,
+    key=["D_HEAD", "CAUSAL", "NUM_PS", "len_bucket"],
+    short=_SEARCH_SHORT,
+    fp32=_SEARCH_FP32,
+)
 @triton.jit
 def _search_kernel(
     Q,

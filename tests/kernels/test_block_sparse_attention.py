@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+import triton
 
 from kernels import api, reference
 from kernels.layout import Layout, num_blocks
@@ -306,3 +307,21 @@ class TestOnGPU:
             row_threshold=threshold,
         )
         check_attention(q, k, v, layout)
+
+
+def test_fp32_inputs_are_autotuned_over_small_tiles_only():
+    configs = [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in block_sparse_attention._FWD_CONFIGS
+    ]
+
+    def tiles(dtype: torch.dtype, block: int) -> set[tuple[int, int]]:
+        args = {"Q": torch.empty(0, dtype=dtype), "BLOCK_Q": block, "BLOCK_K": block}
+        kept = block_sparse_attention._prune_configs(configs, args)
+        return {(config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) for config in kept}
+
+    assert (
+        max(max(tile) for tile in tiles(torch.float32, 128)) == block_sparse_attention.FP32_MAX_TILE
+    )
+    assert max(max(tile) for tile in tiles(torch.bfloat16, 128)) == 128
+    assert tiles(torch.float32, 16) == tiles(torch.float16, 16) == {(16, 16)}

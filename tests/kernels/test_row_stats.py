@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -346,3 +347,35 @@ def test_long_bf16_on_gpu() -> None:
     differ = out.top_p_budget != exact
     assert differ.float().mean() < 2e-3, f"{int(differ.sum())} of {differ.numel()} budgets differ"
     assert (out.top_p_budget.long() - exact.long()).abs().max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("configs", "short", "fp32"),
+    [
+        (
+            triton_row_stats._STATS_CONFIGS,
+            triton_row_stats._STATS_SHORT,
+            triton_row_stats._STATS_FP32,
+        ),
+        (
+            triton_row_stats._SEARCH_CONFIGS,
+            triton_row_stats._SEARCH_SHORT,
+            triton_row_stats._SEARCH_FP32,
+        ),
+    ],
+)
+def test_autotuning_keeps_fp32_and_short_inputs_to_one_configuration(configs, short, fp32):
+    tuned = [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in configs
+    ]
+
+    def shapes(dtype: torch.dtype, len_bucket: int) -> list[tuple[int, int, int, int]]:
+        chosen = triton_row_stats.candidate_configs(tuned, dtype, len_bucket, short, fp32)
+        return [triton_row_stats._shape(config) for config in chosen]
+
+    assert shapes(torch.float32, 65536) == shapes(torch.float32, 256) == [fp32]
+    assert shapes(torch.bfloat16, triton_row_stats.SHORT_KEYS) == [short]
+    assert shapes(torch.float16, 2 * triton_row_stats.SHORT_KEYS) == list(configs)
+    with pytest.raises(ValueError, match="not among"):
+        triton_row_stats.candidate_configs(tuned, torch.float32, 256, short, (8, 8, 1, 1))

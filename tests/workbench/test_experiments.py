@@ -320,7 +320,8 @@ def test_semantic_focus_summarises_each_task_apart(tmp_path):
         for row in result.results["methods"]
     }
     assert (
-        steps[("single_location(seq_len=16)", "dense")] > steps[("single_location(seq_len=8)", "dense")]
+        steps[("single_location(seq_len=16)", "dense")]
+        > steps[("single_location(seq_len=8)", "dense")]
     )
 
 
