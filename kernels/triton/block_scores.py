@@ -281,10 +281,20 @@ def _antidiagonal_kernel(
         tl.store(out_base + block_cols[None, :] * stride_on, block_sums, mask=keep)
 
 
+FP32_MAX_BLOCK_N = 64
+"""fp32 inputs skip key tiles wider than this where the blocks allow: at 128 the kernel compiles
+(ptxas, sm_90) with 3-4 KB of stack per thread, which the driver reserves for every thread the GPU
+can hold (~1 GB of device memory per process); at 64, under 1 KB."""
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the configs whose tiles hold whole blocks (edges multiples of PER_BLOCK)."""
-    per_block = kwargs["PER_BLOCK"] if "PER_BLOCK" in kwargs else named_args["PER_BLOCK"]
+    """Keep the configs whose tiles hold whole blocks (edges multiples of PER_BLOCK); for fp32
+    inputs, of those, the ones with key tiles of at most `FP32_MAX_BLOCK_N` if any."""
+    args = {**named_args, **kwargs}
+    per_block = args["PER_BLOCK"]
     kept = [c for c in configs if min(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= per_block]
+    if args["q_ptr"].dtype == torch.float32:
+        kept = [c for c in kept if c.kwargs["BLOCK_N"] <= FP32_MAX_BLOCK_N] or kept
     return kept or [triton.Config({"BLOCK_M": per_block, "BLOCK_N": per_block}, num_warps=8)]
 
 

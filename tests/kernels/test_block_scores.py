@@ -320,3 +320,14 @@ def test_long_bf16_on_gpu(causal) -> None:
         expected = reference.mean_pooled_block_scores(q, k, **arguments)
         actual = block_scores.mean_pooled_block_scores(q, k, **arguments)
         assert relative_error(actual, expected) < 1e-4
+
+
+def test_fp32_inputs_skip_wide_key_tiles_where_the_blocks_allow():
+    def widths(dtype: torch.dtype, per_block: int) -> set[int]:
+        args = {"q_ptr": torch.empty(0, dtype=dtype), "PER_BLOCK": per_block}
+        kept = block_scores._prune_configs(block_scores._GPU_CONFIGS, args)
+        return {config.kwargs["BLOCK_N"] for config in kept}
+
+    assert widths(torch.float32, 8) == {block_scores.FP32_MAX_BLOCK_N}
+    assert widths(torch.bfloat16, 8) == {64, 128}
+    assert widths(torch.float32, 128) == {128}  # blocks of 128 strided tiles need them
