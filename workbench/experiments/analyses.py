@@ -160,25 +160,22 @@ def _emergence_fit(rows: list[dict[str, Any]], paper: Mapping[str, float]) -> di
     later, if ever): with such runs the fit is the censored maximum-likelihood one, and
     ``fit_emerged_only`` (least squares over the emerged runs alone) is given beside it."""
     emerged = [row for row in rows if row["emergence_time"]]
-    censored = [row for row in rows if not row["emergence_time"] and row.get("last_step")]
+    points, times, censored = _fit_points(rows)
     varying = [name for name in EMERGENCE_COVARIATES if len({row[name] for row in emerged}) > 1]
     summary: dict[str, Any] = {
         "n_emerged": len(emerged),
-        "n_censored": len(censored),
+        "n_censored": int(censored.sum()),
         "n_runs": len(rows),
         "fit": None,
     }
     if not varying:
         summary["fit_error"] = "no covariate varies among the runs that emerged"
         return summary
-    points = emerged + censored
     try:
         fit = fit_power_law(
-            {name: [row[name] for row in points] for name in varying},
-            [row["emergence_time"] or row["last_step"] for row in points],
-            censored=np.arange(len(points)) >= len(emerged),
+            {name: [row[name] for row in points] for name in varying}, times, censored=censored
         )
-        if censored:
+        if censored.any():
             summary["fit_emerged_only"] = fit_power_law(
                 {name: [row[name] for row in emerged] for name in varying},
                 [row["emergence_time"] for row in emerged],
@@ -198,19 +195,28 @@ def emergence_fit_figure(rows: list[dict[str, Any]], fit: Mapping[str, Any] | No
     ``results["fit"]`` (None without a fit): emerged runs, censored runs as lower bounds."""
     if fit is None:
         return None
-    points = [row for row in rows if row["emergence_time"] or row.get("last_step")]
+    points, times, censored = _fit_points(rows)
     covariates = {name: [row[name] for row in points] for name in fit["names"]}
     logs = np.log(np.array([covariates[name] for name in fit["names"]], dtype=np.float64)).T
     exponents = np.array([fit["exponents"][name] for name in fit["names"]])
     predicted = np.exp(fit["log_prefactor"] + logs @ exponents)
     return power_law_figure(
         covariates,
-        [row["emergence_time"] or row["last_step"] for row in points],
+        times,
         predicted.tolist(),
         formula=fit["formula"],
         x_name="T" if "T" in covariates else fit["names"][0],
-        censored=[not row["emergence_time"] for row in points],
+        censored=censored.tolist(),
     )
+
+
+def _fit_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float], np.ndarray]:
+    """The rows that enter the emergence fit, their times and which are censored ``[n]`` bool: an
+    emerged run at its emergence time, a run without one at its last logged step (it emerged
+    later, if ever)."""
+    points = [row for row in rows if row["emergence_time"] or row.get("last_step")]
+    times = [row["emergence_time"] or row["last_step"] for row in points]
+    return points, times, np.array([not row["emergence_time"] for row in points], dtype=bool)
 
 
 def method_label(config: Mapping[str, Any]) -> str:
@@ -283,23 +289,23 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
 def task_labels(runs: list[RunRecord]) -> dict[str, str]:
     """``{config_hash: label}`` of each run's task: its name, or the name and its settings where
     runs have different settings under one name (e.g. ``"assoc_recall(seq_len=64)"``)."""
-    tasks = {run.config_hash: run.config["task"] for run in runs}
-
-    def settings(task: Any) -> dict[str, Any]:
-        return dict(task) if isinstance(task, Mapping) else {"name": task}
-
+    settings = {run.config_hash: _task_settings(run.config["task"]) for run in runs}
     labels = {}
-    for digest, task in tasks.items():
-        name = settings(task)["name"]
-        variants = [settings(other) for other in tasks.values() if settings(other)["name"] == name]
+    for digest, mine in settings.items():
+        variants = [other for other in settings.values() if other["name"] == mine["name"]]
         varying = sorted(
             field
-            for field in {field for variant in variants for field in variant}
+            for field in set().union(*variants)
             if len({repr(variant.get(field)) for variant in variants}) > 1
         )
-        values = ", ".join(f"{field}={settings(task).get(field)}" for field in varying)
-        labels[digest] = f"{name}({values})" if values else name
+        values = ", ".join(f"{field}={mine.get(field)}" for field in varying)
+        labels[digest] = f"{mine['name']}({values})" if values else mine["name"]
     return labels
+
+
+def _task_settings(task: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A config's ``task`` (a name, or a mapping with ``name``) as a mapping."""
+    return dict(task) if isinstance(task, Mapping) else {"name": task}
 
 
 def _attention_kind(config: Mapping[str, Any]) -> str:
@@ -361,9 +367,9 @@ def _summarise_by(
     ``mean_keys`` and, for each ``steps_to_*`` key, the median over the runs that reached it and
     their count."""
     summary = []
-    for values in dict.fromkeys(tuple(row[key] for key in by) for row in rows):
-        group = [row for row in rows if tuple(row[key] for key in by) == values]
-        entry: dict[str, Any] = {**dict(zip(by, values, strict=True)), "runs": len(group)}
+    for combination in dict.fromkeys(tuple(row[key] for key in by) for row in rows):
+        group = [row for row in rows if tuple(row[key] for key in by) == combination]
+        entry: dict[str, Any] = {**dict(zip(by, combination, strict=True)), "runs": len(group)}
         for name in mean_keys:
             values = [row[name] for row in group if row.get(name) is not None]
             entry[f"mean_{name}"] = float(np.mean(values)) if values else None

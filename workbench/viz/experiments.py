@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,21 @@ _LOWER_BOUND_MARKER = {"symbol": "triangle-up-open", "size": 10}
 """Marker of a censored point: the value is a lower bound."""
 
 
+def _split_by_bound(
+    indices: Iterable[int], lower_bound: Sequence[bool]
+) -> Iterator[tuple[bool, list[int]]]:
+    """``(False, exact points)`` then ``(True, lower bounds)`` among ``indices``, skipping empty."""
+    indices = list(indices)
+    for bound in (False, True):
+        points = [i for i in indices if lower_bound[i] == bound]
+        if points:
+            yield bound, points
+
+
+def _point_marker(colour: str, bound: bool) -> dict[str, Any]:
+    return {"color": colour, **(_LOWER_BOUND_MARKER if bound else {})}
+
+
 def power_law_figure(
     covariates: Mapping[str, Sequence[float]],
     observed: Sequence[float],
@@ -87,10 +102,7 @@ def power_law_figure(
         label = ", ".join(f"{name}={value:g}" for name, value in zip(others, key, strict=True))
         colour = palette[colour_index % len(palette)]
         x = [covariates[x_name][i] for i in order]
-        for bound in (False, True):
-            points = [i for i in order if lower_bound[i] == bound]
-            if not points:
-                continue
+        for bound, points in _split_by_bound(order, lower_bound):
             figure.add_trace(
                 go.Scatter(
                     x=[covariates[x_name][i] for i in points],
@@ -99,7 +111,7 @@ def power_law_figure(
                     name=f"{label or 'runs'}: not yet at" if bound else label or "runs",
                     legendgroup=label,
                     showlegend=not bound,
-                    marker={"color": colour, **(_LOWER_BOUND_MARKER if bound else {})},
+                    marker=_point_marker(colour, bound),
                 ),
                 row=1,
                 col=1,
@@ -118,21 +130,19 @@ def power_law_figure(
             col=1,
         )
     bounds = [float(np.min([*observed, *predicted])), float(np.max([*observed, *predicted]))]
-    for bound in (False, True):
-        points = [i for i in range(len(observed)) if lower_bound[i] == bound]
-        if points:
-            figure.add_trace(
-                go.Scatter(
-                    x=[predicted[i] for i in points],
-                    y=[observed[i] for i in points],
-                    mode="markers",
-                    name="lower bounds" if bound else "runs",
-                    showlegend=bound,
-                    marker={"color": "black", **(_LOWER_BOUND_MARKER if bound else {})},
-                ),
-                row=1,
-                col=2,
-            )
+    for bound, points in _split_by_bound(range(len(observed)), lower_bound):
+        figure.add_trace(
+            go.Scatter(
+                x=[predicted[i] for i in points],
+                y=[observed[i] for i in points],
+                mode="markers",
+                name="lower bounds" if bound else "runs",
+                showlegend=bound,
+                marker=_point_marker("black", bound),
+            ),
+            row=1,
+            col=2,
+        )
     figure.add_trace(
         go.Scatter(
             x=bounds,
