@@ -276,6 +276,10 @@ def _toy_inputs(task_name: str, seed: int) -> tuple[Any, Any, Any]:
     return batch.inputs, batch.relevant_positions, network
 
 
+SIGTERM_EXIT_CODE = 143
+"""Exit status of ``workbench run`` stopped by SIGTERM (128 + 15, as a shell reports it)."""
+
+
 @app.command("run")
 def run_command(
     name: Annotated[
@@ -300,6 +304,7 @@ def run_command(
     import logging
 
     from workbench.experiments import load_spec, run_experiment, spec_names
+    from workbench.termination import Terminated
 
     if list_:
         for spec in map(load_spec, spec_names()):
@@ -314,7 +319,11 @@ def run_command(
         spec = load_spec(name)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="NAME") from None
-    result = run_experiment(spec, quick=quick, runs_dir=runs_dir, workers=workers, train=train)
+    try:
+        result = run_experiment(spec, quick=quick, runs_dir=runs_dir, workers=workers, train=train)
+    except Terminated as error:
+        typer.echo(f"stopped on SIGTERM ({error}); the same command continues the runs", err=True)
+        raise typer.Exit(SIGTERM_EXIT_CODE) from None
     if train:
         counts = f"{result.n_trained} trained, {len(result.runs) - result.n_trained} reused"
     else:

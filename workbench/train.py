@@ -21,7 +21,9 @@ Files in ``out_dir``:
   with a fixed training set (``train_samples``) also ``eval_loss_train`` and
   ``eval_accuracy_train`` / ``eval_mse_train`` on its first ``eval_batch_size`` examples.
 * ``checkpoint.safetensors`` (model and optimizer tensors) and ``checkpoint.json`` (step, config,
-  data-generator state, schedule, optimizer scalars), every ``checkpoint_every`` steps and at the end.
+  data-generator state, schedule, optimizer scalars), every ``checkpoint_every`` steps, at the end,
+  and on SIGTERM (a scheduler's time limit): the step in progress finishes, a checkpoint is written
+  and `TrainingInterrupted` is raised; ``train(..., resume=True)`` then continues from that step.
 
 Determinism: the weights come from the seed, training batches from a CPU ``torch.Generator`` seeded
 with ``seed`` (or, with ``train_samples``, from a fixed set drawn once and reshuffled every epoch
@@ -55,6 +57,7 @@ from toy_tasks.base import Batch, ToyTask, check_float, check_int
 from workbench.analysis import read_metrics
 from workbench.io import atomic_write_json, atomic_write_safetensors, atomic_write_text
 from workbench.models import ModelConfig, build_model, check_compatible, check_known_fields
+from workbench.termination import Terminated, termination_requests
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -81,6 +84,18 @@ CHECKPOINT_JSON = "checkpoint.json"
 Callback = Callable[[int, "dict[str, Any] | None"], None]
 """``callback(step, record)`` after every optimisation step (``record``: the line logged at that
 step, else None), after that step's log line and checkpoint are written."""
+
+
+class TrainingInterrupted(Terminated):
+    """`train` stopped on SIGTERM after writing a checkpoint at ``step`` (resume to continue)."""
+
+    def __init__(self, out_dir: Path, step: int) -> None:
+        super().__init__(f"training in {out_dir} stopped on SIGTERM at step {step} (checkpointed)")
+        self.out_dir = out_dir
+        self.step = step
+
+    def __reduce__(self) -> tuple[type, tuple[Path, int]]:  # picklable: raised in worker processes
+        return type(self), (self.out_dir, self.step)
 
 
 @dataclass(frozen=True)
@@ -661,7 +676,8 @@ def train(
     ``resume``: continue from ``out_dir``'s checkpoint when there is one (its config must equal
     ``config`` up to `RESUMABLE_FIELDS`); False starts afresh, removing an old checkpoint and log.
     ``progress``: a tqdm bar. ``callback``: see `Callback`; an exception it raises stops training
-    (the files on disk stay consistent and resumable).
+    (the files on disk stay consistent and resumable). SIGTERM (when called from the main thread)
+    finishes the step in progress, writes a checkpoint and raises `TrainingInterrupted`.
     """
     from tqdm.auto import tqdm
 
@@ -686,6 +702,7 @@ def train(
         tqdm(
             total=config.steps, initial=state.step, disable=not progress, desc=f"train {task.name}"
         ) as bar,
+        termination_requests() as terminated,
     ):
         if state.step == 0:
             hits = _evaluate_into(record := {"step": 0}, state, data, eval_batch, hits)
@@ -699,8 +716,11 @@ def train(
                     hits = _evaluate_into(record, state, data, eval_batch, hits)
                 _write(log, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if hits is None or _due(state.step, config.checkpoint_every, config.steps):
+            stopping = terminated() and hits is not None and state.step < config.steps
+            if hits is None or stopping or _due(state.step, config.checkpoint_every, config.steps):
                 save_checkpoint(out, state, config)
+            if stopping:
+                raise TrainingInterrupted(out, state.step)
             bar.update(1)
             if callback is not None:
                 callback(state.step, record)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from workbench.models import ModelConfig
 from workbench.train import (
     TrainConfig,
     TrainingData,
+    TrainingInterrupted,
     evaluate,
     learning_rate,
     load_model,
@@ -173,6 +177,33 @@ def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None
     assert read_metrics(tmp_path / "b" / "metrics.jsonl")[-1]["step"] == 15
     resumed = train(config, tmp_path / "b", progress=False)
     assert resumed.resumed_from == 10
+    expected = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    metrics = (tmp_path / "a" / "metrics.jsonl").read_bytes()
+    assert (tmp_path / "b" / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_is_identical(tmp_path: Path) -> None:
+    config = recall_config(
+        model=TINY, steps=24, batch_size=8, eval_every=8, eval_batch_size=16, metrics_every=4
+    )  # checkpoint_every (100) is beyond the run: the only mid-run checkpoint is the SIGTERM one
+    uninterrupted = train(config, tmp_path / "a", progress=False)
+
+    def terminate_at_step_13(step: int, record: dict | None) -> None:
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="step 14") as raised:
+        train(config, tmp_path / "b", progress=False, callback=terminate_at_step_13)
+    assert raised.value.step == 14  # the step after the signal finished, then stopped
+    assert pickle.loads(pickle.dumps(raised.value)).step == 14  # crosses process boundaries
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is scoped to train()
+    checkpoint = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert checkpoint["step"] == 14
+    resumed = train(config, tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 14
     expected = uninterrupted.model.state_dict()
     for name, value in resumed.model.state_dict().items():
         assert torch.equal(value, expected[name]), name

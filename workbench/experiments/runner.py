@@ -11,6 +11,10 @@ A run whose ``results.json`` exists and whose ``config.yaml`` equals its config 
 retrained; any other run is (re)started with ``resume=True``, so a run interrupted after some
 checkpoints continues from the last one. With ``workers > 1`` the runs to train are spread over
 that many processes (small models leave a GPU, or a many-core CPU, mostly idle in one process).
+
+SIGTERM (a scheduler's time limit) stops training cleanly: every run in training writes a
+checkpoint and `workbench.termination.Terminated` is raised (runs not yet started are cancelled);
+running the experiment again continues from those checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,8 +35,12 @@ import yaml
 from workbench.analysis import read_metrics
 from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec
 from workbench.io import atomic_write_json, atomic_write_text, write_figure
+from workbench.termination import Terminated, forward_termination, termination_requests
 
 logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+"""How often the parent of worker processes looks for a SIGTERM while it waits for them."""
 
 
 class TrainFn(Protocol):
@@ -209,23 +217,42 @@ def train_pending(
     pending: list[tuple[dict[str, Any], Path]], train_fn: TrainFn, *, workers: int, progress: bool
 ) -> None:
     """Train ``(config, directory)`` pairs in ``workers`` spawned processes (one run each at a
-    time, CPU threads split between them), with one progress bar over the runs. A failed run does
-    not stop the others (a long sweep keeps going); once all have ended, a ``RuntimeError`` names
-    every failed run and chains the first error."""
+    time, CPU threads split between them; a run is handed out only when a worker is free), with
+    one progress bar over the runs. A failed run does not stop the others (a long sweep keeps
+    going); once all have ended, a ``RuntimeError`` names every failed run and chains the first
+    error. SIGTERM is forwarded to the workers (their training checkpoints and stops), no further
+    run starts, and `Terminated` is raised once the workers have stopped."""
     from tqdm.auto import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    waiting = list(reversed(pending))
+    running: dict[Future[RunRecord], Path] = {}
     failures: list[tuple[Path, BaseException]] = []
-    with ProcessPoolExecutor(workers, context, _limit_threads, (threads,)) as pool:
-        futures = {
-            pool.submit(run_config, config, directory, train_fn, progress=False): directory
-            for config, directory in pending
-        }
-        for future in tqdm(as_completed(futures), total=len(futures), disable=not progress):
-            if future.exception() is not None:
-                logger.error("run %s failed: %r", futures[future], future.exception())
-                failures.append((futures[future], future.exception()))
+    with (
+        termination_requests() as terminated,  # outermost: still active while the pool shuts down
+        ProcessPoolExecutor(workers, context, _limit_threads, (threads,)) as pool,
+        tqdm(total=len(pending), disable=not progress) as bar,
+    ):
+        while running or (waiting and not terminated()):
+            while waiting and len(running) < workers and not terminated():
+                config, directory = waiting.pop()
+                running[pool.submit(run_config, config, directory, train_fn, progress=False)] = (
+                    directory
+                )
+            done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            if terminated() and not done:
+                forward_termination()  # the group may not have had it (``kill <parent pid>``)
+            for future in done:
+                directory = running.pop(future)
+                bar.update(1)
+                if future.exception() is not None and not terminated():
+                    logger.error("run %s failed: %r", directory, future.exception())
+                    failures.append((directory, future.exception()))
+    if terminated():
+        raise Terminated(
+            f"SIGTERM: the runs in training checkpointed and stopped, {len(waiting)} not started"
+        )
     if failures:
         listed = "; ".join(f"{directory.name}: {error!r}" for directory, error in failures)
         raise RuntimeError(f"{len(failures)} of {len(pending)} runs failed ({listed})") from (

@@ -1,0 +1,69 @@
+"""`workbench.termination`: SIGTERM as a stop request, in one process and across workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_experiments import BASE, make_spec
+
+from workbench.experiments import config_hash, run_experiment
+from workbench.termination import Terminated, termination_requests
+
+
+def test_sigterm_becomes_a_request_within_the_block_only() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    with termination_requests() as requested:
+        assert not requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs in the main thread between bytecodes
+        assert requested()
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_outside_the_main_thread_nothing_changes() -> None:
+    seen = []
+
+    def worker() -> None:
+        with termination_requests() as requested:
+            seen.append((requested(), signal.getsignal(signal.SIGTERM)))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [(False, before)]
+
+
+def _terminate_when_training(run_dirs: list[Path], timeout: float = 120.0) -> None:
+    """SIGTERM this process once every run in ``run_dirs`` has logged a training step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = [d / "metrics.jsonl" for d in run_dirs if (d / "metrics.jsonl").exists()]
+        logged = [log.read_text().count("\n") for log in logs]
+        if len(logged) == len(run_dirs) and min(logged) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_checkpoints_the_runs_in_training_and_cancels_the_queued_ones(tmp_path) -> None:
+    long_runs = {**BASE, "steps": 1_000_000, "metrics_every": 1, "eval_every": 1_000_000}
+    spec = make_spec(sweep={"task.seq_len": [8, 12, 16]}, seeds=[0], base=long_runs)
+    directories = [tmp_path / "toy" / config_hash(config) for config in spec.configs()]
+    trigger = threading.Thread(target=_terminate_when_training, args=(directories[:2],))
+    trigger.start()
+    with pytest.raises(Terminated):
+        run_experiment(spec, runs_dir=tmp_path, progress=False, workers=2)
+    trigger.join()
+    for directory in directories[:2]:  # in training: checkpointed at the step they stopped at
+        checkpoint = json.loads((directory / "checkpoint.json").read_text())
+        last = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+        assert checkpoint["step"] == last[-1]["step"] > 0
+        assert not (directory / "results.json").exists()
+    assert not directories[2].exists()  # queued: cancelled before it started
