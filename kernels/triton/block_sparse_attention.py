@@ -340,6 +340,16 @@ def _layout_scores(
 
 
 @triton.jit
+def _query_tile_start(BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """First query row of the program's tile (grid axis 0); with CAUSAL the last tiles, whose rows
+    see the most keys, run first, which shortens the grid's tail."""
+    tile = tl.program_id(0)
+    if CAUSAL:
+        tile = tl.num_programs(0) - 1 - tile
+    return tile * BLOCK_M
+
+
+@triton.jit
 def _check_tiles(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -418,7 +428,7 @@ def _fwd_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     h = (pid_bh % heads).to(tl.int64)
-    m0 = tl.program_id(0) * BLOCK_M
+    m0 = _query_tile_start(BLOCK_M, CAUSAL)
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     q = _load_rows(
@@ -434,7 +444,8 @@ def _fwd_kernel(
     )
     qk_scale = scale * 1.4426950408889634
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    # A finite start: rows with no kept key yet subtract it from -inf scores (exp2 -> 0), no NaN.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     steps = _key_steps(
@@ -465,12 +476,9 @@ def _fwd_kernel(
             HAS_TOKEN_MASK,
             HAS_THRESHOLD,
         )
-        s = qk * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with no kept key so far keeps m = -inf; subtract 0 instead (exp2(-inf) = 0).
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # qk_scale > 0
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
+        alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc=acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
@@ -614,7 +622,7 @@ def _dq_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     h = (pid_bh % heads).to(tl.int64)
-    m0 = tl.program_id(0) * BLOCK_M
+    m0 = _query_tile_start(BLOCK_M, CAUSAL)
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     q = _load_rows(

@@ -236,20 +236,26 @@ def test_lse_has_no_gradient():
 def test_opcheck():
     q, k, v = random_qkv(13, (1, 2, 1, 24, 40, 16))
     layout = random_layout(14, 1, 2, 24, 40, block_q=16, block_k=16, causal=True, density=0.8)
-    arguments = (
-        q.requires_grad_(),
-        k.requires_grad_(),
-        v.requires_grad_(),
-        layout.kv_indices,
-        layout.kv_counts,
-        None,
-        None,
-        layout.block_q,
-        layout.block_k,
-        layout.causal,
-        0.25,
-    )
-    torch.library.opcheck(autograd.block_sparse_attention, arguments)
+    fields = (layout.kv_indices, layout.kv_counts, None, None, 16, 16, True, 0.25)
+    out, lse = autograd.forward_op(q, k, v, *fields)
+    torch.library.opcheck(autograd.forward_op, (q, k, v, *fields))
+    torch.library.opcheck(autograd.backward_op, (q, k, v, out, lse, torch.randn_like(q), *fields))
+
+
+def test_compiled_forward_and_backward_trace_the_ops():
+    q, k, v = random_qkv(17, (1, 2, 1, 40, 40, 16))
+    layout = random_layout(18, 1, 2, 40, 40, block_q=16, block_k=16, causal=True, density=0.7)
+
+    def loss(q, k, v):
+        return autograd.triton_sparse_attention(q, k, v, layout, 0.25)[0].square().sum()
+
+    eager_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    compiled_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    loss(*eager_inputs).backward()
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    compiled(*compiled_inputs).backward()
+    for eager, traced in zip(eager_inputs, compiled_inputs, strict=True):
+        torch.testing.assert_close(traced.grad, eager.grad)
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch: pytest.MonkeyPatch):
@@ -258,6 +264,20 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch: pytest.MonkeyPatc
     layout = Layout.dense(16, 16, block_q=16, block_k=16)
     with pytest.raises(RuntimeError, match="impl='triton'"):
         api.sparse_attention(q, k, v, layout, impl="triton")
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.25, float("inf"), float("nan")])
+def test_api_rejects_a_scale_that_is_not_positive_and_finite(scale: float):
+    q, k, v = random_qkv(16, (1, 1, 1, 16, 16, 16), device="cpu")
+    layout = Layout.dense(16, 16, block_q=16, block_k=16)
+    calls = [
+        lambda: api.sparse_attention(q, k, v, layout, scale=scale, impl="reference"),
+        lambda: api.row_stats(q, k, scale=scale, impl="reference"),
+        lambda: api.block_scores(q, k, scale=scale, block_q=16, block_k=16, impl="reference"),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+            call()
 
 
 def test_importing_the_api_does_not_import_triton():
