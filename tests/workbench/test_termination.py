@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from test_experiments import BASE, make_spec
 
-from workbench.experiments import config_hash, run_experiment
+from workbench.experiments import config_hash, load_spec, run_experiment
 from workbench.termination import Terminated, termination_requests
 
 
@@ -67,3 +70,27 @@ def test_sigterm_checkpoints_the_runs_in_training_and_cancels_the_queued_ones(tm
         assert checkpoint["step"] == last[-1]["step"] > 0
         assert not (directory / "results.json").exists()
     assert not directories[2].exists()  # queued: cancelled before it started
+
+
+def test_workbench_run_stops_on_sigterm_with_status_143_and_continues(tmp_path) -> None:
+    long_run = {**BASE, "steps": 1_000_000, "metrics_every": 1, "eval_every": 1_000_000}
+    spec = {"name": "long", "description": "a run SIGTERM stops", "base": long_run}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-c", "from workbench.cli import app; app()", "run"]
+    command += [str(tmp_path / "long.yaml"), "--runs-dir", str(tmp_path / "runs")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (config,) = load_spec(tmp_path / "long.yaml").configs()
+    run_dir = tmp_path / "runs" / "long" / config_hash(config)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        log = run_dir / "metrics.jsonl"
+        if log.exists() and log.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "stopped on SIGTERM" in stderr
+    checkpoint = json.loads((run_dir / "checkpoint.json").read_text())
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert checkpoint["step"] == last["step"] > 0
