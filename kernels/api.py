@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 import os
 from typing import Literal
 
@@ -74,17 +73,6 @@ def resolve_impl(
     return chosen
 
 
-def resolve_scale(scale: float | None, d_head: int) -> float:
-    """``scale`` as a float, ``1 / sqrt(d_head)`` when None; raises ``ValueError`` unless it is
-    finite and > 0 (the kernels mask dropped scores with -inf before scaling them)."""
-    if scale is None:
-        return reference.default_scale(d_head)
-    value = float(scale)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    return value
-
-
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -109,7 +97,7 @@ def sparse_attention(
         ``out`` ``[batch, heads, q_len, d_head]`` in q's dtype (and ``lse`` if asked).
     """
     reference.check_attention_inputs(q, k, v, layout)
-    scale = resolve_scale(scale, q.shape[-1])
+    scale = reference.resolve_scale(scale, q.shape[-1])
     if resolve_impl(impl, "sparse_attention", q, k, v) == "reference":
         out, lse = reference.attention(q, k, v, layout, scale=scale)
     else:
@@ -136,7 +124,7 @@ def row_stats(
     (``[batch, q_len, R]`` or ``[batch, heads, q_len, R]``, -1 padded). See `RowStats`.
     ``ps=()`` skips the budgets, whose search passes are most of the Triton path's cost."""
     reference.check_ps(tuple(ps))
-    scale = resolve_scale(scale, q.shape[-1])
+    scale = reference.resolve_scale(scale, q.shape[-1])
     arguments = dict(
         scale=scale,
         causal=causal,
@@ -173,7 +161,7 @@ def block_scores(
         raise ValueError(
             f"the antidiagonal method needs block_q == block_k, got {block_q}, {block_k}"
         )
-    scale = resolve_scale(scale, q.shape[-1])
+    scale = reference.resolve_scale(scale, q.shape[-1])
     use = resolve_impl(impl, "block_scores", q, k)
     if use == "reference":
         module = reference

@@ -20,6 +20,17 @@ def default_scale(d_head: int) -> float:
     return 1.0 / math.sqrt(d_head)
 
 
+def resolve_scale(scale: float | None, d_head: int) -> float:
+    """``scale`` as a float, `default_scale` when None; raises ``ValueError`` unless it is finite
+    and > 0 (the Triton kernels mask dropped scores with -inf before scaling them)."""
+    if scale is None:
+        return default_scale(d_head)
+    value = float(scale)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    return value
+
+
 def repeat_kv(kv: torch.Tensor, heads: int) -> torch.Tensor:
     """``[batch, kv_heads, len, d]`` -> ``[batch, heads, len, d]`` for grouped-query attention."""
     kv_heads = kv.shape[1]

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels.layout import causal_block_mask, num_blocks
-from kernels.reference import default_scale
+from kernels.reference import resolve_scale
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_DOT = 16
@@ -130,7 +130,7 @@ def mean_pooled_block_scores(
     end-aligned causally visible entry are -inf. Same semantics as
     `kernels.reference.mean_pooled_block_scores`."""
     check_inputs(q, k)
-    scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+    scale = resolve_scale(scale, q.shape[-1])
     heads, q_len = q.shape[1], q.shape[2]
     kv_heads, kv_len = k.shape[1], k.shape[2]
     pooled_q = mean_pool(q, block_q)  # [b, h, n_q_blocks, d]
@@ -335,7 +335,7 @@ def antidiagonal_block_scores(
         raise ValueError(
             f"block / stride must be a power of two, got block={block}, stride={stride}"
         )
-    scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+    scale = resolve_scale(scale, q.shape[-1])
     batch, heads, q_len, d_head = q.shape
     kv_len = k.shape[2]
     n_q_blocks, n_kv_blocks = num_blocks(q_len, block), num_blocks(kv_len, block)

@@ -963,7 +963,7 @@ def row_stats(
         raise ValueError(f"max_search_passes must be >= 1, got {max_search_passes}")
     batch, heads, q_len, d_head = q.shape
     kv_len = k.shape[2]
-    scale = reference.default_scale(d_head) if scale is None else float(scale)
+    scale = reference.resolve_scale(scale, d_head)
     rows = batch * heads * q_len
     lse2, max2, min2, entropy, selection_mass = (
         _empty((rows,), torch.float32, q.device) for _ in range(5)

@@ -18,6 +18,8 @@ import triton
 from kernels import api, reference
 from kernels.layout import Layout, num_blocks
 from kernels.triton import autograd, block_sparse_attention
+from kernels.triton import block_scores as triton_block_scores
+from kernels.triton import row_stats as triton_row_stats
 
 DEVICE = "cpu" if api.interpret_mode() else "cuda"
 pytestmark = pytest.mark.skipif(
@@ -274,6 +276,10 @@ def test_api_rejects_a_scale_that_is_not_positive_and_finite(scale: float):
         lambda: api.sparse_attention(q, k, v, layout, scale=scale, impl="reference"),
         lambda: api.row_stats(q, k, scale=scale, impl="reference"),
         lambda: api.block_scores(q, k, scale=scale, block_q=16, block_k=16, impl="reference"),
+        lambda: triton_row_stats.row_stats(q, k, scale=scale),  # the Triton entry points too
+        lambda: triton_block_scores.mean_pooled_block_scores(
+            q, k, block_q=16, block_k=16, scale=scale
+        ),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="scale must be a finite number > 0"):
