@@ -11,6 +11,9 @@ no gradient through it). Autograd lives outside the ops, in `BlockSparseAttentio
 three alternating rounds; the kernels themselves run ~0.4 ms there, so short calls are host-bound).
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from kernels.layout import Layout
@@ -131,7 +134,9 @@ def _backward_fake(
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _register(name: str, function, fake) -> torch._ops.OpOverload:
+def _register(
+    name: str, function: Callable[..., Any], fake: Callable[..., Any]
+) -> torch._ops.OpOverload:
     """Define the op ``name`` with ``function``'s schema, its CPU (Triton's interpreter) and CUDA
     implementation and its fake; returns the op."""
     torch.library.define(name, torch.library.infer_schema(function, mutates_args=()))
