@@ -8,6 +8,7 @@ density being the fraction of causal 128 x 128 blocks a layout keeps.
 
     python bench/attention.py --lengths 4096 16384 65536 --out bench/results/attention.json
     python bench/attention.py --lengths 65536 --layouts random_10pct --forward-only --no-extras
+    python bench/attention.py --lengths 65536 --layouts   # SDPA and the extras only
 
 Correctness is checked before timing (ours vs FlexAttention on the same layout, relative error).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -157,8 +159,8 @@ def bench_layout(
 def bench_length(
     n: int, heads: int, d: int, layouts: tuple[str, ...], backward: bool, extras: bool
 ) -> dict:
-    """SDPA, then ours and FlexAttention on each of ``layouts`` (names in `LAYOUTS`); with
-    ``extras`` also the row-statistics and block-scoring kernels."""
+    """SDPA, then ours and FlexAttention on each of ``layouts`` (names in `LAYOUTS`, may be
+    none); with ``extras`` also the row-statistics and block-scoring kernels."""
     q, k, v = realistic_qkv(n, heads, d)
     inputs = tuple(t.detach().requires_grad_(True) for t in (q, k, v))
     sdpa = time_pair(
@@ -198,8 +200,25 @@ def bench_length(
     return result
 
 
+class _SearchPasses(logging.Handler):
+    """Remembers the pass count of the last top-p search (`kernels.triton.row_stats` logs it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("top-p search"):
+            self.last = record.args[0]
+
+
 def bench_row_stats(q: torch.Tensor, k: torch.Tensor, sdpa_fwd_ms: float) -> dict:
+    """Row statistics with top-p budgets (time, search passes, peak extra memory) and without."""
     n = q.shape[2]
+    passes = _SearchPasses()
+    search_log = logging.getLogger("kernels.triton.row_stats")
+    search_log.addHandler(passes)
+    search_log.setLevel(logging.DEBUG)
 
     def stats() -> object:
         return api.row_stats(q, k, causal=True, ps=(0.5, 0.9, 0.95, 0.99), impl="triton")
@@ -212,9 +231,18 @@ def bench_row_stats(q: torch.Tensor, k: torch.Tensor, sdpa_fwd_ms: float) -> dic
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before
     elapsed = median_ms(stats)
+    search_log.removeHandler(passes)
+    statistics_only = median_ms(lambda: api.row_stats(q, k, causal=True, ps=(), impl="triton"))
+    print(
+        f"N={n:6d} row_stats {elapsed:9.2f} ms ({elapsed / sdpa_fwd_ms:5.1f}x SDPA, "
+        f"{passes.last} search passes); statistics only {statistics_only:8.2f} ms",
+        flush=True,
+    )
     return {
         "ms": elapsed,
         "over_sdpa_fwd": elapsed / sdpa_fwd_ms,
+        "search_passes": passes.last,
+        "statistics_only_ms": statistics_only,
         "peak_extra_bytes": extra,
         "n_x_n_fp32_bytes_one_head": n * n * 4,
     }
@@ -225,7 +253,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536])
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--d-head", type=int, default=128)
-    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument("--layouts", nargs="*", choices=LAYOUTS, default=list(LAYOUTS))
     parser.add_argument("--forward-only", action="store_true", help="skip forward+backward")
     parser.add_argument(
         "--no-extras", action="store_true", help="skip the row-statistics and block-score kernels"

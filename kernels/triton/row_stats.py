@@ -35,8 +35,10 @@ Passes (all in base 2: ``s = scale * log2(e) * q.k``, ``u = s - lse2`` is the lo
    (the top keys weigh at least the bracket average), and the row is settled when the bounds meet.
    Passes repeat (a host loop, one sync per pass) until every row is settled or the bracket is
    narrower than fp32 resolution (``TIE_WIDTH``); then ``r = ceil(X n_in / M)``, exact for equal
-   probabilities (a uniform row of ``n`` keys gets ``ceil(p n)``). Rows whose programs have settled
-   every ``p`` skip the key loop. Masses are compared as ``B(t) <= slack * total`` with ``total``
+   probabilities (a uniform row of ``n`` keys gets ``ceil(p n)``). After the first pass only the
+   rows with an unsettled ``p`` are searched: each head's list of them (`true_positions`, read
+   at the pass's sync) is cut into tiles of ``BLOCK_M`` rows, so a pass costs in proportion to the
+   rows left, not to the row tiles that hold one. Masses are compared as ``B(t) <= slack * total`` with ``total``
    summed in the same pass (so the rounding of lse cancels) and accumulated across tiles in fp64.
 3. **Relevant mass** (`_relevant_kernel`): ``sum_r 2^(s(i, pos_r) - lse2_i)`` over the given
    positions (causally visible, not -1), one gathered key row per position: O(rows x R x d).
@@ -63,15 +65,12 @@ per-tile reductions and the scatter of the candidate sums into the ``[BLOCK_M, 3
 forward by the model. Rows of distinct probabilities settle after ``~1 + log_7(range / gap)``
 passes, ``gap`` being the log2-probability distance from the boundary key to its neighbours
 (usually less: the bounds on ``r`` settle a bracket that still holds a few keys).
-Measured (Triton 3.6, H100, 32 heads, causal, random bf16 inputs; SDPA 0.30 ms at 4K and 3.38 ms
-at 16K): statistics alone 0.40 ms / 4.63 ms (1.3-1.4x SDPA); each search pass ~6 ms / ~60 ms
-(18-20x SDPA); 6 passes, so `row_stats` with budgets took 25 ms / 255 ms (75-85x SDPA). The 3x
-target therefore holds for the statistics but not for the budgets: the candidate counting on the
-CUDA cores dominates, not the recomputed QK^T. Ways to close the gap: count fewer candidates per
-pass where the bracket has few keys, collect the few keys left in each bracket after two passes
-into a small per-row buffer and finish on them (bounding the passes at ~3), skip key tiles with no
-score inside any bracket of their rows (common in real, peaked attention), and lay the candidate
-sums out so that the per-candidate row reductions need no shuffles.
+Measured (Triton 3.6, H100, 32 heads, causal, bf16, 64K; `bench/NOTES.md`): the statistics pass
+takes ~1.2x an SDPA forward; a search pass over all rows ~840 ms (~15x SDPA: ~26 ms per candidate
+column, the kernel runs at 255 registers with spills), so `row_stats` with four budgets costs
+~19x SDPA where the first pass settles most rows (95% of the (row, p) on the benchmark's
+structured inputs) and ~55x where it settles none (i.i.d. Gaussian q and k). The candidate
+counting on the CUDA cores dominates, not the recomputed QK^T.
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k: [batch, kv_heads, kv_len, d_head]``; query head
 ``h`` reads kv head ``h // (heads // kv_heads)``. Inputs fp16, bf16 or fp32 (fp32 dots in full
@@ -80,6 +79,7 @@ precision); head dims other than a power of two are padded by masks on the d axi
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -88,8 +88,10 @@ import triton.language as tl
 
 from kernels import reference
 from kernels.api import interpret_mode
-from kernels.layout import Layout
+from kernels.layout import Layout, true_positions
 from kernels.reference import RowStats
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_D_HEAD = 256
@@ -225,10 +227,9 @@ def _raw_scores(
 
 
 @triton.jit
-def _key_end(m0, q_len, kv_len, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
-    """End (exclusive) of the keys that rows ``[m0, m0 + BLOCK_M)`` may see."""
+def _key_end(last_row, q_len, kv_len, CAUSAL: tl.constexpr):
+    """End (exclusive) of the keys that rows up to ``last_row`` (< q_len) may see."""
     if CAUSAL:
-        last_row = tl.minimum(m0 + BLOCK_M, q_len) - 1
         return tl.maximum(tl.minimum(last_row + (kv_len - q_len) + 1, kv_len), 0)
     return kv_len
 
@@ -418,7 +419,8 @@ def _stats_kernel(
     e_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum 2^(s - m) (s - m)
     sel_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     min_i = tl.full([BLOCK_M], float("inf"), dtype=tl.float32)
-    for n0 in range(0, _key_end(m0, q_len, kv_len, BLOCK_M, CAUSAL), BLOCK_N):
+    last_row = tl.minimum(m0 + BLOCK_M, q_len) - 1
+    for n0 in range(0, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
         qk = _raw_scores(q, K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION)
         keep = _visible(rows, keys, q_len, kv_len, CAUSAL)
@@ -484,14 +486,11 @@ def _search_kernel(
     K,
     Lse2,
     Slack,
-    LoIn,
-    HiIn,
-    DoneIn,
-    BudgetIn,
-    LoOut,
-    HiOut,
-    DoneOut,
-    BudgetOut,
+    Lo,
+    Hi,
+    Done,
+    Budget,
+    RowList,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -500,6 +499,8 @@ def _search_kernel(
     stride_kh,
     stride_kn,
     stride_kd,
+    stride_list,
+    list_len,
     heads,
     group,
     q_len,
@@ -510,6 +511,7 @@ def _search_kernel(
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
+    COMPACT: tl.constexpr,
     NUM_PS: tl.constexpr,
     PS_PAD: tl.constexpr,
     SHARED: tl.constexpr,
@@ -522,18 +524,26 @@ def _search_kernel(
 ):
     """One T-ary search pass for every mass p (see the module docstring).
 
-    State ``[batch * heads * q_len, NUM_PS]``: bracket ``[Lo, Hi]`` (log2-probabilities, fp32),
-    ``Done`` (int8) and ``Budget`` (int32), read from the ``*In`` and written to the ``*Out``
-    tensors (settled rows are copied). With SHARED (first pass) every p starts from the bracket in
-    column 0 and one set of ``EDGES`` candidates serves them all (``GROUPS = 1``); otherwise each p
-    has its own (``GROUPS = NUM_PS``). ``Slack`` ``[NUM_PS]`` fp64. Grid
-    ``(cdiv(q_len, BLOCK_M), batch * heads)``.
+    State ``[batch * heads * q_len, NUM_PS]``, updated in place (each program reads and writes
+    only its own rows): bracket ``[Lo, Hi]`` (log2-probabilities, fp32), ``Done`` (int8) and
+    ``Budget`` (int32). With SHARED (first pass) every p starts from the bracket in column 0 and
+    one set of ``EDGES`` candidates serves them all (``GROUPS = 1``); otherwise each p has its own
+    (``GROUPS = NUM_PS``). ``Slack`` ``[NUM_PS]`` fp64. Without COMPACT program ``i`` takes rows
+    ``[i BLOCK_M, (i + 1) BLOCK_M)``, grid ``(cdiv(q_len, BLOCK_M), batch * heads)``; with COMPACT
+    it takes entries ``[i BLOCK_M, (i + 1) BLOCK_M)`` of its head's row of ``RowList``
+    (``[batch * heads, list_len]`` int32, increasing row indices padded with ``q_len``: the rows
+    still unsettled), grid ``(cdiv(list_len, BLOCK_M), batch * heads)``.
     """
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     h = (pid_bh % heads).to(tl.int64)
-    m0 = tl.program_id(0) * BLOCK_M
-    rows = m0 + tl.arange(0, BLOCK_M)
+    slots = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if COMPACT:
+        rows = tl.load(
+            RowList + pid_bh.to(tl.int64) * stride_list + slots, mask=slots < list_len, other=q_len
+        )
+    else:
+        rows = slots
     cols_d = tl.arange(0, BLOCK_D)
     in_range = rows < q_len
     q = _load_rows(
@@ -555,14 +565,15 @@ def _search_kernel(
     ps = tl.arange(0, PS_PAD)
     done = (
         tl.load(
-            DoneIn + state[:, None] + ps[None, :],
+            Done + state[:, None] + ps[None, :],
             mask=in_range[:, None] & (ps[None, :] < NUM_PS),
             other=1,
         )
         != 0
     )
     # A program whose rows are all settled skips the key loop (its outputs are copies).
-    end = tl.where(tl.min(done.to(tl.int32)) != 0, 0, _key_end(m0, q_len, kv_len, BLOCK_M, CAUSAL))
+    last_row = tl.max(tl.where(in_range, rows, -1))
+    end = tl.where(tl.min(done.to(tl.int32)) != 0, 0, _key_end(last_row, q_len, kv_len, CAUSAL))
 
     cols = tl.arange(0, COLS)  # column g * EDGES + c: keys below candidate c of group g
     below_mass = tl.zeros([BLOCK_M, COLS], dtype=tl.float64)
@@ -580,8 +591,8 @@ def _search_kernel(
         tile_mass = tl.zeros([BLOCK_M, COLS], dtype=tl.float32)
         tile_count = tl.zeros([BLOCK_M, COLS], dtype=tl.int32)
         for g in tl.static_range(GROUPS):
-            lo = tl.load(LoIn + state + g, mask=in_range, other=0.0)
-            hi = tl.load(HiIn + state + g, mask=in_range, other=0.0)
+            lo = tl.load(Lo + state + g, mask=in_range, other=0.0)
+            hi = tl.load(Hi + state + g, mask=in_range, other=0.0)
             step = (hi - lo) / (EDGES - 1)
             for c in tl.static_range(EDGES):
                 # `_edge_at` inlined (a helper call per candidate is slow under the interpreter).
@@ -597,8 +608,8 @@ def _search_kernel(
     state_mask = in_range[:, None] & (ps[None, :] < NUM_PS)
     state_p = state[:, None] + ps[None, :]
     group = ps * 0 if SHARED else ps  # the bracket (column) each p reads
-    lo = tl.load(LoIn + state[:, None] + group[None, :], mask=state_mask, other=0.0)
-    hi = tl.load(HiIn + state[:, None] + group[None, :], mask=state_mask, other=0.0)
+    lo = tl.load(Lo + state[:, None] + group[None, :], mask=state_mask, other=0.0)
+    hi = tl.load(Hi + state[:, None] + group[None, :], mask=state_mask, other=0.0)
     step = (hi - lo) / (EDGES - 1)
     limit = tl.load(Slack + ps, mask=ps < NUM_PS, other=0.0)[None, :] * total[:, None]
     mine = (cols // EDGES)[None, None, :] == group[None, :, None]
@@ -623,11 +634,12 @@ def _search_kernel(
     )
     resolution = TIE * (1.0 + tl.abs(edge_lo) + tl.abs(lse2)[:, None])
     settled = settled | (edge_hi - edge_lo <= resolution)
-    old_budget = tl.load(BudgetIn + state_p, mask=state_mask, other=0)
-    tl.store(LoOut + state_p, tl.where(done, lo, edge_lo), mask=state_mask)
-    tl.store(HiOut + state_p, tl.where(done, hi, edge_hi), mask=state_mask)
-    tl.store(DoneOut + state_p, (done | settled).to(tl.int8), mask=state_mask)
-    tl.store(BudgetOut + state_p, tl.where(done, old_budget, budget), mask=state_mask)
+    # Rows settled before this pass keep their state (in SHARED, every p reads column 0's bracket).
+    write = state_mask & ~done
+    tl.store(Lo + state_p, edge_lo, mask=write)
+    tl.store(Hi + state_p, edge_hi, mask=write)
+    tl.store(Done + state_p, settled.to(tl.int8), mask=write)
+    tl.store(Budget + state_p, budget, mask=write)
 
 
 # ---------------------------------------------------------------------------- relevant mass
@@ -827,34 +839,33 @@ def _top_p_budgets(
     lo = torch.maximum(min2 - lse2, torch.log2(min(slack) / n_keys.clamp(min=1).to(torch.float32)))
     lo = torch.where(nonempty, lo - RANGE_PAD * (1.0 + lo.abs()), torch.zeros_like(lo))
     hi = torch.where(nonempty, hi + RANGE_PAD * (1.0 + hi.abs()), torch.ones_like(hi))
-    state_in = dict(
+    state = dict(
         lo=lo[:, None].expand(-1, n_ps).contiguous(),
         hi=hi[:, None].expand(-1, n_ps).contiguous(),
         done=(~nonempty)[:, None].expand(-1, n_ps).to(torch.int8).contiguous(),
         budget=torch.zeros(lo.shape[0], n_ps, dtype=torch.int32, device=q.device),
     )
-    state_out = {name: _empty(t.shape, t.dtype, t.device) for name, t in state_in.items()}
     slack_tensor = torch.tensor(slack, dtype=torch.float64, device=q.device)
     ps_pad = triton.next_power_of_2(n_ps)
+    row_list = torch.zeros(1, 1, dtype=torch.int32, device=q.device)  # unused by the first pass
     for search_pass in range(max_passes):
         shared = search_pass == 0
         edges = FIRST_EDGES if shared else REFINE_EDGES
         groups = 1 if shared else n_ps
-        _search_kernel[_grid(q_len, batch * heads)](
+        _search_kernel[_grid(q_len if shared else row_list.shape[1], batch * heads)](
             q,
             k,
             lse2,
             slack_tensor,
-            state_in["lo"],
-            state_in["hi"],
-            state_in["done"],
-            state_in["budget"],
-            state_out["lo"],
-            state_out["hi"],
-            state_out["done"],
-            state_out["budget"],
+            state["lo"],
+            state["hi"],
+            state["done"],
+            state["budget"],
+            row_list,
             *q.stride(),
             *k.stride(),
+            row_list.stride(0),
+            row_list.shape[1],
             heads,
             heads // k.shape[1],
             q_len,
@@ -862,6 +873,7 @@ def _top_p_budgets(
             scale,
             triton.next_power_of_2(kv_len),
             CAUSAL=causal,
+            COMPACT=not shared,
             NUM_PS=n_ps,
             PS_PAD=ps_pad,
             SHARED=shared,
@@ -871,10 +883,12 @@ def _top_p_budgets(
             TIE=TIE_WIDTH,
             **_common_args(q, k),
         )
-        state_in, state_out = state_out, state_in
-        if bool(state_in["done"].all()):
+        unsettled = (state["done"] == 0).any(-1).view(batch * heads, q_len)
+        row_list = true_positions(unsettled, fill=q_len)
+        if row_list.shape[1] == 0:
             break
-    return state_in["budget"]
+    log.debug("top-p search: %d passes", search_pass + 1)
+    return state["budget"]
 
 
 def _relevant_mass(

@@ -5,7 +5,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.layout import Layout, causal_block_mask, causal_token_mask, num_blocks, pool_to_blocks
+from kernels.layout import (
+    Layout,
+    causal_block_mask,
+    causal_token_mask,
+    num_blocks,
+    pool_to_blocks,
+    true_positions,
+)
 
 
 def random_block_mask(seed, batch, heads, q_len, kv_len, block_q, block_k, density=0.4):
@@ -156,3 +163,22 @@ def test_block_mask_constructor_checks_its_shape():
         Layout.from_block_mask(
             torch.ones(1, 1, 2, 3, dtype=torch.bool), 40, 40, block_q=32, block_k=32
         )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    rows=st.integers(1, 6),
+    n=st.integers(0, 40),
+    density=st.floats(0.0, 1.0),
+    fill=st.integers(-1, 50),
+)
+def test_true_positions_lists_each_rows_true_entries(seed, rows, n, density, fill):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, n, generator=generator) < density
+    positions = true_positions(mask, fill=fill)
+    width = int(mask.sum(-1).max()) if n else 0
+    assert positions.dtype == torch.int32 and positions.shape == (rows, width)
+    for row, listed in zip(mask, positions.tolist(), strict=True):
+        expected = row.nonzero().flatten().tolist()
+        assert listed == expected + [fill] * (width - len(expected))
