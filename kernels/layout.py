@@ -360,8 +360,7 @@ class Layout:
         listing for every key block the query blocks that select it (increasing, int32);
         ``max_q_blocks = n_q_blocks`` (a bound known without reading the counts: no device sync)."""
         columns = self.block_mask().transpose(-1, -2)
-        indices = true_positions(columns, fill=0, width=max(self.n_q_blocks, 1))
-        return indices, columns.sum(-1, dtype=torch.int32)
+        return true_positions(columns, fill=0, width=max(self.n_q_blocks, 1))
 
     def __repr__(self) -> str:
         extras = [
@@ -376,16 +375,19 @@ class Layout:
         )
 
 
-def true_positions(mask: torch.Tensor, *, fill: int, width: int | None = None) -> torch.Tensor:
-    """``[..., n]`` bool -> ``[..., width]`` int32: the positions of each row's True entries in
-    increasing order, padded with ``fill``. ``width`` defaults to the largest count of True entries
-    (read from the device: one synchronisation); rows with more are cut."""
-    counts = mask.sum(-1, keepdim=True)
+def true_positions(
+    mask: torch.Tensor, *, fill: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[..., n]`` bool -> ``(positions [..., width], counts [...])`` int32: the positions of each
+    row's True entries in increasing order, padded with ``fill``, and their number. ``width``
+    defaults to the largest count (read from the device: one synchronisation); rows with more
+    are cut."""
+    counts = mask.sum(-1, dtype=torch.int32)
     if width is None:
         width = int(counts.max()) if mask.numel() else 0
     order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :width]
-    valid = torch.arange(order.shape[-1], device=mask.device) < counts
-    return torch.where(valid, order, fill).to(torch.int32).contiguous()
+    valid = torch.arange(order.shape[-1], device=mask.device) < counts.unsqueeze(-1)
+    return torch.where(valid, order, fill).to(torch.int32).contiguous(), counts
 
 
 def causal_token_mask(q_len: int, kv_len: int, device: torch.device | str) -> torch.Tensor:

@@ -38,8 +38,9 @@ Passes (all in base 2: ``s = scale * log2(e) * q.k``, ``u = s - lse2`` is the lo
    probabilities (a uniform row of ``n`` keys gets ``ceil(p n)``). After the first pass only the
    rows with an unsettled ``p`` are searched: each head's list of them (`true_positions`, read
    at the pass's sync) is cut into tiles of ``BLOCK_M`` rows, so a pass costs in proportion to the
-   rows left, not to the row tiles that hold one. Masses are compared as ``B(t) <= slack * total`` with ``total``
-   summed in the same pass (so the rounding of lse cancels) and accumulated across tiles in fp64.
+   rows left, not to the row tiles that hold one. Masses are compared as
+   ``B(t) <= slack * total`` with ``total`` summed in the same pass (so the rounding of lse cancels)
+   and accumulated across tiles in fp64.
 3. **Relevant mass** (`_relevant_kernel`): ``sum_r 2^(s(i, pos_r) - lse2_i)`` over the given
    positions (causally visible, not -1), one gathered key row per position: O(rows x R x d).
 
@@ -884,7 +885,7 @@ def _top_p_budgets(
             **_common_args(q, k),
         )
         unsettled = (state["done"] == 0).any(-1).view(batch * heads, q_len)
-        row_list = true_positions(unsettled, fill=q_len)
+        row_list, _ = true_positions(unsettled, fill=q_len)
         if row_list.shape[1] == 0:
             break
     log.debug("top-p search: %d passes", search_pass + 1)

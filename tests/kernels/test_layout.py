@@ -176,9 +176,10 @@ def test_block_mask_constructor_checks_its_shape():
 def test_true_positions_lists_each_rows_true_entries(seed, rows, n, density, fill):
     generator = torch.Generator().manual_seed(seed)
     mask = torch.rand(rows, n, generator=generator) < density
-    positions = true_positions(mask, fill=fill)
+    positions, counts = true_positions(mask, fill=fill)
     width = int(mask.sum(-1).max()) if n else 0
     assert positions.dtype == torch.int32 and positions.shape == (rows, width)
+    assert torch.equal(counts, mask.sum(-1, dtype=torch.int32))
     for row, listed in zip(mask, positions.tolist(), strict=True):
         expected = row.nonzero().flatten().tolist()
         assert listed == expected + [fill] * (width - len(expected))
