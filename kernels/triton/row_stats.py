@@ -148,16 +148,19 @@ def _autotune(
     *,
     short: tuple[int, int, int, int],
     fp32: tuple[int, int, int, int],
+    restore: tuple[str, ...] = (),
 ):
     """Autotuner over ``gpu_configs``; a single config under the interpreter (tuning there is slow
-    and pointless). Up to `SHORT_KEYS` keys only ``short`` runs. fp32 inputs run only ``fp32``:
+    and pointless). ``restore`` names the arguments a launch updates in place: tuning runs each
+    configuration several times, so their values are restored after every trial. Up to
+    `SHORT_KEYS` keys only ``short`` runs. fp32 inputs run only ``fp32``:
     with fp32 tiles of 64 x 64 and more (or 64 rows at d_head 128) ptxas gives these kernels
     8-15 KB of stack per thread on sm_90, and the driver reserves the stack of every thread the
     GPU can hold, ~4 GB of device memory per process for as long as it lives; ``fp32`` tiles keep
     it under 1 KB."""
     if interpret_mode():
         configs = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=1, num_stages=1)]
-        return triton.autotune(configs=configs, key=key)
+        return triton.autotune(configs=configs, key=key, restore_value=list(restore))
     configs = [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
         for m, n, warps, stages in gpu_configs
@@ -167,7 +170,12 @@ def _autotune(
         args = {**named_args, **kwargs}
         return candidate_configs(configs, args["Q"].dtype, args["len_bucket"], short, fp32)
 
-    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune})
+    return triton.autotune(
+        configs=configs,
+        key=key,
+        prune_configs_by={"early_config_prune": prune},
+        restore_value=list(restore),
+    )
 
 
 def candidate_configs(
@@ -480,6 +488,7 @@ def _stats_kernel(
     key=["D_HEAD", "CAUSAL", "NUM_PS", "len_bucket"],
     short=_SEARCH_SHORT,
     fp32=_SEARCH_FP32,
+    restore=("Lo", "Hi", "Done", "Budget"),
 )
 @triton.jit
 def _search_kernel(
