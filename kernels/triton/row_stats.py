@@ -521,7 +521,6 @@ def _search_kernel(
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
-    COMPACT: tl.constexpr,
     NUM_PS: tl.constexpr,
     PS_PAD: tl.constexpr,
     SHARED: tl.constexpr,
@@ -538,8 +537,8 @@ def _search_kernel(
     only its own rows): bracket ``[Lo, Hi]`` (log2-probabilities, fp32), ``Done`` (int8) and
     ``Budget`` (int32). With SHARED (first pass) every p starts from the bracket in column 0 and
     one set of ``EDGES`` candidates serves them all (``GROUPS = 1``); otherwise each p has its own
-    (``GROUPS = NUM_PS``). ``Slack`` ``[NUM_PS]`` fp64. Without COMPACT program ``i`` takes rows
-    ``[i BLOCK_M, (i + 1) BLOCK_M)``, grid ``(cdiv(q_len, BLOCK_M), batch * heads)``; with COMPACT
+    (``GROUPS = NUM_PS``). ``Slack`` ``[NUM_PS]`` fp64. With SHARED program ``i`` takes rows
+    ``[i BLOCK_M, (i + 1) BLOCK_M)``, grid ``(cdiv(q_len, BLOCK_M), batch * heads)``; otherwise
     it takes entries ``[i BLOCK_M, (i + 1) BLOCK_M)`` of its head's row of ``RowList``
     (``[batch * heads, list_len]`` int32, increasing row indices padded with ``q_len``: the rows
     still unsettled), grid ``(cdiv(list_len, BLOCK_M), batch * heads)``.
@@ -548,12 +547,12 @@ def _search_kernel(
     b = (pid_bh // heads).to(tl.int64)
     h = (pid_bh % heads).to(tl.int64)
     slots = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    if COMPACT:
+    if SHARED:
+        rows = slots
+    else:
         rows = tl.load(
             RowList + pid_bh.to(tl.int64) * stride_list + slots, mask=slots < list_len, other=q_len
         )
-    else:
-        rows = slots
     cols_d = tl.arange(0, BLOCK_D)
     in_range = rows < q_len
     q = _load_rows(
@@ -581,7 +580,7 @@ def _search_kernel(
         )
         != 0
     )
-    # A program whose rows are all settled skips the key loop (its outputs are copies).
+    # A program whose rows are all settled (or padding) skips the key loop; its state stays.
     last_row = tl.max(tl.where(in_range, rows, -1))
     end = tl.where(tl.min(done.to(tl.int32)) != 0, 0, _key_end(last_row, q_len, kv_len, CAUSAL))
 
@@ -883,7 +882,6 @@ def _top_p_budgets(
             scale,
             triton.next_power_of_2(kv_len),
             CAUSAL=causal,
-            COMPACT=not shared,
             NUM_PS=n_ps,
             PS_PAD=ps_pad,
             SHARED=shared,
