@@ -1,5 +1,6 @@
 """Experiment specs: a base training config, a sweep grid, seeds and a ``--quick`` variant, loaded
-from the YAML files of the repository's ``experiments/`` folder.
+from the YAML files of the repository's ``experiments/`` folder (shipped in the distribution as the
+package data ``workbench/experiments/specs/``) or from any YAML path.
 
 A spec file looks like::
 
@@ -32,13 +33,26 @@ import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
-"""The repository's folder of experiment YAML files."""
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+
+def _bundled_specs() -> Traversable:
+    """The folder of the bundled specs: the package data ``workbench/experiments/specs`` of an
+    installed distribution (pyproject.toml maps the repository's ``experiments/`` there), else, in
+    a source checkout or an editable install, the repository's ``experiments/`` itself."""
+    installed = files("workbench.experiments").joinpath("specs")
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "experiments"
+
+
+EXPERIMENTS_DIR = _bundled_specs()
+"""The folder of the bundled experiment YAML files (a `Path` unless installed in a zip)."""
 
 SEED_KEY = "seed"
 """Config key the runner sets from ``seeds``."""
@@ -236,25 +250,38 @@ class ExperimentSpec:
         return config_hash(self.to_dict())
 
 
+def _folder(experiments_dir: str | Path | Traversable) -> Path | Traversable:
+    return Path(experiments_dir) if isinstance(experiments_dir, str) else experiments_dir
+
+
 def load_spec(
-    name_or_path: str | Path, experiments_dir: str | Path = EXPERIMENTS_DIR
+    name_or_path: str | Path, experiments_dir: str | Path | Traversable = EXPERIMENTS_DIR
 ) -> ExperimentSpec:
     """Load ``experiments_dir/<name>.yaml`` (or a path to a YAML file). Errors name the file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = Path(experiments_dir) / f"{name_or_path}.yaml"
-        if not path.exists():
+    if Path(name_or_path).suffix in (".yaml", ".yml"):
+        path: Path | Traversable = Path(name_or_path)
+    else:
+        path = _folder(experiments_dir).joinpath(f"{name_or_path}.yaml")
+        if not path.is_file():
             known = ", ".join(spec_names(experiments_dir)) or "none"
             raise ValueError(f"unknown experiment {str(name_or_path)!r}; known: {known}")
+    stem = Path(path.name).stem
     try:
         spec = ExperimentSpec.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except (ValueError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: {error}") from None
-    if spec.name != path.stem:
-        raise ValueError(f"{path}: name {spec.name!r} must equal the file name {path.stem!r}")
+    if spec.name != stem:
+        raise ValueError(f"{path}: name {spec.name!r} must equal the file name {stem!r}")
     return spec
 
 
-def spec_names(experiments_dir: str | Path = EXPERIMENTS_DIR) -> list[str]:
+def spec_names(experiments_dir: str | Path | Traversable = EXPERIMENTS_DIR) -> list[str]:
     """Names of the YAML specs in ``experiments_dir``, sorted."""
-    return sorted(path.stem for path in Path(experiments_dir).glob("*.yaml"))
+    folder = _folder(experiments_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        Path(entry.name).stem
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml") and entry.is_file()
+    )
