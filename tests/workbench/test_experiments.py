@@ -385,6 +385,19 @@ def test_cli_run_prints_where_results_are(tmp_path, monkeypatch):
     assert str(Path(tmp_path) / "toy" / spec.experiment_hash() / "results.json") in result.output
 
 
+def test_cli_run_takes_a_path_to_a_yaml_spec(tmp_path, monkeypatch):
+    spec = make_spec()
+    path = tmp_path / "specs" / f"{spec.name}.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(spec.to_dict()))
+    monkeypatch.setattr("workbench.experiments.runner.train_with_workbench", StubTrain())
+    runs_dir = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run", str(path), "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 0, result.output
+    assert "1 runs (1 trained, 0 reused)" in result.output
+    assert (runs_dir / spec.name / spec.experiment_hash() / "results.json").is_file()
+
+
 def test_cli_run_no_train_counts_unfinished_and_missing_runs(tmp_path, monkeypatch):
     spec = make_spec(sweep={"task.seq_len": [8, 16]})
     monkeypatch.setattr("workbench.experiments.load_spec", lambda name: spec)
