@@ -283,7 +283,8 @@ SIGTERM_EXIT_CODE = 143
 @app.command("run")
 def run_command(
     name: Annotated[
-        str | None, typer.Argument(help="Experiment name (a YAML file in experiments/).")
+        str | None,
+        typer.Argument(help="Experiment name (see --list) or path to a YAML spec."),
     ] = None,
     quick: Annotated[bool, typer.Option(help="Run the small CPU variant of the spec.")] = False,
     runs_dir: Annotated[Path, typer.Option(help="Root folder of the runs.")] = Path("runs"),
