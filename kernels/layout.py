@@ -24,6 +24,7 @@ all heads). A query row that keeps no key gets output 0 and logsumexp -inf.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -354,6 +355,25 @@ class Layout:
                 "kv_counts": grow(self.kv_counts),
                 "token_mask": grow(self.token_mask),
                 "row_threshold": grow(self.row_threshold),
+            }
+        )
+
+    def take_heads(self, heads: Sequence[int]) -> Layout:
+        """The layout of the listed heads only (a field shared by every head, head dimension 1,
+        stays shared)."""
+
+        def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            if tensor is None or tensor.shape[1] == 1:
+                return tensor
+            return tensor[:, list(heads)]
+
+        return Layout.trusted(
+            **{
+                **vars(self),
+                **{
+                    name: take(getattr(self, name))
+                    for name in ("kv_indices", "kv_counts", "token_mask", "row_threshold")
+                },
             }
         )
 

@@ -189,13 +189,18 @@ def row_stats(
     ps: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99),
     selection: Layout | None = None,
     relevant_positions: torch.Tensor | None = None,
+    restrict: Layout | None = None,
     compute_dtype: torch.dtype = torch.float32,
 ) -> RowStats:
-    """Statistics of the dense (optionally causal) attention distribution of every query row."""
+    """Statistics of the dense (optionally causal) attention distribution of every query row, or,
+    with ``restrict``, of the attention over the entries that layout keeps (the softmax that
+    `attention` computes with it: what a sparse method's model attends with)."""
     check_ps(ps)
     scores = scaled_scores(q, k, scale, compute_dtype)
-    mask = attention_mask(q.shape[2], k.shape[2], causal, q.device)
-    probs, lse = masked_softmax(scores, mask.expand_as(scores))
+    mask = attention_mask(q.shape[2], k.shape[2], causal, q.device).expand_as(scores)
+    if restrict is not None:
+        mask = mask & restrict.to_dense(scores)
+    probs, lse = masked_softmax(scores, mask)
     max_score = scores.masked_fill(~mask, float("-inf")).amax(-1)
     plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
     if ps:

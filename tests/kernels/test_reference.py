@@ -272,3 +272,33 @@ def test_block_selection_rules():
     assert keep[0, 0, 1].tolist() == [True, False, True, True]
     with pytest.raises(ValueError, match="tau"):
         reference.select_cumulative_blocks(scores, 0.0)
+
+
+def test_row_stats_restricted_to_a_layout_describe_the_sparse_attention():
+    """``restrict``: entropy, max weight, lse, budgets and masses of the softmax that
+    `reference.attention` uses with the layout, computed here from its probabilities."""
+    q, k, _ = qkv(15, q_len=40, kv_len=40)
+    scores = reference.scaled_scores(q, k, compute_dtype=torch.float64)
+    threshold = reference.top_k_threshold(scores, 6)
+    layout = Layout.from_row_threshold(scores, threshold, block_q=16, block_k=16, causal=True)
+    relevant = torch.randint(-1, 40, (2, 40, 3), generator=torch.Generator().manual_seed(16))
+    stats = reference.row_stats(
+        q,
+        k,
+        causal=True,
+        ps=(0.5, 0.9),
+        relevant_positions=relevant,
+        restrict=layout,
+        compute_dtype=torch.float64,
+    )
+    kept = layout.to_dense(scores) & reference.attention_mask(40, 40, True, "cpu")
+    probs, lse = reference.masked_softmax(scores, kept)
+    plogp = torch.where(probs > 0, probs * probs.log(), torch.zeros_like(probs))
+    torch.testing.assert_close(stats.entropy, (-plogp.sum(-1)).float())
+    torch.testing.assert_close(stats.lse, lse.float())
+    torch.testing.assert_close(stats.max_weight, probs.amax(-1).float())
+    for index, p in enumerate((0.5, 0.9)):
+        assert torch.equal(stats.top_p_budget[..., index], reference.top_p_budget(probs, p))
+    mass = reference.gather_relevant_mass(probs, relevant)
+    torch.testing.assert_close(stats.relevant_mass, mass.float())
+    assert (stats.top_p_budget <= kept.sum(-1, keepdim=True)).all()
