@@ -55,12 +55,17 @@ def triton_unavailable_reason(tensors: tuple[torch.Tensor, ...]) -> str | None:
     )
 
 
+def check_impl(impl: str) -> None:
+    """``ValueError`` unless ``impl`` is one of `IMPLS`."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
 def resolve_impl(
     impl: str, function: str, *tensors: torch.Tensor
 ) -> Literal["triton", "reference"]:
     """Turn ``impl`` into the implementation that runs, raising when ``"triton"`` cannot."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_impl(impl)
     if impl == "reference":
         return "reference"
     reason = triton_unavailable_reason(tensors)
@@ -116,13 +121,18 @@ def row_stats(
     ps: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99),
     selection: Layout | None = None,
     relevant_positions: torch.Tensor | None = None,
+    restrict: Layout | None = None,
     impl: Impl = "auto",
 ) -> RowStats:
     """Per-row statistics of the dense (optionally causal) attention of ``q`` over ``k`` without
     materialising the score matrix (triton): logsumexp, max score, entropy, top-p budgets for every
     mass in ``ps``, the mass inside ``selection`` and on ``relevant_positions``
     (``[batch, q_len, R]`` or ``[batch, heads, q_len, R]``, -1 padded). See `RowStats`.
-    ``ps=()`` skips the budgets, whose search passes are most of the Triton path's cost."""
+    ``ps=()`` skips the budgets, whose search passes are most of the Triton path's cost.
+
+    ``restrict``: a `Layout`; the statistics are then those of the attention over the entries it
+    keeps, as `sparse_attention` computes it with that layout. Only the reference implements it
+    (it materialises the scores): ``impl="auto"`` takes the reference then, ``"triton"`` raises."""
     reference.check_ps(tuple(ps))
     scale = reference.resolve_scale(scale, q.shape[-1])
     arguments = dict(
@@ -132,6 +142,15 @@ def row_stats(
         selection=selection,
         relevant_positions=relevant_positions,
     )
+    if restrict is not None:
+        check_impl(impl)
+        if impl == "triton":
+            raise RuntimeError(
+                "row_stats(impl='triton') cannot run: restrict has no Triton kernel (use "
+                "impl='reference' or 'auto')"
+            )
+        logger.debug("row_stats(restrict=...) uses reference (no Triton kernel restricts)")
+        return reference.row_stats(q, k, restrict=restrict, **arguments)
     if resolve_impl(impl, "row_stats", q, k) == "reference":
         return reference.row_stats(q, k, **arguments)
     from kernels.triton.row_stats import row_stats as triton_row_stats

@@ -12,7 +12,10 @@ A `Layout` says which keys each query may attend to, at two resolutions:
   so decoding queries see the whole prefix); ``token_mask`` ``[b, h, q_len, kv_len]`` bool keeps
   single entries; ``row_threshold`` ``[b, h, q_len]`` keeps key ``j`` only when the scaled score
   ``scale * q_i . k_j >= row_threshold[i]`` (how token-level top-k / top-p selections run without
-  an N x N mask).
+  an N x N mask). Every kernel recomputes the scores in its own order of summation, so a score
+  within fp32 rounding of the threshold may be kept by one and dropped by another: thresholds
+  made by `kernels.reference.separating_threshold` lie farther than that from every score
+  (`kernels.reference.score_tolerance`), and the selection is then the same everywhere.
 
 The batch and head dimensions of every tensor may be 1 to broadcast (one input-agnostic layout for
 all heads). A query row that keeps no key gets output 0 and logsumexp -inf.
@@ -21,6 +24,7 @@ all heads). A query row that keeps no key gets output 0 and logsumexp -inf.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -351,6 +355,25 @@ class Layout:
                 "kv_counts": grow(self.kv_counts),
                 "token_mask": grow(self.token_mask),
                 "row_threshold": grow(self.row_threshold),
+            }
+        )
+
+    def take_heads(self, heads: Sequence[int]) -> Layout:
+        """The layout of the listed heads only (a field shared by every head, head dimension 1,
+        stays shared)."""
+
+        def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            if tensor is None or tensor.shape[1] == 1:
+                return tensor
+            return tensor[:, list(heads)]
+
+        return Layout.trusted(
+            **{
+                **vars(self),
+                **{
+                    name: take(getattr(self, name))
+                    for name in ("kv_indices", "kv_counts", "token_mask", "row_threshold")
+                },
             }
         )
 

@@ -145,17 +145,24 @@ def attention_mask(q_len: int, kv_len: int, causal: bool, device: torch.device) 
     return torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
 
 
-def top_p_budget(probs: torch.Tensor, p: float) -> torch.Tensor:
-    """``[..., n]`` weights -> ``[...]`` int32: fewest keys whose weights sum to >= ``p`` (by sort).
+BUDGET_TOLERANCE = 1e-12
+"""Relative tolerance on the target mass of a top-p budget (compared in float64)."""
 
-    ``p`` is compared with the row's total mass, so a row of total < p needs all its non-zero keys.
-    """
-    ordered = probs.sort(dim=-1, descending=True).values
+
+def top_p_budget(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """``[..., n]`` weights -> ``[...]`` int32: fewest keys whose weights sum to at least ``p`` times
+    the row's total (by sort; 0 for a row of total 0).
+
+    The weights are accumulated in float64 and a prefix reaches the target within a relative
+    `BUDGET_TOLERANCE`, so ``n`` equal weights need exactly ``ceil(p n)`` keys (whatever their
+    rounding), and with ``p = 1`` the budget ends where the remaining keys weigh less than that
+    tolerance of the row (the streaming kernel compares the same way)."""
+    ordered = probs.double().sort(dim=-1, descending=True).values
     cumulative = ordered.cumsum(-1)
-    target = torch.minimum(torch.full_like(cumulative[..., -1], p), cumulative[..., -1])
+    total = cumulative[..., -1:]
     # Keys before the first prefix that reaches the target, plus that key.
-    budget = (cumulative < target.unsqueeze(-1) * (1 - 1e-12)).sum(-1) + 1
-    return torch.where(cumulative[..., -1] > 0, budget, torch.zeros_like(budget)).to(torch.int32)
+    budget = (cumulative < total * (p * (1 - BUDGET_TOLERANCE))).sum(-1) + 1
+    return torch.where(total.squeeze(-1) > 0, budget, torch.zeros_like(budget)).to(torch.int32)
 
 
 def gather_relevant_mass(probs: torch.Tensor, relevant_positions: torch.Tensor) -> torch.Tensor:
@@ -182,13 +189,18 @@ def row_stats(
     ps: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99),
     selection: Layout | None = None,
     relevant_positions: torch.Tensor | None = None,
+    restrict: Layout | None = None,
     compute_dtype: torch.dtype = torch.float32,
 ) -> RowStats:
-    """Statistics of the dense (optionally causal) attention distribution of every query row."""
+    """Statistics of the dense (optionally causal) attention distribution of every query row, or,
+    with ``restrict``, of the attention over the entries that layout keeps (the softmax that
+    `attention` computes with it: what a sparse method's model attends with)."""
     check_ps(ps)
     scores = scaled_scores(q, k, scale, compute_dtype)
-    mask = attention_mask(q.shape[2], k.shape[2], causal, q.device)
-    probs, lse = masked_softmax(scores, mask.expand_as(scores))
+    mask = attention_mask(q.shape[2], k.shape[2], causal, q.device).expand_as(scores)
+    if restrict is not None:
+        mask = mask & restrict.to_dense(scores)
+    probs, lse = masked_softmax(scores, mask)
     max_score = scores.masked_fill(~mask, float("-inf")).amax(-1)
     plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
     if ps:
@@ -219,10 +231,14 @@ def check_ps(ps: tuple[float, ...]) -> None:
 
 
 def top_p_threshold(
-    scores: torch.Tensor, p: float, mask: torch.Tensor | None = None
+    scores: torch.Tensor,
+    p: float,
+    mask: torch.Tensor | None = None,
+    *,
+    tolerance: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
-    """Score threshold per row so that ``scores >= threshold`` is the smallest set of keys whose
-    softmax weight reaches ``p`` (ties at the threshold are all kept).
+    """Score threshold per row keeping the smallest set of keys whose softmax weight reaches ``p``
+    (see `separating_threshold` for ties and ``tolerance``).
 
     ``scores`` ``[..., n]`` scaled scores; ``mask`` optional ``[..., n]`` bool of the keys that take
     part. Returns ``[...]`` in the scores' dtype (+inf for a row with no key).
@@ -230,23 +246,102 @@ def top_p_threshold(
     check_ps((p,))
     if mask is None:
         mask = torch.ones_like(scores, dtype=torch.bool)
-    probs, _ = masked_softmax(scores, mask)
-    budget = top_p_budget(probs, p).long()
-    ordered = scores.masked_fill(~mask, float("-inf")).sort(dim=-1, descending=True).values
-    threshold = ordered.gather(-1, (budget - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(budget > 0, threshold, torch.full_like(threshold, float("inf")))
+    probs, _ = masked_softmax(scores.double(), mask)
+    return separating_threshold(scores, top_p_budget(probs, p), mask, tolerance=tolerance)
 
 
-def top_k_threshold(scores: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Score threshold per row keeping the ``k`` largest scores (ties at the threshold all kept;
-    rows with fewer than ``k`` keys keep them all). ``scores`` ``[..., n]`` -> ``[...]``."""
+def top_k_threshold(
+    scores: torch.Tensor,
+    k: int,
+    mask: torch.Tensor | None = None,
+    *,
+    tolerance: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """Score threshold per row keeping the ``k`` largest scores (rows with fewer than ``k`` keys
+    keep them all; see `separating_threshold` for ties and ``tolerance``). ``scores`` ``[..., n]``
+    -> ``[...]`` in the scores' dtype."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    masked = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
-    kth = masked.topk(min(k, scores.shape[-1]), dim=-1).values[..., -1]
-    # A row with fewer than k keys: its k-th value is -inf, keep its smallest finite score.
-    finite_min = masked.masked_fill(torch.isinf(masked), float("inf")).amin(-1)
-    return torch.where(torch.isinf(kth), finite_min, kth)
+    return separating_threshold(
+        scores, torch.full(scores.shape[:-1], k, device=scores.device), mask, tolerance=tolerance
+    )
+
+
+# ---------------------------------------------------------------------------- threshold selections
+DOT_UNIT_ROUNDOFF = 2.0**-23
+"""Twice fp32's unit roundoff: the error of one fp32 operation, also where an accumulator
+truncates instead of rounding (tensor cores)."""
+TF32_INPUT_ERROR = 2.0**-9
+"""Relative error of one product of TF32-rounded inputs (10-bit mantissas, truncation allowed)."""
+
+
+def score_tolerance(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """``[batch, heads, q_len]`` float32: how far two computations of the scaled scores
+    ``scale * q_i . k_j`` of row ``i`` may differ, for any order of summation.
+
+    Each computation forms the ``d`` products of ``q`` and ``k`` (exactly for fp16 / bf16 inputs, with
+    one rounding for fp32, or with TF32 inputs where CUDA matmuls may use TF32), adds them in fp32
+    in any order and scales the sum: its error is at most ``(input error + (d + 2) u) * scale *
+    sum_t |q_it k_jt|`` with ``u`` = `DOT_UNIT_ROUNDOFF`, and ``sum_t |q_it k_jt| <= ||q_i|| *
+    max_j ||k_j||``. Two computations differ by at most twice that. The kernels recompute scores
+    their own way (a forward tile ``q k^T``, a backward tile ``k q^T``, the reference an einsum), so a
+    threshold that keeps every score farther than this from it keeps the same keys in all of them.
+    ``q``: ``[batch, heads, q_len, d]``; ``k``: ``[batch, kv_heads, kv_len, d]``.
+    """
+    scale = default_scale(q.shape[-1]) if scale is None else scale
+    tf32 = q.is_cuda and torch.backends.cuda.matmul.allow_tf32
+    relative = (q.shape[-1] + 2) * DOT_UNIT_ROUNDOFF + (TF32_INPUT_ERROR if tf32 else 0.0)
+    key_norm = repeat_kv(k.float().norm(dim=-1, keepdim=True), q.shape[1]).amax(dim=(-2, -1))
+    return 2 * relative * scale * q.float().norm(dim=-1) * key_norm.unsqueeze(-1)
+
+
+def separating_threshold(
+    scores: torch.Tensor,
+    count: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    tolerance: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """Threshold per row keeping (``scores >= threshold``) the ``count`` largest scores, with every
+    score lying farther than ``tolerance`` from the threshold.
+
+    The rule: sort the row's scores (the keys of ``mask``) in descending order and cut after the
+    ``count``-th at the first gap ``s_(j) - s_(j+1)`` wider than ``2 * tolerance`` (``j >= count``);
+    the threshold is the gap's midpoint. So scores tied with the ``count``-th, or within
+    ``2 * tolerance`` of it (in a chain), are kept with it; with ``tolerance`` from
+    `score_tolerance` every kernel then keeps exactly these keys, whatever its summation order,
+    and with ``tolerance = 0`` only exact ties are added. A row keeping every key gets -inf, a row
+    keeping none (``count = 0`` or no key in ``mask``) +inf.
+
+    Args:
+        scores: ``[..., n]`` scaled scores (float32 or float64).
+        count: ``[...]`` integer number of keys to keep (clipped to the keys in ``mask``).
+        mask: optional ``[..., n]`` bool of the keys that take part.
+        tolerance: ``[...]`` or a float >= 0.
+
+    Returns:
+        ``[...]`` thresholds in the scores' dtype (a midpoint that this dtype cannot store strictly
+        inside its gap does not count as a cut).
+    """
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    ordered = scores.sort(dim=-1, descending=True).values
+    available = torch.isfinite(ordered).sum(-1)
+    count = torch.minimum(count.to(available.device, torch.int64), available)
+    following = torch.nn.functional.pad(ordered[..., 1:], (0, 1), value=float("-inf"))
+    # Candidate thresholds: each gap's midpoint as the scores' dtype stores it; -inf below the last.
+    middle = torch.where(torch.isinf(following), following, (ordered + following) / 2)
+    tolerance = torch.as_tensor(tolerance, dtype=torch.float64, device=ordered.device)
+    if tolerance.dim():
+        tolerance = tolerance.unsqueeze(-1)
+    wide = (ordered.double() - middle.double() > tolerance) & (
+        middle.double() - following.double() > tolerance
+    )  # False between two -inf (NaN)
+    positions = torch.arange(ordered.shape[-1], device=ordered.device)
+    allowed = wide & (positions >= (count - 1).unsqueeze(-1))
+    cut = torch.where(allowed, positions, ordered.shape[-1] - 1).amin(-1, keepdim=True)
+    threshold = middle.gather(-1, cut).squeeze(-1)
+    return torch.where(count > 0, threshold, torch.full_like(threshold, float("inf")))
 
 
 # ---------------------------------------------------------------------------- block scores

@@ -15,6 +15,12 @@
   materialise N x N. Padded keys (HF ``attention_mask``, TL masks) are excluded: examples with
   padding are computed one by one on their real tokens (relevant positions are remapped); rows of
   padded queries hold NaN (budgets 0).
+* **Sparse models** (``sparse=method``): the layers of ``sparse_layers`` run ``method`` as
+  `workbench.sparse.patch.sparsify` does (one routed pass computes the sparse output and records),
+  so the trace describes the model that attends sparsely. On those layers the statistics are those
+  of the attention actually used (the softmax over the method's selection: entropy, top-p budgets,
+  relevant mass of what the layer attends to) and `Trace.dense_stats` holds the dense softmax of
+  the same q and k beside them.
 * **Patterns** (``patterns=True``, opt-in, memory-guarded): TransformerLens patterns come from
   ``hook_pattern`` (TL's own code: equal to ``run_with_cache``); Hugging Face patterns from the
   module's eager softmax, computed for the traced layers only (the eager path is forced only where
@@ -48,6 +54,8 @@ from workbench.attention import (
     route_attention,
 )
 from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.sparse.base import SparseMethod
+from workbench.sparse.patch import SparseCore
 
 STATISTICS = ("entropy", "max_weight", "lse", "sink_mass", "relevant_mass")
 """Float statistics of a `Trace`, each ``[batch, heads, q_len]``; plus ``top_p_budget``."""
@@ -156,13 +164,16 @@ class Trace:
             float32 (NaN on padded queries), ``top_p_budget`` ``[batch, heads, q_len, len(ps)]``
             int32. ``relevant_mass`` only when relevant positions were given.
         patterns: ``{layer: [batch, heads, kept_q, kv_len]}`` float32 (opt-in).
+        dense_stats: for the layers that ran a sparse method, the same statistics of the dense
+            softmax of the same q and k (``stats`` then describe the sparse attention used).
         metadata: model name and class, the config as a dict, ps, heads, pattern queries,
-            sequence length, input shape.
+            sequence length, input shape, ``sparse`` (the method and its layers, or None).
     """
 
     stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     patterns: dict[int, torch.Tensor] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    dense_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[int]:
@@ -182,9 +193,10 @@ class Trace:
         """Query position of each row of the stored patterns."""
         return list(self.metadata["pattern_queries"])
 
-    def statistic(self, layer: int, name: str) -> torch.Tensor:
-        """``[batch, heads, q_len]`` for a name of `STATISTICS` or ``"k_<p>"`` (budget of mass p)."""
-        stats = self.stats[layer]
+    def statistic(self, layer: int, name: str, *, dense: bool = False) -> torch.Tensor:
+        """``[batch, heads, q_len]`` for a name of `STATISTICS` or ``"k_<p>"`` (budget of mass p);
+        ``dense``: of the dense softmax where the layer ran a sparse method (`dense_stats`)."""
+        stats = self.dense_stats.get(layer, self.stats[layer]) if dense else self.stats[layer]
         if name.startswith("k_"):
             index = self.ps.index(float(name[2:]))
             return stats["top_p_budget"][..., index].float()
@@ -202,8 +214,9 @@ class Trace:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata) atomically."""
         tensors_path, json_path = _trace_paths(path)
         tensors = {
-            f"stats/{layer}/{name}": tensor
-            for layer, stats in self.stats.items()
+            f"{kind}/{layer}/{name}": tensor
+            for kind, layers in (("stats", self.stats), ("dense_stats", self.dense_stats))
+            for layer, stats in layers.items()
             for name, tensor in stats.items()
         }
         tensors |= {f"patterns/{layer}": pattern for layer, pattern in self.patterns.items()}
@@ -219,10 +232,10 @@ class Trace:
         trace = cls(metadata=json.loads(json_path.read_text(encoding="utf-8")))
         for key, tensor in load_file(tensors_path).items():
             kind, layer, *name = key.split("/")
-            if kind == "stats":
-                trace.stats.setdefault(int(layer), {})[name[0]] = tensor
-            else:
+            if kind == "patterns":
                 trace.patterns[int(layer)] = tensor
+            else:
+                getattr(trace, kind).setdefault(int(layer), {})[name[0]] = tensor
         return trace
 
     def to_frame(self) -> Any:
@@ -273,19 +286,27 @@ class TraceRecorder:
         layers: tuple[int, ...],
         heads: tuple[int, ...],
         relevant_positions: torch.Tensor | None,
+        sparse: SparseCore | None = None,
+        sparse_layers: tuple[int, ...] = (),
     ) -> None:
         self.model = model
         self.config = config
         self.layers = layers
         self.heads = heads
         self.relevant_positions = relevant_positions
+        self.sparse = sparse
+        self.sparse_layers = sparse_layers
         self._stats: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
+        self._dense_stats: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self._patterns: dict[int, list[torch.Tensor]] = defaultdict(list)
         self._shapes: list[tuple[int, int]] = []
 
     # -- called from the routed core / hooks
     def core(self, call: AttentionCall) -> torch.Tensor:
-        """Routed core: the model's own attention (outputs unchanged) + what is recorded."""
+        """Routed core: the layer's attention (the model's own, or the sparse method's on
+        ``sparse_layers``; outputs unchanged either way) + what is recorded."""
+        if call.layer in self.sparse_layers:
+            return self._sparse_core(call)
         want_pattern = self.config.patterns and is_hugging_face(self.model)
         if want_pattern:
             self._check_memory(*call.q.shape[:3], call.k.shape[2])
@@ -301,6 +322,16 @@ class TraceRecorder:
         if want_pattern:
             self.record_pattern(call.layer, pattern)
         return z
+
+    def _sparse_core(self, call: AttentionCall) -> torch.Tensor:
+        """The sparse method's output; on traced layers the statistics of the attention it used
+        and of the dense softmax of the same q and k."""
+        result = self.sparse.compute(call)
+        if self.config.stats and call.layer in self.layers:
+            layout = result.layout.take_heads(self.heads)
+            self._stats[call.layer].append(self._row_stats(call, restrict=layout))
+            self._dense_stats[call.layer].append(self._row_stats(call))
+        return result.z
 
     def record_pattern(self, layer: int, pattern: torch.Tensor) -> None:
         """Keep ``pattern`` ``[batch, heads, q_len, kv_len]`` (chosen heads and queries)."""
@@ -325,7 +356,11 @@ class TraceRecorder:
         )
         check_pattern_bytes(estimate, self.config)
 
-    def _row_stats(self, call: AttentionCall) -> dict[str, torch.Tensor]:
+    def _row_stats(
+        self, call: AttentionCall, restrict: Layout | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Statistics of the chosen heads' attention: dense, or restricted to ``restrict`` (a
+        selection of those heads that already drops the padded keys)."""
         heads = list(self.heads)
         q = call.q[:, heads]  # [batch, heads, q_len, d_head]
         k = repeat_kv(call.k, call.q.shape[1])[:, heads]  # [batch, heads, kv_len, d_head]
@@ -338,7 +373,11 @@ class TraceRecorder:
                     f"{q.shape[2]}, R], got {tuple(relevant.shape)}"
                 )
         if call.key_padding is None:
-            return self._kernel_stats(q, k, call, relevant)
+            return self._kernel_stats(q, k, call, relevant, restrict)
+        if restrict is not None:
+            raise NotImplementedError(
+                "tracing a sparse method on padded inputs: trace the examples one at a time"
+            )
         return padded_row_stats(q, k, call.key_padding, relevant, self._kernel_stats, call)
 
     def _kernel_stats(
@@ -347,8 +386,10 @@ class TraceRecorder:
         k: torch.Tensor,
         call: AttentionCall,
         relevant: torch.Tensor | None,
+        restrict: Layout | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`kernels.api.row_stats` of ``q`` ``[batch, heads, q_len, d]`` over every key of ``k``."""
+        """`kernels.api.row_stats` of ``q`` ``[batch, heads, q_len, d]`` over every key of ``k``
+        (or over the entries of ``restrict``)."""
         stats = api.row_stats(
             q,
             k,
@@ -357,6 +398,7 @@ class TraceRecorder:
             ps=self.config.ps,
             selection=sink_layout(q.shape[2], k.shape[2], self.config.sink_tokens, q.device),
             relevant_positions=relevant,
+            restrict=restrict,
             impl=self.config.impl,
         )
         result = {
@@ -374,10 +416,13 @@ class TraceRecorder:
     def trace(self) -> Trace:
         """The `Trace` of every forward pass recorded so far."""
         try:
-            stats = {
-                layer: {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-                for layer, parts in self._stats.items()
-            }
+            stats, dense_stats = (
+                {
+                    layer: {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+                    for layer, parts in recorded.items()
+                }
+                for recorded in (self._stats, self._dense_stats)
+            )
             patterns = {layer: torch.cat(parts) for layer, parts in self._patterns.items()}
         except RuntimeError as error:
             raise ValueError(
@@ -389,10 +434,22 @@ class TraceRecorder:
         if stats:
             batch_size, _, q_len = next(iter(stats.values()))["entropy"].shape
         queries = self.config.pattern_queries
+        sparse = None
+        if self.sparse is not None:
+            sparse = {
+                "method": {
+                    "name": self.sparse.method.name,
+                    **self.sparse.method.hyper_parameters(),
+                },
+                "layers": list(self.sparse_layers),
+                "block_size": self.sparse.block_size,
+            }
         return Trace(
             stats=stats,
             patterns=patterns,
+            dense_stats=dense_stats,
             metadata={
+                "sparse": sparse,
                 "model": model_name(self.model),
                 "model_class": type(self.model).__name__,
                 "config": self.config.to_dict(),
@@ -462,17 +519,33 @@ def tracing(
     config: TraceConfig | None = None,
     *,
     relevant_positions: torch.Tensor | None = None,
+    sparse: SparseMethod | None = None,
+    sparse_layers: Sequence[int] | None = None,
+    sparse_block_size: int = 64,
 ) -> Iterator[TraceRecorder]:
     """Record attention during the forward passes run inside the block (hooks and routes are
-    removed on exit, also on errors); ``recorder.trace()`` gives the `Trace`."""
+    removed on exit, also on errors); ``recorder.trace()`` gives the `Trace`.
+
+    ``sparse``: run this method on ``sparse_layers`` (None: all layers) with layouts of
+    ``sparse_block_size``, as `workbench.sparse.patch.sparsify` would (every head; no patterns of
+    those layers), and record the attention it uses (see the module docstring)."""
     config = config or TraceConfig()
     if relevant_positions is not None and not config.stats:
         raise ValueError("relevant_positions needs stats=True")
     layers, heads = _layers_and_heads(model, config)
-    recorder = TraceRecorder(model, config, layers, heads, relevant_positions)
+    core, chosen = None, ()
+    if sparse is not None:
+        chosen = check_layers(sparse_layers, _model_size(model)[0])
+        if config.patterns and set(chosen) & set(layers):
+            raise NotImplementedError("patterns of layers that run a sparse method")
+        core = SparseCore(sparse, block_size=sparse_block_size, impl=config.impl, record=False)
+    recorder = TraceRecorder(model, config, layers, heads, relevant_positions, core, chosen)
+    routed = set(chosen)
+    if config.stats or (config.patterns and is_hugging_face(model)):
+        routed |= set(layers)
     with ExitStack() as stack:
-        if config.stats or (config.patterns and is_hugging_face(model)):
-            stack.enter_context(route_attention(model, recorder.core, layers))
+        if routed:
+            stack.enter_context(route_attention(model, recorder.core, tuple(sorted(routed))))
         if config.patterns and is_transformer_lens(model):
             hooks = [
                 (f"blocks.{layer}.attn.hook_pattern", _pattern_hook(recorder, layer))
@@ -489,17 +562,19 @@ def _pattern_hook(recorder: TraceRecorder, layer: int) -> Any:
     return hook
 
 
+def _model_size(model: nn.Module) -> tuple[int, int]:
+    """``(n_layers, n_heads)`` of a TransformerLens or Hugging Face model."""
+    if is_transformer_lens(model):
+        return model.cfg.n_layers, model.cfg.n_heads
+    if is_hugging_face(model):
+        return hf_num_layers(model), int(model.config.get_text_config().num_attention_heads)
+    raise TypeError(f"cannot trace a {type(model).__name__}")
+
+
 def _layers_and_heads(
     model: nn.Module, config: TraceConfig
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    if is_transformer_lens(model):
-        n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    elif is_hugging_face(model):
-        n_layers = hf_num_layers(model)
-        text_config = model.config.get_text_config()
-        n_heads = int(text_config.num_attention_heads)
-    else:
-        raise TypeError(f"cannot trace a {type(model).__name__}")
+    n_layers, n_heads = _model_size(model)
     layers = check_layers(config.layers, n_layers)
     heads = (
         check_layers(config.heads, n_heads) if config.heads is not None else tuple(range(n_heads))
@@ -513,11 +588,15 @@ def trace(
     config: TraceConfig | None = None,
     *,
     relevant_positions: torch.Tensor | None = None,
+    sparse: SparseMethod | None = None,
+    sparse_layers: Sequence[int] | None = None,
+    sparse_block_size: int = 64,
     **forward_kwargs: Any,
 ) -> Trace:
     """Run ``model`` once on ``inputs`` (a tensor ``[batch, pos, ...]``, or a mapping such as a
-    tokenizer's output, passed as keyword arguments) and return its `Trace`. The pattern memory
-    guard runs before the forward pass."""
+    tokenizer's output, passed as keyword arguments) and return its `Trace`; with ``sparse`` the
+    model runs that method (see `tracing`). The pattern memory guard runs before the forward
+    pass."""
     config = config or TraceConfig()
     input_ids = inputs["input_ids"] if isinstance(inputs, Mapping) else inputs
     batch, length = input_ids.shape[:2]
@@ -525,7 +604,17 @@ def trace(
         layers, heads = _layers_and_heads(model, config)
         estimate = estimate_pattern_bytes(batch, len(heads), length, length, len(layers), config)
         check_pattern_bytes(estimate, config)
-    with torch.no_grad(), tracing(model, config, relevant_positions=relevant_positions) as recorder:
+    with (
+        torch.no_grad(),
+        tracing(
+            model,
+            config,
+            relevant_positions=relevant_positions,
+            sparse=sparse,
+            sparse_layers=sparse_layers,
+            sparse_block_size=sparse_block_size,
+        ) as recorder,
+    ):
         if isinstance(inputs, Mapping):
             model(**inputs, **forward_kwargs)
         else:

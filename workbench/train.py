@@ -15,7 +15,9 @@ Files in ``out_dir``:
   ``eval_accuracy`` (token tasks: argmax accuracy on the scored positions) or ``eval_mse``
   (continuous tasks: squared error / ``d_output`` on the scored positions), and with
   ``trace_metrics`` ``attention = {"relevant_mass" | "entropy" | "k_0.9": [layer][head]}``: means
-  over the scored positions of the evaluation batch (attention of the model's own dense softmax),
+  over the scored positions of the evaluation batch of the attention the model uses (with
+  ``sparse_method``, the softmax over the method's selection on the sparse layers, and beside it
+  ``attention_dense``: the same of the dense softmax of the same q and k),
   and with ``stability_metrics`` ``stability = {"jacobian_norm" | "method_jacobian_norm" |
   "top_k_margin": [layer][head]}`` (`workbench.metrics.stability.stability_metrics`, same means);
   with a fixed training set (``train_samples``) also ``eval_loss_train`` and
@@ -352,31 +354,46 @@ def task_metrics(task: ToyTask, outputs: torch.Tensor, batch: Batch) -> dict[str
     return {"eval_mse": (squared[mask].mean() / task.d_output).item()}
 
 
-def attention_metrics(model: nn.Module, batch: Batch) -> dict[str, list[list[float]]]:
+def attention_metrics(
+    model: nn.Module, batch: Batch, config: TrainConfig
+) -> dict[str, dict[str, list[list[float]]]]:
     """Per layer and head, means over the scored positions of ``batch`` of the mass on the relevant
-    positions, the entropy and the top-0.9 budget ``k_0.9`` -> ``{name: [layer][head]}``."""
+    positions, the entropy and the top-0.9 budget ``k_0.9``, of the attention the model uses
+    (``config``'s sparse method where there is one) -> ``{"attention": {name: [layer][head]}}``;
+    with a sparse method also ``"attention_dense"``: the same of the dense softmax of the same
+    q and k (equal to ``"attention"`` on the layers that attend densely)."""
     from workbench.trace import TraceConfig, trace
 
+    method = config.method()
     traces = [
         trace(
             model,
             chunk.inputs,
             TraceConfig(ps=TRACE_PS),
             relevant_positions=chunk.relevant_positions,
+            sparse=method,
+            sparse_layers=config.sparse_layers,
+            sparse_block_size=config.sparse_block_size,
         )
         for chunk in eval_chunks(batch)
     ]
     weights = batch.loss_mask[:, None, :].float()  # [batch, 1, seq]
-    result: dict[str, list[list[float]]] = {}
-    for name in ("relevant_mass", "entropy", "k_0.9"):
-        rows = []
-        for layer in traces[0].layers:
-            values = torch.cat([part.statistic(layer, name) for part in traces])
-            values = values.float().nan_to_num()  # [batch, heads, seq]
-            means = (values * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
-            rows.append(means.tolist())
-        result[name] = rows
-    return result
+
+    def means(dense: bool) -> dict[str, list[list[float]]]:
+        result: dict[str, list[list[float]]] = {}
+        for name in ("relevant_mass", "entropy", "k_0.9"):
+            rows = []
+            for layer in traces[0].layers:
+                parts = [part.statistic(layer, name, dense=dense) for part in traces]
+                values = torch.cat(parts).float().nan_to_num()  # [batch, heads, seq]
+                rows.append(((values * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))).tolist())
+            result[name] = rows
+        return result
+
+    metrics = {"attention": means(dense=False)}
+    if method is not None:
+        metrics["attention_dense"] = means(dense=True)
+    return metrics
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -439,7 +456,7 @@ def evaluate(
     with evaluation_mode(model):
         metrics = loss_and_task_metric(model, task, batch, config, device)
         if config.trace_metrics:
-            metrics["attention"] = attention_metrics(model, batch)
+            metrics |= attention_metrics(model, batch, config)
         if config.stability_metrics:
             from workbench.metrics.stability import stability_metrics
 

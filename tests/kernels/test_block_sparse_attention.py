@@ -15,6 +15,7 @@ import pytest
 import torch
 import triton
 
+import workbench.sparse
 from kernels import api, reference
 from kernels.layout import Layout, num_blocks
 from kernels.triton import autograd, block_sparse_attention
@@ -199,6 +200,66 @@ def test_row_threshold():
         8, 2, 2, 64, 90, block_q=16, block_k=32, density=0.7, row_threshold=threshold
     )
     check_attention(q, k, v, layout, scale=0.25)
+
+
+def near_tie_qkv(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``q, k, v`` ``[2, 1, 64, 32]`` whose scores hold exact ties (duplicated keys, a zero query
+    row) and near-ties (keys scaled by 1 + ~1e-7: scores a few fp32 ulps apart, closer than the
+    rounding differences between two summation orders), besides random near misses."""
+    q, k, v = random_qkv(seed, (2, 1, 1, 64, 64, 32), torch.float32, "cpu")
+    generator = torch.Generator().manual_seed(seed + 1)
+    k[:, :, 32:40] = k[:, :, 8:16]  # exact copies
+    k[:, :, 40:60] = k[:, :, 12:32] * (1 + 1e-7 * torch.randn(2, 1, 20, 1, generator=generator))
+    q[:, :, 50] = 0.0  # every score of this row ties
+    return tuple(x.to(DEVICE, dtype) for x in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("name", workbench.sparse.names())
+def test_selections_made_by_the_methods_run_identically(name: str, dtype: torch.dtype):
+    """Each method selects on inputs with ties and near-ties; forward, dQ and dK/dV must keep the
+    keys its layout defines (judged on float64 scores, which must give the same set as the
+    selection's own fp32 scores), whatever thresholds it produced. A threshold placed exactly at
+    the k-th score let rounding keep or drop that key differently in every kernel."""
+    q, k, v = near_tie_qkv(21, dtype)
+    layout = workbench.sparse.get(name).select(q, k, causal=True, block_size=16)
+    fp32 = layout.to_dense(reference.scaled_scores(q, k))
+    fp64 = layout.to_dense(reference.scaled_scores(q, k, compute_dtype=torch.float64))
+    assert torch.equal(fp32, fp64)
+    check_attention(q, k, v, layout)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("name", ["top_k", "top_p"])
+def test_threshold_selections_survive_recomputed_scores(name: str, seed: int):
+    """Thresholds must lie farther from every score than two fp32 computations of it may differ
+    (`reference.score_tolerance`): a threshold at a midpoint between near-tied scores still flips
+    keys, between the selection's einsum and the kernels' tiles, on some of these seeds."""
+    q, k, v = near_tie_qkv(100 + seed, torch.float32)
+    check_attention(q, k, v, workbench.sparse.get(name).select(q, k, causal=True, block_size=16))
+
+
+def test_top_k_keeps_exactly_k_unless_tied():
+    """The issue's case (batch 2, one head, 64 tokens, d 32, causal, k 5): every row keeps its
+    5 best keys (all visible ones in the first rows), more only with exact or near ties."""
+    q, k, _ = near_tie_qkv(21, torch.float32)
+    layout = workbench.sparse.get("top_k", k=5).select(q, k, causal=True, block_size=16)
+    scores = reference.scaled_scores(q, k, compute_dtype=torch.float64).cpu()
+    kept = layout.to_dense(scores.to(DEVICE)).cpu()
+    visible = reference.attention_mask(64, 64, True, "cpu")
+    ordered = scores.masked_fill(~visible, float("-inf")).sort(-1, descending=True).values
+    n_visible = visible.sum(-1).expand(2, 1, 64)
+    fifth = ordered.gather(-1, (n_visible.clamp(max=5) - 1).unsqueeze(-1))
+    exact_top = (scores >= fifth) & visible
+    assert (kept & visible).equal(kept)
+    assert (kept | exact_top).equal(kept)  # a superset of the exact top-k ...
+    extra = kept & ~exact_top
+    sixth = ordered.gather(-1, n_visible.clamp(max=5).unsqueeze(-1))
+    tolerance = reference.score_tolerance(q, k).cpu().unsqueeze(-1)
+    assert (scores[extra] >= (fifth - 2 * tolerance).expand_as(scores)[extra]).all()
+    untied = (fifth - sixth > 2 * tolerance).squeeze(-1)
+    assert untied.float().mean() > 0.8
+    assert (kept.sum(-1)[untied] == n_visible.clamp(max=5)[untied]).all()  # ... equal if untied
 
 
 def test_non_contiguous_inputs():

@@ -84,10 +84,10 @@ def test_row_threshold_layout_equals_token_mask_layout():
 
 def brute_top_p_budget(row, p):
     ordered = sorted(row.tolist(), reverse=True)
-    total = 0.0
+    mass = 0.0
     for count, value in enumerate(ordered, start=1):
-        total += value
-        if total >= min(p, sum(ordered)) - 1e-12:
+        mass += value
+        if mass >= p * sum(ordered) * (1 - 1e-12):
             return count
     return 0
 
@@ -119,8 +119,98 @@ def test_top_p_closed_forms():
 def test_top_k_threshold_handles_short_rows():
     scores = torch.tensor([[3.0, 1.0, 2.0, 0.0]])
     mask = torch.tensor([[True, True, False, False]])
-    assert reference.top_k_threshold(scores, 2).item() == 2.0
-    assert reference.top_k_threshold(scores, 3, mask).item() == 1.0
+    assert reference.top_k_threshold(scores, 2).item() == 1.5  # between the 2nd and the 3rd
+    assert reference.top_k_threshold(scores, 3, mask).item() == -math.inf  # keep both keys
+    assert reference.top_k_threshold(scores, 1, torch.zeros_like(mask)).item() == math.inf
+
+
+def test_top_p_budget_of_equal_fp32_weights_is_exact():
+    """Six equal keys at p = 0.5 need 3, although 1/6 is not exact in fp32 (a prefix sum in fp32
+    fell short of p and gave 4)."""
+    probs = torch.softmax(torch.zeros(1, 6), -1)
+    assert reference.top_p_budget(probs, 0.5).item() == 3
+    for n in range(1, 40):
+        probs = torch.softmax(torch.zeros(1, n), -1)
+        for p in (0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+            assert reference.top_p_budget(probs, p).item() == math.ceil(p * n * (1 - 1e-9)), (n, p)
+
+
+def test_fp32_row_stats_budgets_equal_float64_on_peaked_rows():
+    """p = 1 on peaked rows: fp32 prefix sums saturated after a few keys; float64 counts the keys
+    until the rest weighs less than the tolerance."""
+    generator = torch.Generator().manual_seed(11)
+    q = torch.randn(1, 2, 16, 32, generator=generator) * 3
+    k = torch.randn(1, 2, 64, 32, generator=generator) * 3
+    ps = (0.5, 0.9, 0.99, 1.0)
+    fp32 = reference.row_stats(q, k, causal=True, ps=ps).top_p_budget
+    fp64 = reference.row_stats(q, k, causal=True, ps=ps, compute_dtype=torch.float64).top_p_budget
+    assert torch.equal(fp32, fp64)
+    assert fp64[..., -1].float().mean() > 10  # the rows are peaked, not one-hot
+
+
+def random_rows_with_ties(seed: int, rows: int = 400, n: int = 24) -> torch.Tensor:
+    """``[rows, n]`` scores with exact ties, near-ties (1e-7 apart) and well separated values."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(rows, n, generator=generator, dtype=torch.float64)
+    source = torch.randint(0, n, (rows, n // 3), generator=generator)
+    target = torch.randint(0, n, (rows, n // 3), generator=generator)
+    tiny = torch.randn(rows, n // 3, generator=generator, dtype=torch.float64) * 1e-7
+    exact = torch.rand(rows, n // 3, generator=generator) < 0.5
+    copied = scores.gather(-1, source) + torch.where(exact, 0.0, tiny)
+    return scores.scatter(-1, target, copied)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("tolerance", [0.0, 1e-6, 1e-3])
+def test_separating_threshold_keeps_the_count_and_its_near_ties(tolerance: float, dtype):
+    """Near-ties 1e-7 apart are a few fp32 ulps: in fp32 some midpoints do not exist."""
+    scores = random_rows_with_ties(12).to(dtype)
+    generator = torch.Generator().manual_seed(13)
+    mask = torch.rand(scores.shape, generator=generator) < 0.8
+    count = torch.randint(0, 30, scores.shape[:1], generator=generator)
+    threshold = reference.separating_threshold(scores, count, mask, tolerance=tolerance)
+    assert threshold.dtype == scores.dtype
+    for row, t, c, m in zip(scores.double(), threshold.double(), count.tolist(), mask, strict=True):
+        visible = row[m].sort(descending=True).values
+        c = min(c, len(visible))
+        kept = visible >= t
+        if c == 0:
+            assert t == math.inf
+            continue
+        # Every visible score lies farther than the tolerance from the threshold.
+        assert ((visible - t).abs() > tolerance).all()
+        # The count largest are kept; any more are a chain of gaps <= 2 tolerance after them.
+        n_kept = int(kept.sum())
+        assert n_kept >= c
+        # (a gap of a few ulps may hold no midpoint the dtype can store)
+        slack = 2 * tolerance + 4 * torch.finfo(dtype).eps * visible.abs().max()
+        assert (visible[c - 1 : n_kept - 1] - visible[c:n_kept] <= slack).all()
+        if n_kept < len(visible):
+            assert visible[n_kept - 1] - visible[n_kept] > 2 * tolerance
+        else:
+            assert t == -math.inf
+
+
+def test_score_tolerance_bounds_the_fp32_rounding_of_every_summation_order():
+    """fp32 scores computed in three orders (einsum, a reversed sum, k q^T) differ from the float64
+    ones by less than half the tolerance, and from each other by less than the tolerance."""
+    generator = torch.Generator().manual_seed(14)
+    q = torch.randn(2, 4, 50, 48, generator=generator) * 4
+    k = torch.randn(2, 2, 60, 48, generator=generator) * torch.rand(
+        2, 2, 60, 1, generator=generator
+    )
+    scale = 0.3
+    tolerance = reference.score_tolerance(q, k, scale).unsqueeze(-1)
+    exact = reference.scaled_scores(q.double(), k.double(), scale, torch.float64)
+    keys = reference.repeat_kv(k, 4)
+    orders = [
+        reference.scaled_scores(q, k, scale),
+        (q.unsqueeze(-2) * keys.unsqueeze(-3)).flip(-1).cumsum(-1)[..., -1] * scale,
+        (keys @ q.transpose(-1, -2)).transpose(-1, -2) * scale,
+    ]
+    for scores in orders:
+        assert ((scores.double() - exact).abs() < tolerance / 2).all()
+    assert (tolerance < 1e-3 * exact.abs().amax(-1, keepdim=True)).all()  # not vacuous
 
 
 def test_row_stats_against_direct_formulas():
@@ -182,3 +272,33 @@ def test_block_selection_rules():
     assert keep[0, 0, 1].tolist() == [True, False, True, True]
     with pytest.raises(ValueError, match="tau"):
         reference.select_cumulative_blocks(scores, 0.0)
+
+
+def test_row_stats_restricted_to_a_layout_describe_the_sparse_attention():
+    """``restrict``: entropy, max weight, lse, budgets and masses of the softmax that
+    `reference.attention` uses with the layout, computed here from its probabilities."""
+    q, k, _ = qkv(15, q_len=40, kv_len=40)
+    scores = reference.scaled_scores(q, k, compute_dtype=torch.float64)
+    threshold = reference.top_k_threshold(scores, 6)
+    layout = Layout.from_row_threshold(scores, threshold, block_q=16, block_k=16, causal=True)
+    relevant = torch.randint(-1, 40, (2, 40, 3), generator=torch.Generator().manual_seed(16))
+    stats = reference.row_stats(
+        q,
+        k,
+        causal=True,
+        ps=(0.5, 0.9),
+        relevant_positions=relevant,
+        restrict=layout,
+        compute_dtype=torch.float64,
+    )
+    kept = layout.to_dense(scores) & reference.attention_mask(40, 40, True, "cpu")
+    probs, lse = reference.masked_softmax(scores, kept)
+    plogp = torch.where(probs > 0, probs * probs.log(), torch.zeros_like(probs))
+    torch.testing.assert_close(stats.entropy, (-plogp.sum(-1)).float())
+    torch.testing.assert_close(stats.lse, lse.float())
+    torch.testing.assert_close(stats.max_weight, probs.amax(-1).float())
+    for index, p in enumerate((0.5, 0.9)):
+        assert torch.equal(stats.top_p_budget[..., index], reference.top_p_budget(probs, p))
+    mass = reference.gather_relevant_mass(probs, relevant)
+    torch.testing.assert_close(stats.relevant_mass, mass.float())
+    assert (stats.top_p_budget <= kept.sum(-1, keepdim=True)).all()

@@ -10,6 +10,7 @@ must equal the oracle's exactly (random scores have distinct probabilities).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -398,3 +399,18 @@ def test_autotuning_keeps_fp32_and_short_inputs_to_one_configuration(configs, sh
     assert shapes(torch.float16, 2 * triton_row_stats.SHORT_KEYS) == list(configs)
     with pytest.raises(ValueError, match="not among"):
         triton_row_stats.candidate_configs(tuned, torch.float32, 256, short, (8, 8, 1, 1))
+
+
+def test_restricted_statistics_take_the_reference_and_triton_refuses_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the reference restricts to a layout: "auto" takes it (logged), "triton" raises."""
+    q, k = random_qk(71, 1, 2, 2, 32, 32, 16)
+    layout = Layout.dense(32, 32, block_q=16, block_k=16, causal=True, device=DEVICE)
+    with pytest.raises(RuntimeError, match="restrict"):
+        api.row_stats(q, k, restrict=layout, impl="triton")
+    with caplog.at_level(logging.DEBUG, logger="kernels.api"):
+        dense = Layout.dense(32, 32, block_q=16, block_k=16, causal=True)
+        out = api.row_stats(q.cpu(), k.cpu(), causal=True, restrict=dense)
+    assert "restrict" in caplog.text
+    assert_matches(out, oracle(q.cpu(), k.cpu(), causal=True))

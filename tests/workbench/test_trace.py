@@ -208,3 +208,61 @@ def test_cli_trace_writes_files(tmp_path, model: str) -> None:
     for name in ("trace.safetensors", "trace.json", "trace.html"):
         assert (tmp_path / name).stat().st_size > 0
     assert Trace.load(tmp_path / "trace").stats
+
+
+# ---------------------------------------------------------------------------- sparse models
+def test_tracing_a_sparse_method_records_the_attention_it_uses() -> None:
+    """``trace(sparse=...)``: the forward is the sparsified model's; on its sparse layer the
+    statistics are those of the softmax over the selection (top-1: one key, entropy 0) and
+    ``dense_stats`` those of the dense softmax of the same q and k; other layers stay dense."""
+    import workbench.sparse
+    from workbench.sparse.patch import sparsify
+
+    model, inputs = toy_model(), tokens()
+    method = workbench.sparse.get("top_k", k=1)
+    captured = {}
+
+    def keep_qk(tensor, hook):
+        captured[hook.name] = tensor.detach().clone()
+
+    hooks = [(f"blocks.1.attn.hook_rot_{name}", keep_qk) for name in "qk"]  # rotary q, k
+    with model.hooks(fwd_hooks=hooks):
+        result = trace(
+            model,
+            inputs,
+            TraceConfig(ps=PS),
+            relevant_positions=relevant(),
+            sparse=method,
+            sparse_layers=[1],
+            sparse_block_size=16,
+        )
+    with torch.no_grad(), sparsify(model, method, layers=[1], block_size=16):
+        expected_logits = model(inputs)
+    with torch.no_grad(), tracing(model, TraceConfig(ps=PS), sparse=method, sparse_layers=[1],
+                                  sparse_block_size=16):  # fmt: skip
+        logits = model(inputs)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+
+    assert set(result.dense_stats) == {1}
+    assert result.metadata["sparse"]["method"] == {"name": "top_k", "k": 1}
+    stats, dense = result.stats[1], result.dense_stats[1]
+    assert torch.allclose(stats["entropy"], torch.zeros(()), atol=1e-6)
+    assert torch.allclose(stats["max_weight"], torch.ones(()))
+    assert (stats["top_p_budget"] == 1).all()
+    assert (dense["entropy"] > 0.01).float().mean() > 0.9  # rows of one key have entropy 0
+    # The dense statistics are those of the same q and k (TL's hook_rot_q / hook_rot_k of that pass).
+    q = captured["blocks.1.attn.hook_rot_q"].transpose(1, 2)  # [batch, heads, pos, d_head]
+    k = captured["blocks.1.attn.hook_rot_k"].transpose(1, 2)
+    probs = torch.softmax(
+        (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(
+            torch.ones(12, 12, dtype=torch.bool).triu(1), float("-inf")
+        ),
+        -1,
+    )
+    torch.testing.assert_close(dense["relevant_mass"], gather_relevant_mass(probs, relevant()))
+    # The selected key carries all the weight: relevant mass 1 where it is a relevant key.
+    chosen = probs.argmax(-1)  # [batch, heads, pos]
+    hit = (relevant().unsqueeze(1) == chosen.unsqueeze(-1)).any(-1).float()
+    torch.testing.assert_close(stats["relevant_mass"], hit)
+    # Layer 0 is dense in both.
+    assert 0 not in result.dense_stats and result.statistic(0, "entropy", dense=True) is not None

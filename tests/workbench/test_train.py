@@ -310,6 +310,28 @@ def test_sparse_training_runs_through_sparsify_and_learns(tmp_path: Path) -> Non
     assert dense_records[0]["eval_loss"] != records[0]["eval_loss"]  # the sparse forward differs
 
 
+def test_sparse_training_logs_the_attention_it_trains(tmp_path: Path) -> None:
+    """With a sparse method the attention metrics describe the softmax over its selection (top-1:
+    entropy 0 and one key for 90% of the mass on the sparse layer), with the dense softmax of the
+    same q and k beside them as ``attention_dense``."""
+    config = recall_config(
+        steps=2,
+        eval_every=2,
+        eval_batch_size=32,
+        trace_metrics=True,
+        sparse_method="top_k",
+        sparse_hparams={"k": 1},
+        sparse_layers=[1],
+        sparse_block_size=16,
+    )
+    record = read_metrics(train(config, tmp_path, progress=False).metrics_path)[-1]
+    used, dense = record["attention"], record["attention_dense"]
+    assert used["entropy"][1] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert used["k_0.9"][1] == pytest.approx([1.0, 1.0])
+    assert min(dense["entropy"][1]) > 0.1
+    assert used["entropy"][0] == pytest.approx(dense["entropy"][0])  # layer 0 attends densely
+
+
 def test_learning_rate_schedules() -> None:
     config = recall_config(steps=100, warmup_steps=10, schedule="cosine", lr=1.0)
     assert learning_rate(config, 0) == pytest.approx(0.1)

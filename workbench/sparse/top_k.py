@@ -1,5 +1,11 @@
-"""Token-level top-k: every query keeps the ``k`` keys with the largest scores (ties at the k-th
-score are all kept; rows with fewer than ``k`` visible keys keep them all)."""
+"""Token-level top-k: every query keeps the ``k`` keys with the largest scores; rows with fewer than
+``k`` visible keys keep them all.
+
+Ties: keys whose scores equal the k-th, or lie within the rounding tolerance of fp32 dot products
+of it (`kernels.reference.score_tolerance`, ~1e-6 of ``scale |q| max |k|``), are kept with it, so
+a row may keep more than ``k`` keys. The layout's ``row_threshold`` sits in the middle of a wider
+gap (`kernels.reference.separating_threshold`), which makes every kernel (forward, dQ, dK/dV,
+the reference) keep the same keys whatever its order of summation."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.layout import Layout
-from kernels.reference import top_k_threshold
+from kernels.reference import score_tolerance, top_k_threshold
 from workbench.sparse.base import SparseMethod, check_int, scores_for, visible
 
 
@@ -37,7 +43,9 @@ class TopK(SparseMethod):
         block_size: int = 64,
     ) -> Layout:
         scores = scores_for(q, k, scale)
-        threshold = top_k_threshold(scores, self.k, visible(q, k, causal))
+        threshold = top_k_threshold(
+            scores, self.k, visible(q, k, causal), tolerance=score_tolerance(q, k, scale)
+        )
         return Layout.from_row_threshold(
             scores, threshold, block_q=block_size, block_k=block_size, causal=causal
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.layout import Layout
-from kernels.reference import masked_softmax
+from kernels.reference import masked_softmax, score_tolerance, separating_threshold
 from workbench.sparse.base import SparseMethod, as_method, check_fraction, scores_for, visible
 
 
@@ -103,7 +103,7 @@ class TopP(SparseMethod):
         else:
             base_layout = self.base.select(q, k, causal=causal, scale=scale, block_size=block_size)
             candidates = base_layout.to_dense(scores)
-        threshold = self.score_threshold(scores, candidates)
+        threshold = self.score_threshold(scores, candidates, score_tolerance(q, k, scale))
         if self.base is None:
             return Layout.from_row_threshold(
                 scores, threshold, block_q=block_size, block_k=block_size, causal=causal
@@ -114,12 +114,19 @@ class TopP(SparseMethod):
         )
         return dataclasses.replace(layout, token_mask=candidates, row_threshold=threshold)
 
-    def score_threshold(self, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """Scaled-score threshold ``[batch, heads, q_len]`` (+inf for rows without candidates)."""
+    def score_threshold(
+        self,
+        scores: torch.Tensor,
+        candidates: torch.Tensor,
+        tolerance: torch.Tensor | float = 0.0,
+    ) -> torch.Tensor:
+        """Scaled-score threshold ``[batch, heads, q_len]`` (+inf for rows without candidates):
+        the keys the binary search keeps, separated from the others by more than ``tolerance``
+        (`kernels.reference.separating_threshold`: near-ties of the last kept key join it)."""
         probs, _ = masked_softmax(scores, candidates)
         low = top_p_binary_search(probs, self.p, tolerance=self.tolerance)
-        kept = candidates & (probs > low.unsqueeze(-1))
-        return torch.where(kept, scores, torch.full_like(scores, float("inf"))).amin(-1)
+        count = (candidates & (probs > low.unsqueeze(-1))).sum(-1)
+        return separating_threshold(scores, count, candidates, tolerance=tolerance)
 
 
 def top_p(p: float = 0.85, base: SparseMethod | str | None = None, tolerance: float = 1e-5) -> TopP:
