@@ -278,6 +278,8 @@ def _toy_inputs(task_name: str, seed: int) -> tuple[Any, Any, Any]:
 
 SIGTERM_EXIT_CODE = 143
 """Exit status of ``workbench run`` stopped by SIGTERM (128 + 15, as a shell reports it)."""
+RESUME_CHOICES = {"newest": True, "previous": "previous", "restart": False}
+"""``workbench run --resume`` -> the ``resume`` argument of `workbench.train.train`."""
 
 
 @app.command("run")
@@ -299,12 +301,22 @@ def run_command(
             "of unfinished ones) without training."
         ),
     ] = True,
+    resume: Annotated[
+        str,
+        typer.Option(
+            help="How unfinished runs continue. newest: from their newest checkpoint (a damaged "
+            "one fails the run; the others go on). previous: from the newest checkpoint that "
+            "verifies, moving damaged newer ones into the run's replaced-<time>/. restart: "
+            "afresh, moving their checkpoints and log into replaced-<time>/ (finished runs are "
+            "reused either way; nothing is deleted)."
+        ),
+    ] = "newest",
 ) -> None:
     """Train every run of an experiment (finished runs are reused) and write its analysis:
     runs/<name>/<hash>/{config.yaml, metrics.jsonl, results.json, figures/*.html}."""
     import logging
 
-    from workbench.experiments import load_spec, run_experiment, spec_names
+    from workbench.experiments import RunsFailed, load_spec, run_experiment, spec_names
     from workbench.termination import Terminated
 
     if list_:
@@ -315,16 +327,31 @@ def run_command(
         return
     if name is None:
         raise typer.BadParameter("give an experiment name or --list", param_hint="NAME")
+    if resume not in RESUME_CHOICES:
+        choices = ", ".join(RESUME_CHOICES)
+        raise typer.BadParameter(f"must be one of {choices}, got {resume!r}", param_hint="--resume")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         spec = load_spec(name)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="NAME") from None
     try:
-        result = run_experiment(spec, quick=quick, runs_dir=runs_dir, workers=workers, train=train)
+        result = run_experiment(
+            spec,
+            quick=quick,
+            runs_dir=runs_dir,
+            workers=workers,
+            train=train,
+            resume=RESUME_CHOICES[resume],
+        )
     except Terminated as error:
         typer.echo(f"stopped on SIGTERM ({error}); the same command continues the runs", err=True)
         raise typer.Exit(SIGTERM_EXIT_CODE) from None
+    except RunsFailed as error:  # the other runs were trained; no analysis is written
+        typer.echo(f"{len(error.failures)} of {error.total} runs failed:", err=True)
+        for directory, failure in error.failures:
+            typer.echo(f"run {directory} failed: {type(failure).__name__}: {failure}", err=True)
+        raise typer.Exit(1) from None
     if train:
         counts = f"{result.n_trained} trained, {len(result.runs) - result.n_trained} reused"
     else:
@@ -339,10 +366,16 @@ def run_command(
 def _experiment_runs(run_dir: Path) -> dict[Path, list[Path]]:
     """``{figures folder: run folders}``: every analysis folder (``*/experiment.yaml``) of an
     experiment's ``run_dir`` with the runs of its ``results.json``; else ``run_dir/figures`` with
-    every run (``metrics.jsonl``) below ``run_dir``."""
+    every run (``metrics.jsonl``, outside ``replaced-<time>/`` folders) below ``run_dir``."""
     import json
 
-    runs = sorted(path.parent for path in run_dir.rglob("metrics.jsonl"))
+    from workbench.checkpoint import REPLACED
+
+    runs = sorted(
+        path.parent
+        for path in run_dir.rglob("metrics.jsonl")
+        if not any(part.startswith(REPLACED) for part in path.relative_to(run_dir).parts)
+    )  # files a restart moved aside (replaced-<time>/) are not runs
     grouped = {}
     for analysis_dir in sorted(path.parent for path in run_dir.glob("*/experiment.yaml")):
         results = analysis_dir / "results.json"

@@ -22,10 +22,23 @@ Files in ``out_dir``:
   "top_k_margin": [layer][head]}`` (`workbench.metrics.stability.stability_metrics`, same means);
   with a fixed training set (``train_samples``) also ``eval_loss_train`` and
   ``eval_accuracy_train`` / ``eval_mse_train`` on its first ``eval_batch_size`` examples.
-* ``checkpoint.safetensors`` (model and optimizer tensors) and ``checkpoint.json`` (step, config,
-  data-generator state, schedule, optimizer scalars), every ``checkpoint_every`` steps, at the end,
-  and on SIGTERM (a scheduler's time limit): the step in progress finishes, a checkpoint is written
-  and `TrainingInterrupted` is raised; ``train(..., resume=True)`` then continues from that step.
+* ``checkpoints/step-<n>/``: a checkpoint (`workbench.checkpoint`): ``tensors.safetensors``
+  (model and optimizer tensors), ``state.json`` (step, config, data-generator state, schedule,
+  optimizer scalars) and, written last, ``manifest.json`` (size and sha256 of both). One at step 0
+  (before the first log line), every ``checkpoint_every`` steps, at the end, and on SIGTERM (a
+  scheduler's time limit): the step in progress finishes, a checkpoint is written and
+  `TrainingInterrupted` is raised. The two newest are kept; older ones are removed once a new one
+  is verified on disk, so a kill at any point leaves a complete checkpoint to resume from.
+* ``replaced-<time>/``: files moved aside by an explicit choice (below), under their own paths.
+
+Resuming (``train(..., resume=True)``, the default) continues from the newest checkpoint and cuts
+``metrics.jsonl`` after its step. A damaged newest checkpoint (a file missing, truncated, changed
+or unparsable) raises `CheckpointError` naming the file and the choices: ``resume="previous"``
+continues from the newest checkpoint that verifies (the damaged ones are moved aside), and
+``resume=False`` starts afresh (the checkpoints and the log are moved aside). A log with records
+but no checkpoint raises too: nothing is deleted implicitly. A run folder of the old format (one
+``checkpoint.safetensors`` + ``checkpoint.json`` pair) is read by `load_model` and rewritten as
+``checkpoints/step-<n>/`` when training resumes.
 
 Determinism: the weights come from the seed, training batches from a CPU ``torch.Generator`` seeded
 with ``seed`` (or, with ``train_samples``, from a fixed set drawn once and reshuffled every epoch
@@ -46,6 +59,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +70,10 @@ from torch import nn
 
 import toy_tasks
 from toy_tasks.base import Batch, ToyTask, check_float, check_int
+from workbench import checkpoint
 from workbench.analysis import read_metrics
-from workbench.io import atomic_write_json, atomic_write_safetensors, atomic_write_text
+from workbench.checkpoint import CheckpointError
+from workbench.io import atomic_write_text
 from workbench.models import ModelConfig, build_model, check_compatible, check_known_fields
 from workbench.termination import Terminated, termination_requests
 
@@ -80,8 +96,6 @@ activation memory of an evaluation (a model's ``[batch, heads, seq, seq]`` score
 whatever ``eval_batch_size``."""
 
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_TENSORS = "checkpoint.safetensors"
-CHECKPOINT_JSON = "checkpoint.json"
 
 Callback = Callable[[int, "dict[str, Any] | None"], None]
 """``callback(step, record)`` after every optimisation step (``record``: the line logged at that
@@ -540,8 +554,10 @@ class TrainState:
     step: int = 0
 
 
-def save_checkpoint(out_dir: Path, state: TrainState, config: TrainConfig) -> None:
-    """Write ``checkpoint.safetensors`` then ``checkpoint.json`` atomically (both record the step)."""
+def save_checkpoint(out_dir: Path, state: TrainState, config: TrainConfig) -> Path:
+    """Write the checkpoint of ``state.step`` with `workbench.checkpoint.write`; returns its
+    folder. Tensors: ``model/<name>`` and ``optimizer/<index>/<key>``; JSON state: ``step``,
+    ``config``, ``data_generator_state``, ``scheduler`` and ``optimizer_scalars``."""
     tensors = {f"model/{name}": value for name, value in state.model.state_dict().items()}
     scalars: dict[str, Any] = {}
     for index, entry in state.optimizer.state_dict()["state"].items():
@@ -550,51 +566,23 @@ def save_checkpoint(out_dir: Path, state: TrainState, config: TrainConfig) -> No
                 tensors[f"optimizer/{index}/{key}"] = value
             else:
                 scalars[f"{index}/{key}"] = value
-    tensors["train/step"] = torch.tensor(state.step, dtype=torch.int64)
-    atomic_write_safetensors(out_dir / CHECKPOINT_TENSORS, tensors)
     generator_state = base64.b64encode(state.generator.get_state().numpy().tobytes()).decode()
-    atomic_write_json(
-        out_dir / CHECKPOINT_JSON,
-        {
-            "step": state.step,
-            "config": config.to_dict(),
-            "data_generator_state": generator_state,
-            "scheduler": {"step": state.step, "lr": learning_rate(config, max(state.step - 1, 0))},
-            "optimizer_scalars": scalars,
-        },
-    )
-
-
-def read_checkpoint(out_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """``(json, tensors)`` of the checkpoint in ``out_dir`` (None when there is none); raises
-    ``ValueError`` when the two files are not of the same step."""
-    from safetensors.torch import load_file
-
-    out_dir = Path(out_dir)
-    json_path, tensors_path = out_dir / CHECKPOINT_JSON, out_dir / CHECKPOINT_TENSORS
-    if not json_path.exists():
-        return None
-    meta = json.loads(json_path.read_text(encoding="utf-8"))
-    tensors = load_file(tensors_path) if tensors_path.exists() else {}
-    tensor_step = int(tensors["train/step"]) if "train/step" in tensors else None
-    if tensor_step != meta["step"]:
-        raise ValueError(
-            f"{tensors_path} (step {tensor_step}) does not match {json_path} (step {meta['step']}):"
-            " the run stopped while writing a checkpoint; delete both files to start over"
-        )
-    return meta, tensors
+    meta = {
+        "step": state.step,
+        "config": config.to_dict(),
+        "data_generator_state": generator_state,
+        "scheduler": {"step": state.step, "lr": learning_rate(config, max(state.step - 1, 0))},
+        "optimizer_scalars": scalars,
+    }
+    return checkpoint.write(out_dir, state.step, meta, tensors)
 
 
 def restore(
     state: TrainState, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
 ) -> None:
-    """Load a checkpoint read by `read_checkpoint` into ``state``."""
-    model_state = {
-        name.removeprefix("model/"): value
-        for name, value in tensors.items()
-        if name.startswith("model/")
-    }
-    state.model.load_state_dict(model_state)
+    """Load a checkpoint's JSON state and tensors (`workbench.checkpoint.Checkpoint`) into
+    ``state``."""
+    state.model.load_state_dict(_model_tensors(tensors))
     optimizer_state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer/"):
@@ -608,6 +596,14 @@ def restore(
     raw = base64.b64decode(meta["data_generator_state"])
     state.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
     state.step = int(meta["step"])
+
+
+def _model_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        name.removeprefix("model/"): value
+        for name, value in tensors.items()
+        if name.startswith("model/")
+    }
 
 
 def check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
@@ -627,23 +623,18 @@ def check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
 
 
 def load_model(
-    out_dir: str | Path, device: str | torch.device = "cpu"
+    out_dir: str | Path, device: str | torch.device = "cpu", *, previous: bool = False
 ) -> tuple[nn.Module, TrainConfig, int]:
-    """``(model, config, step)`` of the checkpoint in ``out_dir``, the model in eval mode."""
-    checkpoint = read_checkpoint(out_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"no {CHECKPOINT_JSON} in {out_dir}")
-    meta, tensors = checkpoint
-    config = TrainConfig.from_dict(meta["config"])
+    """``(model, config, step)`` of the newest checkpoint in ``out_dir`` (a legacy
+    ``checkpoint.json`` pair too), the model in eval mode. A damaged newest checkpoint raises
+    `CheckpointError`; ``previous=True`` takes the newest one that verifies instead."""
+    found = checkpoint.load(out_dir, previous=previous)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {out_dir}")
+    config = TrainConfig.from_dict(found.state["config"])
     model = build_model(config.resolved_task(), config.model_config())
-    model.load_state_dict(
-        {
-            name.removeprefix("model/"): value
-            for name, value in tensors.items()
-            if name.startswith("model/")
-        }
-    )
-    return model.to(torch.device(device), print_details=False).eval(), config, int(meta["step"])
+    model.load_state_dict(_model_tensors(found.tensors))
+    return model.to(torch.device(device), print_details=False).eval(), config, found.step
 
 
 # ---------------------------------------------------------------------------- metrics log
@@ -666,7 +657,9 @@ class TrainResult:
         metrics: the last record of ``metrics.jsonl`` (the final step, with its evaluation).
         model: the trained model (train mode, on the run's device).
         task: the task config.
-        out_dir, metrics_path, checkpoint_path, checkpoint_json_path: the run's files.
+        out_dir, metrics_path: the run's folder and log.
+        checkpoint_dir, checkpoint_path, checkpoint_json_path: the last checkpoint's
+            ``checkpoints/step-<n>/`` folder, its ``tensors.safetensors`` and its ``state.json``.
         resumed_from: the checkpoint step the run continued from (None: started afresh).
     """
 
@@ -675,6 +668,7 @@ class TrainResult:
     task: ToyTask
     out_dir: Path
     metrics_path: Path
+    checkpoint_dir: Path
     checkpoint_path: Path
     checkpoint_json_path: Path
     resumed_from: int | None
@@ -684,14 +678,17 @@ def train(
     config: TrainConfig,
     out_dir: str | Path,
     *,
-    resume: bool = True,
+    resume: bool | str = True,
     progress: bool = True,
     callback: Callback | None = None,
 ) -> TrainResult:
     """Train a `workbench.models.build_model` model on ``config``'s task; see the module docstring.
 
-    ``resume``: continue from ``out_dir``'s checkpoint when there is one (its config must equal
-    ``config`` up to `RESUMABLE_FIELDS`); False starts afresh, removing an old checkpoint and log.
+    ``resume``: True continues from ``out_dir``'s newest checkpoint when there is one (its config
+    must equal ``config`` up to `RESUMABLE_FIELDS`); a damaged one raises `CheckpointError`,
+    naming the file. ``"previous"`` continues from the newest checkpoint that verifies, moving
+    the damaged newer ones into ``replaced-<time>/``. False starts afresh, moving an old run's
+    checkpoints and log into ``replaced-<time>/``. Nothing is deleted but superseded checkpoints.
     ``progress``: a tqdm bar. ``callback``: see `Callback`; an exception it raises stops training
     (the files on disk stay consistent and resumable). SIGTERM (when called from the main thread)
     finishes the step in progress, writes a checkpoint and raises `TrainingInterrupted`.
@@ -699,6 +696,8 @@ def train(
     from tqdm.auto import tqdm
 
     config.validate()
+    if not (resume is True or resume is False or resume == "previous"):
+        raise ValueError(f"resume must be True, False or 'previous', got {resume!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     task, device = config.resolved_task(), config.torch_device()
@@ -709,11 +708,14 @@ def train(
         model, make_optimizer(config, model), torch.Generator().manual_seed(config.seed)
     )
     resumed_from = _start(out, state, config, resume)
-    hits = _stop_hits(config.early_stop, read_metrics(out / METRICS_FILE))
+    if resumed_from is None:
+        save_checkpoint(out, state, config)  # before the first log line: a log has a checkpoint
+    metrics_path = out / METRICS_FILE
+    records = read_metrics(metrics_path)
+    hits = _stop_hits(config.early_stop, records)
     eval_generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
     eval_batch = task.sample(config.eval_batch_size, eval_generator).to(device)
     data = TrainingData(task, config, device)
-    metrics_path = out / METRICS_FILE
     with (
         open(metrics_path, "a", encoding="utf-8") as log,
         tqdm(
@@ -721,11 +723,9 @@ def train(
         ) as bar,
         termination_requests() as terminated,
     ):
-        if state.step == 0:
+        if state.step == 0 and not records:
             hits = _evaluate_into(record := {"step": 0}, state, data, eval_batch, hits)
             _write(log, record)
-            if hits is None:
-                save_checkpoint(out, state, config)
         while state.step < config.steps and hits is not None:
             record = _train_step(state, data)
             if record is not None:
@@ -741,33 +741,53 @@ def train(
             bar.update(1)
             if callback is not None:
                 callback(state.step, record)
-    records = read_metrics(metrics_path)
+    last = checkpoint.step_folders(out)[0]
     return TrainResult(
-        metrics=records[-1],
+        metrics=read_metrics(metrics_path)[-1],
         model=model,
         task=task,
         out_dir=out,
         metrics_path=metrics_path,
-        checkpoint_path=out / CHECKPOINT_TENSORS,
-        checkpoint_json_path=out / CHECKPOINT_JSON,
+        checkpoint_dir=last,
+        checkpoint_path=last / checkpoint.TENSORS,
+        checkpoint_json_path=last / checkpoint.STATE,
         resumed_from=resumed_from,
     )
 
 
-def _start(out: Path, state: TrainState, config: TrainConfig, resume: bool) -> int | None:
-    """Restore the checkpoint (``resume``) or clear the old run; truncate the log to match.
-    Returns the step resumed from (None: fresh start)."""
-    checkpoint = read_checkpoint(out) if resume else None
-    if checkpoint is None:
-        for name in (CHECKPOINT_JSON, CHECKPOINT_TENSORS):
-            (out / name).unlink(missing_ok=True)
-        truncate_metrics(out / METRICS_FILE, None)
+def _start(out: Path, state: TrainState, config: TrainConfig, resume: bool | str) -> int | None:
+    """Restore the checkpoint to continue from, cutting the log after its step, or (``resume``
+    False) move the old run's files aside. Returns the step resumed from (None: fresh start)."""
+    run_files = [out / checkpoint.CHECKPOINTS, out / METRICS_FILE]
+    run_files += [out / checkpoint.LEGACY_TENSORS, out / checkpoint.LEGACY_STATE]
+    if resume is False:
+        checkpoint.move_aside(out, run_files)
         return None
-    meta, tensors = checkpoint
-    check_resumable(meta["config"], config)
-    restore(state, meta, tensors)
+    checkpoint.migrate_legacy(out)
+    found = checkpoint.load(out, previous=resume == "previous")
+    if found is None:
+        _check_no_log(out / METRICS_FILE)
+        return None
+    check_resumable(found.state["config"], config)
+    newer = [f for f in checkpoint.step_folders(out) if checkpoint.folder_step(f) > found.step]
+    if newer:  # damaged: skipped by the explicit resume="previous"
+        replaced = checkpoint.move_aside(out, newer)
+        if (out / METRICS_FILE).exists():
+            shutil.copy2(out / METRICS_FILE, replaced / METRICS_FILE)  # the log as it was
+    restore(state, found.state, found.tensors)
     truncate_metrics(out / METRICS_FILE, state.step)
     return state.step
+
+
+def _check_no_log(path: Path) -> None:
+    """Raise `CheckpointError` when the log of a run without a checkpoint holds records: its
+    checkpoints were lost (training writes one before the first record)."""
+    records = read_metrics(path)
+    if records:
+        raise CheckpointError(
+            f"{path} holds records up to step {records[-1]['step']} but {path.parent} has no "
+            f"checkpoint: it was lost or deleted. To go on, {checkpoint.RESTART}."
+        )
 
 
 def _train_step(state: TrainState, data: TrainingData) -> dict[str, Any] | None:

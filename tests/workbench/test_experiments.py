@@ -12,6 +12,7 @@ from workbench.cli import app
 from workbench.experiments import (
     ExperimentSpec,
     RunRecord,
+    RunsFailed,
     analyses,
     config_hash,
     load_spec,
@@ -207,6 +208,22 @@ def test_a_failed_run_does_not_stop_the_other_workers(tmp_path):
         if (tmp_path / "toy" / config_hash(config) / "results.json").exists()
     }
     assert finished == {8, 16, 20}
+
+
+def test_a_failed_run_does_not_stop_the_sweep_in_one_process(tmp_path):
+    spec = make_spec(sweep={"task.seq_len": [8, 12, 16]}, seeds=[0])
+    with pytest.raises(RunsFailed, match=r"1 of 3 runs failed .*diverged") as raised:
+        run_experiment(spec, runs_dir=tmp_path, train_fn=stub_or_fail_at_length_12, progress=False)
+    assert isinstance(raised.value.__cause__, FloatingPointError)
+    assert [directory.name for directory, _ in raised.value.failures] == [
+        config_hash(config) for config in spec.configs() if config["task"]["seq_len"] == 12
+    ]
+    finished = {
+        config["task"]["seq_len"]
+        for config in spec.configs()
+        if (tmp_path / "toy" / config_hash(config) / "results.json").exists()
+    }
+    assert finished == {8, 16}
 
 
 def test_interrupted_run_resumes(tmp_path):
@@ -410,3 +427,32 @@ def test_cli_run_no_train_counts_unfinished_and_missing_runs(tmp_path, monkeypat
     assert result.exit_code == 0, result.output
     assert f"{len(configs) - 1} runs (1 unfinished, 1 missing)" in result.output
     assert not (tmp_path / "toy" / config_hash(configs[1])).exists()
+
+
+def test_cli_run_reports_a_damaged_run_and_resumes_it_from_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
+    spec = make_spec(sweep={"task.seq_len": [8, 12]})
+    monkeypatch.setattr("workbench.experiments.load_spec", lambda name: spec)
+    command = ["run", "toy", "--runs-dir", str(tmp_path)]
+    assert CliRunner().invoke(app, command).exit_code == 0  # checkpoints at steps 0 and 10
+    damaged_run, other_run = (tmp_path / "toy" / config_hash(c) for c in spec.configs())
+    for run_dir in (damaged_run, other_run):  # unfinished again
+        (run_dir / "results.json").unlink()
+    tensors = damaged_run / "checkpoints" / "step-10" / "tensors.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-100] ^= 0x01  # a flipped bit in the tensor data
+    tensors.write_bytes(bytes(data))
+    failed = CliRunner().invoke(app, command)
+    assert failed.exit_code == 1
+    assert f"run {damaged_run} failed: CheckpointError: {tensors}" in failed.output
+    assert "--resume previous" in failed.output and "1 of 2 runs failed" in failed.output
+    assert not (damaged_run / "results.json").exists()
+    assert (other_run / "results.json").exists()  # the sweep went on
+    resumed = CliRunner().invoke(app, [*command, "--resume", "previous"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((damaged_run / "results.json").read_text())["train"]["resumed_from"] == 0
+    (aside,) = damaged_run.glob("replaced-*")
+    assert (aside / "checkpoints" / "step-10" / "tensors.safetensors").read_bytes() == data
+    wrong = CliRunner().invoke(app, [*command, "--resume", "latest"])
+    assert wrong.exit_code != 0 and "--resume" in wrong.output

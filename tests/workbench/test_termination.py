@@ -15,6 +15,7 @@ import pytest
 import yaml
 from test_experiments import BASE, make_spec
 
+from workbench import checkpoint
 from workbench.experiments import config_hash, load_spec, run_experiment
 from workbench.termination import Terminated, termination_requests
 
@@ -65,9 +66,8 @@ def test_sigterm_checkpoints_the_runs_in_training_and_cancels_the_queued_ones(tm
         run_experiment(spec, runs_dir=tmp_path, progress=False, workers=2)
     trigger.join()
     for directory in directories[:2]:  # in training: checkpointed at the step they stopped at
-        checkpoint = json.loads((directory / "checkpoint.json").read_text())
         last = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
-        assert checkpoint["step"] == last[-1]["step"] > 0
+        assert checkpoint.load(directory).step == last[-1]["step"] > 0
         assert not (directory / "results.json").exists()
     assert not directories[2].exists()  # queued: cancelled before it started
 
@@ -91,6 +91,5 @@ def test_workbench_run_stops_on_sigterm_with_status_143_and_continues(tmp_path) 
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
     assert "stopped on SIGTERM" in stderr
-    checkpoint = json.loads((run_dir / "checkpoint.json").read_text())
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert checkpoint["step"] == last["step"] > 0
+    assert checkpoint.load(run_dir).step == last["step"] > 0

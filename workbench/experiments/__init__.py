@@ -5,6 +5,7 @@ from workbench.experiments.runner import (
     AnalysisOutput,
     ExperimentResult,
     RunRecord,
+    RunsFailed,
     analysis,
     run_experiment,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "ExperimentResult",
     "ExperimentSpec",
     "RunRecord",
+    "RunsFailed",
     "analysis",
     "config_hash",
     "load_spec",

@@ -9,8 +9,11 @@ Layout under ``runs_dir``::
 
 A run whose ``results.json`` exists and whose ``config.yaml`` equals its config is reused, not
 retrained; any other run is (re)started with ``resume=True``, so a run interrupted after some
-checkpoints continues from the last one. With ``workers > 1`` the runs to train are spread over
-that many processes (small models leave a GPU, or a many-core CPU, mostly idle in one process).
+checkpoints continues from the last one (``resume="previous"`` or False choose what a run with a
+damaged checkpoint does: see `workbench.train.train`). With ``workers > 1`` the runs to train are
+spread over that many processes (small models leave a GPU, or a many-core CPU, mostly idle in one
+process). A run that fails (a damaged checkpoint, a diverged loss) does not stop the others;
+`RunsFailed` names every failed run once all have ended.
 
 SIGTERM (a scheduler's time limit) stops training cleanly: every run in training writes a
 checkpoint and `workbench.termination.Terminated` is raised (runs not yet started are cancelled);
@@ -46,15 +49,26 @@ POLL_SECONDS = 1.0
 class TrainFn(Protocol):
     """``train_fn(config, out_dir, resume=..., progress=...)``: trains one run described by the
     nested ``config`` dict, writing ``metrics.jsonl`` (and checkpoints) into ``out_dir``; returns
-    a JSON-ready summary dict (stored in the run's ``results.json``) or None."""
+    a JSON-ready summary dict (stored in the run's ``results.json``) or None. ``resume``: True,
+    ``"previous"`` or False, as `workbench.train.train` takes it."""
 
     def __call__(
-        self, config: dict[str, Any], out_dir: Path, *, resume: bool, progress: bool
+        self, config: dict[str, Any], out_dir: Path, *, resume: bool | str, progress: bool
     ) -> Any: ...
 
 
+class RunsFailed(RuntimeError):
+    """Some of the ``total`` runs of an experiment failed (the others were trained);
+    ``failures`` pairs each failed run's folder with its error, the first of which is chained."""
+
+    def __init__(self, failures: list[tuple[Path, BaseException]], total: int) -> None:
+        listed = "; ".join(f"{directory.name}: {error!r}" for directory, error in failures)
+        super().__init__(f"{len(failures)} of {total} runs failed ({listed})")
+        self.failures, self.total = failures, total
+
+
 def train_with_workbench(
-    config: dict[str, Any], out_dir: Path, *, resume: bool, progress: bool
+    config: dict[str, Any], out_dir: Path, *, resume: bool | str, progress: bool
 ) -> Any:
     """The default `TrainFn`: ``workbench.train.train(TrainConfig.from_dict(config), out_dir,
     resume=resume, progress=progress)`` (imported on first use: torch and TransformerLens load
@@ -177,9 +191,15 @@ def _is_complete(directory: Path, config: Mapping[str, Any]) -> bool:
 
 
 def run_config(
-    config: dict[str, Any], directory: Path, train_fn: TrainFn, *, progress: bool
+    config: dict[str, Any],
+    directory: Path,
+    train_fn: TrainFn,
+    *,
+    progress: bool,
+    resume: bool | str = True,
 ) -> RunRecord:
-    """Train one config into ``directory`` unless a finished run of it is there."""
+    """Train one config into ``directory`` (passing ``resume`` on) unless a finished run of it is
+    there."""
     digest = config_hash(config)
     if _is_complete(directory, config):
         logger.info("reusing %s (cached)", directory)
@@ -187,7 +207,7 @@ def run_config(
     logger.info("training %s", directory)
     atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=True))
     start = time.perf_counter()
-    result = train_fn(config, directory, resume=True, progress=progress)
+    result = train_fn(config, directory, resume=resume, progress=progress)
     seconds = time.perf_counter() - start  # this call's training (a resumed run: the rest of it)
     atomic_write_json(
         directory / "results.json", {"config_hash": digest, "train": result, "seconds": seconds}
@@ -213,13 +233,43 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def train_in_turn(
+    pending: list[tuple[dict[str, Any], Path]],
+    train_fn: TrainFn,
+    *,
+    progress: bool,
+    resume: bool | str = True,
+) -> list[RunRecord]:
+    """`run_config` for each ``(config, directory)`` pair, one after the other in this process. A
+    failed run does not stop the others; once all have ended, `RunsFailed` names every failed run
+    and chains the first error (`Terminated` and ``KeyboardInterrupt`` stop at once)."""
+    runs: list[RunRecord] = []
+    failures: list[tuple[Path, BaseException]] = []
+    for config, directory in pending:
+        try:
+            runs.append(run_config(config, directory, train_fn, progress=progress, resume=resume))
+        except Terminated:
+            raise
+        except Exception as error:
+            logger.error("run %s failed: %s", directory, error)
+            failures.append((directory, error))
+    if failures:
+        raise RunsFailed(failures, len(pending)) from failures[0][1]
+    return runs
+
+
 def train_pending(
-    pending: list[tuple[dict[str, Any], Path]], train_fn: TrainFn, *, workers: int, progress: bool
+    pending: list[tuple[dict[str, Any], Path]],
+    train_fn: TrainFn,
+    *,
+    workers: int,
+    progress: bool,
+    resume: bool | str = True,
 ) -> None:
     """Train ``(config, directory)`` pairs in ``workers`` spawned processes (one run each at a
     time, CPU threads split between them; a run is handed out only when a worker is free), with
     one progress bar over the runs. A failed run does not stop the others (a long sweep keeps
-    going); once all have ended, a ``RuntimeError`` names every failed run and chains the first
+    going); once all have ended, `RunsFailed` names every failed run and chains the first
     error. SIGTERM is forwarded to the workers (their training checkpoints and stops), no further
     run starts, and `Terminated` is raised once the workers have stopped."""
     from tqdm.auto import tqdm
@@ -237,9 +287,10 @@ def train_pending(
         while running or (waiting and not terminated()):
             while waiting and len(running) < workers and not terminated():
                 config, directory = waiting.pop()
-                running[pool.submit(run_config, config, directory, train_fn, progress=False)] = (
-                    directory
+                future = pool.submit(
+                    run_config, config, directory, train_fn, progress=False, resume=resume
                 )
+                running[future] = directory
             done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             if terminated() and not done:
                 forward_termination()  # the group may not have had it (``kill <parent pid>``)
@@ -247,17 +298,14 @@ def train_pending(
                 directory = running.pop(future)
                 bar.update(1)
                 if future.exception() is not None and not terminated():
-                    logger.error("run %s failed: %r", directory, future.exception())
+                    logger.error("run %s failed: %s", directory, future.exception())
                     failures.append((directory, future.exception()))
     if terminated():
         raise Terminated(
             f"SIGTERM: the runs in training checkpointed and stopped, {len(waiting)} not started"
         )
     if failures:
-        listed = "; ".join(f"{directory.name}: {error!r}" for directory, error in failures)
-        raise RuntimeError(f"{len(failures)} of {len(pending)} runs failed ({listed})") from (
-            failures[0][1]
-        )
+        raise RunsFailed(failures, len(pending)) from failures[0][1]
 
 
 def run_experiment(
@@ -269,6 +317,7 @@ def run_experiment(
     progress: bool = True,
     workers: int = 1,
     train: bool = True,
+    resume: bool | str = True,
 ) -> ExperimentResult:
     """Train every run of ``experiment`` (a name in ``experiments/``, a YAML path or a spec),
     reusing finished runs, then write its analysis.
@@ -284,6 +333,10 @@ def run_experiment(
         train: False analyses what is already there without training: the finished runs and
             the logged part of unfinished ones (``RunRecord.finished`` False); runs that logged
             nothing are left out and named in the results' ``missing``.
+        resume: passed to ``train_fn`` for the runs it trains: True (continue from the newest
+            checkpoint; a damaged one fails the run), ``"previous"`` (from the newest checkpoint
+            that verifies) or False (afresh, the old files moved aside); see
+            `workbench.train.train`.
 
     Returns:
         The `ExperimentResult`; the analysis is in ``runs_dir/<name>/<experiment-hash>/``.
@@ -303,14 +356,14 @@ def run_experiment(
         runs = [run for run in runs if run is not None]
     elif workers > 1:
         pending = [(config, path) for config, path in configs if not _is_complete(path, config)]
-        train_pending(pending, train_fn, workers=workers, progress=progress)
+        train_pending(pending, train_fn, workers=workers, progress=progress, resume=resume)
         trained = {path for _, path in pending}
         runs = [
             RunRecord(config, path.name, path, cached=path not in trained)
             for config, path in configs
         ]
     else:
-        runs = [run_config(config, path, train_fn, progress=progress) for config, path in configs]
+        runs = train_in_turn(configs, train_fn, progress=progress, resume=resume)
     directory = root / spec.experiment_hash()
     output = get_analysis(spec.name)(spec, runs)
     results = {
