@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,8 +15,10 @@ import torch
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary_path)`` on a temporary file in ``path``'s folder, flush it to disk,
-    then rename it over ``path`` (atomic on POSIX). On error the temporary file is removed and any
-    old ``path`` is left as it was."""
+    then rename it over ``path`` (atomic on POSIX). The file gets the permissions a plain
+    ``open(path, "w")`` would give it (those of the file it replaces, else ``0o666`` less the
+    umask), not the private ``0o600`` of a temporary file. On error the temporary file is removed
+    and any old ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,11 +27,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(Path(temporary))
         with open(temporary, "rb") as file:
             os.fsync(file.fileno())
+        os.chmod(temporary, _mode_for(path))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """Permission bits of the existing ``path``, else ``0o666`` less the process umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -48,3 +48,23 @@ def test_write_figure_opens_offline(tmp_path):
     script = tmp_path / PLOTLY_SCRIPT
     assert script.stat().st_size > 1_000_000  # the whole plotly.js, written once for the folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "b.html", PLOTLY_SCRIPT]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path, umask):
+    """A new file gets 0o666 less the umask (as open() gives), a replaced file keeps its mode:
+    results, checkpoints and figures stay readable by others on a shared disk."""
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        new = atomic_write_text(tmp_path / "new.txt", "x")
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        atomic_write_json(kept, {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
