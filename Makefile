@@ -3,8 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 # Installed first where the environment has no torch: an unpinned torch resolved by pip pulls a
-# multi-GB CUDA build. On a CUDA machine use e.g. `make test TORCH=torch`.
+# multi-GB CUDA build. On a CUDA machine use e.g. `make test TORCH=torch`. On Linux the pin alone
+# also takes a CUDA build from PyPI: `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# takes the CPU build from PyTorch's own index instead.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint clean
@@ -22,7 +25,8 @@ lint: $(VENV)/.installed-dev
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	touch $@
 
 $(VENV)/.installed-base: pyproject.toml $(VENV)/.torch
