@@ -4,9 +4,13 @@ property tests)."""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pytest
 import torch
 
+from kernels.layout import MAX_BLOCK, MAX_LEN, Layout
 from toy_tasks import AssociativeRecall, LinearRegressionICL, SingleLocationRegression
 from toy_tasks.base import check_float
 from workbench.train import TrainConfig
@@ -58,3 +62,75 @@ def test_seeds_beyond_torch_generators_are_rejected() -> None:
     with pytest.raises(ValueError, match="task_seed"):
         sample(SingleLocationRegression(task_seed=2**64))
     SingleLocationRegression(task_seed=2**64 - 1).target_matrix()
+
+
+# ---------------------------------------------------------------------------- layouts
+def test_layout_block_sizes_are_checked_before_any_arithmetic() -> None:
+    mask = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+    scores, threshold = torch.zeros(1, 1, 40, 40), torch.zeros(1, 1, 40)
+    for block in (0, -22, 4, 17, MAX_BLOCK * 2, 16.0, "16", None):
+        with pytest.raises(ValueError, match="block_q"):
+            Layout.dense(40, 40, block_q=block)
+        with pytest.raises(ValueError, match="block_q"):
+            Layout.from_token_mask(mask, block_q=block)
+        with pytest.raises(ValueError, match="block_k"):
+            Layout.from_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 40, 40, block_k=block)
+        with pytest.raises(ValueError, match="block_k"):
+            Layout.from_row_threshold(scores, threshold, block_k=block)
+
+
+def test_layout_lengths_are_checked_before_any_arithmetic() -> None:
+    for length in ("40", 40.0, None, [], 0, -22, MAX_LEN + 1):
+        with pytest.raises(ValueError, match="q_len"):
+            Layout.dense(length, 40)
+        with pytest.raises(ValueError, match="kv_len"):
+            Layout.from_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 40, length)
+
+
+def test_huge_layout_with_a_bad_block_is_rejected_at_once() -> None:
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="block_q"):
+        Layout.dense(10**9, 50, block_q=4)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("bad", [None, [[True]], "mask", np.ones((1, 1, 40, 40), dtype=bool)])
+def test_layout_tensor_arguments_must_be_tensors(bad) -> None:
+    scores, threshold = torch.zeros(1, 1, 40, 40), torch.zeros(1, 1, 40)
+    with pytest.raises(ValueError, match=r"token_mask must be a torch\.Tensor"):
+        Layout.from_token_mask(bad)
+    with pytest.raises(ValueError, match=r"block_mask must be a torch\.Tensor"):
+        Layout.from_block_mask(bad, 40, 40)
+    with pytest.raises(ValueError, match=r"scores must be a torch\.Tensor"):
+        Layout.from_row_threshold(bad, threshold)
+    with pytest.raises(ValueError, match=r"threshold must be a torch\.Tensor"):
+        Layout.from_row_threshold(scores, bad)
+    dense = Layout.dense(40, 40)
+    with pytest.raises(ValueError, match=r"kv_indices must be a torch\.Tensor"):
+        Layout(bad, dense.kv_counts, 40, 40)
+    if bad is not None:  # None: no token mask
+        with pytest.raises(ValueError, match=r"token_mask must be a torch\.Tensor"):
+            Layout(dense.kv_indices, dense.kv_counts, 40, 40, token_mask=bad)
+
+
+def test_row_threshold_of_the_wrong_shape_is_named() -> None:
+    with pytest.raises(ValueError, match="threshold must be"):
+        Layout.from_row_threshold(torch.zeros(1, 1, 40, 40), torch.zeros(1, 1, 39))
+
+
+@pytest.mark.parametrize("causal", ["yes", 2.5, [], None, 1])
+def test_layout_causal_must_be_a_bool(causal) -> None:
+    with pytest.raises(ValueError, match="causal must be a bool"):
+        Layout.dense(40, 40, causal=causal)
+    with pytest.raises(ValueError, match="causal must be a bool"):
+        Layout.from_token_mask(torch.ones(1, 1, 40, 40, dtype=torch.bool), causal=causal)
+    dense = Layout.dense(40, 40)
+    with pytest.raises(ValueError, match="causal must be a bool"):
+        Layout(dense.kv_indices, dense.kv_counts, 40, 40, causal=causal)
+
+
+def test_blocks_longer_than_the_sequence_never_pad_to_the_block() -> None:
+    mask = torch.rand(1, 1, 40, 24, generator=torch.Generator().manual_seed(0)) < 0.5
+    layout = Layout.from_token_mask(mask, block_q=MAX_BLOCK, block_k=MAX_BLOCK)
+    assert layout.n_q_blocks == layout.n_kv_blocks == 1
+    assert torch.equal(layout.to_dense(), mask)
