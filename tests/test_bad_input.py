@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+import workbench.sparse
 from kernels.layout import MAX_BLOCK, MAX_LEN, Layout
 from toy_tasks import AssociativeRecall, LinearRegressionICL, SingleLocationRegression
 from toy_tasks.base import check_float
+from workbench.sparse.base import check_fraction
 from workbench.train import TrainConfig
 
 INF = float("inf")
@@ -134,3 +136,47 @@ def test_blocks_longer_than_the_sequence_never_pad_to_the_block() -> None:
     layout = Layout.from_token_mask(mask, block_q=MAX_BLOCK, block_k=MAX_BLOCK)
     assert layout.n_q_blocks == layout.n_kv_blocks == 1
     assert torch.equal(layout.to_dense(), mask)
+
+
+# ---------------------------------------------------------------------------- sparse methods
+@pytest.mark.parametrize("tau", ["", None, [], "0.5", True, INF, 10**400])
+def test_fractions_are_type_checked_before_compared(tau) -> None:
+    with pytest.raises(ValueError, match="tau must"):
+        workbench.sparse.get("xattention", tau=tau)
+    with pytest.raises(ValueError, match="p must"):
+        check_fraction("p", tau)
+
+
+def test_quest_page_size_is_bounded_and_never_padded_to() -> None:
+    with pytest.raises(ValueError, match=rf"page_size must be an integer in \[1, {MAX_LEN}\]"):
+        workbench.sparse.get("quest", page_size=2**31)
+    q, k = torch.randn(1, 2, 24, 8), torch.randn(1, 1, 40, 8)
+    huge = workbench.sparse.get("quest", page_size=MAX_LEN).select(q, k, causal=True)
+    whole = workbench.sparse.get("quest", page_size=40).select(q, k, causal=True)
+    assert torch.equal(huge.to_dense(), whole.to_dense())
+
+
+def test_delta_gamma_is_bounded() -> None:
+    with pytest.raises(ValueError, match=rf"gamma must be an integer in \[1, {MAX_LEN}\]"):
+        workbench.sparse.get("delta", gamma=2**63)
+    with pytest.raises(ValueError, match="min_tail"):
+        workbench.sparse.get("delta", min_tail=2**63)
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [("sink_window", "window"), ("power", "sink"), ("strided", "stride"), ("random", "k")],
+)
+def test_integer_hyper_parameters_are_bounded_by_the_longest_sequence(name, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        workbench.sparse.get(name, **{field: 2**64})
+    method = workbench.sparse.get(name, **{field: MAX_LEN})
+    q, k = torch.randn(1, 1, 20, 8), torch.randn(1, 1, 20, 8)
+    method.select(q, k, causal=True, block_size=16)
+
+
+def test_unknown_base_method_names_the_argument() -> None:
+    with pytest.raises(ValueError, match="base must be a SparseMethod or a registered name"):
+        workbench.sparse.get("delta", base="nope")
+    with pytest.raises(ValueError, match="unknown sparse method"):
+        workbench.sparse.get(["top_k"])
