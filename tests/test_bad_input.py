@@ -4,6 +4,7 @@ property tests)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -14,7 +15,9 @@ import workbench.sparse
 from kernels.layout import MAX_BLOCK, MAX_LEN, Layout
 from toy_tasks import AssociativeRecall, LinearRegressionICL, SingleLocationRegression
 from toy_tasks.base import check_float
+from workbench.models import toy_model
 from workbench.sparse.base import check_fraction
+from workbench.trace import TraceConfig, trace
 from workbench.train import TrainConfig
 
 INF = float("inf")
@@ -180,3 +183,45 @@ def test_unknown_base_method_names_the_argument() -> None:
         workbench.sparse.get("delta", base="nope")
     with pytest.raises(ValueError, match="unknown sparse method"):
         workbench.sparse.get(["top_k"])
+
+
+# ---------------------------------------------------------------------------- trace config
+@pytest.mark.parametrize("field", ["patterns", "stats"])
+@pytest.mark.parametrize("value", ["yes", 1, None, [], 0.5])
+def test_trace_flags_must_be_bools(field, value) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be a bool"):
+        TraceConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", [1.5, math.nan, None, "4", 0])
+def test_trace_sink_tokens_must_be_a_positive_int(value) -> None:
+    with pytest.raises(ValueError, match="sink_tokens"):
+        TraceConfig(sink_tokens=value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ps", 0),
+        ("ps", 0.5),
+        ("ps", "0.5"),
+        ("ps", [True]),
+        ("layers", 0),
+        ("layers", "01"),
+        ("layers", [0.5]),
+        ("heads", "cpu"),
+        ("heads", [True]),
+        ("pattern_queries", {"a": 1}),
+        ("max_pattern_bytes", "1"),
+        ("max_pattern_bytes", math.nan),
+    ],
+)
+def test_trace_sequences_and_sizes_name_the_field(field, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        TraceConfig(**{field: value})
+
+
+def test_trace_heads_out_of_range_are_called_heads() -> None:
+    model = toy_model(AssociativeRecall(vocab_size=16, seq_len=8, n_pairs=2), n_layers=1)
+    with pytest.raises(ValueError, match=r"heads must be a non-empty subset of 0\.\.3"):
+        trace(model, torch.zeros(1, 8, dtype=torch.long), TraceConfig(heads=[5]))
