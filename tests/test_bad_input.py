@@ -15,7 +15,8 @@ import workbench.sparse
 from kernels.layout import MAX_BLOCK, MAX_LEN, Layout
 from toy_tasks import AssociativeRecall, LinearRegressionICL, SingleLocationRegression
 from toy_tasks.base import check_float
-from workbench.models import toy_model
+from workbench.experiments.spec import ExperimentSpec
+from workbench.models import ModelConfig, toy_model
 from workbench.sparse.base import check_fraction
 from workbench.trace import TraceConfig, trace
 from workbench.train import TrainConfig
@@ -225,3 +226,75 @@ def test_trace_heads_out_of_range_are_called_heads() -> None:
     model = toy_model(AssociativeRecall(vocab_size=16, seq_len=8, n_pairs=2), n_layers=1)
     with pytest.raises(ValueError, match=r"heads must be a non-empty subset of 0\.\.3"):
         trace(model, torch.zeros(1, 8, dtype=torch.long), TraceConfig(heads=[5]))
+
+
+# ---------------------------------------------------------------------------- training configs
+@pytest.mark.parametrize("value", [0, None, "k=1", [("k", 1)], {1: 2}])
+@pytest.mark.parametrize("field", ["task_overrides", "sparse_hparams"])
+def test_train_keyword_mappings_must_be_mappings(field, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", [0, "eval_loss", [("metric", "eval_loss")], 2.5])
+def test_train_early_stop_must_be_a_mapping(value) -> None:
+    with pytest.raises(ValueError, match="early_stop"):
+        TrainConfig(early_stop=value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sparse_layers", 0),
+        ("sparse_layers", "01"),
+        ("sparse_method", []),
+        ("sparse_method", 0),
+        ("sparse_block_size", 8),
+        ("sparse_block_size", 48),
+        ("device", 0),
+        ("device", 2**63),
+        ("early_stop", {"metric": "eval_loss", "below": INF}),
+    ],
+)
+def test_train_fields_name_themselves(field, value) -> None:
+    changes = {field: value}
+    if field in ("sparse_layers", "sparse_block_size"):
+        changes["sparse_method"] = "top_k"
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**changes)
+
+
+def test_train_sparse_hparams_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="sparse_hparams of top_k: k must be"):
+        TrainConfig(sparse_method="top_k", sparse_hparams={"k": 0})
+
+
+def test_train_on_missing_cuda_names_the_device() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(ValueError, match="device is 'cuda'"):
+        TrainConfig(device="cuda").torch_device()
+
+
+def test_model_seed_beyond_torch_generators_is_rejected() -> None:
+    with pytest.raises(ValueError, match="seed"):
+        ModelConfig(seed=2**64)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"seeds": 5}, "seeds"),
+        ({"seeds": [True]}, "seeds"),
+        ({"base": 5}, "base"),
+        ({"sweep": {1: [1, 2]}}, "sweep"),
+        ({"quick": {"seeds": 3}}, "quick.seeds"),
+        ({"quick": {"sweep": {"steps": 4}}}, "quick.sweep"),
+        ({"base": {"steps": math.nan}}, "base"),
+        ({"analysis": {"when": {1, 2}}}, "analysis"),
+    ],
+)
+def test_experiment_spec_fields_name_themselves(changes, field) -> None:
+    data = {"name": "toy", "description": "a spec", "base": {"steps": 10}, **changes}
+    with pytest.raises(ValueError, match=field):
+        ExperimentSpec.from_dict(data)
