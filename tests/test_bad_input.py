@@ -194,7 +194,7 @@ def test_trace_flags_must_be_bools(field, value) -> None:
         TraceConfig(**{field: value})
 
 
-@pytest.mark.parametrize("value", [1.5, math.nan, None, "4", 0])
+@pytest.mark.parametrize("value", [1.5, math.nan, None, "4", 0, 2**64])
 def test_trace_sink_tokens_must_be_a_positive_int(value) -> None:
     with pytest.raises(ValueError, match="sink_tokens"):
         TraceConfig(sink_tokens=value)
@@ -262,6 +262,13 @@ def test_train_fields_name_themselves(field, value) -> None:
         changes["sparse_method"] = "top_k"
     with pytest.raises(ValueError, match=field):
         TrainConfig(**changes)
+
+
+def test_train_rates_that_only_diverge_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"lr must be in \[0.0, 10.0\]"):
+        TrainConfig(lr=1e300)
+    with pytest.raises(ValueError, match=r"weight_decay must be in \[0.0, 10.0\]"):
+        TrainConfig(weight_decay=1e300)
 
 
 def test_train_sparse_hparams_errors_name_the_field() -> None:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from kernels import api
-from kernels.layout import Layout
+from kernels.layout import MAX_LEN, Layout
 from kernels.reference import check_ps, repeat_kv
 from toy_tasks.base import check_int
 from workbench.attention import (
@@ -116,7 +116,7 @@ class TraceConfig:
         if not (self.patterns or self.stats):
             raise ValueError("nothing to record: set patterns=True or stats=True")
         check_ps(self.ps)
-        check_int("sink_tokens", self.sink_tokens, 1)
+        check_int("sink_tokens", self.sink_tokens, 1, MAX_LEN)
         if self.impl not in api.IMPLS:
             raise ValueError(f"impl must be one of {api.IMPLS}, got {self.impl!r}")
         if self.attention not in ("model", "kernels"):

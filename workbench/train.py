@@ -63,6 +63,10 @@ from workbench.termination import Terminated, termination_requests
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 MAX_SEED = 2**32 - 1
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 10.0
+"""Largest ``lr`` and ``weight_decay``: far beyond what a run survives (larger values only make it
+diverge a few steps in)."""
 EVAL_SEED_OFFSET = 2**32
 """The evaluation generator is seeded with ``seed + EVAL_SEED_OFFSET`` (disjoint from training)."""
 TRAIN_SET_SEED_OFFSET = 2**33
@@ -116,8 +120,9 @@ class TrainConfig:
             ``eval_mse_train``) on its first ``eval_batch_size`` examples, so the gap to the
             held-out metrics measures generalisation. None: a fresh batch every step.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
-        lr: peak learning rate (> 0).
-        weight_decay: weight decay (decoupled for AdamW, L2 for Adam and SGD).
+        lr: peak learning rate in ``(0, MAX_LR]``.
+        weight_decay: weight decay in ``[0, MAX_WEIGHT_DECAY]`` (decoupled for AdamW, L2 for Adam
+            and SGD).
         momentum: SGD momentum in [0, 1).
         schedule: ``"constant"``, ``"cosine"`` (to 0 at ``steps``) or ``"step"`` (times ``gamma``
             every ``step_every`` steps after warm-up).
@@ -203,8 +208,8 @@ class TrainConfig:
         check_int("seed", self.seed, 0, MAX_SEED)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_positive("lr", self.lr)
-        check_float("weight_decay", self.weight_decay, 0.0)
+        _check_positive("lr", self.lr, MAX_LR)
+        check_float("weight_decay", self.weight_decay, 0.0, MAX_WEIGHT_DECAY)
         check_float("momentum", self.momentum, 0.0, 1.0)
         if self.momentum == 1.0:
             raise ValueError("momentum must be in [0, 1), got 1.0")
@@ -350,8 +355,8 @@ def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
-def _check_positive(name: str, value: float) -> None:
-    check_float(name, value, 0.0)
+def _check_positive(name: str, value: float, high: float | None = None) -> None:
+    check_float(name, value, 0.0, high)
     if value == 0:
         raise ValueError(f"{name} must be > 0, got {value}")
 
