@@ -43,10 +43,8 @@ def triton_unavailable_reason(tensors: tuple[torch.Tensor, ...]) -> str | None:
     if not triton_importable():
         return "triton is not installed (it is available on Linux x86_64)"
     devices = {tensor.device.type for tensor in tensors}
-    if devices == {"cuda"}:
-        return None
-    if devices == {"cpu"} and interpret_mode():
-        return None
+    if devices == {"cuda"} or (devices == {"cpu"} and interpret_mode()):
+        return interpreter_dtype_reason(tensors)
     if len(devices) > 1:
         return f"the inputs are on several devices ({sorted(devices)})"
     return (
@@ -59,6 +57,18 @@ def check_impl(impl: str) -> None:
     """``ValueError`` unless ``impl`` is one of `IMPLS`."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def interpreter_dtype_reason(tensors: tuple[torch.Tensor, ...]) -> str | None:
+    """Why Triton's interpreter cannot run the kernels on ``tensors`` (None when it can): it
+    computes ``tl.dot`` of bfloat16 tiles wrongly (an upstream limitation; outputs are garbage)."""
+    if interpret_mode() and any(tensor.dtype == torch.bfloat16 for tensor in tensors):
+        return (
+            "the inputs are torch.bfloat16, whose tl.dot the Triton interpreter "
+            "(TRITON_INTERPRET=1) computes wrongly (an upstream limitation): use float16 or "
+            "float32 inputs, impl='reference', or a CUDA device without the interpreter"
+        )
+    return None
 
 
 def resolve_impl(

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.api import interpreter_dtype_reason
 from kernels.layout import causal_block_mask, num_blocks
 from kernels.reference import resolve_scale
 
@@ -54,6 +55,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
         )
     if q.device != k.device:
         raise ValueError(f"q and k must be on one device, got {q.device} and {k.device}")
+    reason = interpreter_dtype_reason((q, k))
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def _dim_tile(d_head: int) -> int:

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.api import interpret_mode
+from kernels.api import interpret_mode, interpreter_dtype_reason
 from kernels.layout import Layout
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -889,6 +889,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
     if q.shape[-1] > MAX_D_HEAD:
         raise ValueError(f"d_head must be at most {MAX_D_HEAD}, got {q.shape[-1]}")
+    reason = interpreter_dtype_reason((q, k, v))
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def _precision(q: torch.Tensor) -> str:

@@ -88,7 +88,7 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels.api import interpret_mode
+from kernels.api import interpret_mode, interpreter_dtype_reason
 from kernels.layout import Layout, true_positions
 from kernels.reference import RowStats
 
@@ -735,6 +735,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k heads ({k.shape[1]})")
     if q.shape[-1] > MAX_D_HEAD:
         raise ValueError(f"d_head must be at most {MAX_D_HEAD}, got {q.shape[-1]}")
+    reason = interpreter_dtype_reason((q, k))
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def _common_args(q: torch.Tensor, k: torch.Tensor) -> dict:
