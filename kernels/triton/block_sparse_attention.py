@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.api import interpret_mode
+from kernels.dispatch import interpret_mode
 from kernels.layout import Layout
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -88,7 +88,7 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels.api import interpret_mode
+from kernels.dispatch import interpret_mode
 from kernels.layout import Layout, true_positions
 from kernels.reference import RowStats
 
