@@ -22,9 +22,14 @@ Impl = Literal["auto", "triton", "reference"]
 IMPLS = ("auto", "triton", "reference")
 
 
+_TRUE = ("1", "true", "on", "yes", "y")
+"""Values of ``TRITON_INTERPRET`` that Triton reads as true (case-insensitive; its ``getenv_bool``)."""
+
+
 def interpret_mode() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``). The one test
+    of it for the whole backend: the Triton files import it from here."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
 
 
 @functools.cache

@@ -18,12 +18,12 @@ Shapes: ``q: [batch, heads, q_len, d_head]``, ``k: [batch, kv_heads, kv_len, d_h
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.dispatch import interpret_mode
 from kernels.layout import causal_block_mask, num_blocks
 from kernels.reference import resolve_scale
 
@@ -33,10 +33,6 @@ MIN_DOT = 16
 POOL_TILE = 16384
 """Most elements the pooling kernel loads at once: on an H100 (bf16, d_head 128, block 128) whole
 128-row loads pooled at 2.5 TB/s, 16-row loads at 0.85 TB/s."""
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -353,7 +349,7 @@ def antidiagonal_block_scores(
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(n_q_blocks * per_block, config["BLOCK_M"]), batch * heads)
 
-    if _interpreting():
+    if interpret_mode():
         tile = max(per_block, 64)
         _antidiagonal_kernel[grid({"BLOCK_M": tile})](
             *arguments, **meta, BLOCK_M=tile, BLOCK_N=tile
