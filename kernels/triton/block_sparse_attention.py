@@ -35,13 +35,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import interpret_mode
 from kernels.layout import Layout
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_D_HEAD = 256
-MIN_DOT = 16
-"""Smallest tile edge `tl.dot` accepts."""
+from kernels.triton.common import (
+    MIN_DOT,
+    TileShape,
+    autotune_configs,
+    block_d,
+    check_d_head,
+    check_dtypes,
+)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, for the GPU. Configurations whose tiles do
 # not divide the layout's blocks are pruned; the small ones serve layouts of small blocks.
@@ -76,17 +78,6 @@ _DKDV_CONFIGS = [
 _AUTOTUNE_KEY = ["D_HEAD", "BLOCK_Q", "BLOCK_K", "CAUSAL"]
 
 
-def _configs(gpu_configs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    """Autotune configurations; a single small one under the interpreter (autotuning there is
-    slow, and 16 x 16 tiles divide every layout block)."""
-    if interpret_mode():
-        return [triton.Config({"BLOCK_M": MIN_DOT, "BLOCK_N": MIN_DOT}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-        for m, n, warps, stages in gpu_configs
-    ]
-
-
 FP32_MAX_TILE = 32
 """fp32 inputs use tiles of at most 32 x 32: larger fp32 tiles compile (ptxas, sm_90) to kernels
 holding 6-13 KB of stack per thread, and the driver reserves the stack of every thread the GPU can
@@ -116,9 +107,11 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return large or fits
 
 
-def _autotune(gpu_configs: list[tuple[int, int, int, int]]):
+def _autotune(gpu_configs: list[TileShape]):
+    """Autotuner over ``gpu_configs``; under the interpreter one configuration of 16 x 16 tiles,
+    which divide every layout block."""
     return triton.autotune(
-        configs=_configs(gpu_configs),
+        configs=autotune_configs(gpu_configs, interpreter_tile=MIN_DOT),
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_configs},
     )
@@ -882,13 +875,9 @@ def _empty(
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            f"q, k, v must share one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, "
-            f"{v.dtype}"
-        )
-    if q.shape[-1] > MAX_D_HEAD:
-        raise ValueError(f"d_head must be at most {MAX_D_HEAD}, got {q.shape[-1]}")
+    """Dtype and head dimension (`kernels.reference.check_attention_inputs` checks the shapes)."""
+    check_dtypes(q=q, k=k, v=v)
+    check_d_head(q.shape[-1])
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -928,7 +917,7 @@ def _constexprs(q: torch.Tensor, layout: Layout) -> dict:
     d_head = q.shape[-1]
     return dict(
         D_HEAD=d_head,
-        BLOCK_D=max(triton.next_power_of_2(d_head), MIN_DOT),
+        BLOCK_D=block_d(d_head),
         BLOCK_Q=layout.block_q,
         BLOCK_K=layout.block_k,
         CAUSAL=layout.causal,

@@ -91,13 +91,18 @@ from kernels import reference
 from kernels.dispatch import interpret_mode
 from kernels.layout import Layout, true_positions
 from kernels.reference import RowStats
+from kernels.triton.common import (
+    MIN_DOT,
+    TileShape,
+    autotune_configs,
+    block_d,
+    check_d_head,
+    check_qk,
+    tile_shape,
+)
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_D_HEAD = 256
-MIN_DOT = 16
-"""Smallest tile edge `tl.dot` accepts."""
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 
@@ -143,11 +148,11 @@ for the search kernel), which dominates short workloads such as evaluations duri
 
 
 def _autotune(
-    gpu_configs: list[tuple[int, int, int, int]],
+    gpu_configs: list[TileShape],
     key: list[str],
     *,
-    short: tuple[int, int, int, int],
-    fp32: tuple[int, int, int, int],
+    short: TileShape,
+    fp32: TileShape,
     restore: tuple[str, ...] = (),
 ):
     """Autotuner over ``gpu_configs``; a single config under the interpreter (tuning there is slow
@@ -158,13 +163,9 @@ def _autotune(
     8-15 KB of stack per thread on sm_90, and the driver reserves the stack of every thread the
     GPU can hold, ~4 GB of device memory per process for as long as it lives; ``fp32`` tiles keep
     it under 1 KB."""
-    if interpret_mode():
-        configs = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=1, num_stages=1)]
+    configs = autotune_configs(gpu_configs, interpreter_tile=128)
+    if interpret_mode():  # a single configuration: nothing to prune
         return triton.autotune(configs=configs, key=key, restore_value=list(restore))
-    configs = [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-        for m, n, warps, stages in gpu_configs
-    ]
 
     def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         args = {**named_args, **kwargs}
@@ -182,8 +183,8 @@ def candidate_configs(
     configs: list[triton.Config],
     dtype: torch.dtype,
     len_bucket: int,
-    short: tuple[int, int, int, int],
-    fp32: tuple[int, int, int, int],
+    short: TileShape,
+    fp32: TileShape,
 ) -> list[triton.Config]:
     """The configurations the autotuner tries (see `_autotune`)."""
     if dtype == torch.float32:
@@ -192,15 +193,10 @@ def candidate_configs(
         wanted = short
     else:
         return configs
-    chosen = [config for config in configs if _shape(config) == wanted]
+    chosen = [config for config in configs if tile_shape(config) == wanted]
     if not chosen:
         raise ValueError(f"configuration {wanted} is not among the autotuned ones")
     return chosen
-
-
-def _shape(config: triton.Config) -> tuple[int, int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``."""
-    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
 
 
 # ---------------------------------------------------------------------------- jit helpers
@@ -721,27 +717,15 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError("q and k must be 4-d: [batch, heads, len, d_head]")
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype:
-        raise ValueError(
-            f"q and k must share one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}"
-        )
-    if q.device != k.device:
-        raise ValueError(f"q and k must be on one device, got {q.device} and {k.device}")
-    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and d_head")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k heads ({k.shape[1]})")
-    if q.shape[-1] > MAX_D_HEAD:
-        raise ValueError(f"d_head must be at most {MAX_D_HEAD}, got {q.shape[-1]}")
+    check_qk(q, k)
+    check_d_head(q.shape[-1])
 
 
 def _common_args(q: torch.Tensor, k: torch.Tensor) -> dict:
     d_head = q.shape[-1]
     return dict(
         D_HEAD=d_head,
-        BLOCK_D=max(triton.next_power_of_2(d_head), MIN_DOT),
+        BLOCK_D=block_d(d_head),
         PRECISION="ieee",  # fp32 dots in full precision; ignored for fp16/bf16
     )
 
