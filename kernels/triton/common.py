@@ -1,4 +1,9 @@
-"""What the Triton kernels share: the dtype table, input checks and autotune configurations."""
+"""What the Triton kernels share: the dtype table, input checks and autotune configurations, tile
+loads and stores, and the per-token rule by which a `kernels.layout.Layout` keeps an entry.
+
+The jit helpers are inlined into the kernels that call them (Triton inlines ``@triton.jit``
+functions), so a kernel compiles to the same code whether a helper lives here or beside it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 from kernels.dispatch import interpret_mode
 
@@ -77,3 +83,117 @@ def autotune_configs(shapes: Sequence[TileShape], *, interpreter_tile: int) -> l
 def tile_shape(config: triton.Config) -> TileShape:
     """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` of ``config``."""
     return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+
+
+# ---------------------------------------------------------------------------- tile loads and stores
+@triton.jit
+def load_rows(
+    ptr,
+    rows,
+    stride_row,
+    cols,
+    stride_col,
+    n_rows,
+    D_HEAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NEGATIVE_ROWS: tl.constexpr = False,
+):
+    """``[len(rows), BLOCK_D]`` tile of a ``[n_rows, D_HEAD]`` matrix, zeros outside it; with
+    NEGATIVE_ROWS rows ``< 0`` (padding) are masked too."""
+    mask = rows[:, None] < n_rows
+    if NEGATIVE_ROWS:
+        mask = mask & (rows[:, None] >= 0)
+    if BLOCK_D != D_HEAD:
+        mask = mask & (cols[None, :] < D_HEAD)
+    return tl.load(
+        ptr + rows[:, None] * stride_row + cols[None, :] * stride_col, mask=mask, other=0.0
+    )
+
+
+@triton.jit
+def store_rows(
+    ptr,
+    tile,
+    rows,
+    stride_row,
+    cols,
+    stride_col,
+    n_rows,
+    D_HEAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Store the rows ``< n_rows`` and columns ``< D_HEAD`` of ``tile`` (cast to ptr's dtype)."""
+    mask = rows[:, None] < n_rows
+    if BLOCK_D != D_HEAD:
+        mask = mask & (cols[None, :] < D_HEAD)
+    tl.store(
+        ptr + rows[:, None] * stride_row + cols[None, :] * stride_col,
+        tile.to(ptr.dtype.element_ty),
+        mask=mask,
+    )
+
+
+@triton.jit
+def load_threshold(ptr, rows, stride_row, q_len, HAS_THRESHOLD: tl.constexpr):
+    """fp32 score thresholds of ``rows`` (a dummy 0 when the layout has none)."""
+    if HAS_THRESHOLD:
+        return tl.load(ptr + rows * stride_row, mask=rows < q_len, other=0.0).to(tl.float32)
+    return tl.zeros(rows.shape, dtype=tl.float32)
+
+
+# ---------------------------------------------------------------------------- the per-token rule
+# A layout keeps entry (query i, key j) iff row i exists (i < q_len), key j exists (j < kv_len),
+# with causal j <= i + kv_len - q_len (end-aligned: decoding queries see the whole prefix),
+# token_mask[i, j] where there is a token mask, and scale * q_i . k_j >= row_threshold[i] where
+# there is a row threshold. The torch definition is `kernels.layout.Layout.to_dense` (with
+# `kernels.layout.causal_token_mask`); the helpers below compute the same rule on a tile. Indices
+# broadcast: ``q_idx`` ``[M, 1]`` and ``k_idx`` ``[1, N]``, or transposed (the dK/dV kernel).
+@triton.jit
+def in_bounds(q_idx, k_idx, q_len, kv_len):
+    """Row and key exist."""
+    return (k_idx < kv_len) & (q_idx < q_len)
+
+
+@triton.jit
+def causal_visible(q_idx, k_idx, q_len, kv_len):
+    """End-aligned causal mask: key ``k_idx`` is not after query ``q_idx``."""
+    return k_idx <= q_idx + (kv_len - q_len)
+
+
+@triton.jit
+def visible(q_idx, k_idx, q_len, kv_len, CAUSAL: tl.constexpr):
+    """Row and key exist and, with CAUSAL, the key is causally visible (dense attention)."""
+    keep = in_bounds(q_idx, k_idx, q_len, kv_len)
+    if CAUSAL:
+        keep = keep & causal_visible(q_idx, k_idx, q_len, kv_len)
+    return keep
+
+
+@triton.jit
+def layout_keeps(
+    keep,
+    q_idx,
+    k_idx,
+    qk,
+    scale,
+    threshold,
+    token_mask,
+    stride_tq,
+    stride_tk,
+    q_len,
+    kv_len,
+    CAUSAL: tl.constexpr,
+    HAS_TOKEN_MASK: tl.constexpr,
+    HAS_THRESHOLD: tl.constexpr,
+):
+    """The entries of ``keep`` that a layout's token-level fields keep: its causal flag, its token
+    mask (read only where ``keep`` holds, at ``token_mask + q * stride_tq + k * stride_tk``) and
+    its row ``threshold`` on the scaled score ``scale * qk``."""
+    if CAUSAL:
+        keep = keep & causal_visible(q_idx, k_idx, q_len, kv_len)
+    if HAS_TOKEN_MASK:
+        offsets = q_idx.to(tl.int64) * stride_tq + k_idx.to(tl.int64) * stride_tk
+        keep = keep & (tl.load(token_mask + offsets, mask=keep, other=0) != 0)
+    if HAS_THRESHOLD:
+        keep = keep & (qk * scale >= threshold)
+    return keep

@@ -96,9 +96,14 @@ from kernels.triton.common import (
     TileShape,
     autotune_configs,
     block_d,
+    causal_visible,
     check_d_head,
     check_qk,
+    layout_keeps,
+    load_rows,
+    load_threshold,
     tile_shape,
+    visible,
 )
 
 log = logging.getLogger(__name__)
@@ -201,19 +206,6 @@ def candidate_configs(
 
 # ---------------------------------------------------------------------------- jit helpers
 @triton.jit
-def _load_rows(
-    ptr, rows, stride_row, cols, stride_col, n_rows, D_HEAD: tl.constexpr, BLOCK_D: tl.constexpr
-):
-    """``[len(rows), BLOCK_D]`` tile of a ``[n_rows, D_HEAD]`` matrix, zeros outside it."""
-    mask = (rows[:, None] < n_rows) & (rows[:, None] >= 0)
-    if BLOCK_D != D_HEAD:
-        mask = mask & (cols[None, :] < D_HEAD)
-    return tl.load(
-        ptr + rows[:, None] * stride_row + cols[None, :] * stride_col, mask=mask, other=0.0
-    )
-
-
-@triton.jit
 def _raw_scores(
     q,
     K,
@@ -227,7 +219,7 @@ def _raw_scores(
     PRECISION: tl.constexpr,
 ):
     """Unscaled ``q . k`` of the tile's rows and ``keys``, ``[BLOCK_M, BLOCK_N]`` fp32."""
-    k = _load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
+    k = load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, NEGATIVE_ROWS=True)
     return tl.dot(q, tl.trans(k), input_precision=PRECISION)
 
 
@@ -237,16 +229,6 @@ def _key_end(last_row, q_len, kv_len, CAUSAL: tl.constexpr):
     if CAUSAL:
         return tl.maximum(tl.minimum(last_row + (kv_len - q_len) + 1, kv_len), 0)
     return kv_len
-
-
-@triton.jit
-def _visible(rows, keys, q_len, kv_len, CAUSAL: tl.constexpr):
-    """``[BLOCK_M, BLOCK_N]`` bool: key exists, row exists, and (CAUSAL) key is not in the future
-    (end-aligned: key ``j`` visible to row ``i`` iff ``j <= i + kv_len - q_len``)."""
-    keep = (rows[:, None] < q_len) & (keys[None, :] < kv_len)
-    if CAUSAL:
-        keep = keep & (keys[None, :] <= rows[:, None] + (kv_len - q_len))
-    return keep
 
 
 @triton.jit
@@ -282,7 +264,7 @@ def _selected(
     HAS_THRESHOLD: tl.constexpr,
 ):
     """Entries of ``keep`` that the selection layout keeps: listed block (dense block-mask lookup),
-    then the layout's causal mask, token mask and row threshold (``scale * qk >= threshold``)."""
+    then the layout's causal mask, token mask and row threshold (`layout_keeps`)."""
     block_rows = (rows // SEL_BLOCK_Q).to(tl.int64)
     block_cols = (keys // SEL_BLOCK_K).to(tl.int64)
     listed = tl.load(
@@ -290,15 +272,22 @@ def _selected(
         mask=keep,
         other=0,
     )
-    keep = keep & (listed != 0)
-    if SEL_CAUSAL:
-        keep = keep & (keys[None, :] <= rows[:, None] + (kv_len - q_len))
-    if HAS_TOKEN_MASK:
-        offsets = rows.to(tl.int64)[:, None] * stride_tq + keys.to(tl.int64)[None, :] * stride_tk
-        keep = keep & (tl.load(token_mask + offsets, mask=keep, other=0) != 0)
-    if HAS_THRESHOLD:
-        keep = keep & (qk * scale >= threshold[:, None])
-    return keep
+    return layout_keeps(
+        keep & (listed != 0),
+        rows[:, None],
+        keys[None, :],
+        qk,
+        scale,
+        threshold[:, None],
+        token_mask,
+        stride_tq,
+        stride_tk,
+        q_len,
+        kv_len,
+        SEL_CAUSAL,
+        HAS_TOKEN_MASK,
+        HAS_THRESHOLD,
+    )
 
 
 @triton.jit
@@ -403,20 +392,23 @@ def _stats_kernel(
     m0 = tl.program_id(0) * BLOCK_M
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    q = _load_rows(
-        Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
+    q = load_rows(
+        Q + b * stride_qb + h * stride_qh,
+        rows,
+        stride_qm,
+        cols,
+        stride_qd,
+        q_len,
+        D_HEAD,
+        BLOCK_D,
+        NEGATIVE_ROWS=True,
     )
     K += b * stride_kb + (h // group) * stride_kh
     blocks = SelBlocks + b * stride_sb + h * stride_sh
     token_mask = TokenMask + b * stride_tb + h * stride_th
-    if HAS_THRESHOLD:
-        threshold = tl.load(
-            Threshold + b * stride_rb + h * stride_rh + rows * stride_rq,
-            mask=rows < q_len,
-            other=0.0,
-        ).to(tl.float32)
-    else:
-        threshold = tl.zeros([BLOCK_M], dtype=tl.float32)
+    threshold = load_threshold(
+        Threshold + b * stride_rb + h * stride_rh, rows, stride_rq, q_len, HAS_THRESHOLD
+    )
     qk_scale = scale * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -428,7 +420,7 @@ def _stats_kernel(
     for n0 in range(0, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
         qk = _raw_scores(q, K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION)
-        keep = _visible(rows, keys, q_len, kv_len, CAUSAL)
+        keep = visible(rows[:, None], keys[None, :], q_len, kv_len, CAUSAL)
         s = tl.where(keep, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row with no visible key so far keeps m = -inf; shift by 0 instead (exp2(-inf) = 0).
@@ -551,7 +543,7 @@ def _search_kernel(
         )
     cols_d = tl.arange(0, BLOCK_D)
     in_range = rows < q_len
-    q = _load_rows(
+    q = load_rows(
         Q + b * stride_qb + h * stride_qh,
         rows,
         stride_qm,
@@ -560,6 +552,7 @@ def _search_kernel(
         q_len,
         D_HEAD,
         BLOCK_D,
+        NEGATIVE_ROWS=True,
     )
     K += b * stride_kb + (h // group) * stride_kh
     state = (pid_bh.to(tl.int64) * q_len + rows) * NUM_PS  # [BLOCK_M] offsets of column 0
@@ -589,7 +582,7 @@ def _search_kernel(
         qk = _raw_scores(
             q, K, keys, stride_kn, cols_d, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION
         )
-        keep = _visible(rows, keys, q_len, kv_len, CAUSAL)
+        keep = visible(rows[:, None], keys[None, :], q_len, kv_len, CAUSAL)
         u = tl.where(keep, qk * qk_scale - lse2[:, None], float("inf"))  # +inf: never below
         p = tl.where(keep, tl.math.exp2(u), 0.0)
         total += tl.sum(p, 1).to(tl.float64)
@@ -686,8 +679,16 @@ def _relevant_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     in_range = rows < q_len
-    q = _load_rows(
-        Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
+    q = load_rows(
+        Q + b * stride_qb + h * stride_qh,
+        rows,
+        stride_qm,
+        cols,
+        stride_qd,
+        q_len,
+        D_HEAD,
+        BLOCK_D,
+        NEGATIVE_ROWS=True,
     ).to(tl.float32)
     K += b * stride_kb + (h // group) * stride_kh
     offsets = pid_bh.to(tl.int64) * q_len + rows
@@ -702,9 +703,11 @@ def _relevant_kernel(
         key = tl.load(positions + r * stride_pr, mask=in_range, other=-1)
         keep = nonempty & (key >= 0) & (key < kv_len)
         if CAUSAL:
-            keep = keep & (key <= rows + (kv_len - q_len))
-        key = tl.where(keep, key, -1)  # _load_rows gives zeros for row -1
-        k = _load_rows(K, key, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
+            keep = keep & causal_visible(rows, key, q_len, kv_len)
+        key = tl.where(keep, key, -1)  # load_rows gives zeros for row -1
+        k = load_rows(
+            K, key, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, NEGATIVE_ROWS=True
+        )
         s = tl.sum(q * k.to(tl.float32), 1) * qk_scale
         mass += tl.where(keep, tl.math.exp2(s - lse2), 0.0)
     tl.store(Out + offsets, mass, mask=in_range)
