@@ -29,8 +29,8 @@ from kernels.reference import resolve_scale
 from kernels.triton.common import block_d, check_qk, gpu_configs
 
 POOL_TILE = 16384
-"""Most elements the pooling kernel loads at once: on an H100 (bf16, d_head 128, block 128) whole
-128-row loads pooled at 2.5 TB/s, 16-row loads at 0.85 TB/s."""
+"""Most elements the pooling kernel loads at once: it loads whole blocks where they fit, which pool
+much faster than small row slices (`bench/NOTES.md`, "Mean pooling: rows per load")."""
 
 
 # ---------------------------------------------------------------------------- input checks

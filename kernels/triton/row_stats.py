@@ -56,22 +56,14 @@ therefore equal the oracle except in (a), whose chance per (row, p) is about ``1
 the boundary key``, i.e. ~``n * 1e-7`` for rows of ``n`` similar keys; exact ties (a uniform row of
 ``n`` keys: ``ceil(p n)``) are exact.
 
-Cost (H100, bf16, d = 128). Model: one QK^T costs 2 d flops per score on the tensor cores,
-~0.4 ps per score at ~600 TFLOP/s; one exp2 ~0.25 ps (16 per clock per SM); one CUDA-core
-operation ~0.034 ps per score. SDPA forward (2 matmuls + 1 exp) takes ~0.8 ps per score. Pass 1 is
-one QK^T + one exp2 + ~15 operations per score, about an SDPA forward. A search pass is one QK^T +
-one exp2 + ~5 operations (compare, select, two adds, a count) per candidate and score, plus the
-per-tile reductions and the scatter of the candidate sums into the ``[BLOCK_M, 32]`` accumulator:
-32 candidates (the first pass; ``8 len(ps)`` later, also 32 for 4 masses), i.e. ~10x an SDPA
-forward by the model. Rows of distinct probabilities settle after ``~1 + log_7(range / gap)``
+Cost: pass 1 is about one attention forward (one QK^T, one exp2 and a few more operations per
+score). A search pass recomputes QK^T but also compares every score with every candidate
+threshold and adds it into a count and a mass per candidate (32 columns), so the candidate
+counting on the CUDA cores dominates, not the recomputed QK^T; this is why later passes visit only
+the unsettled rows. Rows of distinct probabilities settle after ``~1 + log_7(range / gap)``
 passes, ``gap`` being the log2-probability distance from the boundary key to its neighbours
-(usually less: the bounds on ``r`` settle a bracket that still holds a few keys).
-Measured (Triton 3.6, H100, 32 heads, causal, bf16, 64K; `bench/NOTES.md`): the statistics pass
-takes ~1.2x an SDPA forward; a search pass over all rows ~840 ms (~15x SDPA: ~26 ms per candidate
-column, the kernel runs at 255 registers with spills), so `row_stats` with four budgets costs
-~19x SDPA where the first pass settles most rows (95% of the (row, p) on the benchmark's
-structured inputs) and ~55x where it settles none (i.i.d. Gaussian q and k). The candidate
-counting on the CUDA cores dominates, not the recomputed QK^T.
+(usually less: the bounds on ``r`` settle a bracket that still holds a few keys). The cost model
+and the measurements are in `bench/NOTES.md` ("Row statistics: cost model and measurements").
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k: [batch, kv_heads, kv_len, d_head]``; query head
 ``h`` reads kv head ``h // (heads // kv_heads)``. Inputs fp16, bf16 or fp32 (fp32 dots in full
