@@ -382,7 +382,8 @@ class Layout:
         return mask[..., : self.n_kv_blocks]
 
     def to_dense(self, scores: torch.Tensor | None = None) -> torch.Tensor:
-        """Token-level ``[batch, heads, q_len, kv_len]`` bool mask of the entries the layout keeps.
+        """Token-level ``[batch, heads, q_len, kv_len]`` bool mask of the entries the layout keeps:
+        the definition that the Triton kernels apply tile by tile (`kernels.triton.common`).
 
         ``row_threshold`` can only be applied given the scaled ``scores``; without them a layout with
         a threshold raises.
