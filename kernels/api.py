@@ -6,76 +6,45 @@
   no silent fallback.
 * ``"auto"``: triton for CUDA tensors when triton is importable, reference otherwise; the choice is
   logged at debug level (logger ``kernels.api``).
+
+The choice itself (`resolve_impl`, `interpret_mode`, ...) lives in `kernels.dispatch`, which the
+Triton files import too; it is re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
-import os
 from typing import Literal
 
 import torch
 
 from kernels import reference
+from kernels.dispatch import (
+    IMPLS,
+    Impl,
+    check_impl,
+    interpret_mode,
+    resolve_impl,
+    triton_importable,
+    triton_unavailable_reason,
+)
 from kernels.layout import Layout
 from kernels.reference import RowStats
 
+__all__ = [
+    "IMPLS",
+    "Impl",
+    "block_scores",
+    "check_impl",
+    "interpret_mode",
+    "resolve_impl",
+    "row_stats",
+    "sparse_attention",
+    "triton_importable",
+    "triton_unavailable_reason",
+]
+
 logger = logging.getLogger(__name__)
-
-Impl = Literal["auto", "triton", "reference"]
-IMPLS = ("auto", "triton", "reference")
-
-
-def interpret_mode() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@functools.cache
-def triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def triton_unavailable_reason(tensors: tuple[torch.Tensor, ...]) -> str | None:
-    """Why the Triton kernels cannot run on ``tensors`` (None when they can)."""
-    if not triton_importable():
-        return "triton is not installed (it is available on Linux x86_64)"
-    devices = {tensor.device.type for tensor in tensors}
-    if devices == {"cuda"}:
-        return None
-    if devices == {"cpu"} and interpret_mode():
-        return None
-    if len(devices) > 1:
-        return f"the inputs are on several devices ({sorted(devices)})"
-    return (
-        f"the inputs are on {devices.pop()}; the Triton kernels need CUDA tensors "
-        "(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)"
-    )
-
-
-def check_impl(impl: str) -> None:
-    """``ValueError`` unless ``impl`` is one of `IMPLS`."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-
-
-def resolve_impl(
-    impl: str, function: str, *tensors: torch.Tensor
-) -> Literal["triton", "reference"]:
-    """Turn ``impl`` into the implementation that runs, raising when ``"triton"`` cannot."""
-    check_impl(impl)
-    if impl == "reference":
-        return "reference"
-    reason = triton_unavailable_reason(tensors)
-    if impl == "triton":
-        if reason is not None:
-            raise RuntimeError(f"{function}(impl='triton') cannot run: {reason}")
-        return "triton"
-    chosen = "triton" if reason is None and tensors[0].is_cuda else "reference"
-    logger.debug("%s(impl='auto') uses %s (%s)", function, chosen, reason or "CUDA tensors")
-    return chosen
 
 
 def sparse_attention(

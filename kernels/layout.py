@@ -32,10 +32,50 @@ import torch
 MIN_BLOCK = 16
 """Smallest block size: GPU matrix instructions need tiles of at least 16."""
 
+MAX_BLOCK = 2**16
+"""Largest block size: far beyond the kernels' tiles (16 to 256), whose loops over a block's tiles
+would otherwise run on for nothing."""
+
+MAX_LEN = 2**31 - 1
+"""Longest ``q_len`` / ``kv_len``: the kernels index positions with int32."""
+
 
 def num_blocks(length: int, block: int) -> int:
     """Number of blocks of size ``block`` covering ``length`` positions (the last may be partial)."""
     return -(-length // block)
+
+
+def check_geometry(q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool) -> None:
+    """Raise ``ValueError`` naming the first scalar of a layout out of its range: lengths in
+    ``[1, MAX_LEN]``, block sizes powers of two in ``[MIN_BLOCK, MAX_BLOCK]``, ``causal`` a bool.
+    Every constructor checks these before any arithmetic on them."""
+    for name, length in (("q_len", q_len), ("kv_len", kv_len)):
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= MAX_LEN:
+            raise ValueError(f"{name} must be a positive integer <= {MAX_LEN}, got {length!r}")
+    for name, size in (("block_q", block_q), ("block_k", block_k)):
+        check_block_size(name, size)
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be a bool, got {causal!r}")
+
+
+def check_block_size(name: str, size: int) -> None:
+    """Raise ``ValueError`` unless ``size`` is a power of two in ``[MIN_BLOCK, MAX_BLOCK]``."""
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int)
+        or not MIN_BLOCK <= size <= MAX_BLOCK
+        or size & (size - 1)
+    ):
+        raise ValueError(
+            f"{name} must be a power of two >= {MIN_BLOCK} and <= {MAX_BLOCK}, got {size!r}"
+        )
+
+
+def check_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` itself; ``ValueError`` naming ``name`` unless it is a ``torch.Tensor``."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,13 +146,9 @@ class Layout:
         ``values=False`` checks types and shapes only; the value checks (counts in range, indices
         in range and strictly increasing) read tensor values: device synchronisations, skipped by
         the constructors whose indices are valid by construction."""
-        for name in ("block_q", "block_k"):
-            size = getattr(self, name)
-            if not isinstance(size, int) or size < MIN_BLOCK or size & (size - 1):
-                raise ValueError(f"{name} must be a power of two >= {MIN_BLOCK}, got {size!r}")
-        for name in ("q_len", "kv_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_geometry(self.q_len, self.kv_len, self.block_q, self.block_k, self.causal)
+        check_tensor("kv_indices", self.kv_indices)
+        check_tensor("kv_counts", self.kv_counts)
         indices, counts = self.kv_indices, self.kv_counts
         if indices.dtype != torch.int32 or counts.dtype != torch.int32:
             raise ValueError(
@@ -153,7 +189,7 @@ class Layout:
 
     def _validate_token_fields(self) -> None:
         if self.token_mask is not None:
-            mask = self.token_mask
+            mask = check_tensor("token_mask", self.token_mask)
             if mask.dtype != torch.bool or mask.dim() != 4:
                 raise ValueError(
                     f"token_mask must be a 4-d bool tensor, got {mask.dtype} {tuple(mask.shape)}"
@@ -164,7 +200,7 @@ class Layout:
                     f"q_len={self.q_len}, kv_len={self.kv_len}], got {tuple(mask.shape)}"
                 )
         if self.row_threshold is not None:
-            threshold = self.row_threshold
+            threshold = check_tensor("row_threshold", self.row_threshold)
             if not threshold.is_floating_point() or threshold.dim() != 3:
                 raise ValueError("row_threshold must be a 3-d floating-point tensor")
             if threshold.shape[2] != self.q_len or not _broadcasts(threshold.shape, self):
@@ -191,6 +227,8 @@ class Layout:
 
         With ``causal=True`` the blocks lying wholly above the diagonal are dropped.
         """
+        check_geometry(q_len, kv_len, block_q, block_k, causal)
+        check_tensor("block_mask", block_mask)
         expected = (num_blocks(q_len, block_q), num_blocks(kv_len, block_k))
         if block_mask.dtype != torch.bool or block_mask.dim() != 4:
             raise ValueError("block_mask must be a 4-d bool tensor [batch, heads, n_q_b, n_kv_b]")
@@ -238,9 +276,13 @@ class Layout:
         """Layout selecting every block that holds a True entry of ``token_mask``
         ``[batch|1, heads|1, q_len, kv_len]``; with ``keep_token_mask`` the exact entries are kept
         too, otherwise whole blocks are attended."""
+        check_tensor("token_mask", token_mask)
         if token_mask.dtype != torch.bool or token_mask.dim() != 4:
             raise ValueError("token_mask must be a 4-d bool tensor [batch, heads, q_len, kv_len]")
         q_len, kv_len = token_mask.shape[2:]
+        check_geometry(q_len, kv_len, block_q, block_k, causal)
+        if not isinstance(keep_token_mask, bool):
+            raise ValueError(f"keep_token_mask must be a bool, got {keep_token_mask!r}")
         block_mask = pool_to_blocks(token_mask, block_q, block_k)
         return cls.from_block_mask(
             block_mask,
@@ -264,6 +306,7 @@ class Layout:
         device: torch.device | str = "cpu",
     ) -> Layout:
         """Every key block for every query block (causal: every block on or below the diagonal)."""
+        check_geometry(q_len, kv_len, block_q, block_k, causal)
         shape = (1, 1, num_blocks(q_len, block_q), num_blocks(kv_len, block_k))
         mask = torch.ones(shape, dtype=torch.bool, device=device)
         return cls.from_block_mask(
@@ -286,7 +329,33 @@ class Layout:
         (used only to find which blocks hold a kept entry); ``threshold`` ``[batch, heads, q_len]``.
         The layout keeps ``row_threshold`` so that kernels re-apply the exact rule.
         """
+        check_tensor("scores", scores)
+        check_tensor("threshold", threshold)
+        if not scores.is_floating_point() or scores.dim() != 4:
+            raise ValueError(
+                f"scores must be a 4-d floating-point tensor [batch, heads, q_len, kv_len], "
+                f"got {scores.dtype} {tuple(scores.shape)}"
+            )
         q_len, kv_len = scores.shape[2:]
+        check_geometry(q_len, kv_len, block_q, block_k, causal)
+        if (
+            not threshold.is_floating_point()
+            or threshold.dim() != 3
+            or threshold.shape[2] != q_len
+            or not all(
+                t in (1, n) for t, n in zip(threshold.shape[:2], scores.shape[:2], strict=True)
+            )
+        ):
+            raise ValueError(
+                f"threshold must be a floating-point tensor [{scores.shape[0]}|1, "
+                f"{scores.shape[1]}|1, q_len={q_len}], got {threshold.dtype} "
+                f"{tuple(threshold.shape)}"
+            )
+        if threshold.device != scores.device:
+            raise ValueError(
+                f"scores and threshold must be on one device, got {scores.device} and "
+                f"{threshold.device}"
+            )
         kept = scores >= threshold.unsqueeze(-1)
         if causal:
             kept = kept & causal_token_mask(q_len, kv_len, scores.device)
@@ -313,13 +382,16 @@ class Layout:
         return mask[..., : self.n_kv_blocks]
 
     def to_dense(self, scores: torch.Tensor | None = None) -> torch.Tensor:
-        """Token-level ``[batch, heads, q_len, kv_len]`` bool mask of the entries the layout keeps.
+        """Token-level ``[batch, heads, q_len, kv_len]`` bool mask of the entries the layout keeps:
+        the definition that the Triton kernels apply tile by tile (`kernels.triton.common`).
 
         ``row_threshold`` can only be applied given the scaled ``scores``; without them a layout with
         a threshold raises.
         """
         blocks = self.block_mask()
-        mask = blocks.repeat_interleave(self.block_q, dim=2).repeat_interleave(self.block_k, dim=3)
+        # A block longer than the sequence is its only block: repeat it to the sequence's length.
+        rows, columns = min(self.block_q, self.q_len), min(self.block_k, self.kv_len)
+        mask = blocks.repeat_interleave(rows, dim=2).repeat_interleave(columns, dim=3)
         mask = mask[:, :, : self.q_len, : self.kv_len]
         if self.causal:
             mask = mask & causal_token_mask(self.q_len, self.kv_len, self.device)
@@ -431,6 +503,8 @@ def causal_block_mask(q_len: int, kv_len: int, block_q: int, block_k: int) -> to
 def pool_to_blocks(mask: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor:
     """``[..., q_len, kv_len]`` bool -> ``[..., n_q_blocks, n_kv_blocks]``: any True in the block."""
     q_len, kv_len = mask.shape[-2:]
+    # A block longer than the sequence is its only block: pool over the sequence, never pad to it.
+    block_q, block_k = min(block_q, max(q_len, 1)), min(block_k, max(kv_len, 1))
     padded = torch.nn.functional.pad(
         mask,
         (

@@ -38,6 +38,11 @@ from toy_tasks.base import (
 )
 from toy_tasks.registry import register
 
+MAX_POWER_A = 16.0
+"""Largest ``power_a``: the gap weights ``(g + 1) ** (power_a - 1)`` stay finite in float64 for any
+sequence length (``2**63 ** 15 < 1.8e308``); such a law already puts nearly all its mass on the
+largest gaps."""
+
 
 @register
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class AssociativeRecall(ToyTask):
             context and one gap slot of two tokens per query).
         n_pairs: number of key-value pairs in the context, ``1 .. V // 2 - 1``.
         n_queries: number of pairs queried after the context, ``1 .. n_pairs``; ``None``: all.
-        power_a: exponent ``a > 0`` of the gap law ``p(g) ~ (g + 1) ** (a - 1)``; 1 is uniform.
+        power_a: exponent ``a`` in ``(0, MAX_POWER_A]`` of the gap law ``p(g) ~ (g + 1) ** (a - 1)``;
+            1 is uniform.
     """
 
     name: ClassVar[str] = "assoc_recall"
@@ -70,7 +76,7 @@ class AssociativeRecall(ToyTask):
         check_int("n_pairs", self.n_pairs, 1, self.vocab_size // 2 - 1)
         if self.n_queries is not None:
             check_int("n_queries", self.n_queries, 1, self.n_pairs)
-        check_float("power_a", self.power_a, 0.0)
+        check_float("power_a", self.power_a, 0.0, MAX_POWER_A)
         if self.power_a == 0:
             raise ValueError("power_a must be > 0, got 0")
         check_int("seq_len", self.seq_len, 2 * self.n_pairs + 2 * self.queries_per_example)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -154,8 +155,13 @@ class ToyTask:
         return dataclasses.replace(self, **changes)
 
 
+TORCH_SEED_MAX = 2**64 - 1
+"""Largest seed a ``torch.Generator`` takes (seeds are unsigned 64-bit)."""
+
+
 def check_int(name: str, value: int, low: int, high: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``low <= value <= high`` (``high=None``: no upper bound)."""
+    """Raise ``ValueError`` unless ``value`` is an int (not a bool) with ``low <= value <= high``
+    (``high=None``: no upper bound)."""
     allowed = f"[{low}, {'inf' if high is None else high}]"
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer in {allowed}, got {value!r}")
@@ -164,12 +170,22 @@ def check_int(name: str, value: int, low: int, high: int | None = None) -> None:
 
 
 def check_float(name: str, value: float, low: float, high: float | None = None) -> None:
-    """Raise ``ValueError`` unless ``low <= value <= high`` and ``value`` is a finite number."""
+    """Raise ``ValueError`` unless ``value`` is a finite real number (an int or a float, not a bool,
+    nan or +-inf) with ``low <= value <= high`` (``high=None``: no upper bound)."""
     allowed = f"[{low}, {'inf' if high is None else high}]"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
+        raise ValueError(f"{name} must be a finite number in {allowed}, got {value!r}")
     if value < low or (high is not None and value > high):
         raise ValueError(f"{name} must be in {allowed}, got {value}")
+
+
+def is_finite(value: float) -> bool:
+    """``value`` (an int or a float) is finite as a float: not nan, not +-inf, and an int within
+    the float range."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from toy_tasks.base import (
     NO_POSITION,
+    TORCH_SEED_MAX,
     Batch,
     ToyTask,
     check_batch_size,
@@ -66,7 +67,7 @@ class SingleLocationRegression(ToyTask):
         check_float("cross_sample_p", self.cross_sample_p, 0.0, 1.0)
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
-        check_int("task_seed", self.task_seed, 0)
+        check_int("task_seed", self.task_seed, 0, TORCH_SEED_MAX)
 
     @property
     def d_input(self) -> int:

@@ -26,6 +26,10 @@ from toy_tasks.base import (
 )
 from toy_tasks.registry import register
 
+MAX_NOISE = 1e6
+"""Largest ``noise``: far beyond the signal (``y`` has standard deviation ``sqrt(d)``) and small
+enough that float32 batches and their squared errors stay finite."""
+
 
 @register
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class LinearRegressionICL(ToyTask):
     Attributes:
         d: dimension of ``x`` and ``w``.
         n_points: number of (x, y) pairs per prompt; the sequence has ``2 * n_points`` tokens.
-        noise: standard deviation of the Gaussian noise added to ``y``.
+        noise: standard deviation of the Gaussian noise added to ``y``, at most ``MAX_NOISE``.
         d_active: Garg's dimension curriculum: coordinates ``>= d_active`` of every ``x`` are zero
             (``None``: all ``d`` are active).
     """
@@ -51,7 +55,7 @@ class LinearRegressionICL(ToyTask):
     def validate(self) -> None:
         check_int("d", self.d, 1)
         check_int("n_points", self.n_points, 1)
-        check_float("noise", self.noise, 0.0)
+        check_float("noise", self.noise, 0.0, MAX_NOISE)
         if self.d_active is not None:
             check_int("d_active", self.d_active, 1, self.d)
 

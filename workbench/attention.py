@@ -190,13 +190,16 @@ def route_attention(
         )
 
 
-def check_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
-    """Validated, sorted, distinct layer indices (None = all ``n_layers``)."""
+def check_layers(
+    layers: Sequence[int] | None, n_layers: int, name: str = "layers"
+) -> tuple[int, ...]:
+    """Validated, sorted, distinct layer indices (None = all ``n_layers``); errors call them
+    ``name`` (``"heads"`` when the indices are heads)."""
     if layers is None:
         return tuple(range(n_layers))
     chosen = tuple(sorted(set(int(layer) for layer in layers)))
     if not chosen or chosen[0] < 0 or chosen[-1] >= n_layers:
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}")
+        raise ValueError(f"{name} must be a non-empty subset of 0..{n_layers - 1}, got {layers}")
     return chosen
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from toy_tasks.base import ToyTask, check_int
+from toy_tasks.base import TORCH_SEED_MAX, ToyTask, check_int
 
 POSITIONALS = ("standard", "sinusoidal", "rotary")
 NORMALIZATIONS = ("LN", None)
@@ -97,7 +97,7 @@ class ModelConfig:
         if not isinstance(self.attn_only, bool):
             raise ValueError(f"attn_only must be a bool, got {self.attn_only!r}")
         if self.seed is not None:
-            check_int("seed", self.seed, 0)
+            check_int("seed", self.seed, 0, TORCH_SEED_MAX)
 
     @property
     def mlp_width(self) -> int:

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,8 +44,9 @@ import torch
 from torch import nn
 
 from kernels import api
-from kernels.layout import Layout
+from kernels.layout import MAX_LEN, Layout
 from kernels.reference import check_ps, repeat_kv
+from toy_tasks.base import check_int
 from workbench.attention import (
     AttentionCall,
     check_layers,
@@ -103,8 +106,8 @@ class TraceConfig:
         for name in ("layers", "heads", "pattern_queries"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, tuple(int(item) for item in value))
-        object.__setattr__(self, "ps", tuple(float(p) for p in self.ps))
+                object.__setattr__(self, name, _index_tuple(name, value))
+        object.__setattr__(self, "ps", _mass_tuple(self.ps))
         self.validate()
 
     def validate(self) -> None:
@@ -112,15 +115,16 @@ class TraceConfig:
             value = getattr(self, name)
             if value is not None and (not value or min(value) < 0 or len(set(value)) < len(value)):
                 raise ValueError(f"{name} must be None or distinct non-negative ints, got {value}")
+        for name in ("patterns", "stats"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.pattern_device not in ("cpu", "same"):
             raise ValueError(f"pattern_device must be 'cpu' or 'same', got {self.pattern_device!r}")
-        if self.max_pattern_bytes < 0:
-            raise ValueError(f"max_pattern_bytes must be >= 0, got {self.max_pattern_bytes}")
+        check_int("max_pattern_bytes", self.max_pattern_bytes, 0)
         if not (self.patterns or self.stats):
             raise ValueError("nothing to record: set patterns=True or stats=True")
         check_ps(self.ps)
-        if self.sink_tokens < 1:
-            raise ValueError(f"sink_tokens must be >= 1, got {self.sink_tokens}")
+        check_int("sink_tokens", self.sink_tokens, 1, MAX_LEN)
         if self.impl not in api.IMPLS:
             raise ValueError(f"impl must be one of {api.IMPLS}, got {self.impl!r}")
         if self.attention not in ("model", "kernels"):
@@ -135,6 +139,36 @@ class TraceConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TraceConfig:
         return cls(**data)
+
+
+def _index_tuple(name: str, value: Any) -> tuple[int, ...]:
+    """``value`` (a sequence of integers) as a tuple of ints; ``ValueError`` naming ``name`` for
+    anything else (a scalar, a string, bools, floats)."""
+    message = f"{name} must be None or a sequence of distinct non-negative ints, got {value!r}"
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(message)
+    items = tuple(value)
+    if any(isinstance(item, bool) for item in items):
+        raise ValueError(message)
+    try:
+        return tuple(operator.index(item) for item in items)
+    except TypeError:
+        raise ValueError(message) from None
+
+
+def _mass_tuple(ps: Any) -> tuple[float, ...]:
+    """``ps`` (a sequence of real numbers) as a tuple of floats; ``ValueError`` naming ``ps`` for
+    anything else."""
+    message = f"ps must be a sequence of masses in (0, 1] (or empty: no budgets), got {ps!r}"
+    if isinstance(ps, (str, bytes, Mapping)) or not isinstance(ps, Iterable):
+        raise ValueError(message)
+    items = tuple(ps)
+    if any(isinstance(p, bool) or not isinstance(p, numbers.Real) for p in items):
+        raise ValueError(message)
+    try:
+        return tuple(float(p) for p in items)
+    except OverflowError:  # an int too large for a float
+        raise ValueError(message) from None
 
 
 def estimate_pattern_bytes(
@@ -576,9 +610,7 @@ def _layers_and_heads(
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     n_layers, n_heads = _model_size(model)
     layers = check_layers(config.layers, n_layers)
-    heads = (
-        check_layers(config.heads, n_heads) if config.heads is not None else tuple(range(n_heads))
-    )
+    heads = check_layers(config.heads, n_heads, "heads")
     return layers, heads
 
 

@@ -60,7 +60,7 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ import torch
 from torch import nn
 
 import toy_tasks
+from kernels.layout import check_block_size
 from toy_tasks.base import Batch, ToyTask, check_float, check_int
 from workbench import checkpoint
 from workbench.analysis import read_metrics
@@ -80,6 +81,10 @@ from workbench.termination import Terminated, termination_requests
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 MAX_SEED = 2**32 - 1
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 10.0
+"""Largest ``lr`` and ``weight_decay``: far beyond what a run survives (larger values only make it
+diverge a few steps in)."""
 EVAL_SEED_OFFSET = 2**32
 """The evaluation generator is seeded with ``seed + EVAL_SEED_OFFSET`` (disjoint from training)."""
 TRAIN_SET_SEED_OFFSET = 2**33
@@ -131,8 +136,9 @@ class TrainConfig:
             ``eval_mse_train``) on its first ``eval_batch_size`` examples, so the gap to the
             held-out metrics measures generalisation. None: a fresh batch every step.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
-        lr: peak learning rate (> 0).
-        weight_decay: weight decay (decoupled for AdamW, L2 for Adam and SGD).
+        lr: peak learning rate in ``(0, MAX_LR]``.
+        weight_decay: weight decay in ``[0, MAX_WEIGHT_DECAY]`` (decoupled for AdamW, L2 for Adam
+            and SGD).
         momentum: SGD momentum in [0, 1).
         schedule: ``"constant"``, ``"cosine"`` (to 0 at ``steps``) or ``"step"`` (times ``gamma``
             every ``step_every`` steps after warm-up).
@@ -191,12 +197,15 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task_overrides", dict(self.task_overrides))
-        object.__setattr__(self, "sparse_hparams", dict(self.sparse_hparams))
-        if self.early_stop is not None:
+        for name in ("task_overrides", "sparse_hparams"):
+            object.__setattr__(self, name, _keyword_dict(name, getattr(self, name)))
+        if isinstance(self.early_stop, Mapping):  # anything else: `validate` names it
             object.__setattr__(self, "early_stop", dict(self.early_stop))
         if self.sparse_layers is not None:
-            object.__setattr__(self, "sparse_layers", tuple(self.sparse_layers))
+            layers = self.sparse_layers
+            if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
+                raise ValueError(f"sparse_layers must be None or layer indices, got {layers!r}")
+            object.__setattr__(self, "sparse_layers", tuple(layers))
         self.validate()
 
     def validate(self) -> None:
@@ -206,16 +215,17 @@ class TrainConfig:
             raise ValueError(f"model must be a ModelConfig, got {type(self.model).__name__}")
         for name in ("steps", "batch_size", "step_every", "eval_every", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
-        for name in ("metrics_every", "checkpoint_every", "sparse_block_size"):
+        for name in ("metrics_every", "checkpoint_every"):
             check_int(name, getattr(self, name), 1)
+        check_block_size("sparse_block_size", self.sparse_block_size)
         check_int("warmup_steps", self.warmup_steps, 0, self.steps)
         if self.train_samples is not None:
             check_int("train_samples", self.train_samples, self.batch_size)
         check_int("seed", self.seed, 0, MAX_SEED)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_positive("lr", self.lr)
-        check_float("weight_decay", self.weight_decay, 0.0)
+        _check_positive("lr", self.lr, MAX_LR)
+        check_float("weight_decay", self.weight_decay, 0.0, MAX_WEIGHT_DECAY)
         check_float("momentum", self.momentum, 0.0, 1.0)
         if self.momentum == 1.0:
             raise ValueError("momentum must be in [0, 1), got 1.0")
@@ -237,7 +247,18 @@ class TrainConfig:
             if self.sparse_hparams or self.sparse_layers is not None:
                 raise ValueError("sparse_hparams and sparse_layers need a sparse_method")
             return
-        self.method()  # unknown names and bad hyper-parameters raise ValueError
+        import workbench.sparse
+
+        known = workbench.sparse.names()
+        if not isinstance(self.sparse_method, str) or self.sparse_method not in known:
+            raise ValueError(
+                f"sparse_method must be None or one of {', '.join(known)}, "
+                f"got {self.sparse_method!r}"
+            )
+        try:
+            self.method()
+        except ValueError as error:  # an unknown or out-of-range hyper-parameter
+            raise ValueError(f"sparse_hparams of {self.sparse_method}: {error}") from None
         if self.sparse_layers is not None:
             layers = self.sparse_layers
             n_layers = self.model.n_layers
@@ -271,8 +292,8 @@ class TrainConfig:
         if self.device == "auto":
             return
         try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
+            device = torch.device(self.device) if isinstance(self.device, str) else None
+        except (RuntimeError, TypeError, ValueError):
             device = None
         if device is None or device.type not in ("cpu", "cuda"):
             raise ValueError(
@@ -301,9 +322,13 @@ class TrainConfig:
         return workbench.sparse.get(self.sparse_method, **self.sparse_hparams)
 
     def torch_device(self) -> torch.device:
+        """The device to train on; ``ValueError`` when ``device`` asks for CUDA and there is none."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device is {self.device!r} but CUDA is not available here")
+        return device
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""
@@ -333,13 +358,21 @@ class TrainConfig:
         return cls(**values)
 
 
+def _keyword_dict(name: str, value: Any) -> dict[str, Any]:
+    """``value`` (a mapping with string keys: keyword arguments) as a dict; ``ValueError`` naming
+    ``name`` for anything else."""
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ValueError(f"{name} must be a mapping of parameter names to values, got {value!r}")
+    return dict(value)
+
+
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
-def _check_positive(name: str, value: float) -> None:
-    check_float(name, value, 0.0)
+def _check_positive(name: str, value: float, high: float | None = None) -> None:
+    check_float(name, value, 0.0, high)
     if value == 0:
         raise ValueError(f"{name} must be > 0, got {value}")
 

@@ -5,10 +5,9 @@ made differentiable by a ``torch.autograd.Function`` around the forward op.
 
 The ops take the `Layout` as its tensors and scalar fields (a dataclass is no op argument); the
 forward returns ``(out, lse)``, and ``lse`` is marked non-differentiable (the backward kernels give
-no gradient through it). Autograd lives outside the ops, in `BlockSparseAttention`: with
-``torch.library.custom_op`` and its ``register_autograd`` the same forward+backward took
-2.27-2.47 ms of host time at 4K tokens against 1.93-2.10 ms this way (H100 host, one process,
-three alternating rounds; the kernels themselves run ~0.4 ms there, so short calls are host-bound).
+no gradient through it). Autograd lives outside the ops, in `BlockSparseAttention`: short calls are
+host-bound, and this costs less host time per forward+backward than ``torch.library.custom_op``
+with its ``register_autograd`` (measured: `bench/NOTES.md`, "Autograd outside the ops").
 """
 
 from collections.abc import Callable

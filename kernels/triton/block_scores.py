@@ -18,46 +18,25 @@ Shapes: ``q: [batch, heads, q_len, d_head]``, ``k: [batch, kv_heads, kv_len, d_h
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.dispatch import interpret_mode
 from kernels.layout import causal_block_mask, num_blocks
 from kernels.reference import resolve_scale
+from kernels.triton.common import block_d, check_qk, gpu_configs
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MIN_DOT = 16
-"""Smallest tile edge `tl.dot` accepts."""
 POOL_TILE = 16384
-"""Most elements the pooling kernel loads at once: on an H100 (bf16, d_head 128, block 128) whole
-128-row loads pooled at 2.5 TB/s, 16-row loads at 0.85 TB/s."""
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+"""Most elements the pooling kernel loads at once: it loads whole blocks where they fit, which pool
+much faster than small row slices (`bench/NOTES.md`, "Mean pooling: rows per load")."""
 
 
 # ---------------------------------------------------------------------------- input checks
 def check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
     """Raise ``ValueError`` when q and k cannot go into the block-score kernels together."""
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError("q and k must be 4-d: [batch, heads, len, d_head]")
-    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and d_head")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k heads ({k.shape[1]})")
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype:
-        raise ValueError(
-            f"q and k must share one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}"
-        )
-    if q.device != k.device:
-        raise ValueError(f"q and k must be on one device, got {q.device} and {k.device}")
-
-
-def _dim_tile(d_head: int) -> int:
-    return max(triton.next_power_of_2(d_head), MIN_DOT)
+    check_qk(q, k)
 
 
 # ---------------------------------------------------------------------------- mean pooling
@@ -298,13 +277,10 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return kept or [triton.Config({"BLOCK_M": per_block, "BLOCK_N": per_block}, num_warps=8)]
 
 
-_GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-    for m, n, w, s in [
-        (64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3),
-        (128, 128, 8, 3),
-    ]
-]  # fmt: skip
+_GPU_CONFIGS = gpu_configs([
+    (64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3),
+    (128, 128, 8, 3),
+])  # fmt: skip
 _antidiagonal_autotuned = triton.autotune(
     _GPU_CONFIGS,
     key=["length_bucket", "HEAD_DIM", "STRIDE", "PER_BLOCK", "CAUSAL", "DOT_PRECISION"],
@@ -347,13 +323,13 @@ def antidiagonal_block_scores(
     )  # fmt: skip
     meta = dict(
         HEAD_DIM=d_head, STRIDE=stride, PER_BLOCK=per_block, CAUSAL=causal,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_D=_dim_tile(d_head),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_D=block_d(d_head),
     )  # fmt: skip
 
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(n_q_blocks * per_block, config["BLOCK_M"]), batch * heads)
 
-    if _interpreting():
+    if interpret_mode():
         tile = max(per_block, 64)
         _antidiagonal_kernel[grid({"BLOCK_M": tile})](
             *arguments, **meta, BLOCK_M=tile, BLOCK_N=tile

@@ -35,13 +35,20 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.api import interpret_mode
 from kernels.layout import Layout
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_D_HEAD = 256
-MIN_DOT = 16
-"""Smallest tile edge `tl.dot` accepts."""
+from kernels.triton.common import (
+    MIN_DOT,
+    TileShape,
+    autotune_configs,
+    block_d,
+    check_d_head,
+    check_dtypes,
+    in_bounds,
+    layout_keeps,
+    load_rows,
+    load_threshold,
+    store_rows,
+)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, for the GPU. Configurations whose tiles do
 # not divide the layout's blocks are pruned; the small ones serve layouts of small blocks.
@@ -76,17 +83,6 @@ _DKDV_CONFIGS = [
 _AUTOTUNE_KEY = ["D_HEAD", "BLOCK_Q", "BLOCK_K", "CAUSAL"]
 
 
-def _configs(gpu_configs: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    """Autotune configurations; a single small one under the interpreter (autotuning there is
-    slow, and 16 x 16 tiles divide every layout block)."""
-    if interpret_mode():
-        return [triton.Config({"BLOCK_M": MIN_DOT, "BLOCK_N": MIN_DOT}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-        for m, n, warps, stages in gpu_configs
-    ]
-
-
 FP32_MAX_TILE = 32
 """fp32 inputs use tiles of at most 32 x 32: larger fp32 tiles compile (ptxas, sm_90) to kernels
 holding 6-13 KB of stack per thread, and the driver reserves the stack of every thread the GPU can
@@ -116,59 +112,17 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return large or fits
 
 
-def _autotune(gpu_configs: list[tuple[int, int, int, int]]):
+def _autotune(gpu_configs: list[TileShape]):
+    """Autotuner over ``gpu_configs``; under the interpreter one configuration of 16 x 16 tiles,
+    which divide every layout block."""
     return triton.autotune(
-        configs=_configs(gpu_configs),
+        configs=autotune_configs(gpu_configs, interpreter_tile=MIN_DOT),
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_configs},
     )
 
 
-# ---------------------------------------------------------------------------- shared jit helpers
-@triton.jit
-def _load_rows(
-    ptr, rows, stride_row, cols, stride_col, n_rows, D_HEAD: tl.constexpr, BLOCK_D: tl.constexpr
-):
-    """``[len(rows), BLOCK_D]`` tile of a ``[n_rows, D_HEAD]`` matrix, zeros outside it."""
-    mask = rows[:, None] < n_rows
-    if BLOCK_D != D_HEAD:
-        mask = mask & (cols[None, :] < D_HEAD)
-    return tl.load(
-        ptr + rows[:, None] * stride_row + cols[None, :] * stride_col, mask=mask, other=0.0
-    )
-
-
-@triton.jit
-def _store_rows(
-    ptr,
-    tile,
-    rows,
-    stride_row,
-    cols,
-    stride_col,
-    n_rows,
-    D_HEAD: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """Store the rows ``< n_rows`` and columns ``< D_HEAD`` of ``tile`` (cast to ptr's dtype)."""
-    mask = rows[:, None] < n_rows
-    if BLOCK_D != D_HEAD:
-        mask = mask & (cols[None, :] < D_HEAD)
-    tl.store(
-        ptr + rows[:, None] * stride_row + cols[None, :] * stride_col,
-        tile.to(ptr.dtype.element_ty),
-        mask=mask,
-    )
-
-
-@triton.jit
-def _load_threshold(ptr, rows, stride_row, q_len, HAS_THRESHOLD: tl.constexpr):
-    """fp32 score thresholds of ``rows`` (a dummy 0 when the layout has none)."""
-    if HAS_THRESHOLD:
-        return tl.load(ptr + rows * stride_row, mask=rows < q_len, other=0.0).to(tl.float32)
-    return tl.zeros(rows.shape, dtype=tl.float32)
-
-
+# ---------------------------------------------------------------------------- jit helpers
 @triton.jit
 def _load_backward_stats(lse_ptr, delta_ptr, rows, q_len):
     """Row logsumexp in base 2 (+inf for empty and out-of-range rows, so that their
@@ -260,14 +214,22 @@ def _mask_scores(
     HAS_THRESHOLD: tl.constexpr,
 ):
     """``qk`` with -inf on the entries the layout drops (see `_layout_scores`)."""
-    keep = (k_idx < kv_len) & (q_idx < q_len)
-    if CAUSAL:
-        keep = keep & (k_idx <= q_idx + (kv_len - q_len))
-    if HAS_TOKEN_MASK:
-        offsets = q_idx.to(tl.int64) * stride_tq + k_idx.to(tl.int64) * stride_tk
-        keep = keep & (tl.load(token_mask + offsets, mask=keep, other=0) != 0)
-    if HAS_THRESHOLD:
-        keep = keep & (qk * scale >= threshold)
+    keep = layout_keeps(
+        in_bounds(q_idx, k_idx, q_len, kv_len),
+        q_idx,
+        k_idx,
+        qk,
+        scale,
+        threshold,
+        token_mask,
+        stride_tq,
+        stride_tk,
+        q_len,
+        kv_len,
+        CAUSAL,
+        HAS_TOKEN_MASK,
+        HAS_THRESHOLD,
+    )
     return tl.where(keep, qk, float("-inf"))
 
 
@@ -431,7 +393,7 @@ def _fwd_kernel(
     m0 = _query_tile_start(BLOCK_M, CAUSAL)
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    q = _load_rows(
+    q = load_rows(
         Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
     )
     K += b * stride_kb + (h // group) * stride_kh
@@ -439,7 +401,7 @@ def _fwd_kernel(
     indices = KvIndices + b * stride_ib + h * stride_ih + (m0 // BLOCK_Q) * stride_ir
     count = tl.load(KvCounts + b * stride_cb + h * stride_ch + (m0 // BLOCK_Q) * stride_cr)
     token_mask = TokenMask + b * stride_tb + h * stride_th
-    threshold = _load_threshold(
+    threshold = load_threshold(
         Threshold + b * stride_rb + h * stride_rh, rows, stride_rq, q_len, HAS_THRESHOLD
     )
     qk_scale = scale * 1.4426950408889634
@@ -454,8 +416,8 @@ def _fwd_kernel(
     for step in range(0, steps):
         n0 = _tile_start(indices, stride_ie, step, BLOCK_K, BLOCK_N)
         keys = n0 + tl.arange(0, BLOCK_N)
-        k = _load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
-        v = _load_rows(V, keys, stride_vn, cols, stride_vd, kv_len, D_HEAD, BLOCK_D)
+        k = load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
+        v = load_rows(V, keys, stride_vn, cols, stride_vd, kv_len, D_HEAD, BLOCK_D)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         qk = _layout_scores(
             qk,
@@ -486,7 +448,7 @@ def _fwd_kernel(
     nonempty = l_i > 0.0
     l_i = tl.where(nonempty, l_i, 1.0)
     acc = acc / l_i[:, None]
-    _store_rows(
+    store_rows(
         Out + b * stride_ob + h * stride_oh,
         acc,
         rows,
@@ -528,7 +490,7 @@ def _delta_kernel(
     h = (pid_bh % heads).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    out = _load_rows(
+    out = load_rows(
         Out + b * stride_ob + h * stride_oh,
         rows,
         stride_om,
@@ -538,7 +500,7 @@ def _delta_kernel(
         D_HEAD,
         BLOCK_D,
     )
-    grad = _load_rows(
+    grad = load_rows(
         GradOut + b * stride_gb + h * stride_gh,
         rows,
         stride_gm,
@@ -625,10 +587,10 @@ def _dq_kernel(
     m0 = _query_tile_start(BLOCK_M, CAUSAL)
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    q = _load_rows(
+    q = load_rows(
         Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
     )
-    grad_out = _load_rows(
+    grad_out = load_rows(
         GradOut + b * stride_gb + h * stride_gh,
         rows,
         stride_gm,
@@ -646,7 +608,7 @@ def _dq_kernel(
     indices = KvIndices + b * stride_ib + h * stride_ih + (m0 // BLOCK_Q) * stride_ir
     count = tl.load(KvCounts + b * stride_cb + h * stride_ch + (m0 // BLOCK_Q) * stride_cr)
     token_mask = TokenMask + b * stride_tb + h * stride_th
-    threshold = _load_threshold(
+    threshold = load_threshold(
         Threshold + b * stride_rb + h * stride_rh, rows, stride_rq, q_len, HAS_THRESHOLD
     )
     qk_scale = scale * 1.4426950408889634
@@ -658,8 +620,8 @@ def _dq_kernel(
     for step in range(0, steps):
         n0 = _tile_start(indices, stride_ie, step, BLOCK_K, BLOCK_N)
         keys = n0 + tl.arange(0, BLOCK_N)
-        k = _load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
-        v = _load_rows(V, keys, stride_vn, cols, stride_vd, kv_len, D_HEAD, BLOCK_D)
+        k = load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
+        v = load_rows(V, keys, stride_vn, cols, stride_vd, kv_len, D_HEAD, BLOCK_D)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         qk = _layout_scores(
             qk,
@@ -685,7 +647,7 @@ def _dq_kernel(
         ds = p * (dp - delta[:, None])
         grad_q = tl.dot(ds.to(k.dtype), k, acc=grad_q, input_precision=PRECISION)
 
-    _store_rows(
+    store_rows(
         GradQ + b * stride_dqb + h * stride_dqh,
         grad_q * scale,
         rows,
@@ -777,7 +739,7 @@ def _dkdv_kernel(
     n0 = tl.program_id(0) * BLOCK_N
     keys = n0 + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
-    k = _load_rows(
+    k = load_rows(
         K + b * stride_kb + kv_h * stride_kh,
         keys,
         stride_kn,
@@ -787,7 +749,7 @@ def _dkdv_kernel(
         D_HEAD,
         BLOCK_D,
     )
-    v = _load_rows(
+    v = load_rows(
         V + b * stride_vb + kv_h * stride_vh,
         keys,
         stride_vn,
@@ -815,12 +777,12 @@ def _dkdv_kernel(
         for step in range(start, count * (BLOCK_Q // BLOCK_M)):
             m0 = _tile_start(indices, stride_ie, step, BLOCK_Q, BLOCK_M)
             rows = m0 + tl.arange(0, BLOCK_M)
-            q = _load_rows(q_ptr, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D)
-            grad_out = _load_rows(
+            q = load_rows(q_ptr, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D)
+            grad_out = load_rows(
                 grad_out_ptr, rows, stride_gm, cols, stride_gd, q_len, D_HEAD, BLOCK_D
             )
             lse, delta = _load_backward_stats(lse_ptr, delta_ptr, rows, q_len)
-            threshold = _load_threshold(threshold_ptr, rows, stride_rq, q_len, HAS_THRESHOLD)
+            threshold = load_threshold(threshold_ptr, rows, stride_rq, q_len, HAS_THRESHOLD)
             qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
             qk_t = _layout_scores(
                 qk_t,
@@ -847,7 +809,7 @@ def _dkdv_kernel(
             ds_t = p_t * (dp_t - delta[None, :])
             grad_k = tl.dot(ds_t.to(q.dtype), q, acc=grad_k, input_precision=PRECISION)
 
-    _store_rows(
+    store_rows(
         GradK + b * stride_dkb + kv_h * stride_dkh,
         grad_k * scale,
         keys,
@@ -858,7 +820,7 @@ def _dkdv_kernel(
         D_HEAD,
         BLOCK_D,
     )
-    _store_rows(
+    store_rows(
         GradV + b * stride_dvb + kv_h * stride_dvh,
         grad_v,
         keys,
@@ -882,13 +844,9 @@ def _empty(
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            f"q, k, v must share one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, "
-            f"{v.dtype}"
-        )
-    if q.shape[-1] > MAX_D_HEAD:
-        raise ValueError(f"d_head must be at most {MAX_D_HEAD}, got {q.shape[-1]}")
+    """Dtype and head dimension (`kernels.reference.check_attention_inputs` checks the shapes)."""
+    check_dtypes(q=q, k=k, v=v)
+    check_d_head(q.shape[-1])
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -928,7 +886,7 @@ def _constexprs(q: torch.Tensor, layout: Layout) -> dict:
     d_head = q.shape[-1]
     return dict(
         D_HEAD=d_head,
-        BLOCK_D=max(triton.next_power_of_2(d_head), MIN_DOT),
+        BLOCK_D=block_d(d_head),
         BLOCK_Q=layout.block_q,
         BLOCK_K=layout.block_k,
         CAUSAL=layout.causal,

@@ -56,22 +56,14 @@ therefore equal the oracle except in (a), whose chance per (row, p) is about ``1
 the boundary key``, i.e. ~``n * 1e-7`` for rows of ``n`` similar keys; exact ties (a uniform row of
 ``n`` keys: ``ceil(p n)``) are exact.
 
-Cost (H100, bf16, d = 128). Model: one QK^T costs 2 d flops per score on the tensor cores,
-~0.4 ps per score at ~600 TFLOP/s; one exp2 ~0.25 ps (16 per clock per SM); one CUDA-core
-operation ~0.034 ps per score. SDPA forward (2 matmuls + 1 exp) takes ~0.8 ps per score. Pass 1 is
-one QK^T + one exp2 + ~15 operations per score, about an SDPA forward. A search pass is one QK^T +
-one exp2 + ~5 operations (compare, select, two adds, a count) per candidate and score, plus the
-per-tile reductions and the scatter of the candidate sums into the ``[BLOCK_M, 32]`` accumulator:
-32 candidates (the first pass; ``8 len(ps)`` later, also 32 for 4 masses), i.e. ~10x an SDPA
-forward by the model. Rows of distinct probabilities settle after ``~1 + log_7(range / gap)``
+Cost: pass 1 is about one attention forward (one QK^T, one exp2 and a few more operations per
+score). A search pass recomputes QK^T but also compares every score with every candidate
+threshold and adds it into a count and a mass per candidate (32 columns), so the candidate
+counting on the CUDA cores dominates, not the recomputed QK^T; this is why later passes visit only
+the unsettled rows. Rows of distinct probabilities settle after ``~1 + log_7(range / gap)``
 passes, ``gap`` being the log2-probability distance from the boundary key to its neighbours
-(usually less: the bounds on ``r`` settle a bracket that still holds a few keys).
-Measured (Triton 3.6, H100, 32 heads, causal, bf16, 64K; `bench/NOTES.md`): the statistics pass
-takes ~1.2x an SDPA forward; a search pass over all rows ~840 ms (~15x SDPA: ~26 ms per candidate
-column, the kernel runs at 255 registers with spills), so `row_stats` with four budgets costs
-~19x SDPA where the first pass settles most rows (95% of the (row, p) on the benchmark's
-structured inputs) and ~55x where it settles none (i.i.d. Gaussian q and k). The candidate
-counting on the CUDA cores dominates, not the recomputed QK^T.
+(usually less: the bounds on ``r`` settle a bracket that still holds a few keys). The cost model
+and the measurements are in `bench/NOTES.md` ("Row statistics: cost model and measurements").
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k: [batch, kv_heads, kv_len, d_head]``; query head
 ``h`` reads kv head ``h // (heads // kv_heads)``. Inputs fp16, bf16 or fp32 (fp32 dots in full
@@ -88,16 +80,26 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels.api import interpret_mode
+from kernels.dispatch import interpret_mode
 from kernels.layout import Layout, true_positions
 from kernels.reference import RowStats
+from kernels.triton.common import (
+    MIN_DOT,
+    TileShape,
+    autotune_configs,
+    block_d,
+    causal_visible,
+    check_d_head,
+    check_qk,
+    layout_keeps,
+    load_rows,
+    load_threshold,
+    tile_shape,
+    visible,
+)
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_D_HEAD = 256
-MIN_DOT = 16
-"""Smallest tile edge `tl.dot` accepts."""
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 
@@ -143,11 +145,11 @@ for the search kernel), which dominates short workloads such as evaluations duri
 
 
 def _autotune(
-    gpu_configs: list[tuple[int, int, int, int]],
+    gpu_configs: list[TileShape],
     key: list[str],
     *,
-    short: tuple[int, int, int, int],
-    fp32: tuple[int, int, int, int],
+    short: TileShape,
+    fp32: TileShape,
     restore: tuple[str, ...] = (),
 ):
     """Autotuner over ``gpu_configs``; a single config under the interpreter (tuning there is slow
@@ -158,13 +160,9 @@ def _autotune(
     8-15 KB of stack per thread on sm_90, and the driver reserves the stack of every thread the
     GPU can hold, ~4 GB of device memory per process for as long as it lives; ``fp32`` tiles keep
     it under 1 KB."""
-    if interpret_mode():
-        configs = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=1, num_stages=1)]
+    configs = autotune_configs(gpu_configs, interpreter_tile=128)
+    if interpret_mode():  # a single configuration: nothing to prune
         return triton.autotune(configs=configs, key=key, restore_value=list(restore))
-    configs = [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-        for m, n, warps, stages in gpu_configs
-    ]
 
     def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         args = {**named_args, **kwargs}
@@ -182,8 +180,8 @@ def candidate_configs(
     configs: list[triton.Config],
     dtype: torch.dtype,
     len_bucket: int,
-    short: tuple[int, int, int, int],
-    fp32: tuple[int, int, int, int],
+    short: TileShape,
+    fp32: TileShape,
 ) -> list[triton.Config]:
     """The configurations the autotuner tries (see `_autotune`)."""
     if dtype == torch.float32:
@@ -192,31 +190,13 @@ def candidate_configs(
         wanted = short
     else:
         return configs
-    chosen = [config for config in configs if _shape(config) == wanted]
+    chosen = [config for config in configs if tile_shape(config) == wanted]
     if not chosen:
         raise ValueError(f"configuration {wanted} is not among the autotuned ones")
     return chosen
 
 
-def _shape(config: triton.Config) -> tuple[int, int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)``."""
-    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
-
-
 # ---------------------------------------------------------------------------- jit helpers
-@triton.jit
-def _load_rows(
-    ptr, rows, stride_row, cols, stride_col, n_rows, D_HEAD: tl.constexpr, BLOCK_D: tl.constexpr
-):
-    """``[len(rows), BLOCK_D]`` tile of a ``[n_rows, D_HEAD]`` matrix, zeros outside it."""
-    mask = (rows[:, None] < n_rows) & (rows[:, None] >= 0)
-    if BLOCK_D != D_HEAD:
-        mask = mask & (cols[None, :] < D_HEAD)
-    return tl.load(
-        ptr + rows[:, None] * stride_row + cols[None, :] * stride_col, mask=mask, other=0.0
-    )
-
-
 @triton.jit
 def _raw_scores(
     q,
@@ -231,7 +211,7 @@ def _raw_scores(
     PRECISION: tl.constexpr,
 ):
     """Unscaled ``q . k`` of the tile's rows and ``keys``, ``[BLOCK_M, BLOCK_N]`` fp32."""
-    k = _load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
+    k = load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, NEGATIVE_ROWS=True)
     return tl.dot(q, tl.trans(k), input_precision=PRECISION)
 
 
@@ -241,16 +221,6 @@ def _key_end(last_row, q_len, kv_len, CAUSAL: tl.constexpr):
     if CAUSAL:
         return tl.maximum(tl.minimum(last_row + (kv_len - q_len) + 1, kv_len), 0)
     return kv_len
-
-
-@triton.jit
-def _visible(rows, keys, q_len, kv_len, CAUSAL: tl.constexpr):
-    """``[BLOCK_M, BLOCK_N]`` bool: key exists, row exists, and (CAUSAL) key is not in the future
-    (end-aligned: key ``j`` visible to row ``i`` iff ``j <= i + kv_len - q_len``)."""
-    keep = (rows[:, None] < q_len) & (keys[None, :] < kv_len)
-    if CAUSAL:
-        keep = keep & (keys[None, :] <= rows[:, None] + (kv_len - q_len))
-    return keep
 
 
 @triton.jit
@@ -286,7 +256,7 @@ def _selected(
     HAS_THRESHOLD: tl.constexpr,
 ):
     """Entries of ``keep`` that the selection layout keeps: listed block (dense block-mask lookup),
-    then the layout's causal mask, token mask and row threshold (``scale * qk >= threshold``)."""
+    then the layout's causal mask, token mask and row threshold (`layout_keeps`)."""
     block_rows = (rows // SEL_BLOCK_Q).to(tl.int64)
     block_cols = (keys // SEL_BLOCK_K).to(tl.int64)
     listed = tl.load(
@@ -294,15 +264,22 @@ def _selected(
         mask=keep,
         other=0,
     )
-    keep = keep & (listed != 0)
-    if SEL_CAUSAL:
-        keep = keep & (keys[None, :] <= rows[:, None] + (kv_len - q_len))
-    if HAS_TOKEN_MASK:
-        offsets = rows.to(tl.int64)[:, None] * stride_tq + keys.to(tl.int64)[None, :] * stride_tk
-        keep = keep & (tl.load(token_mask + offsets, mask=keep, other=0) != 0)
-    if HAS_THRESHOLD:
-        keep = keep & (qk * scale >= threshold[:, None])
-    return keep
+    return layout_keeps(
+        keep & (listed != 0),
+        rows[:, None],
+        keys[None, :],
+        qk,
+        scale,
+        threshold[:, None],
+        token_mask,
+        stride_tq,
+        stride_tk,
+        q_len,
+        kv_len,
+        SEL_CAUSAL,
+        HAS_TOKEN_MASK,
+        HAS_THRESHOLD,
+    )
 
 
 @triton.jit
@@ -407,20 +384,23 @@ def _stats_kernel(
     m0 = tl.program_id(0) * BLOCK_M
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    q = _load_rows(
-        Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
+    q = load_rows(
+        Q + b * stride_qb + h * stride_qh,
+        rows,
+        stride_qm,
+        cols,
+        stride_qd,
+        q_len,
+        D_HEAD,
+        BLOCK_D,
+        NEGATIVE_ROWS=True,
     )
     K += b * stride_kb + (h // group) * stride_kh
     blocks = SelBlocks + b * stride_sb + h * stride_sh
     token_mask = TokenMask + b * stride_tb + h * stride_th
-    if HAS_THRESHOLD:
-        threshold = tl.load(
-            Threshold + b * stride_rb + h * stride_rh + rows * stride_rq,
-            mask=rows < q_len,
-            other=0.0,
-        ).to(tl.float32)
-    else:
-        threshold = tl.zeros([BLOCK_M], dtype=tl.float32)
+    threshold = load_threshold(
+        Threshold + b * stride_rb + h * stride_rh, rows, stride_rq, q_len, HAS_THRESHOLD
+    )
     qk_scale = scale * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -432,7 +412,7 @@ def _stats_kernel(
     for n0 in range(0, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
         qk = _raw_scores(q, K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION)
-        keep = _visible(rows, keys, q_len, kv_len, CAUSAL)
+        keep = visible(rows[:, None], keys[None, :], q_len, kv_len, CAUSAL)
         s = tl.where(keep, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row with no visible key so far keeps m = -inf; shift by 0 instead (exp2(-inf) = 0).
@@ -555,7 +535,7 @@ def _search_kernel(
         )
     cols_d = tl.arange(0, BLOCK_D)
     in_range = rows < q_len
-    q = _load_rows(
+    q = load_rows(
         Q + b * stride_qb + h * stride_qh,
         rows,
         stride_qm,
@@ -564,6 +544,7 @@ def _search_kernel(
         q_len,
         D_HEAD,
         BLOCK_D,
+        NEGATIVE_ROWS=True,
     )
     K += b * stride_kb + (h // group) * stride_kh
     state = (pid_bh.to(tl.int64) * q_len + rows) * NUM_PS  # [BLOCK_M] offsets of column 0
@@ -593,7 +574,7 @@ def _search_kernel(
         qk = _raw_scores(
             q, K, keys, stride_kn, cols_d, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION
         )
-        keep = _visible(rows, keys, q_len, kv_len, CAUSAL)
+        keep = visible(rows[:, None], keys[None, :], q_len, kv_len, CAUSAL)
         u = tl.where(keep, qk * qk_scale - lse2[:, None], float("inf"))  # +inf: never below
         p = tl.where(keep, tl.math.exp2(u), 0.0)
         total += tl.sum(p, 1).to(tl.float64)
@@ -690,8 +671,16 @@ def _relevant_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     in_range = rows < q_len
-    q = _load_rows(
-        Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
+    q = load_rows(
+        Q + b * stride_qb + h * stride_qh,
+        rows,
+        stride_qm,
+        cols,
+        stride_qd,
+        q_len,
+        D_HEAD,
+        BLOCK_D,
+        NEGATIVE_ROWS=True,
     ).to(tl.float32)
     K += b * stride_kb + (h // group) * stride_kh
     offsets = pid_bh.to(tl.int64) * q_len + rows
@@ -706,9 +695,11 @@ def _relevant_kernel(
         key = tl.load(positions + r * stride_pr, mask=in_range, other=-1)
         keep = nonempty & (key >= 0) & (key < kv_len)
         if CAUSAL:
-            keep = keep & (key <= rows + (kv_len - q_len))
-        key = tl.where(keep, key, -1)  # _load_rows gives zeros for row -1
-        k = _load_rows(K, key, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
+            keep = keep & causal_visible(rows, key, q_len, kv_len)
+        key = tl.where(keep, key, -1)  # load_rows gives zeros for row -1
+        k = load_rows(
+            K, key, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, NEGATIVE_ROWS=True
+        )
         s = tl.sum(q * k.to(tl.float32), 1) * qk_scale
         mass += tl.where(keep, tl.math.exp2(s - lse2), 0.0)
     tl.store(Out + offsets, mass, mask=in_range)
@@ -721,27 +712,15 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError("q and k must be 4-d: [batch, heads, len, d_head]")
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype:
-        raise ValueError(
-            f"q and k must share one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}"
-        )
-    if q.device != k.device:
-        raise ValueError(f"q and k must be on one device, got {q.device} and {k.device}")
-    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and d_head")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k heads ({k.shape[1]})")
-    if q.shape[-1] > MAX_D_HEAD:
-        raise ValueError(f"d_head must be at most {MAX_D_HEAD}, got {q.shape[-1]}")
+    check_qk(q, k)
+    check_d_head(q.shape[-1])
 
 
 def _common_args(q: torch.Tensor, k: torch.Tensor) -> dict:
     d_head = q.shape[-1]
     return dict(
         D_HEAD=d_head,
-        BLOCK_D=max(triton.next_power_of_2(d_head), MIN_DOT),
+        BLOCK_D=block_d(d_head),
         PRECISION="ieee",  # fp32 dots in full precision; ignored for fp16/bf16
     )
 

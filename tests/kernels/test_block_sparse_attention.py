@@ -322,7 +322,7 @@ def test_compiled_forward_and_backward_trace_the_ops():
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(api, "interpret_mode", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     q, k, v = random_qkv(15, (1, 1, 1, 16, 16, 16), device="cpu")
     layout = Layout.dense(16, 16, block_q=16, block_k=16)
     with pytest.raises(RuntimeError, match="impl='triton'"):

@@ -15,13 +15,13 @@ import math
 
 import pytest
 import torch
-import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels import api, reference
 from kernels.layout import Layout, num_blocks
 from kernels.reference import RowStats
+from kernels.triton import common
 from kernels.triton import row_stats as triton_row_stats
 
 DEVICE = "cpu" if api.interpret_mode() else "cuda"
@@ -385,14 +385,11 @@ def test_long_bf16_on_gpu() -> None:
     ],
 )
 def test_autotuning_keeps_fp32_and_short_inputs_to_one_configuration(configs, short, fp32):
-    tuned = [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in configs
-    ]
+    tuned = common.gpu_configs(configs)
 
     def shapes(dtype: torch.dtype, len_bucket: int) -> list[tuple[int, int, int, int]]:
         chosen = triton_row_stats.candidate_configs(tuned, dtype, len_bucket, short, fp32)
-        return [triton_row_stats._shape(config) for config in chosen]
+        return [common.tile_shape(config) for config in chosen]
 
     assert shapes(torch.float32, 65536) == shapes(torch.float32, 256) == [fp32]
     assert shapes(torch.bfloat16, triton_row_stats.SHORT_KEYS) == [short]

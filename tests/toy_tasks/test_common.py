@@ -115,7 +115,7 @@ def test_checks_name_the_parameter_and_range():
         check_int("n_pairs", 2.5, 1)
     with pytest.raises(ValueError, match=r"noise must be in \[0, inf\]"):
         check_float("noise", -0.1, 0)
-    with pytest.raises(ValueError, match="noise must be a number"):
+    with pytest.raises(ValueError, match="noise must be a finite number"):
         check_float("noise", float("nan"), 0)
 
 

@@ -114,6 +114,9 @@ def sweep_paths(key: str) -> list[str]:
 
 
 def _check_paths(base: Mapping[str, Any], keys: Sequence[str], field_name: str) -> None:
+    for key in keys:
+        if not isinstance(key, str):
+            raise ValueError(f"{field_name}: keys must be dotted paths (strings), got {key!r}")
     for path in (path for key in keys for path in sweep_paths(key)):
         try:
             get_path(base, path)
@@ -121,6 +124,30 @@ def _check_paths(base: Mapping[str, Any], keys: Sequence[str], field_name: str) 
             raise ValueError(
                 f"{field_name}: {path!r} is not a key of base (top-level keys: {sorted(base)})"
             ) from None
+
+
+def _check_sweep(base: Mapping[str, Any], sweep: Any, field_name: str) -> None:
+    _check_mapping(sweep, field_name)
+    _check_paths(base, list(sweep), field_name)
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{field_name}[{key!r}] must be a non-empty list, got {values!r}")
+        width = len(sweep_paths(key))
+        if width > 1 and not all(isinstance(v, list) and len(v) == width for v in values):
+            raise ValueError(f"{field_name}[{key!r}]: every value must be a list of {width} values")
+
+
+def _check_seeds(seeds: Any, field_name: str) -> tuple[int, ...]:
+    """``seeds`` (a non-empty list or tuple of distinct ints >= 0) as a tuple."""
+    if (
+        not isinstance(seeds, (list, tuple))
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise ValueError(f"{field_name} must be a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{field_name} must be distinct, got {list(seeds)}")
+    return tuple(seeds)
 
 
 @dataclass(frozen=True)
@@ -158,21 +185,18 @@ class ExperimentSpec:
         _check_mapping(self.base, "base")
         if SEED_KEY in self.base:
             raise ValueError(f"base must not set {SEED_KEY!r}: use seeds")
-        _check_mapping(self.sweep, "sweep")
-        _check_paths(self.base, list(self.sweep), "sweep")
-        for key, values in self.sweep.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"sweep[{key!r}] must be a non-empty list, got {values!r}")
-            width = len(sweep_paths(key))
-            if width > 1 and not all(isinstance(v, list) and len(v) == width for v in values):
-                raise ValueError(f"sweep[{key!r}]: every value must be a list of {width} values")
-        seeds = list(self.seeds)
-        if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-            raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds}")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+        _check_sweep(self.base, self.sweep, "sweep")
+        _check_seeds(self.seeds, "seeds")
         _check_mapping(self.analysis, "analysis")
         self._validate_quick()
+        for name in ("base", "sweep", "quick", "analysis"):
+            try:
+                config_hash(getattr(self, name))
+            except (TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{name} must hold only JSON values (strings, finite numbers, bools, null, "
+                    f"lists, mappings with string keys): {error}"
+                ) from None
 
     def _validate_quick(self) -> None:
         unknown = set(_check_mapping(self.quick, "quick")) - set(QUICK_KEYS)
@@ -180,11 +204,9 @@ class ExperimentSpec:
             raise ValueError(f"quick: unknown keys {sorted(unknown)} (allowed: {QUICK_KEYS})")
         flat = _flatten(_check_mapping(self.quick.get("base", {}), "quick.base"))
         _check_paths(self.base, list(flat), "quick.base")
-        _check_paths(
-            self.base,
-            list(_check_mapping(self.quick.get("sweep", {}), "quick.sweep")),
-            "quick.sweep",
-        )
+        _check_sweep(self.base, self.quick.get("sweep", {}), "quick.sweep")
+        if "seeds" in self.quick:
+            _check_seeds(self.quick["seeds"], "quick.seeds")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentSpec:
@@ -196,14 +218,16 @@ class ExperimentSpec:
         missing = {"name", "description", "base"} - set(data)
         if missing:
             raise ValueError(f"missing keys {sorted(missing)}")
+        mappings = {
+            key: dict(_check_mapping(data[key], key)) if data.get(key) is not None else {}
+            for key in ("base", "sweep", "quick", "analysis")
+        }
+        seeds = data.get("seeds")
         return cls(
             name=data["name"],
             description=data["description"],
-            base=dict(data["base"] or {}),
-            sweep=dict(data.get("sweep") or {}),
-            seeds=tuple(data.get("seeds") or (0,)),
-            quick=dict(data.get("quick") or {}),
-            analysis=dict(data.get("analysis") or {}),
+            seeds=(0,) if seeds is None else _check_seeds(seeds, "seeds"),
+            **mappings,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def get(name: str, **hyper_parameters: object) -> SparseMethod:
 
     Raises ``ValueError`` for an unknown name, an unknown hyper-parameter or one out of range.
     """
-    if name not in _METHODS:
+    if not isinstance(name, str) or name not in _METHODS:
         raise ValueError(f"unknown sparse method {name!r}; registered: {', '.join(_METHODS)}")
     cls = _METHODS[name]
     allowed = [field.name for field in dataclasses.fields(cls)]

@@ -13,14 +13,14 @@ query ``i`` iff ``j <= i + kv_len - q_len``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
 
-from kernels.layout import Layout, causal_token_mask
+from kernels.layout import MAX_LEN, Layout, causal_token_mask
 from kernels.reference import attention_mask, default_scale, scaled_scores
+from toy_tasks.base import is_finite
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -96,14 +96,20 @@ class StaticMethod(SparseMethod):
         return token_layout(mask, causal=causal, block_size=block_size)
 
 
-def as_method(value: SparseMethod | str) -> SparseMethod:
-    """``value`` itself, or the registered method of that name with default hyper-parameters."""
+def as_method(value: SparseMethod | str, name: str = "base") -> SparseMethod:
+    """``value`` itself, or the registered method of that name with default hyper-parameters;
+    errors name the argument ``name`` that held ``value``."""
     if isinstance(value, str):
-        from workbench.sparse import get
+        from workbench.sparse import get, names
 
+        if value not in names():
+            raise ValueError(
+                f"{name} must be a SparseMethod or a registered name ({', '.join(names())}), "
+                f"got {value!r}"
+            )
         return get(value)
     if not isinstance(value, SparseMethod):
-        raise ValueError(f"base must be a SparseMethod or a registered name, got {value!r}")
+        raise ValueError(f"{name} must be a SparseMethod or a registered name, got {value!r}")
     return value
 
 
@@ -114,8 +120,13 @@ def _plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- validation helpers
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    """``ValueError`` unless ``value`` is an int in ``[low, high]`` (no upper bound if None)."""
+def check_int(name: str, value: Any, low: int, high: int | None = MAX_LEN) -> None:
+    """``ValueError`` unless ``value`` is an int (not a bool) in ``[low, high]``.
+
+    The default ``high`` is `kernels.layout.MAX_LEN`, the longest sequence a layout holds: every
+    integer hyper-parameter counts tokens, blocks or pages, and none is useful beyond any sequence
+    the method can meet (while a huge one can overflow or allocate without bound when selecting).
+    ``high=None``: no upper bound."""
     upper = "inf" if high is None else str(high)
     if (
         not isinstance(value, int)
@@ -127,12 +138,12 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
 
 
 def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    """``ValueError`` unless ``value`` is a float in ``(0, 1]`` (``[0, 1]`` with ``allow_zero``)."""
-    low_ok = (value >= 0.0) if allow_zero else (value > 0.0)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        low_ok = False
-    if not low_ok or value > 1.0:
-        bracket = "[0, 1]" if allow_zero else "(0, 1]"
+    """``ValueError`` unless ``value`` is a real number (an int or a float, not a bool) in ``(0, 1]``
+    (``[0, 1]`` with ``allow_zero``)."""
+    bracket = "[0, 1]" if allow_zero else "(0, 1]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
+        raise ValueError(f"{name} must be a number in {bracket}, got {value!r}")
+    if value < 0.0 or (value == 0.0 and not allow_zero) or value > 1.0:
         raise ValueError(f"{name} must lie in {bracket}, got {value!r}")
 
 

@@ -60,13 +60,16 @@ class Quest(SparseMethod):
         block_size: int = 64,
     ) -> Layout:
         kv_len = k.shape[2]
-        scores = page_scores(q, k, self.page_size)
-        seen = pool_to_blocks(visible(q, k, causal), 1, self.page_size)  # [q_len, n_pages]
+        # A page longer than the keys is their only page: cut it to kv_len (same pages and
+        # budget, no padding to a huge page).
+        page_size = min(self.page_size, kv_len)
+        scores = page_scores(q, k, page_size)
+        seen = pool_to_blocks(visible(q, k, causal), 1, page_size)  # [q_len, n_pages]
         scores = scores.masked_fill(~seen, float("-inf"))
-        pages = min(num_blocks(self.budget, self.page_size), scores.shape[-1])
+        pages = min(num_blocks(self.budget, page_size), scores.shape[-1])
         best = scores.topk(pages, dim=-1).indices
         chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, best, True) & seen
-        mask = chosen.repeat_interleave(self.page_size, dim=-1)[..., :kv_len]
+        mask = chosen.repeat_interleave(page_size, dim=-1)[..., :kv_len]
         return token_layout(mask, causal=causal, block_size=block_size)
 
 

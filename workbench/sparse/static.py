@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.reference import attention_mask
+from toy_tasks.base import TORCH_SEED_MAX
 from workbench.sparse.base import StaticMethod, check_int, distances
 
 
@@ -45,7 +46,7 @@ class RandomKeys(StaticMethod):
 
     def validate(self) -> None:
         check_int("k", self.k, 1)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, TORCH_SEED_MAX)
 
     def static_mask(
         self, q_len: int, kv_len: int, causal: bool, device: torch.device

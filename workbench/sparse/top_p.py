@@ -85,7 +85,10 @@ class TopP(SparseMethod):
 
     def validate(self) -> None:
         check_fraction("p", self.p)
-        if not (isinstance(self.tolerance, (int, float)) and 0.0 <= self.tolerance < 1.0):
+        tolerance = self.tolerance
+        if isinstance(tolerance, bool) or not (
+            isinstance(tolerance, (int, float)) and 0.0 <= tolerance < 1.0
+        ):
             raise ValueError(f"tolerance must lie in [0, 1), got {self.tolerance!r}")
 
     def select(
