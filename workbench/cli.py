@@ -113,8 +113,11 @@ def trace_command(
         str, typer.Option(help="Text for --model minilm.")
     ] = "Sparse attention keeps the keys that matter.",
     task: Annotated[str, typer.Option(help="Toy task for --model toy.")] = "assoc_recall",
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/trace"),
+    out: Annotated[
+        Path, typer.Option(help="Output root: files go to OUT/minilm or OUT/toy-<task>.")
+    ] = Path("runs/trace"),
     seed: Annotated[int, typer.Option(help="Seed of the toy model and task sample.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier trace.")] = False,
 ) -> None:
     """Trace attention statistics of a model and write trace.{safetensors,json,html}."""
     from rich.console import Console
@@ -126,6 +129,9 @@ def trace_command(
 
     if model not in ("minilm", "toy"):
         raise typer.BadParameter("expected 'minilm' or 'toy'", param_hint="--model")
+    out = _output_folder(out, model, task)
+    if not overwrite:
+        _refuse_to_overwrite(out, ["trace.safetensors", "trace.json", "trace.html"])
     inputs, relevant, network = (
         _minilm_inputs(text) if model == "minilm" else _toy_inputs(task, seed)
     )
@@ -151,6 +157,22 @@ def trace_command(
 
 DEFAULT_METHODS = "top_k,top_p,block_top_k,quest,sink_window,a_shape,vertical_slash,power,strided"
 """Methods `workbench sparsify-eval` compares by default."""
+
+MINILM_TEXT = (
+    "Sparse attention methods keep, for every query, only the keys that are expected to matter "
+    "and skip the rest. Some choose fixed patterns such as a window of recent tokens and a few "
+    "attention sinks at the start of the sequence; others look at the queries and keys and pick "
+    "the blocks or single tokens with the largest scores, or the smallest set of tokens that "
+    "holds most of the softmax mass. Whether the kept keys are the right ones shows in three "
+    "places: the share of the dense attention that falls inside the selection, the error of the "
+    "layer's output, and the change of the model's final representation. Long inputs make the "
+    "differences between methods visible, because a short sentence fits in a single block and "
+    "every method then keeps all of it."
+)
+"""Default ``--text`` of ``sparsify-eval --model minilm``: ~170 tokens, several blocks of 16."""
+
+DENSE_TOLERANCE = 1e-6
+"""A method whose kept fraction is within this of 1 kept everything (a warning says so)."""
 
 DEFAULT_METHOD_SETTINGS = ("sink_window.window=16", "block_top_k.k=2", "quest.budget=16")
 """Hyper-parameters `workbench sparsify-eval` sets for short inputs before the ``--set`` ones."""
@@ -187,10 +209,13 @@ def sparsify_eval_command(
     block_size: Annotated[int, typer.Option(help="Block size of the layouts.")] = 16,
     task: Annotated[str, typer.Option(help="Toy task for --model toy.")] = "assoc_recall",
     text: Annotated[
-        str, typer.Option(help="Text for --model minilm.")
-    ] = "Sparse attention keeps the keys that matter and drops the others.",
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/sparsify-eval"),
+        str, typer.Option(help="Text for --model minilm (default: a paragraph of ~170 tokens).")
+    ] = MINILM_TEXT,
+    out: Annotated[
+        Path, typer.Option(help="Output root: files go to OUT/minilm or OUT/toy-<task>.")
+    ] = Path("runs/sparsify-eval"),
     seed: Annotated[int, typer.Option(help="Seed of the toy model and task sample.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier run.")] = False,
 ) -> None:
     """Install each method into a model and compare it with dense attention: density, attention
     recall, output error, end-to-end KL (logits) or cosine (MiniLM), toy-task accuracy delta.
@@ -205,6 +230,9 @@ def sparsify_eval_command(
 
     if model not in ("minilm", "toy"):
         raise typer.BadParameter("expected 'minilm' or 'toy'", param_hint="--model")
+    out = _output_folder(out, model, task)
+    if not overwrite:
+        _refuse_to_overwrite(out, ["results.json", "fidelity.html"])
     hyper_parameters = parse_method_settings([*DEFAULT_METHOD_SETTINGS, *(settings or [])])
     try:
         chosen = [
@@ -229,26 +257,55 @@ def sparsify_eval_command(
         ]
     except (ValueError, NotImplementedError) as error:
         raise typer.BadParameter(str(error), param_hint="--layers / --methods") from None
-    table = Table("method", "density", "recall", "local error", "end-to-end", "accuracy delta")
+    accuracy = any(report["accuracy_delta"] is not None for report in reports)
+    columns = ["method", "density", "recall", "local error", "end-to-end"]
+    table = Table(*columns, *(["accuracy delta"] if accuracy else []))
     for report in reports:
         end_to_end = (
             f"KL {report['kl']:.4f}" if report["kl"] is not None else f"cos {report['cosine']:.4f}"
         )
-        delta = report["accuracy_delta"]
-        table.add_row(
+        cells = [
             report["method"],
             f"{report['mean_density']:.3f}",
             f"{report['mean_recall']:.3f}",
             f"{report['mean_local_output_error']:.3f}",
             end_to_end,
-            "-" if delta is None else f"{delta:+.3f}",
-        )
-    Console().print(table)
+        ]
+        if accuracy:
+            cells.append(f"{report['accuracy_delta']:+.3f}")
+        table.add_row(*cells)
+    console = Console()
+    console.print(table)
+    for report in reports:
+        if report["mean_density"] >= 1.0 - DENSE_TOLERANCE:
+            console.print(
+                f"[yellow]warning: {report['method']} kept every visible entry (density "
+                f"{report['mean_density']:.3f}): the input is too short for its settings "
+                f"({report['hyper_parameters']}, block size {block_size}); use a longer input "
+                "or smaller settings[/yellow]"
+            )
     summary = {"model": model, "task": task if model == "toy" else None, "reports": reports}
     atomic_write_json(out / "results.json", summary)
     figure = fidelity_figure(reports, title=f"sparse-attention fidelity ({model})")
     write_figure(figure, out / "fidelity.html")
     typer.echo(f"wrote {out / 'results.json'} and {out / 'fidelity.html'}")
+
+
+def _output_folder(root: Path, model: str, task: str) -> Path:
+    """Where a command writes the outputs of one model: ``root/minilm`` or ``root/toy-<task>``."""
+    return root / ("minilm" if model == "minilm" else f"toy-{task}")
+
+
+def _refuse_to_overwrite(folder: Path, names: list[str]) -> None:
+    """``BadParameter`` when ``folder`` already holds one of ``names`` (nothing is replaced
+    silently: pass --overwrite or another --out)."""
+    existing = [name for name in names if (folder / name).exists()]
+    if existing:
+        raise typer.BadParameter(
+            f"{folder} already holds {', '.join(existing)}: pass --overwrite to replace them, "
+            "or another --out",
+            param_hint="--out",
+        )
 
 
 def _minilm_inputs(text: str) -> tuple[Any, None, Any]:

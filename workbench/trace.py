@@ -541,9 +541,12 @@ def padded_row_stats(
 
 
 def model_name(model: nn.Module) -> str:
+    """The model's name: TransformerLens's ``cfg.model_name``, else the Hugging Face name (the last
+    component only when it is a local path, which says nothing to another machine)."""
     if is_transformer_lens(model):
         return str(model.cfg.model_name)
-    return str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    return Path(name).name if Path(name).is_absolute() or Path(name).exists() else name
 
 
 # ---------------------------------------------------------------------------- entry points

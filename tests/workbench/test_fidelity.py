@@ -94,10 +94,13 @@ def test_encoder_reports_cosine_similarity_with_padding() -> None:
 
 @pytest.mark.parametrize("model", ["toy", "minilm"])
 def test_sparsify_eval_command_writes_results_and_figure(tmp_path, model: str) -> None:
-    out = tmp_path / model
+    out = tmp_path / ("minilm" if model == "minilm" else "toy-assoc_recall")
     arguments = ["sparsify-eval", "--model", model, "--methods", "top_k,sink_window,a_shape"]
-    result = CliRunner().invoke(app, [*arguments, "--set", "top_k.k=3", "--out", str(out)])
+    arguments += ["--set", "top_k.k=3", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(app, arguments)  # nothing is replaced silently
+    assert again.exit_code != 0 and "--overwrite" in again.output
     results = json.loads((out / "results.json").read_text())
     assert [report["method"] for report in results["reports"]] == [
         "top_k",
@@ -127,3 +130,17 @@ def test_sparsify_eval_bad_layers_is_a_usage_error(tmp_path) -> None:
         ]
         result = CliRunner().invoke(app, arguments)
         assert result.exit_code == 2 and "--layers" in result.output
+
+
+def test_sparsify_eval_warns_when_a_method_keeps_everything(tmp_path) -> None:
+    """A window longer than the input keeps every entry: the table says so instead of passing it
+    off as a perfect method; the accuracy column is there for a toy task."""
+    arguments = ["sparsify-eval", "--methods", "sink_window,top_k", "--out", str(tmp_path)]
+    result = CliRunner().invoke(
+        app, [*arguments, "--set", "sink_window.window=4096"], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: sink_window kept every visible entry" in result.output
+    assert "warning: top_k" not in result.output
+    assert "accuracy delta" in result.output
+

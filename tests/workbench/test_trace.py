@@ -202,12 +202,24 @@ def test_trace_without_budgets_saves_and_loads(tmp_path) -> None:
 
 @pytest.mark.parametrize("model", ["toy", "minilm"])
 def test_cli_trace_writes_files(tmp_path, model: str) -> None:
-    result = CliRunner().invoke(app, ["trace", "--model", model, "--out", str(tmp_path)])
+    """Each model writes into its own folder; a second run refuses to overwrite without
+    --overwrite; no local path of this machine goes into the trace or its figure."""
+    arguments = ["trace", "--model", model, "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "entropy" in result.output
+    folder = tmp_path / ("minilm" if model == "minilm" else "toy-assoc_recall")
     for name in ("trace.safetensors", "trace.json", "trace.html"):
-        assert (tmp_path / name).stat().st_size > 0
-    assert Trace.load(tmp_path / "trace").stats
+        assert (folder / name).stat().st_size > 0
+    trace_result = Trace.load(folder / "trace")
+    assert trace_result.stats
+    if model == "minilm":
+        assert trace_result.metadata["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "site-packages" not in (folder / "trace.json").read_text()
+    assert "site-packages" not in (folder / "trace.html").read_text()
+    again = CliRunner().invoke(app, arguments)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert CliRunner().invoke(app, [*arguments, "--overwrite"]).exit_code == 0
 
 
 # ---------------------------------------------------------------------------- sparse models

@@ -1,0 +1,5 @@
+"""``python -m workbench``: the ``workbench`` command line."""
+
+from workbench.cli import app
+
+app(prog_name="workbench")
