@@ -3,7 +3,8 @@ correction of the sparse output.
 
 Every method is a frozen dataclass whose fields are its hyper-parameters (validated on
 construction: a ``ValueError`` names the field and the allowed range) and whose class attributes
-say what it is (``name``, ``description``, ``paper``, ``input_dependent``).
+say what it is (``name``, ``description``, ``paper``, ``input_dependent``); the decorator
+`workbench.sparse.registry.register_method` makes it known by its ``name``.
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k, v: [batch, kv_heads, kv_len, d_head]`` with
 ``heads % kv_heads == 0``. Causal masks are end-aligned as in `kernels.layout` (key ``j`` is visible to
@@ -100,7 +101,7 @@ def as_method(value: SparseMethod | str, name: str = "base") -> SparseMethod:
     """``value`` itself, or the registered method of that name with default hyper-parameters;
     errors name the argument ``name`` that held ``value``."""
     if isinstance(value, str):
-        from workbench.sparse import get, names
+        from workbench.sparse.registry import get, names
 
         if value not in names():
             raise ValueError(

@@ -12,8 +12,10 @@ from kernels import api
 from kernels.layout import Layout
 from kernels.reference import select_top_k_blocks
 from workbench.sparse.base import SparseMethod, block_layout, check_int
+from workbench.sparse.registry import register_method
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class BlockTopK(SparseMethod):
     """Keep the ``k`` key blocks with the largest mean-pooled scores per query block."""
@@ -51,16 +53,11 @@ class BlockTopK(SparseMethod):
         )
 
 
-def block_top_k(k: int = 4) -> BlockTopK:
-    """Mean-pooled block top-k method."""
-    return BlockTopK(k=k)
-
-
 def main() -> None:
     """Write this method's layout figure (``block_top_k.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(block_top_k())
+    write_method_figure(BlockTopK())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from kernels.layout import Layout, num_blocks, pool_to_blocks
 from kernels.reference import repeat_kv
 from workbench.sparse.base import SparseMethod, check_int, token_layout, visible
+from workbench.sparse.registry import register_method
 
 
 def page_scores(q: torch.Tensor, k: torch.Tensor, page_size: int) -> torch.Tensor:
@@ -31,6 +32,7 @@ def page_scores(q: torch.Tensor, k: torch.Tensor, page_size: int) -> torch.Tenso
     return bound.sum(-1)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class Quest(SparseMethod):
     """Per query, the best ``ceil(budget / page_size)`` pages by the Quest bound (a page counts as
@@ -73,16 +75,11 @@ class Quest(SparseMethod):
         return token_layout(mask, causal=causal, block_size=block_size)
 
 
-def quest(page_size: int = 16, budget: int = 64) -> Quest:
-    """Quest page selection."""
-    return Quest(page_size=page_size, budget=budget)
-
-
 def main() -> None:
     """Write this method's layout figure (``quest.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(quest())
+    write_method_figure(Quest())
 
 
 if __name__ == "__main__":
