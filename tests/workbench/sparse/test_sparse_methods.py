@@ -371,8 +371,10 @@ def test_input_dependent_says_whether_the_selection_reads_q_and_k(name):
 
 
 def test_methods_figure_and_module_main(tmp_path, monkeypatch):
-    figure = methods_figure(["sink_window", sparse.get("top_k", k=3)], q_len=48)
+    figure = methods_figure([sparse.get("sink_window"), sparse.get("top_k", k=3)], q_len=48)
     assert len(figure.data) == 2 and figure.data[0].z.shape == (48, 48)
+    with pytest.raises(TypeError, match="resolve 'top_k' first"):
+        methods_figure(["top_k"])
     monkeypatch.chdir(tmp_path)
     from workbench.sparse import power
 
