@@ -37,15 +37,15 @@ def main(
 def tasks_list() -> None:
     """List the registered toy tasks."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import toy_tasks
 
-    table = Table("name", "kind", "seq_len", "description")
-    for name in toy_tasks.names():
+    table = Table("name", "kind", "seq_len", "description", "paper")
+    for name, description, paper in toy_tasks.describe():
         task = toy_tasks.get(name)
-        description = (type(task).__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, task.kind, str(task.seq_len), description)
+        table.add_row(name, task.kind, str(task.seq_len), escape(description), escape(paper))
     Console().print(table)
 
 
