@@ -3,7 +3,8 @@ correction of the sparse output.
 
 Every method is a frozen dataclass whose fields are its hyper-parameters (validated on
 construction: a ``ValueError`` names the field and the allowed range) and whose class attributes
-say what it is (``name``, ``description``, ``paper``, ``input_dependent``); the decorator
+say what it is (``name``, ``description``, ``paper``, ``input_dependent``, and optionally
+``needs_calibration`` and ``short_input_hyper_parameters``); the decorator
 `workbench.sparse.registry.register_method` makes it known by its ``name``.
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k, v: [batch, kv_heads, kv_len, d_head]`` with
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +34,12 @@ class SparseMethod(ABC):
     description: ClassVar[str]
     paper: ClassVar[str]
     input_dependent: ClassVar[bool]
+    needs_calibration: ClassVar[bool] = False
+    """True when the method must be calibrated on a reference step before it can correct (then
+    `workbench.sparse.patch.sparsify` cannot install it as it is)."""
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {}
+    """Hyper-parameters for inputs of a few dozen tokens, where the defaults would keep every key
+    (``workbench sparsify-eval`` starts from them)."""
 
     def __post_init__(self) -> None:
         self.validate()

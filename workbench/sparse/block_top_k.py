@@ -4,7 +4,9 @@ every query block (`kernels.api.block_scores(method="mean_pooled")`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,6 +26,7 @@ class BlockTopK(SparseMethod):
     description = "top-k key blocks per query block by mean-pooled q . k (MInference block-sparse)"
     paper = "MInference 1.0: accelerating pre-filling for long-context LLMs, arXiv 2407.02490"
     input_dependent = True
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {"k": 2}
 
     k: int = 4
 

@@ -198,6 +198,7 @@ class Rettention(CorrectedMethod):
         "Re-ttention: ultra sparse visual generation via attention statistical reshape, "
         "arXiv 2505.22918"
     )
+    needs_calibration = True
 
     stats: NormaliserStats | None = dataclasses.field(default=None, repr=False)
 

@@ -6,7 +6,9 @@ here every query row selects its own pages (prefill uses the same rule per row).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -44,6 +46,7 @@ class Quest(SparseMethod):
     description = "per-query top pages by the key min/max bound (Quest, page size 16)"
     paper = "Quest: query-aware sparsity for efficient long-context LLM inference, arXiv 2406.10774"
     input_dependent = True
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {"budget": 16}
 
     page_size: int = 16
     budget: int = 64

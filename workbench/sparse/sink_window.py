@@ -3,7 +3,9 @@ block level. Both are input-agnostic: one layout shared by every batch element a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -28,6 +30,7 @@ class SinkWindow(StaticMethod):
     name = "sink_window"
     description = "StreamingLLM: the first `sink` keys plus a window of the `window` latest keys"
     paper = "Efficient streaming language models with attention sinks, arXiv 2309.17453"
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {"window": 16}
 
     sink: int = 4
     window: int = 64
