@@ -105,14 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = args.path.read_text(encoding="utf-8")
     updated = render(text)
-    if updated == text:
+    stale = [name for name, table in read_tables(text).items() if table != TABLES[name]()]
+    if not stale:
         print(f"{args.path}: the generated tables are up to date")
         return 0
     if args.check:
-        print(f"{args.path}: generated tables differ; run python -m workbench.readme")
+        print(f"{args.path}: stale tables {', '.join(stale)}; run python -m workbench.readme")
         return 1
     args.path.write_text(updated, encoding="utf-8")
-    print(f"{args.path}: tables rewritten ({', '.join(TABLES)})")
+    print(f"{args.path}: rewrote the tables {', '.join(stale)}")
     return 0
 
 
