@@ -105,23 +105,6 @@ class StaticMethod(SparseMethod):
         return token_layout(mask, causal=causal, block_size=block_size)
 
 
-def as_method(value: SparseMethod | str, name: str = "base") -> SparseMethod:
-    """``value`` itself, or the registered method of that name with default hyper-parameters;
-    errors name the argument ``name`` that held ``value``."""
-    if isinstance(value, str):
-        from workbench.sparse.registry import get, names
-
-        if value not in names():
-            raise ValueError(
-                f"{name} must be a SparseMethod or a registered name ({', '.join(names())}), "
-                f"got {value!r}"
-            )
-        return get(value)
-    if not isinstance(value, SparseMethod):
-        raise ValueError(f"{name} must be a SparseMethod or a registered name, got {value!r}")
-    return value
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, SparseMethod):
         return {"name": value.name, **value.hyper_parameters()}

@@ -24,8 +24,8 @@ import torch
 
 from kernels import api
 from kernels.layout import Layout, causal_token_mask
-from workbench.sparse.base import SparseMethod, as_method, check_int
-from workbench.sparse.registry import register_method
+from workbench.sparse.base import SparseMethod, check_int
+from workbench.sparse.registry import as_method, register_method
 from workbench.sparse.sink_window import SinkWindow
 
 

@@ -75,3 +75,18 @@ def get(name: str, **hyper_parameters: object) -> SparseMethod:
 def describe() -> list[tuple[str, str, str]]:
     """``(name, description, paper)`` of every registered method, in `names` order."""
     return [(name, _METHODS[name].description, _METHODS[name].paper) for name in names()]
+
+
+def as_method(value: SparseMethod | str, name: str = "base") -> SparseMethod:
+    """``value`` itself, or the registered method of that name with default hyper-parameters;
+    errors name the argument ``name`` that held ``value``."""
+    if isinstance(value, str):
+        if value not in names():
+            raise ValueError(
+                f"{name} must be a SparseMethod or a registered name ({', '.join(names())}), "
+                f"got {value!r}"
+            )
+        return get(value)
+    if not isinstance(value, SparseMethod):
+        raise ValueError(f"{name} must be a SparseMethod or a registered name, got {value!r}")
+    return value

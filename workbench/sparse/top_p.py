@@ -17,8 +17,8 @@ import torch
 
 from kernels.layout import Layout
 from kernels.reference import masked_softmax, score_tolerance, separating_threshold
-from workbench.sparse.base import SparseMethod, as_method, check_fraction, scores_for, visible
-from workbench.sparse.registry import register_method
+from workbench.sparse.base import SparseMethod, check_fraction, scores_for, visible
+from workbench.sparse.registry import as_method, register_method
 
 
 def top_p_binary_search(
