@@ -22,7 +22,7 @@ lint: $(VENV)/.installed-dev
 
 # The README's tables of sparse methods and toy tasks, generated from the registries.
 readme: $(VENV)/.installed-base
-	$(BIN)/python -m workbench.readme
+	$(BIN)/python -m workbench.devtools.readme
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

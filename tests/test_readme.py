@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import readme
+from workbench.devtools import readme
 
 README = Path(__file__).parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
@@ -24,10 +24,12 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
 
 def test_readme_tables_match_the_registries():
     """The tables of sparse methods and toy tasks are generated: after adding or changing a
-    method or a task, run ``python -m workbench.readme``."""
+    method or a task, run ``python -m workbench.devtools.readme``."""
     found = readme.read_tables(README.read_text(encoding="utf-8"))
     for name, table in readme.TABLES.items():
-        assert found[name] == table(), f"README's {name} table is stale: python -m workbench.readme"
+        assert found[name] == table(), (
+            f"README's {name} table is stale: python -m workbench.devtools.readme"
+        )
 
 
 def test_readme_render_replaces_only_the_tables(tmp_path):

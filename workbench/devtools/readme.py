@@ -2,12 +2,12 @@
 
 README.md holds each generated table between two marker lines::
 
-    <!-- generated table: sparse-methods (python -m workbench.readme) -->
+    <!-- generated table: sparse-methods (python -m workbench.devtools.readme) -->
     | name | selection | ...
     <!-- end of generated table -->
 
-``python -m workbench.readme`` rewrites them in place (``--check``: exit with status 1 when one
-differs, writing nothing); ``tests/test_readme.py`` fails when one differs.
+``python -m workbench.devtools.readme`` (``make readme``) rewrites them in place (``--check``: exit
+with status 1 when one differs, writing nothing); ``tests/test_readme.py`` fails when one differs.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-START = "<!-- generated table: {name} (python -m workbench.readme) -->"
+START = "<!-- generated table: {name} (python -m workbench.devtools.readme) -->"
 END = "<!-- end of generated table -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 """The README of a source checkout (an installed wheel has none: pass a path)."""
 
 
@@ -98,7 +98,7 @@ def render(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workbench.readme [PATH] [--check]``."""
+    """``python -m workbench.devtools.readme [PATH] [--check]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", nargs="?", type=Path, default=README, help="default: %(default)s")
     parser.add_argument("--check", action="store_true", help="only say whether a table differs")
@@ -110,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.path}: the generated tables are up to date")
         return 0
     if args.check:
-        print(f"{args.path}: stale tables {', '.join(stale)}; run python -m workbench.readme")
+        print(
+            f"{args.path}: stale tables {', '.join(stale)}; run python -m workbench.devtools.readme"
+        )
         return 1
     args.path.write_text(updated, encoding="utf-8")
     print(f"{args.path}: rewrote the tables {', '.join(stale)}")
