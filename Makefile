@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint readme clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/workbench run emergence --quick
@@ -19,6 +19,10 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The README's tables of sparse methods and toy tasks, generated from the registries.
+readme: $(VENV)/.installed-base
+	$(BIN)/python -m workbench.devtools.readme
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -4,6 +4,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import toy_tasks
 from workbench import __version__
 from workbench.cli import app, parse_overrides
 
@@ -16,11 +17,13 @@ def test_version():
     assert result.output.strip() == f"workbench {__version__}"
 
 
-def test_tasks_list_names_every_task():
-    result = runner.invoke(app, ["tasks", "list"])
+def test_tasks_list_names_every_task_with_its_description_and_paper():
+    result = runner.invoke(app, ["tasks", "list"], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    for name in ("linear_regression", "single_location", "assoc_recall", "joint_recall"):
+    for name, description, paper in toy_tasks.describe():
         assert name in result.output
+        assert description in result.output and paper in result.output
+    assert "``" not in result.output
 
 
 def test_tasks_sample_joint_recall_is_deterministic():
@@ -72,12 +75,7 @@ def test_demo_writes_summary_and_figures(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["tasks"]) == {
-        "linear_regression",
-        "single_location",
-        "assoc_recall",
-        "joint_recall",
-    }
+    assert set(summary["tasks"]) == set(toy_tasks.names())
     for stats in summary["tasks"].values():
         assert 0 < stats["ideal_density"] <= 1
     assert (out / "figures" / "joint_recall_relevance.html").stat().st_size > 1000
