@@ -24,9 +24,9 @@ Same config, two backends:
 * **Continuous tasks**: `ContinuousNativeModel`, a ``NativeModel`` whose ``tok_embed`` is the
   linear input projection `LinearInput` (``hook_embed`` fires on it) and whose ``head`` is the
   linear readout; the bridge passes float inputs ``[batch, pos, d_input]`` to it.
-* **Supported**: every `ModelConfig` field except ``act_fn="gelu_fast"`` (TL-native has no such
-  activation: ``NotImplementedError`` naming ``act_fn``). The bridge adds a zero, trainable
-  unembedding bias as ``HookedTransformer`` has.
+* **Supported**: every `ModelConfig` except ``act_fn="gelu_fast"`` (TL-native has no such
+  activation: ``ModelConfig.validate`` raises ``ValueError`` naming ``act_fn``). The bridge adds a
+  zero, trainable unembedding bias as ``HookedTransformer`` has.
 
 ``transformer_lens`` is imported lazily; ``workbench.bridge.ContinuousNativeModel`` is created on
 first use.
@@ -44,9 +44,6 @@ from toy_tasks.base import ToyTask
 
 if TYPE_CHECKING:
     from workbench.models import ModelConfig
-
-NATIVE_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
-"""`workbench.models.ACT_FNS` that TL-native MLPs implement."""
 
 
 class LinearInput(nn.Module):
@@ -68,11 +65,6 @@ def native_config(
     config: ModelConfig, n_ctx: int, d_vocab: int, d_vocab_out: int, seed: int
 ) -> dict[str, Any]:
     """The ``TransformerBridgeConfig`` fields of ``config`` (a dict for ``boot_native``)."""
-    if config.act_fn not in NATIVE_ACT_FNS:
-        raise NotImplementedError(
-            f"backend 'bridge' does not support act_fn {config.act_fn!r} (TL-native MLPs have "
-            f"{NATIVE_ACT_FNS})"
-        )
     rotary = config.positional == "rotary"
     return {
         "n_layers": config.n_layers,

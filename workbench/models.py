@@ -36,6 +36,8 @@ POSITIONALS = ("standard", "sinusoidal", "rotary")
 NORMALIZATIONS = ("LN", None)
 ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu")
 BACKENDS = ("hooked", "bridge")
+BRIDGE_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
+"""The `ACT_FNS` of TransformerLens' native models (``backend="bridge"``)."""
 
 
 def check_known_fields(cls: type, data: Mapping[str, Any]) -> None:
@@ -65,7 +67,7 @@ class ModelConfig:
         seed: seed of the weight initialisation (None: 0 here; `workbench.train` uses its own
             seed).
         backend: ``"hooked"`` (TransformerLens ``HookedTransformer``) or ``"bridge"``
-            (``TransformerBridge``, `workbench.bridge`; not ``act_fn="gelu_fast"``). `to_dict`
+            (``TransformerBridge``, `workbench.bridge`; ``act_fn`` one of `BRIDGE_ACT_FNS`). `to_dict`
             omits it at its default, so configs and their hashes from before the field are
             unchanged.
     """
@@ -110,6 +112,11 @@ class ModelConfig:
             check_int("seed", self.seed, 0, TORCH_SEED_MAX)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "bridge" and self.act_fn not in BRIDGE_ACT_FNS:
+            raise ValueError(
+                f"act_fn must be one of {BRIDGE_ACT_FNS} with backend 'bridge' (TL-native MLPs), "
+                f"got {self.act_fn!r}"
+            )
 
     @property
     def mlp_width(self) -> int:
