@@ -34,7 +34,7 @@ $(VENV)/.installed-base: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
-	$(BIN)/python -m pip install -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install -e ".[dev,notebooks,sae]"
 	touch $@ $(VENV)/.installed-base
 
 clean:

@@ -428,3 +428,7 @@ def stability_command(
         raise typer.Exit(1)
     for path in written:
         typer.echo(f"figure: {path}")
+
+
+if __name__ == "__main__":  # python -m workbench.cli
+    app()

@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -9,6 +12,28 @@ from workbench import __version__
 from workbench.cli import app, parse_overrides
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("sae_lens", "transformer_lens", "transformers")
+"""Packages that take seconds to import: ``workbench --help`` must not load them."""
+
+
+def test_help_imports_no_heavy_package():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "workbench.cli", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "typer" in imported  # the trace of imports was read
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
 def test_version():
