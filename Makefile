@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint readme clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/workbench run emergence --quick
@@ -23,6 +23,10 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The README's tables of sparse methods and toy tasks, generated from the registries.
+readme: $(VENV)/.installed-base
+	$(BIN)/python -m workbench.devtools.readme
+
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || \
@@ -34,7 +38,7 @@ $(VENV)/.installed-base: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
-	$(BIN)/python -m pip install -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install -e ".[dev,notebooks,sae]"
 	touch $@ $(VENV)/.installed-base
 
 clean:

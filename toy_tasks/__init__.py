@@ -1,11 +1,23 @@
-"""Toy-task generators with ground-truth relevance: which positions a perfect model must read."""
+"""Toy-task generators with ground-truth relevance: which positions a perfect model must read.
+
+A task is one module of this package holding a frozen dataclass config decorated with
+`register_task` (see `toy_tasks.registry`). Importing the package imports each of its modules, in
+sorted order, so that their tasks register; ``names()`` is sorted whatever the order.
+"""
+
+import importlib
+import pkgutil
 
 from toy_tasks.assoc_recall import AssociativeRecall
 from toy_tasks.base import IGNORE_INDEX, NO_POSITION, Batch, ToyTask
 from toy_tasks.emergence import SingleLocationRegression
 from toy_tasks.joint_recall import JointRecall
 from toy_tasks.linear_regression import Curriculum, LinearRegressionICL, Schedule
-from toy_tasks.registry import get, names, register, task_class
+from toy_tasks.registry import describe, get, names, register_task, task_class
+
+for _module in sorted(module.name for module in pkgutil.iter_modules(__path__)):
+    if not _module.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "IGNORE_INDEX",
@@ -18,8 +30,9 @@ __all__ = [
     "Schedule",
     "SingleLocationRegression",
     "ToyTask",
+    "describe",
     "get",
     "names",
-    "register",
+    "register_task",
     "task_class",
 ]

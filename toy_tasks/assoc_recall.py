@@ -36,7 +36,7 @@ from toy_tasks.base import (
     render_token_example,
     sample_without_replacement,
 )
-from toy_tasks.registry import register
+from toy_tasks.registry import register_task
 
 MAX_POWER_A = 16.0
 """Largest ``power_a``: the gap weights ``(g + 1) ** (power_a - 1)`` stay finite in float64 for any
@@ -44,7 +44,7 @@ sequence length (``2**63 ** 15 < 1.8e308``); such a law already puts nearly all 
 largest gaps."""
 
 
-@register
+@register_task
 @dataclass(frozen=True)
 class AssociativeRecall(ToyTask):
     """Zoology's MQAR task, with single-query recall as ``n_queries=1``.
@@ -64,6 +64,12 @@ class AssociativeRecall(ToyTask):
 
     name: ClassVar[str] = "assoc_recall"
     kind: ClassVar[Literal["tokens", "continuous"]] = "tokens"
+    description: ClassVar[str] = "multi-query associative recall: the value of each queried key"
+    relevance: ClassVar[str] = "the key's value in the context"
+    paper: ClassVar[str] = (
+        "Zoology: measuring and improving recall in efficient language models (MQAR), "
+        "arXiv 2312.04927"
+    )
 
     vocab_size: int = 256
     seq_len: int = 64

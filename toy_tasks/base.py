@@ -122,10 +122,22 @@ class Batch:
 
 @dataclass(frozen=True)
 class ToyTask:
-    """Base of every task config. Subclasses are frozen dataclasses that set ``name`` and ``kind``."""
+    """Base of every task config. Subclasses are frozen dataclasses that set the class attributes
+    below and register with `toy_tasks.registry.register_task`.
+
+    Attributes:
+        name: registry name.
+        kind: ``"tokens"`` (int64 token ids in and out) or ``"continuous"`` (float vectors).
+        description: one line: the task and what a model predicts.
+        relevance: one line: the ground-truth relevant positions of a prediction.
+        paper: the paper the task comes from.
+    """
 
     name: ClassVar[str]
     kind: ClassVar[Literal["tokens", "continuous"]]
+    description: ClassVar[str]
+    relevance: ClassVar[str]
+    paper: ClassVar[str]
 
     def __post_init__(self) -> None:
         self.validate()

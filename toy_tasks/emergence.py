@@ -27,12 +27,12 @@ from toy_tasks.base import (
     format_vector,
     sample_without_replacement,
 )
-from toy_tasks.registry import register
+from toy_tasks.registry import register_task
 
 POSITIONS = ("last", "random")
 
 
-@register
+@register_task
 @dataclass(frozen=True)
 class SingleLocationRegression(ToyTask):
     """Zucchet et al.'s single-location linear regression.
@@ -52,6 +52,12 @@ class SingleLocationRegression(ToyTask):
 
     name: ClassVar[str] = "single_location"
     kind: ClassVar[Literal["tokens", "continuous"]] = "continuous"
+    description: ClassVar[str] = "single-location regression: y* = W* x_rel at the last token"
+    relevance: ClassVar[str] = "the B copies of the relevant token"
+    paper: ClassVar[str] = (
+        "The emergence of sparse attention: impact of data distribution and benefits of "
+        "repetition (Zucchet et al.), arXiv 2505.17863"
+    )
 
     seq_len: int = 64
     d: int = 16

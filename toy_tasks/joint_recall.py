@@ -35,13 +35,13 @@ from toy_tasks.base import (
     random_permutations,
     render_token_example,
 )
-from toy_tasks.registry import register
+from toy_tasks.registry import register_task
 
 PAD, BOS, SEP = 0, 1, 2
 N_SPECIAL = 3
 
 
-@register
+@register_task
 @dataclass(frozen=True)
 class JointRecall(ToyTask):
     """HAX's joint-recall task at one table size.
@@ -56,6 +56,14 @@ class JointRecall(ToyTask):
 
     name: ClassVar[str] = "joint_recall"
     kind: ClassVar[Literal["tokens", "continuous"]] = "tokens"
+    description: ClassVar[str] = (
+        "joint recall: VAL[c, k] after each (context, key) of the second copy of the table"
+    )
+    relevance: ClassVar[str] = "the value of (c, k) in the first copy"
+    paper: ClassVar[str] = (
+        "Overcoming long-context limitations of state-space models via context-dependent sparse "
+        "attention (HAX; Zhan, Zhao, Zhu, Tang 2025)"
+    )
 
     n_contexts: int = 5
     n_keys: int = 5

@@ -24,14 +24,14 @@ from toy_tasks.base import (
     elide,
     format_vector,
 )
-from toy_tasks.registry import register
+from toy_tasks.registry import register_task
 
 MAX_NOISE = 1e6
 """Largest ``noise``: far beyond the signal (``y`` has standard deviation ``sqrt(d)``) and small
 enough that float32 batches and their squared errors stay finite."""
 
 
-@register
+@register_task
 @dataclass(frozen=True)
 class LinearRegressionICL(ToyTask):
     """Garg et al.'s linear-regression prompts.
@@ -46,6 +46,15 @@ class LinearRegressionICL(ToyTask):
 
     name: ClassVar[str] = "linear_regression"
     kind: ClassVar[Literal["tokens", "continuous"]] = "continuous"
+    description: ClassVar[str] = (
+        "in-context linear regression: y_i at each x_i token (x, y interleaved, a flag dimension "
+        "marks y tokens)"
+    )
+    relevance: ClassVar[str] = "every earlier (x, y) token and the query x"
+    paper: ClassVar[str] = (
+        "What can transformers learn in-context? A case study of simple function classes "
+        "(Garg et al.), arXiv 2208.01066"
+    )
 
     d: int = 20
     n_points: int = 40

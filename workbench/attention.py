@@ -29,6 +29,22 @@ TransformerLens (``HookedTransformer``, ``HookedEncoder``)
     ``clip_qkv``, OLMo qk-norm (``original_architecture``), local attention (``window_size``), and
     a key-value cache (``past_kv_cache_entry``, at call time).
 
+TransformerLens ``TransformerBridge`` (TL-native models of ``TransformerBridge.boot_native``)
+    The bridge (TL 3.9, the successor of ``HookedTransformer``) wraps a model of its own: each
+    ``blocks[i].attn`` is an ``AttentionBridge`` around a TL-native ``NativeAttention`` whose
+    ``q``, ``k``, ``v``, ``o`` projections are ``LinearBridge`` s, so ``hook_q``, ``hook_k``,
+    ``hook_v`` are the projections' ``hook_out`` and ``hook_z`` is ``o.hook_in``. The ``forward`` of
+    each chosen ``NativeAttention`` is replaced (instance attribute, removed or restored on exit) by
+    one that computes q, k, v through those projections (their hooks fire), applies the model's
+    rotary embedding, calls ``core`` and passes its ``z`` through ``o`` (``hook_z`` fires). The
+    bridge fires ``hook_pattern`` (and, as it does, ``hook_attn_scores`` with the same pattern) from
+    the second output of the attention module: on routed layers only when the core asked for the
+    model's own attention (`AttentionCall.model_attention`, the native score / mask / softmax code,
+    bitwise). The key padding comes from a 2-D ``attention_mask``. ``NotImplementedError`` (naming
+    the field) for: bridges around other models (``boot_transformers``: Hugging Face architectures
+    have their own attention bridges), ``attn_scores_soft_cap``, ``use_attn_result``,
+    ``use_split_qkv_input``, ``use_attn_in`` and 4-D attention masks (at call time).
+
 Hugging Face ``PreTrainedModel`` (BERT-family encoders, GPT-2, Llama-style decoders, ...)
     transformers 5.x dispatches attention through ``ALL_ATTENTION_FUNCTIONS[config.
     _attn_implementation]`` and builds the mask with ``ALL_MASK_ATTENTION_FUNCTIONS`` under the same
@@ -170,14 +186,18 @@ def route_attention(
 ) -> Iterator[nn.Module]:
     """Run the attention of ``layers`` (None = all) of ``model`` through ``core`` inside the block.
 
-    ``model``: a TransformerLens ``HookedTransformer`` / ``HookedEncoder`` or a Hugging Face
-    ``PreTrainedModel``. See the module docstring for what is replaced and what is supported.
+    ``model``: a TransformerLens ``HookedTransformer`` / ``HookedEncoder`` / ``TransformerBridge``
+    (TL-native) or a Hugging Face ``PreTrainedModel``. See the module docstring for what is replaced
+    and what is supported.
     """
     if is_transformer_lens(model):
         chosen = check_layers(layers, model.cfg.n_layers)
         with ExitStack() as stack:
             for layer in chosen:
-                stack.enter_context(_route_tl_block(model.blocks[layer].attn, layer, core))
+                if is_transformer_bridge(model):
+                    stack.enter_context(_route_bridge_block(model, layer, core))
+                else:
+                    stack.enter_context(_route_tl_block(model.blocks[layer].attn, layer, core))
             yield model
     elif is_hugging_face(model):
         chosen = check_layers(layers, hf_num_layers(model))
@@ -185,8 +205,8 @@ def route_attention(
             yield model
     else:
         raise TypeError(
-            "route_attention needs a TransformerLens HookedTransformer / HookedEncoder or a "
-            f"Hugging Face PreTrainedModel, got {type(model).__name__}"
+            "route_attention needs a TransformerLens HookedTransformer / HookedEncoder / "
+            f"TransformerBridge or a Hugging Face PreTrainedModel, got {type(model).__name__}"
         )
 
 
@@ -203,10 +223,20 @@ def check_layers(
     return chosen
 
 
+def _class_names(obj: object) -> set[str]:
+    return {cls.__name__ for cls in type(obj).__mro__}
+
+
 def is_transformer_lens(model: nn.Module) -> bool:
-    """True for TransformerLens models (checked by class names: no import of transformer_lens)."""
-    names = {cls.__name__ for cls in type(model).__mro__}
-    return bool(names & {"HookedTransformer", "HookedEncoder"})
+    """True for TransformerLens models: ``HookedTransformer``, ``HookedEncoder`` and
+    ``TransformerBridge`` (TL's ``cfg``, hook names and ``hooks()``; checked by class names: no
+    import of transformer_lens)."""
+    return bool(_class_names(model) & {"HookedTransformer", "HookedEncoder", "TransformerBridge"})
+
+
+def is_transformer_bridge(model: nn.Module) -> bool:
+    """True for TransformerLens ``TransformerBridge`` models (checked by class name)."""
+    return "TransformerBridge" in _class_names(model)
 
 
 def is_hugging_face(model: nn.Module) -> bool:
@@ -356,6 +386,127 @@ def _tl_output_projection(attn: nn.Module, z: torch.Tensor) -> torch.Tensor:
     if z.device.type == "mps":  # as TL: F.linear is broken on MPS with torch 2.8
         return torch.matmul(z, w.T) + b_O
     return F.linear(z, w, b_O)
+
+
+# ---------------------------------------------------------------------------- TransformerBridge
+def bridge_native_attention(model: nn.Module, layer: int) -> nn.Module:
+    """The ``NativeAttention`` of ``layer`` of a TL-native bridge; ``NotImplementedError`` naming
+    what the layer holds otherwise."""
+    blocks = getattr(model, "blocks", None)
+    bridge = None if blocks is None else getattr(blocks[layer], "attn", None)
+    native = getattr(bridge, "original_component", None)
+    if type(bridge).__name__ != "AttentionBridge" or "NativeAttention" not in _class_names(native):
+        raise NotImplementedError(
+            "route_attention supports TransformerBridge models of TL-native attention "
+            f"(TransformerBridge.boot_native); layer {layer} is a {type(bridge).__name__} around "
+            f"{type(native).__name__} (architecture {model.cfg.architecture!r})"
+        )
+    return native
+
+
+def check_bridge_supported(cfg: Any, native: nn.Module) -> None:
+    """Raise ``NotImplementedError`` naming the config field a routed bridge layer cannot honour."""
+    from transformer_lens.utilities.activation_functions import softcap_enabled
+
+    unsupported = {
+        "attn_scores_soft_cap": softcap_enabled(native.attn_scores_soft_cap),
+        "use_attn_result": getattr(cfg, "use_attn_result", False),
+        "use_split_qkv_input": getattr(cfg, "use_split_qkv_input", False),
+        "use_attn_in": getattr(cfg, "use_attn_in", False),
+    }
+    for field, present in unsupported.items():
+        if present:
+            raise NotImplementedError(f"route_attention does not support cfg.{field}")
+
+
+@contextmanager
+def _route_bridge_block(model: nn.Module, layer: int, core: AttentionCore) -> Iterator[None]:
+    native = bridge_native_attention(model, layer)
+    check_bridge_supported(model.cfg, native)
+    had_forward = "forward" in native.__dict__
+    previous = native.__dict__.get("forward")
+    native.forward = functools.partial(_bridge_routed_forward, native, layer, core)
+    try:
+        yield
+    finally:
+        if had_forward:
+            native.forward = previous
+        else:
+            del native.forward
+
+
+def _bridge_routed_forward(
+    native: nn.Module,
+    layer: int,
+    core: AttentionCore,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Replacement of ``NativeAttention.forward`` (same signature): ``hidden_states [batch, pos,
+    d_model]`` -> ``(output [batch, pos, d_model], pattern [batch, heads, pos, pos] or None)``."""
+    del kwargs  # as NativeAttention: no key-value cache
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise NotImplementedError(
+            "route_attention supports 2-D attention masks [batch, pos] on TransformerBridge "
+            f"models, got shape {tuple(attention_mask.shape)}"
+        )
+    batch, seq, _ = hidden_states.shape
+    heads, kv_heads, d_head = native.n_heads, native.n_kv_heads, native.d_head
+    # q: [batch, heads, pos, d_head]; k, v: [batch, kv_heads, pos, d_head] (hook_q/k/v fire)
+    q = native.q(hidden_states).reshape(batch, seq, heads, d_head).transpose(1, 2)
+    k = native.k(hidden_states).reshape(batch, seq, kv_heads, d_head).transpose(1, 2)
+    v = native.v(hidden_states).reshape(batch, seq, kv_heads, d_head).transpose(1, 2)
+    if native.rotary is not None:
+        q, k = native.rotary.apply_rope(q, k, position_ids=position_ids)
+    key_padding = None if attention_mask is None else attention_mask.bool()
+    patterns: list[torch.Tensor] = []
+    call = AttentionCall(
+        layer=layer,
+        q=q,
+        k=k,
+        v=v,
+        scale=1.0 / float(native.scale),
+        causal=bool(native.causal),
+        key_padding=key_padding,
+        module=native,
+        model_attention=functools.partial(
+            _bridge_model_attention, native, q, k, v, key_padding, patterns
+        ),
+    )
+    z = core(call).transpose(1, 2).contiguous().view(batch, seq, heads * d_head)
+    return native.o(z), (patterns[-1] if patterns else None)  # hook_z fires in `o`
+
+
+def _bridge_model_attention(
+    native: nn.Module,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding: torch.Tensor | None,
+    patterns: list[torch.Tensor],
+    with_pattern: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``NativeAttention``'s own score / mask / softmax / z code: ``z`` ``[batch, heads, pos,
+    d_head]`` and the pattern, which is also appended to ``patterns`` (the routed forward returns it
+    so that the bridge fires ``hook_pattern``). ``with_pattern``: the common signature."""
+    del with_pattern
+    seq = q.shape[2]
+    if native.kv_repeats > 1:  # as the model: repeat_interleave over heads
+        k = k.repeat_interleave(native.kv_repeats, dim=1)
+        v = v.repeat_interleave(native.kv_repeats, dim=1)
+    scores = torch.matmul(q, k.transpose(-2, -1)) / native.scale
+    if native.causal:
+        masked = native.causal_mask[:seq, :seq]
+    else:
+        masked = torch.zeros(seq, seq, dtype=torch.bool, device=scores.device)
+    if key_padding is not None:
+        masked = masked | ~key_padding[:, None, None, :]
+    scores = scores.masked_fill(masked, float("-inf"))
+    pattern = F.softmax(scores, dim=-1).masked_fill(masked, 0.0)
+    patterns.append(pattern)
+    return torch.matmul(pattern, v), pattern
 
 
 # ---------------------------------------------------------------------------- Hugging Face

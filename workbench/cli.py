@@ -37,15 +37,15 @@ def main(
 def tasks_list() -> None:
     """List the registered toy tasks."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import toy_tasks
 
-    table = Table("name", "kind", "seq_len", "description")
-    for name in toy_tasks.names():
+    table = Table("name", "kind", "seq_len", "description", "paper")
+    for name, description, paper in toy_tasks.describe():
         task = toy_tasks.get(name)
-        description = (type(task).__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, task.kind, str(task.seq_len), description)
+        table.add_row(name, task.kind, str(task.seq_len), escape(description), escape(paper))
     Console().print(table)
 
 
@@ -155,8 +155,17 @@ def trace_command(
     typer.echo(f"wrote {out / 'trace.safetensors'}, {out / 'trace.json'} and {out / 'trace.html'}")
 
 
-DEFAULT_METHODS = "top_k,top_p,block_top_k,quest,sink_window,a_shape,vertical_slash,power,strided"
-"""Methods `workbench sparsify-eval` compares by default."""
+def default_methods() -> list[str]:
+    """The methods `workbench sparsify-eval` compares by default: every registered method that
+    needs no calibration (`workbench.sparse.names()`, less those with ``needs_calibration``)."""
+    import workbench.sparse
+
+    return [
+        name
+        for name in workbench.sparse.names()
+        if not workbench.sparse.method_class(name).needs_calibration
+    ]
+
 
 MINILM_TEXT = (
     "Sparse attention methods keep, for every query, only the keys that are expected to matter "
@@ -174,9 +183,6 @@ MINILM_TEXT = (
 DENSE_TOLERANCE = 1e-6
 """A method whose kept fraction is within this of 1 kept everything (a warning says so)."""
 
-DEFAULT_METHOD_SETTINGS = ("sink_window.window=16", "block_top_k.k=2", "quest.budget=16")
-"""Hyper-parameters `workbench sparsify-eval` sets for short inputs before the ``--set`` ones."""
-
 
 def parse_method_settings(settings: list[str]) -> dict[str, dict[str, Any]]:
     """``["sink_window.window=8", "top_k.k=4"]`` -> ``{"sink_window": {"window": 8}, ...}``."""
@@ -193,8 +199,12 @@ def parse_method_settings(settings: list[str]) -> dict[str, dict[str, Any]]:
 def sparsify_eval_command(
     model: Annotated[str, typer.Option(help="'toy' (random model, toy task) or 'minilm'.")] = "toy",
     methods: Annotated[
-        str, typer.Option(help="Comma-separated registered methods (`workbench.sparse.names()`).")
-    ] = DEFAULT_METHODS,
+        str | None,
+        typer.Option(
+            help="Comma-separated registered methods (`workbench.sparse.names()`; default: every "
+            "one that needs no calibration)."
+        ),
+    ] = None,
     layers: Annotated[
         str | None, typer.Option(help="Comma-separated layer indices (default: every layer).")
     ] = None,
@@ -202,8 +212,8 @@ def sparsify_eval_command(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Method hyper-parameter, METHOD.KEY=VALUE (repeatable; applied after "
-            f"{', '.join(DEFAULT_METHOD_SETTINGS)}).",
+            help="Method hyper-parameter, METHOD.KEY=VALUE (repeatable; applied over the "
+            "method's settings for short inputs, its short_input_hyper_parameters).",
         ),
     ] = None,
     block_size: Annotated[int, typer.Option(help="Block size of the layouts.")] = 16,
@@ -233,11 +243,17 @@ def sparsify_eval_command(
     out = _output_folder(out, model, task)
     if not overwrite:
         _refuse_to_overwrite(out, ["results.json", "fidelity.html"])
-    hyper_parameters = parse_method_settings([*DEFAULT_METHOD_SETTINGS, *(settings or [])])
+    hyper_parameters = parse_method_settings(settings or [])
     try:
         chosen = [
-            workbench.sparse.get(name, **hyper_parameters.get(name, {}))
-            for name in methods.split(",")
+            workbench.sparse.get(
+                name,
+                **{
+                    **workbench.sparse.method_class(name).short_input_hyper_parameters,
+                    **hyper_parameters.get(name, {}),
+                },
+            )
+            for name in (default_methods() if methods is None else methods.split(","))
         ]
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--methods / --set") from None
@@ -470,3 +486,7 @@ def stability_command(
         raise typer.Exit(1)
     for path in written:
         typer.echo(f"figure: {path}")
+
+
+if __name__ == "__main__":  # python -m workbench.cli
+    app()

@@ -6,6 +6,10 @@
   projection ``d_input -> d_model`` (`LinearEmbed`) and whose unembedding is a linear readout
   ``d_model -> d_output``. Both are ``HookedTransformer`` s, so `workbench.trace` and
   `workbench.sparse.patch.sparsify` work on them unchanged, hooks included.
+* ``ModelConfig(backend="bridge")``: the same architecture as a TransformerLens
+  ``TransformerBridge`` around a TL-native model (`workbench.bridge`: ``boot_native``, offline,
+  the same hook names; TL 4 removes ``HookedTransformer``). Tracing and sparse methods route it
+  like the default ``"hooked"`` models.
 * `toy_model(task)`: the small random-weights token model the commands use.
 * `minilm()`: the bundled real MiniLM (Hugging Face).
 
@@ -31,6 +35,9 @@ from toy_tasks.base import TORCH_SEED_MAX, ToyTask, check_int
 POSITIONALS = ("standard", "sinusoidal", "rotary")
 NORMALIZATIONS = ("LN", None)
 ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu")
+BACKENDS = ("hooked", "bridge")
+BRIDGE_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
+"""The `ACT_FNS` of TransformerLens' native models (``backend="bridge"``)."""
 
 
 def check_known_fields(cls: type, data: Mapping[str, Any]) -> None:
@@ -59,6 +66,10 @@ class ModelConfig:
         attn_only: blocks without MLPs.
         seed: seed of the weight initialisation (None: 0 here; `workbench.train` uses its own
             seed).
+        backend: ``"hooked"`` (TransformerLens ``HookedTransformer``) or ``"bridge"``
+            (``TransformerBridge``, `workbench.bridge`; ``act_fn`` one of `BRIDGE_ACT_FNS`). `to_dict`
+            omits it at its default, so configs and their hashes from before the field are
+            unchanged.
     """
 
     n_layers: int = 2
@@ -71,6 +82,7 @@ class ModelConfig:
     normalization: Literal["LN"] | None = "LN"
     attn_only: bool = False
     seed: int | None = None
+    backend: Literal["hooked", "bridge"] = "hooked"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +110,13 @@ class ModelConfig:
             raise ValueError(f"attn_only must be a bool, got {self.attn_only!r}")
         if self.seed is not None:
             check_int("seed", self.seed, 0, TORCH_SEED_MAX)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "bridge" and self.act_fn not in BRIDGE_ACT_FNS:
+            raise ValueError(
+                f"act_fn must be one of {BRIDGE_ACT_FNS} with backend 'bridge' (TL-native MLPs), "
+                f"got {self.act_fn!r}"
+            )
 
     @property
     def mlp_width(self) -> int:
@@ -108,7 +127,10 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.backend == "hooked":  # the default is left out: hashes of older configs hold
+            del data["backend"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -222,8 +244,14 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
     Token tasks: a ``HookedTransformer`` with ``d_vocab = task.vocab_size`` taking ``[batch, pos]``
     tokens and returning logits ``[batch, pos, vocab]``. Continuous tasks: a `ContinuousTransformer`
     taking ``[batch, pos, task.d_input]`` and returning ``[batch, pos, task.d_output]``. In both,
-    ``n_ctx = task.seq_len``. The global random state is left as it was.
+    ``n_ctx = task.seq_len``. With ``config.backend == "bridge"`` the same architecture as a
+    ``TransformerBridge`` (`workbench.bridge.build_bridge`: same inputs and outputs, other initial
+    weights). The global random state is left as it was.
     """
+    if config.backend == "bridge":
+        from workbench.bridge import build_bridge
+
+        return build_bridge(task, config)
     from transformer_lens import HookedTransformer
 
     seed = 0 if config.seed is None else config.seed
@@ -239,32 +267,42 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
         else:
             raise ValueError(f"unknown task kind {task.kind!r} of {task.name}")
     if config.positional == "sinusoidal":
-        _fix_sinusoidal_positions(model)
+        fix_sinusoidal_positions(model.pos_embed, "W_pos")
     return model
 
 
-def _fix_sinusoidal_positions(model: nn.Module) -> None:
-    """Replace the learned ``pos_embed.W_pos`` by a sinusoidal buffer (saved, never trained)."""
-    pos_embed = model.pos_embed
-    table = sinusoidal_positions(*pos_embed.W_pos.shape).to(pos_embed.W_pos.device)
-    del pos_embed.W_pos
-    pos_embed.register_buffer("W_pos", table)
+def fix_sinusoidal_positions(module: nn.Module, name: str) -> None:
+    """Replace the learned position table ``module.<name>`` ``[n_ctx, d_model]`` by a sinusoidal
+    buffer of the same name (saved, never trained)."""
+    learned = getattr(module, name)
+    table = sinusoidal_positions(*learned.shape).to(learned.device)
+    delattr(module, name)
+    module.register_buffer(name, table)
 
 
 def check_compatible(model: nn.Module, task: ToyTask) -> None:
     """Raise ``ValueError`` when ``model`` (from `build_model`) cannot run ``task``."""
+    from workbench.attention import is_transformer_bridge
+
     cfg = model.cfg
-    continuous = isinstance(model, _continuous_class())
+    if is_transformer_bridge(model):
+        from workbench.bridge import is_continuous_bridge
+
+        continuous = is_continuous_bridge(model)
+        d_input = cfg.d_vocab  # ContinuousNativeModel: the input projection's width
+    else:
+        continuous = isinstance(model, _continuous_class())
+        d_input = model.embed.W_in.shape[0] if continuous else None
     if (task.kind == "continuous") != continuous:
-        expected = "a ContinuousTransformer" if continuous else "a token HookedTransformer"
-        raise ValueError(f"{task.name} is a {task.kind} task but the model is {expected}")
+        kind = "continuous-input" if continuous else "token"
+        raise ValueError(f"{task.name} is a {task.kind} task but the model is a {kind} model")
     if task.seq_len > cfg.n_ctx:
         raise ValueError(f"{task.name} has seq_len {task.seq_len} > the model's n_ctx {cfg.n_ctx}")
     if task.kind == "tokens":
         sizes = {"vocab_size": (task.vocab_size, cfg.d_vocab)}
     else:
         sizes = {
-            "d_input": (task.d_input, model.embed.W_in.shape[0]),
+            "d_input": (task.d_input, d_input),
             "d_output": (task.d_output, cfg.d_vocab_out),
         }
     for name, (wanted, actual) in sizes.items():
@@ -272,12 +310,14 @@ def check_compatible(model: nn.Module, task: ToyTask) -> None:
             raise ValueError(f"{task.name} has {name} {wanted} but the model has {actual}")
 
 
-def toy_model(task: ToyTask, *, seed: int = 0, n_layers: int = 2) -> Any:
-    """A random-weights causal ``HookedTransformer`` (d_model 64, 4 heads of 16, ReLU MLP,
-    LayerNorm) sized for the token task ``task``, in eval mode."""
+def toy_model(task: ToyTask, *, seed: int = 0, n_layers: int = 2, backend: str = "hooked") -> Any:
+    """A random-weights causal ``HookedTransformer`` (or ``TransformerBridge`` with ``backend=
+    "bridge"``; d_model 64, 4 heads of 16, ReLU MLP, LayerNorm) sized for the token task ``task``,
+    in eval mode."""
     if task.kind != "tokens":
         raise ValueError(f"{task.name} is not a token task")
-    return build_model(task, ModelConfig(n_layers=n_layers, seed=seed)).eval()
+    config = ModelConfig(n_layers=n_layers, seed=seed, backend=backend)
+    return build_model(task, config).eval()
 
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"

@@ -229,8 +229,15 @@ def test_selections_made_by_the_methods_run_identically(name: str, dtype: torch.
     check_attention(q, k, v, layout)
 
 
+def selects_by_threshold(name: str) -> bool:
+    """The method's layouts carry a ``row_threshold`` (judged on a small CPU input)."""
+    q = torch.randn(1, 1, 32, 16, generator=torch.Generator().manual_seed(0))
+    layout = workbench.sparse.get(name).select(q, q, causal=True, block_size=16)
+    return layout.row_threshold is not None
+
+
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("name", ["top_k", "top_p"])
+@pytest.mark.parametrize("name", [n for n in workbench.sparse.names() if selects_by_threshold(n)])
 def test_threshold_selections_survive_recomputed_scores(name: str, seed: int):
     """Thresholds must lie farther from every score than two fp32 computations of it may differ
     (`reference.score_tolerance`): a threshold at a midpoint between near-tied scores still flips

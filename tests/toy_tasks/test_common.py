@@ -1,5 +1,9 @@
 """Invariants every registered toy task must satisfy, and the registry."""
 
+import importlib
+import inspect
+import pkgutil
+
 import pytest
 import torch
 
@@ -15,20 +19,51 @@ def sample(name: str, seed: int, batch_size: int = 8, device: str = "cpu") -> Ba
     return task.sample(batch_size, torch.Generator(device=device).manual_seed(seed))
 
 
-def test_registry_lists_the_four_tasks():
-    assert set(NAMES) == {"linear_regression", "single_location", "assoc_recall", "joint_recall"}
+def test_registry_holds_every_task_class_of_the_package():
+    modules = [
+        importlib.import_module(f"toy_tasks.{module.name}")
+        for module in pkgutil.iter_modules(toy_tasks.__path__)
+    ]
+    defined = {
+        cls
+        for module in modules
+        for cls in vars(module).values()
+        if inspect.isclass(cls) and issubclass(cls, toy_tasks.ToyTask) and "name" in vars(cls)
+    }
+    assert {cls.name: cls for cls in defined} == {
+        name: toy_tasks.task_class(name) for name in NAMES
+    }
+    assert len(NAMES) >= 4 and sorted(NAMES) == NAMES
+
+
+def test_registry_describes_every_task():
+    described = toy_tasks.describe()
+    assert [name for name, _, _ in described] == NAMES
+    for name, description, paper in described:
+        cls = toy_tasks.task_class(name)
+        assert description == cls.description and paper == cls.paper
+        assert cls.relevance and cls.kind in ("tokens", "continuous")
+        assert "``" not in description + paper + cls.relevance  # plain text, not reStructuredText
 
 
 def test_registry_unknown_name_and_bad_keyword():
     with pytest.raises(ValueError, match=r"unknown toy task .nope.*assoc_recall"):
         toy_tasks.get("nope")
-    with pytest.raises(ValueError, match="assoc_recall"):
+    with pytest.raises(ValueError, match=r"assoc_recall.*no parameter not_a_field; allowed: vocab"):
         toy_tasks.get("assoc_recall", not_a_field=3)
 
 
-def test_registry_rejects_duplicate_names():
+def test_registry_rejects_duplicates_and_undescribed_classes():
     with pytest.raises(ValueError, match="already registered"):
-        toy_tasks.register(toy_tasks.task_class("assoc_recall"))
+        toy_tasks.register_task(toy_tasks.task_class("assoc_recall"))
+    with pytest.raises(TypeError, match="ToyTask subclass"):
+        toy_tasks.register_task(int)
+
+    class Undescribed(toy_tasks.task_class("assoc_recall")):
+        paper = ""
+
+    with pytest.raises(TypeError, match="paper"):
+        toy_tasks.register_task(Undescribed)
 
 
 @pytest.mark.parametrize("name", NAMES)

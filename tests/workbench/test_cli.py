@@ -1,13 +1,39 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
+import toy_tasks
 from workbench import __version__
 from workbench.cli import app, parse_overrides
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("sae_lens", "transformer_lens", "transformers")
+"""Packages that take seconds to import: ``workbench --help`` must not load them."""
+
+
+def test_help_imports_no_heavy_package():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "workbench.cli", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "typer" in imported  # the trace of imports was read
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
 def test_version():
@@ -16,11 +42,13 @@ def test_version():
     assert result.output.strip() == f"workbench {__version__}"
 
 
-def test_tasks_list_names_every_task():
-    result = runner.invoke(app, ["tasks", "list"])
+def test_tasks_list_names_every_task_with_its_description_and_paper():
+    result = runner.invoke(app, ["tasks", "list"], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
-    for name in ("linear_regression", "single_location", "assoc_recall", "joint_recall"):
+    for name, description, paper in toy_tasks.describe():
         assert name in result.output
+        assert description in result.output and paper in result.output
+    assert "``" not in result.output
 
 
 def test_tasks_sample_joint_recall_is_deterministic():
@@ -72,12 +100,7 @@ def test_demo_writes_summary_and_figures(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["tasks"]) == {
-        "linear_regression",
-        "single_location",
-        "assoc_recall",
-        "joint_recall",
-    }
+    assert set(summary["tasks"]) == set(toy_tasks.names())
     for stats in summary["tasks"].values():
         assert 0 < stats["ideal_density"] <= 1
     assert (out / "figures" / "joint_recall_relevance.html").stat().st_size > 1000

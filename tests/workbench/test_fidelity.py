@@ -108,8 +108,27 @@ def test_sparsify_eval_command_writes_results_and_figure(tmp_path, model: str) -
         "a_shape",
     ]
     assert results["reports"][0]["hyper_parameters"] == {"k": 3}
+    assert results["reports"][1]["hyper_parameters"] == {"sink": 4, "window": 16}  # short input
     assert (out / "fidelity.html").stat().st_size > 0
     assert "sink_window" in result.output
+
+
+def test_sparsify_eval_compares_the_registered_methods_by_default(tmp_path, monkeypatch) -> None:
+    import workbench.cli
+
+    defaults = workbench.cli.default_methods()
+    assert defaults == sorted(defaults) and set(defaults) <= set(workbench.sparse.names())
+    assert {name for name in workbench.sparse.names() if name not in defaults} == {
+        name
+        for name in workbench.sparse.names()
+        if workbench.sparse.method_class(name).needs_calibration
+    }
+    monkeypatch.setattr(workbench.cli, "default_methods", lambda: ["quest", "power"])
+    result = CliRunner().invoke(app, ["sparsify-eval", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    reports = json.loads((tmp_path / "results.json").read_text())["reports"]
+    assert [report["method"] for report in reports] == ["quest", "power"]
+    assert reports[0]["hyper_parameters"] == {"page_size": 16, "budget": 16}  # short input
 
 
 def test_sparsify_eval_rejects_unknown_methods(tmp_path) -> None:

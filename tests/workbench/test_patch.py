@@ -106,6 +106,20 @@ def test_corrections_refuse_padded_inputs() -> None:
         model(tokens(), attention_mask=padding_mask(left=True))
 
 
+@pytest.mark.parametrize("name", workbench.sparse.names())
+def test_needs_calibration_says_whether_sparsify_can_install_the_method(name: str) -> None:
+    """Every method runs inside `sparsify` as registered, except those that say they must be
+    calibrated first (`workbench sparsify-eval` leaves those out of its default list)."""
+    model = tl_model("standard")
+    method = workbench.sparse.get(name)
+    with torch.no_grad(), sparsify(model, method, block_size=16):
+        if method.needs_calibration:
+            with pytest.raises(ValueError, match="calibrated"):
+                model(tokens())
+        else:
+            assert torch.isfinite(model(tokens())).all()
+
+
 def test_with_key_padding_ands_token_masks_and_keeps_thresholds() -> None:
     padding = torch.tensor([[True] * 20, [False] * 4 + [True] * 16])  # [batch, kv_len]
     own = torch.rand(1, 2, 20, 20, generator=torch.Generator().manual_seed(0)) < 0.5

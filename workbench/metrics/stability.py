@@ -226,14 +226,19 @@ class AttentionWeights:
 
     @classmethod
     def from_transformer_lens(cls, attn: nn.Module) -> AttentionWeights:
-        """The weights of a TL ``Attention`` module (no rotary, no grouped-query attention)."""
-        cfg = attn.cfg
+        """The weights of a TL ``Attention`` module, or of a ``TransformerBridge``'s
+        ``AttentionBridge`` around TL-native attention (``bridge.blocks[i].attn``); no rotary, no
+        grouped-query attention."""
+        bridge = type(attn).__name__ == "AttentionBridge"
+        cfg = attn.config if bridge else attn.cfg
         if cfg.positional_embedding_type == "rotary" or cfg.n_key_value_heads is not None:
             raise ValueError("AttentionWeights needs plain attention (no rotary, no GQA)")
         names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
         tensors = {name: getattr(attn, name).detach().double() for name in names}
         causal = cfg.attention_dir == "causal"
-        return cls(**tensors, scale=1.0 / float(attn.attn_scale), causal=causal)
+        # TL: scores / attn_scale; TL-native: scores / scale
+        divisor = attn.original_component.scale if bridge else attn.attn_scale
+        return cls(**tensors, scale=1.0 / float(divisor), causal=causal)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``Attn(x)``: ``x`` ``[n, d_model]`` -> ``[n, d_model]``."""
@@ -320,7 +325,15 @@ def model_lipschitz_estimate(
     ``model(residual, start_at_layer=0)`` (TransformerLens skips the embedding; rotary positions are
     applied inside attention as usual). Sequences of a batch do not interact, so the Jacobian is
     block diagonal and the estimate is the largest of the per-sequence ones. Parameters are held
-    fixed; run the model in float64 for a check at ``1e-4``."""
+    fixed; run the model in float64 for a check at ``1e-4``. ``TransformerBridge`` models raise
+    ``NotImplementedError`` (the bridge has no ``start_at_layer``)."""
+    from workbench.attention import is_transformer_bridge
+
+    if is_transformer_bridge(model):
+        raise NotImplementedError(
+            "model_lipschitz_estimate needs HookedTransformer's start_at_layer; TransformerBridge "
+            "models (backend 'bridge') do not have it"
+        )
     with torch.no_grad():
         residual = model.input_to_embed(inputs)[0].detach()
 

@@ -3,7 +3,9 @@ correction of the sparse output.
 
 Every method is a frozen dataclass whose fields are its hyper-parameters (validated on
 construction: a ``ValueError`` names the field and the allowed range) and whose class attributes
-say what it is (``name``, ``description``, ``paper``, ``input_dependent``).
+say what it is (``name``, ``description``, ``paper``, ``input_dependent``, and optionally
+``needs_calibration`` and ``short_input_hyper_parameters``); the decorator
+`workbench.sparse.registry.register_method` makes it known by its ``name``.
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k, v: [batch, kv_heads, kv_len, d_head]`` with
 ``heads % kv_heads == 0``. Causal masks are end-aligned as in `kernels.layout` (key ``j`` is visible to
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +34,12 @@ class SparseMethod(ABC):
     description: ClassVar[str]
     paper: ClassVar[str]
     input_dependent: ClassVar[bool]
+    needs_calibration: ClassVar[bool] = False
+    """True when the method must be calibrated on a reference step before it can correct (then
+    `workbench.sparse.patch.sparsify` cannot install it as it is)."""
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {}
+    """Hyper-parameters for inputs of a few dozen tokens, where the defaults would keep every key
+    (``workbench sparsify-eval`` starts from them)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,23 +103,6 @@ class StaticMethod(SparseMethod):
     ) -> Layout:
         mask = self.static_mask(q.shape[2], k.shape[2], causal, q.device)
         return token_layout(mask, causal=causal, block_size=block_size)
-
-
-def as_method(value: SparseMethod | str, name: str = "base") -> SparseMethod:
-    """``value`` itself, or the registered method of that name with default hyper-parameters;
-    errors name the argument ``name`` that held ``value``."""
-    if isinstance(value, str):
-        from workbench.sparse import get, names
-
-        if value not in names():
-            raise ValueError(
-                f"{name} must be a SparseMethod or a registered name ({', '.join(names())}), "
-                f"got {value!r}"
-            )
-        return get(value)
-    if not isinstance(value, SparseMethod):
-        raise ValueError(f"{name} must be a SparseMethod or a registered name, got {value!r}")
-    return value
 
 
 def _plain(value: Any) -> Any:

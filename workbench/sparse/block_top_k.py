@@ -4,7 +4,9 @@ every query block (`kernels.api.block_scores(method="mean_pooled")`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -12,8 +14,10 @@ from kernels import api
 from kernels.layout import Layout
 from kernels.reference import select_top_k_blocks
 from workbench.sparse.base import SparseMethod, block_layout, check_int
+from workbench.sparse.registry import register_method
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class BlockTopK(SparseMethod):
     """Keep the ``k`` key blocks with the largest mean-pooled scores per query block."""
@@ -22,6 +26,7 @@ class BlockTopK(SparseMethod):
     description = "top-k key blocks per query block by mean-pooled q . k (MInference block-sparse)"
     paper = "MInference 1.0: accelerating pre-filling for long-context LLMs, arXiv 2407.02490"
     input_dependent = True
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {"k": 2}
 
     k: int = 4
 
@@ -51,16 +56,11 @@ class BlockTopK(SparseMethod):
         )
 
 
-def block_top_k(k: int = 4) -> BlockTopK:
-    """Mean-pooled block top-k method."""
-    return BlockTopK(k=k)
-
-
 def main() -> None:
     """Write this method's layout figure (``block_top_k.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(block_top_k())
+    write_method_figure(BlockTopK())
 
 
 if __name__ == "__main__":

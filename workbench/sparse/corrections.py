@@ -24,7 +24,8 @@ import torch
 
 from kernels import api
 from kernels.layout import Layout, causal_token_mask
-from workbench.sparse.base import SparseMethod, as_method, check_int
+from workbench.sparse.base import SparseMethod, check_int
+from workbench.sparse.registry import as_method, register_method
 from workbench.sparse.sink_window import SinkWindow
 
 
@@ -108,6 +109,7 @@ class CorrectedMethod(SparseMethod):
         return self.base.select(q, k, causal=causal, scale=scale, block_size=block_size)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class Delta(CorrectedMethod):
     """A base selection (default: sinks + window) corrected by Delta attention. The paper's base is
@@ -184,6 +186,7 @@ def rescale(out_sparse: torch.Tensor, stats: NormaliserStats) -> torch.Tensor:
     return corrected.to(out_sparse.dtype)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class Rettention(CorrectedMethod):
     """A base selection corrected with normaliser statistics remembered from a reference step:
@@ -195,6 +198,7 @@ class Rettention(CorrectedMethod):
         "Re-ttention: ultra sparse visual generation via attention statistical reshape, "
         "arXiv 2505.22918"
     )
+    needs_calibration = True
 
     stats: NormaliserStats | None = dataclasses.field(default=None, repr=False)
 
@@ -242,13 +246,3 @@ class Rettention(CorrectedMethod):
                 f"got {tuple(out_sparse.shape)}"
             )
         return rescale(out_sparse, self.stats)
-
-
-def delta(base: SparseMethod | str = "sink_window", gamma: int = 64, min_tail: int = 128) -> Delta:
-    """Delta attention around ``base`` (a method or a registered name)."""
-    return Delta(base=base, gamma=gamma, min_tail=min_tail)
-
-
-def rettention(base: SparseMethod | str = "sink_window") -> Rettention:
-    """Re-ttention-style rescaling around ``base``; call ``calibrated`` before ``correct``."""
-    return Rettention(base=base)

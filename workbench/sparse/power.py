@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.sparse.base import StaticMethod, check_int, distances
+from workbench.sparse.registry import register_method
 
 
 def is_power_of_two(values: torch.Tensor) -> torch.Tensor:
@@ -18,6 +19,7 @@ def is_power_of_two(values: torch.Tensor) -> torch.Tensor:
     return (values > 0) & ((values & (values - 1)) == 0)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class Power(StaticMethod):
     """Keys at power-of-two distances, plus the ``window`` latest keys and the first ``sink`` keys."""
@@ -46,16 +48,11 @@ class Power(StaticMethod):
         return mask
 
 
-def power(window: int = 1, sink: int = 0) -> Power:
-    """PowerAttention pattern (token level)."""
-    return Power(window=window, sink=sink)
-
-
 def main() -> None:
     """Write this method's layout figure (``power.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(power())
+    write_method_figure(Power())
 
 
 if __name__ == "__main__":

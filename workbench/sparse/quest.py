@@ -6,13 +6,16 @@ here every query row selects its own pages (prefill uses the same rule per row).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from kernels.layout import Layout, num_blocks, pool_to_blocks
 from kernels.reference import repeat_kv
 from workbench.sparse.base import SparseMethod, check_int, token_layout, visible
+from workbench.sparse.registry import register_method
 
 
 def page_scores(q: torch.Tensor, k: torch.Tensor, page_size: int) -> torch.Tensor:
@@ -31,6 +34,7 @@ def page_scores(q: torch.Tensor, k: torch.Tensor, page_size: int) -> torch.Tenso
     return bound.sum(-1)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class Quest(SparseMethod):
     """Per query, the best ``ceil(budget / page_size)`` pages by the Quest bound (a page counts as
@@ -42,6 +46,7 @@ class Quest(SparseMethod):
     description = "per-query top pages by the key min/max bound (Quest, page size 16)"
     paper = "Quest: query-aware sparsity for efficient long-context LLM inference, arXiv 2406.10774"
     input_dependent = True
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {"budget": 16}
 
     page_size: int = 16
     budget: int = 64
@@ -73,16 +78,11 @@ class Quest(SparseMethod):
         return token_layout(mask, causal=causal, block_size=block_size)
 
 
-def quest(page_size: int = 16, budget: int = 64) -> Quest:
-    """Quest page selection."""
-    return Quest(page_size=page_size, budget=budget)
-
-
 def main() -> None:
     """Write this method's layout figure (``quest.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(quest())
+    write_method_figure(Quest())
 
 
 if __name__ == "__main__":

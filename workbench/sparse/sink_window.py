@@ -3,7 +3,9 @@ block level. Both are input-agnostic: one layout shared by every batch element a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -15,8 +17,10 @@ from workbench.sparse.base import (
     check_int,
     distances,
 )
+from workbench.sparse.registry import register_method
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class SinkWindow(StaticMethod):
     """Every query keeps the first ``sink`` keys and the ``window`` most recent keys (distance
@@ -26,6 +30,7 @@ class SinkWindow(StaticMethod):
     name = "sink_window"
     description = "StreamingLLM: the first `sink` keys plus a window of the `window` latest keys"
     paper = "Efficient streaming language models with attention sinks, arXiv 2309.17453"
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {"window": 16}
 
     sink: int = 4
     window: int = 64
@@ -43,6 +48,7 @@ class SinkWindow(StaticMethod):
         return mask
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class AShape(SparseMethod):
     """Block-level sinks + window: every query block keeps the first ``sink_blocks`` key blocks and
@@ -83,22 +89,12 @@ class AShape(SparseMethod):
         return block_layout(mask[None, None], q, k, causal=causal, block_size=block_size)
 
 
-def sink_window(sink: int = 4, window: int = 64) -> SinkWindow:
-    """StreamingLLM sinks + window (token level)."""
-    return SinkWindow(sink=sink, window=window)
-
-
-def a_shape(sink_blocks: int = 1, window_blocks: int = 2) -> AShape:
-    """MInference A-shape (block level)."""
-    return AShape(sink_blocks=sink_blocks, window_blocks=window_blocks)
-
-
 def main() -> None:
     """Write the layout figures of this module's methods (``sink_window.html``, ``a_shape.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(sink_window())
-    write_method_figure(a_shape())
+    write_method_figure(SinkWindow())
+    write_method_figure(AShape())
 
 
 if __name__ == "__main__":

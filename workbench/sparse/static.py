@@ -17,6 +17,7 @@ import torch
 from kernels.reference import attention_mask
 from toy_tasks.base import TORCH_SEED_MAX
 from workbench.sparse.base import StaticMethod, check_int, distances
+from workbench.sparse.registry import register_method
 
 
 def _query_positions(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
@@ -32,6 +33,7 @@ def _with_global_tokens(mask: torch.Tensor, global_tokens: int) -> torch.Tensor:
     return mask | (keys < global_tokens) | (queries < global_tokens)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class RandomKeys(StaticMethod):
     """Every query keeps ``k`` keys drawn uniformly without replacement among the keys it can see
@@ -60,6 +62,7 @@ class RandomKeys(StaticMethod):
         return mask & (keys >= 0)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class Strided(StaticMethod):
     """Every query keeps the keys whose distance behind it is a multiple of ``stride`` (with
@@ -105,6 +108,7 @@ class _LocalWithGlobalTokens(StaticMethod):
         return _with_global_tokens(local, self.global_tokens)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class Banded(_LocalWithGlobalTokens):
     """A window of exactly ``k`` keys per query, as in spartan's ``mask_window``.
@@ -132,6 +136,7 @@ class Banded(_LocalWithGlobalTokens):
         return (keys >= start) & (keys < start + self.k)
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class BlockLocal(_LocalWithGlobalTokens):
     """Queries attend within ``k x k`` blocks on the (end-aligned) diagonal, as in spartan's
@@ -151,31 +156,11 @@ class BlockLocal(_LocalWithGlobalTokens):
         )
 
 
-def random_keys(k: int = 5, seed: int = 0) -> RandomKeys:
-    """Random keys per query (input-agnostic baseline)."""
-    return RandomKeys(k=k, seed=seed)
-
-
-def strided(stride: int = 8) -> Strided:
-    """Strided keys (input-agnostic baseline)."""
-    return Strided(stride=stride)
-
-
-def banded(k: int = 5, global_tokens: int = 0) -> Banded:
-    """Banded window of exactly ``k`` keys (semantic-focus baseline)."""
-    return Banded(k=k, global_tokens=global_tokens)
-
-
-def block_local(k: int = 5, global_tokens: int = 0) -> BlockLocal:
-    """Block-local ``k x k`` blocks (semantic-focus baseline)."""
-    return BlockLocal(k=k, global_tokens=global_tokens)
-
-
 def main() -> None:
     """Write the layout figures of this module's methods."""
     from workbench.viz.methods import write_method_figure
 
-    for method in (random_keys(), strided(), banded(), block_local(global_tokens=1)):
+    for method in (RandomKeys(), Strided(), Banded(), BlockLocal(global_tokens=1)):
         write_method_figure(method)
 
 

@@ -16,8 +16,10 @@ import torch
 from kernels.layout import Layout
 from kernels.reference import score_tolerance, top_k_threshold
 from workbench.sparse.base import SparseMethod, check_int, scores_for, visible
+from workbench.sparse.registry import register_method
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class TopK(SparseMethod):
     """Keep the ``k`` largest scaled scores of every query row (the semantic-focus paper uses
@@ -51,16 +53,11 @@ class TopK(SparseMethod):
         )
 
 
-def top_k(k: int = 5) -> TopK:
-    """Token-level top-k method."""
-    return TopK(k=k)
-
-
 def main() -> None:
     """Write this method's layout figure (``top_k.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(top_k())
+    write_method_figure(TopK())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import torch
 
 from kernels.layout import Layout
 from kernels.reference import masked_softmax, score_tolerance, separating_threshold
-from workbench.sparse.base import SparseMethod, as_method, check_fraction, scores_for, visible
+from workbench.sparse.base import SparseMethod, check_fraction, scores_for, visible
+from workbench.sparse.registry import as_method, register_method
 
 
 def top_p_binary_search(
@@ -59,6 +60,7 @@ def top_p_binary_search(
     return low
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class TopP(SparseMethod):
     """Keep the fewest keys whose softmax weight (over the candidates) reaches ``p``.
@@ -132,16 +134,11 @@ class TopP(SparseMethod):
         return separating_threshold(scores, count, candidates, tolerance=tolerance)
 
 
-def top_p(p: float = 0.85, base: SparseMethod | str | None = None, tolerance: float = 1e-5) -> TopP:
-    """Top-p (Twilight) method; ``base`` gives the candidates (hierarchical top-p)."""
-    return TopP(p=p, base=base, tolerance=tolerance)
-
-
 def main() -> None:
     """Write this method's layout figure (``top_p.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(top_p())
+    write_method_figure(TopP())
 
 
 if __name__ == "__main__":

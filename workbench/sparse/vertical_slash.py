@@ -21,6 +21,7 @@ from workbench.sparse.base import (
     token_layout,
     visible,
 )
+from workbench.sparse.registry import register_method
 
 
 def diagonal_sums(probs: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
@@ -33,6 +34,7 @@ def diagonal_sums(probs: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
     return sums.scatter_add_(-1, index, probs.flatten(2))
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class VerticalSlash(SparseMethod):
     """Top ``vertical_size`` columns and top ``slash_size`` diagonals per (batch, head).
@@ -109,28 +111,11 @@ class VerticalSlash(SparseMethod):
         return torch.zeros_like(importance, dtype=torch.bool).scatter_(-1, best, True)
 
 
-def vertical_slash(
-    vertical_size: int = 16,
-    slash_size: int = 16,
-    last_q: int = 64,
-    forced_columns: int = 4,
-    forced_diagonals: int = 8,
-) -> VerticalSlash:
-    """MInference vertical-slash method."""
-    return VerticalSlash(
-        vertical_size=vertical_size,
-        slash_size=slash_size,
-        last_q=last_q,
-        forced_columns=forced_columns,
-        forced_diagonals=forced_diagonals,
-    )
-
-
 def main() -> None:
     """Write this method's layout figure (``vertical_slash.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(vertical_slash())
+    write_method_figure(VerticalSlash())
 
 
 if __name__ == "__main__":

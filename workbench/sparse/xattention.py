@@ -13,8 +13,10 @@ from kernels import api
 from kernels.layout import Layout
 from kernels.reference import select_cumulative_blocks
 from workbench.sparse.base import SparseMethod, block_layout, check_fraction, check_int
+from workbench.sparse.registry import register_method
 
 
+@register_method
 @dataclass(frozen=True, eq=False)
 class XAttention(SparseMethod):
     """Antidiagonal block scoring with stride ``stride`` and cumulative threshold ``tau``. The paper's
@@ -57,16 +59,11 @@ class XAttention(SparseMethod):
         return block_layout(mask, q, k, causal=causal, block_size=block_size)
 
 
-def xattention(tau: float = 0.9, stride: int = 8) -> XAttention:
-    """XAttention method."""
-    return XAttention(tau=tau, stride=stride)
-
-
 def main() -> None:
     """Write this method's layout figure (``xattention.html``)."""
     from workbench.viz.methods import write_method_figure
 
-    write_method_figure(xattention())
+    write_method_figure(XAttention())
 
 
 if __name__ == "__main__":

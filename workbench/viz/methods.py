@@ -1,18 +1,38 @@
-"""Figures of the layouts that sparse-attention methods select on random inputs."""
+"""Figures of the layouts that sparse-attention methods select on random inputs.
+
+Pure drawing: the builders take method objects (anything with a ``name`` and ``select(q, k, *,
+causal, block_size) -> Layout``, as every `workbench.sparse.SparseMethod`), never names, and this
+module imports neither the registry nor the method modules (a method module's ``main()`` imports
+it, not the other way round). Resolve names first:
+``methods_figure([workbench.sparse.get(name) for name in names])``; `workbench.viz.layout` draws
+a single `Layout`.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from kernels.layout import Layout
 from kernels.reference import scaled_scores
 from workbench.io import write_figure
-from workbench.sparse import SparseMethod, get
+
+
+class Selection(Protocol):
+    """What the figures need of a method: a name and a selection."""
+
+    name: str
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, *, causal: bool, block_size: int) -> Layout:
+        """The layout of the keys each query keeps."""
+        ...
+
 
 KEPT_COLOURS = [[0.0, "#f4f4f4"], [1.0, "#1f4e79"]]
 
@@ -26,7 +46,7 @@ def random_qk(q_len: int, seed: int, *, d_head: int = 16) -> tuple[torch.Tensor,
 
 
 def kept_entries(
-    method: SparseMethod, q: torch.Tensor, k: torch.Tensor, *, block_size: int
+    method: Selection, q: torch.Tensor, k: torch.Tensor, *, block_size: int
 ) -> torch.Tensor:
     """``[q_len, kv_len]`` bool: the entries ``method`` keeps for head 0 (causal)."""
     layout = method.select(q, k, causal=True, block_size=block_size)
@@ -34,16 +54,21 @@ def kept_entries(
 
 
 def methods_figure(
-    names: Sequence[str | SparseMethod],
+    methods: Sequence[Selection],
     q_len: int = 256,
     seed: int = 0,
     *,
     block_size: int = 32,
     columns: int = 4,
 ) -> go.Figure:
-    """Grid of the causal layouts (token resolution, 1 = kept) of the given methods (registered
-    names with default hyper-parameters, or configured methods) on seeded random ``q, k``."""
-    methods = [get(name) if isinstance(name, str) else name for name in names]
+    """Grid of the causal layouts (token resolution, 1 = kept) of the given methods on seeded
+    random ``q, k``, each titled by its repr."""
+    for method in methods:
+        if isinstance(method, str):
+            raise TypeError(
+                f"methods_figure takes methods, not names: resolve {method!r} first "
+                "(workbench.sparse.get)"
+            )
     q, k = random_qk(q_len, seed)
     columns = min(columns, len(methods))
     rows = math.ceil(len(methods) / columns)
@@ -78,6 +103,6 @@ def methods_figure(
     return figure
 
 
-def write_method_figure(method: SparseMethod, path: str | Path | None = None) -> Path:
+def write_method_figure(method: Selection, path: str | Path | None = None) -> Path:
     """Write ``method``'s layout figure to ``path`` (default ``<name>.html``) and return the path."""
     return write_figure(methods_figure([method]), path or f"{method.name}.html")

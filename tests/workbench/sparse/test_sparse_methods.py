@@ -1,6 +1,9 @@
 """Each method's selection against a brute-force statement of its rule on small inputs."""
 
+import importlib
+import inspect
 import math
+import pkgutil
 
 import pytest
 import torch
@@ -319,23 +322,59 @@ def test_registry_lists_every_method_with_description_and_paper():
     assert [name for name, _, _ in described] == sparse.names()
     assert len(set(sparse.names())) == len(sparse.names()) >= 15
     assert all(description and "arXiv" in paper for _, description, paper in described)
-    assert {name for name in ALL if sparse.get(name).input_dependent} == {
-        "top_k",
-        "top_p",
-        "block_top_k",
-        "quest",
-        "xattention",
-        "vertical_slash",
-    }
+    assert sparse.names() == sorted(sparse.names())
+    assert all(sparse.method_class(name).name == name for name in ALL)
     with pytest.raises(ValueError, match="unknown sparse method"):
         sparse.get("nope")
     with pytest.raises(ValueError, match="no hyper-parameter window"):
         sparse.get("top_k", window=3)
 
 
+def test_every_method_module_registers_its_methods():
+    """Each named `SparseMethod` class defined in the package is registered under its name."""
+    modules = [
+        importlib.import_module(f"workbench.sparse.{module.name}")
+        for module in pkgutil.iter_modules(sparse.__path__)
+    ]
+    defined = {
+        cls
+        for module in modules
+        for cls in vars(module).values()
+        if inspect.isclass(cls) and issubclass(cls, sparse.SparseMethod) and "name" in vars(cls)
+    }
+    assert {cls.name: cls for cls in defined} == {name: sparse.method_class(name) for name in ALL}
+
+
+def test_register_method_refuses_duplicates_and_undescribed_classes():
+    with pytest.raises(ValueError, match="already registered"):
+        sparse.register_method(sparse.method_class("top_k"))
+    with pytest.raises(TypeError, match="SparseMethod subclass"):
+        sparse.register_method(int)
+
+    class Undescribed(sparse.method_class("top_k")):
+        description = ""
+
+    with pytest.raises(TypeError, match="description"):
+        sparse.register_method(Undescribed)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_input_dependent_says_whether_the_selection_reads_q_and_k(name):
+    """Input-agnostic methods select the same keys for any q, k of a shape; input-dependent ones
+    select differently for some inputs (at 256 tokens every budget is below the sequence)."""
+    method = sparse.get(name)
+    kept_sets = []
+    for seed in range(2):
+        q, k, _ = make_qkv(256, 256, batch=1, heads=1, kv_heads=1, seed=seed)
+        kept_sets.append(kept(method, q, k, causal=True)[0])
+    assert torch.equal(*kept_sets) != method.input_dependent
+
+
 def test_methods_figure_and_module_main(tmp_path, monkeypatch):
-    figure = methods_figure(["sink_window", sparse.get("top_k", k=3)], q_len=48)
+    figure = methods_figure([sparse.get("sink_window"), sparse.get("top_k", k=3)], q_len=48)
     assert len(figure.data) == 2 and figure.data[0].z.shape == (48, 48)
+    with pytest.raises(TypeError, match="resolve 'top_k' first"):
+        methods_figure(["top_k"])
     monkeypatch.chdir(tmp_path)
     from workbench.sparse import power
 

@@ -1,0 +1,123 @@
+"""The README's tables of sparse methods and toy tasks, rendered from the registries.
+
+README.md holds each generated table between two marker lines::
+
+    <!-- generated table: sparse-methods (python -m workbench.devtools.readme) -->
+    | name | selection | ...
+    <!-- end of generated table -->
+
+``python -m workbench.devtools.readme`` (``make readme``) rewrites them in place (``--check``: exit
+with status 1 when one differs, writing nothing); ``tests/test_readme.py`` fails when one differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+START = "<!-- generated table: {name} (python -m workbench.devtools.readme) -->"
+END = "<!-- end of generated table -->"
+README = Path(__file__).resolve().parents[2] / "README.md"
+"""The README of a source checkout (an installed wheel has none: pass a path)."""
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table (no trailing newline); ``|`` in cells is escaped."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join(
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines
+    )
+
+
+def _value(value: Any) -> str:
+    """A hyper-parameter as the table shows it: a nested method by its name."""
+    return value["name"] if isinstance(value, dict) and "name" in value else str(value)
+
+
+def methods_table() -> str:
+    """Every registered sparse method: name, selection, defaults, input-dependence, source."""
+    import workbench.sparse
+
+    rows = []
+    for name, description, paper in workbench.sparse.describe():
+        method = workbench.sparse.get(name)
+        defaults = ", ".join(f"{key}={_value(v)}" for key, v in method.hyper_parameters().items())
+        dependent = "yes" if method.input_dependent else "no"
+        rows.append([f"`{name}`", description, defaults, dependent, paper])
+    return markdown_table(["name", "selection", "defaults", "input-dependent", "source"], rows)
+
+
+def tasks_table() -> str:
+    """Every registered toy task: name, kind, what is predicted, relevant positions, source."""
+    import toy_tasks
+
+    rows = []
+    for name, description, paper in toy_tasks.describe():
+        cls = toy_tasks.task_class(name)
+        rows.append([f"`{name}`", cls.kind, description, cls.relevance, paper])
+    header = ["name", "kind", "task: what is predicted", "relevant positions", "source"]
+    return markdown_table(header, rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {"sparse-methods": methods_table, "toy-tasks": tasks_table}
+"""Generated tables by marker name."""
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"^{re.escape(START.format(name=name))}\n(.*?)^{re.escape(END)}$", re.S | re.M
+    )
+
+
+def read_tables(text: str) -> dict[str, str]:
+    """The generated tables found in ``text`` (a README), by name, without trailing newline;
+    ``ValueError`` when a table's markers are missing or repeated."""
+    tables = {}
+    for name in TABLES:
+        found = _pattern(name).findall(text)
+        if len(found) != 1:
+            raise ValueError(
+                f"expected one generated table {name!r} between {START.format(name=name)!r} "
+                f"and {END!r}, found {len(found)}"
+            )
+        tables[name] = found[0].rstrip("\n")
+    return tables
+
+
+def render(text: str) -> str:
+    """``text`` (a README) with every generated table rendered afresh from the registries."""
+    read_tables(text)  # every table present once
+    for name, table in TABLES.items():
+        replacement = f"{START.format(name=name)}\n{table()}\n{END}"
+        text = _pattern(name).sub(lambda _match, new=replacement: new, text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workbench.devtools.readme [PATH] [--check]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", type=Path, default=README, help="default: %(default)s")
+    parser.add_argument("--check", action="store_true", help="only say whether a table differs")
+    args = parser.parse_args(argv)
+    text = args.path.read_text(encoding="utf-8")
+    updated = render(text)
+    stale = [name for name, table in read_tables(text).items() if table != TABLES[name]()]
+    if not stale:
+        print(f"{args.path}: the generated tables are up to date")
+        return 0
+    if args.check:
+        print(
+            f"{args.path}: stale tables {', '.join(stale)}; run python -m workbench.devtools.readme"
+        )
+        return 1
+    args.path.write_text(updated, encoding="utf-8")
+    print(f"{args.path}: rewrote the tables {', '.join(stale)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
