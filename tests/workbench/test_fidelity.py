@@ -126,7 +126,7 @@ def test_sparsify_eval_compares_the_registered_methods_by_default(tmp_path, monk
     monkeypatch.setattr(workbench.cli, "default_methods", lambda: ["quest", "power"])
     result = CliRunner().invoke(app, ["sparsify-eval", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    reports = json.loads((tmp_path / "results.json").read_text())["reports"]
+    reports = json.loads((tmp_path / "toy-assoc_recall" / "results.json").read_text())["reports"]
     assert [report["method"] for report in reports] == ["quest", "power"]
     assert reports[0]["hyper_parameters"] == {"page_size": 16, "budget": 16}  # short input
 
@@ -162,4 +162,3 @@ def test_sparsify_eval_warns_when_a_method_keeps_everything(tmp_path) -> None:
     assert "warning: sink_window kept every visible entry" in result.output
     assert "warning: top_k" not in result.output
     assert "accuracy delta" in result.output
-
