@@ -106,6 +106,18 @@ class ModelAttention(Protocol):
     def __call__(self, with_pattern: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
+class AttentionInputs(Protocol):
+    """What an attention computation needs: an `AttentionCall`, or a layer captured by
+    `workbench.capture` (see `AttentionCall` for the fields)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+    causal: bool
+    key_padding: torch.Tensor | None
+
+
 @dataclass(frozen=True, eq=False)
 class AttentionCall:
     """One attention call of a routed layer.
@@ -135,17 +147,14 @@ class AttentionCall:
     module: nn.Module
     model_attention: ModelAttention
 
-    @property
-    def token_mask(self) -> torch.Tensor | None:
-        """Key padding as a broadcast ``[batch, 1, q_len, kv_len]`` bool view (no copy), or None."""
-        if self.key_padding is None:
-            return None
-        batch, kv_len = self.key_padding.shape
-        return self.key_padding[:, None, None, :].expand(batch, 1, self.q.shape[2], kv_len)
 
-    def mask(self) -> torch.Tensor:
-        """Entries taking part, ``[batch|1, 1, q_len, kv_len]`` bool (materialised: N x N)."""
-        return full_mask(self.q.shape[2], self.k.shape[2], self.causal, self.key_padding)
+def padding_token_mask(key_padding: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
+    """Key padding ``[batch, kv_len]`` as a broadcast ``[batch, 1, q_len, kv_len]`` bool view (no
+    copy), or None."""
+    if key_padding is None:
+        return None
+    batch, kv_len = key_padding.shape
+    return key_padding[:, None, None, :].expand(batch, 1, q_len, kv_len)
 
 
 def full_mask(
@@ -163,7 +172,7 @@ AttentionCore = Callable[[AttentionCall], torch.Tensor]
 """``core(call) -> z [batch, heads, q_len, d_head]``."""
 
 
-def dense_layout(call: AttentionCall) -> Layout:
+def dense_layout(call: AttentionInputs) -> Layout:
     """Dense `Layout` of a call: every block, the causal flag, key padding as token mask."""
     q_len, kv_len = call.q.shape[2], call.k.shape[2]
     layout = Layout.dense(q_len, kv_len, causal=call.causal, device=call.q.device)
@@ -171,11 +180,15 @@ def dense_layout(call: AttentionCall) -> Layout:
         return layout
     blocks = layout.block_mask().expand(call.key_padding.shape[0], -1, -1, -1)
     return Layout.from_block_mask(
-        blocks, q_len, kv_len, causal=call.causal, token_mask=call.token_mask
+        blocks,
+        q_len,
+        kv_len,
+        causal=call.causal,
+        token_mask=padding_token_mask(call.key_padding, q_len),
     )
 
 
-def dense_core(call: AttentionCall) -> torch.Tensor:
+def dense_core(call: AttentionInputs) -> torch.Tensor:
     """Exact dense attention through `kernels.api.sparse_attention` (rows without a key give 0)."""
     return api.sparse_attention(call.q, call.k, call.v, dense_layout(call), scale=call.scale)
 
@@ -241,6 +254,18 @@ def is_transformer_bridge(model: nn.Module) -> bool:
 
 def is_hugging_face(model: nn.Module) -> bool:
     return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
+
+
+def model_size(model: nn.Module) -> tuple[int, int]:
+    """``(n_layers, n_heads)`` of a TransformerLens or Hugging Face model (``TypeError`` else)."""
+    if is_transformer_lens(model):
+        return model.cfg.n_layers, model.cfg.n_heads
+    if is_hugging_face(model):
+        return hf_num_layers(model), int(model.config.get_text_config().num_attention_heads)
+    raise TypeError(
+        "need a TransformerLens HookedTransformer / HookedEncoder or a Hugging Face "
+        f"PreTrainedModel, got {type(model).__name__}"
+    )
 
 
 def hf_num_layers(model: nn.Module) -> int:

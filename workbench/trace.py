@@ -5,10 +5,10 @@
 (``recorder.trace()`` afterwards). Both work on TransformerLens ``HookedTransformer`` /
 ``HookedEncoder`` and Hugging Face ``PreTrainedModel`` s, and never change the model's outputs.
 
-* **Statistics** (``stats=True``): the traced layers are routed through
-  `workbench.attention.route_attention` with a core that returns the model's own attention
-  (``call.model_attention()``, so outputs stay bitwise identical) and computes
-  `kernels.api.row_stats` from the call's q and k: entropy (nats), max weight, logsumexp, top-p
+* **Statistics** (``stats=True``): the traced layers are captured by the capture pass
+  (`workbench.capture.capturing`: they run the model's own attention, so outputs stay bitwise
+  identical) and `kernels.api.row_stats` runs on each layer's q and k as soon as the layer has
+  run (one layer's tensors at a time): entropy (nats), max weight, logsumexp, top-p
   budgets ``k_p`` for ``ps``, sink mass (mass on the first ``sink_tokens`` real positions) and, when
   ``relevant_positions`` (``[batch, q_len, R]``, -1 padded, e.g. a toy task's
   `Batch.relevant_positions`) is given, the mass on them. With the Triton kernels these never
@@ -16,13 +16,13 @@
   padding are computed one by one on their real tokens (relevant positions are remapped); rows of
   padded queries hold NaN (budgets 0).
 * **Sparse models** (``sparse=method``): the layers of ``sparse_layers`` run ``method`` as
-  `workbench.sparse.patch.sparsify` does (one routed pass computes the sparse output and records),
+  `workbench.sparse.patch.sparsify` does (the same pass computes the sparse output and records),
   so the trace describes the model that attends sparsely. On those layers the statistics are those
   of the attention actually used (the softmax over the method's selection: entropy, top-p budgets,
   relevant mass of what the layer attends to) and `Trace.dense_stats` holds the dense softmax of
   the same q and k beside them.
-* **Patterns** (``patterns=True``, opt-in, memory-guarded): TransformerLens patterns come from
-  ``hook_pattern`` (TL's own code: equal to ``run_with_cache``); Hugging Face patterns from the
+* **Patterns** (``patterns=True``, opt-in, memory-guarded): TransformerLens patterns are TL's own
+  (``hook_pattern`` fires: equal to ``run_with_cache``); Hugging Face patterns from the
   module's eager softmax, computed for the traced layers only (the eager path is forced only where
   patterns are requested, so those layers may differ from sdpa at float rounding).
 """
@@ -35,7 +35,7 @@ import numbers
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,18 +47,10 @@ from kernels import api
 from kernels.layout import MAX_LEN, Layout
 from kernels.reference import check_ps, repeat_kv
 from toy_tasks.base import check_int
-from workbench.attention import (
-    AttentionCall,
-    check_layers,
-    dense_layout,
-    hf_num_layers,
-    is_hugging_face,
-    is_transformer_lens,
-    route_attention,
-)
+from workbench.attention import check_layers, is_transformer_lens, model_size
+from workbench.capture import LayerCapture, SparsePlan, capturing, run_model
 from workbench.io import atomic_write_json, atomic_write_safetensors
 from workbench.sparse.base import SparseMethod
-from workbench.sparse.patch import SparseCore
 
 STATISTICS = ("entropy", "max_weight", "lse", "sink_mass", "relevant_mass")
 """Float statistics of a `Trace`, each ``[batch, heads, q_len]``; plus ``top_p_budget``."""
@@ -307,7 +299,8 @@ def _trace_paths(path: str | Path) -> tuple[Path, Path]:
 
 # ---------------------------------------------------------------------------- recording
 class TraceRecorder:
-    """Collects what the hooks and the routed core see; `trace()` assembles a `Trace`.
+    """Turns the layer captures of `workbench.capture.capturing` into statistics (and kept
+    patterns) as they arrive; `trace()` assembles a `Trace`.
 
     Several forward passes inside one `tracing` block are concatenated along the batch dimension
     (they must share the sequence length).
@@ -320,8 +313,7 @@ class TraceRecorder:
         layers: tuple[int, ...],
         heads: tuple[int, ...],
         relevant_positions: torch.Tensor | None,
-        sparse: SparseCore | None = None,
-        sparse_layers: tuple[int, ...] = (),
+        sparse: SparsePlan | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -329,48 +321,30 @@ class TraceRecorder:
         self.heads = heads
         self.relevant_positions = relevant_positions
         self.sparse = sparse
-        self.sparse_layers = sparse_layers
         self._stats: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self._dense_stats: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self._patterns: dict[int, list[torch.Tensor]] = defaultdict(list)
         self._shapes: list[tuple[int, int]] = []
 
-    # -- called from the routed core / hooks
-    def core(self, call: AttentionCall) -> torch.Tensor:
-        """Routed core: the layer's attention (the model's own, or the sparse method's on
-        ``sparse_layers``; outputs unchanged either way) + what is recorded."""
-        if call.layer in self.sparse_layers:
-            return self._sparse_core(call)
-        want_pattern = self.config.patterns and is_hugging_face(self.model)
-        if want_pattern:
-            self._check_memory(*call.q.shape[:3], call.k.shape[2])
-        if self.config.attention == "kernels" and not want_pattern:
-            z = api.sparse_attention(
-                call.q, call.k, call.v, dense_layout(call), scale=call.scale, impl=self.config.impl
-            )
-            pattern = None
-        else:
-            z, pattern = call.model_attention(with_pattern=want_pattern)
+    def observe(self, capture: LayerCapture) -> None:
+        """Record one layer's capture: statistics of the attention it used (and, where it ran a
+        sparse method, of the dense softmax of the same q and k) and its pattern."""
         if self.config.stats:
-            self._stats[call.layer].append(self._row_stats(call))
-        if want_pattern:
-            self.record_pattern(call.layer, pattern)
-        return z
-
-    def _sparse_core(self, call: AttentionCall) -> torch.Tensor:
-        """The sparse method's output; on traced layers the statistics of the attention it used
-        and of the dense softmax of the same q and k."""
-        result = self.sparse.compute(call)
-        if self.config.stats and call.layer in self.layers:
-            layout = result.layout.take_heads(self.heads)
-            self._stats[call.layer].append(self._row_stats(call, restrict=layout))
-            self._dense_stats[call.layer].append(self._row_stats(call))
-        return result.z
+            arguments = dict(heads=self.heads, relevant_positions=self.relevant_positions)
+            self._stats[capture.layer].append(layer_statistics(capture, self.config, **arguments))
+            if capture.restriction(self.heads) is not None:
+                dense = layer_statistics(capture, self.config, dense=True, **arguments)
+                self._dense_stats[capture.layer].append(dense)
+        if self.config.patterns and capture.sparse:  # the weights the sparse layer used
+            self.check_memory(*capture.q.shape[:3], capture.k.shape[2])
+            self.record_pattern(capture.layer, capture.weights())
+        elif capture.pattern is not None:
+            self.record_pattern(capture.layer, capture.pattern)
 
     def record_pattern(self, layer: int, pattern: torch.Tensor) -> None:
         """Keep ``pattern`` ``[batch, heads, q_len, kv_len]`` (chosen heads and queries)."""
-        self._check_memory(*pattern.shape)
-        kept = pattern.detach()[:, list(self.heads)]
+        self.check_memory(*pattern.shape)
+        kept = pattern[:, list(self.heads)]
         if self.config.pattern_queries is not None:
             kept = kept[:, :, list(self.config.pattern_queries)]
         device = "cpu" if self.config.pattern_device == "cpu" else kept.device
@@ -379,7 +353,8 @@ class TraceRecorder:
             (sum(part.shape[0] for part in self._patterns[layer]), pattern.shape[2])
         )
 
-    def _check_memory(self, batch: int, heads: int, q_len: int, kv_len: int) -> None:
+    def check_memory(self, batch: int, heads: int, q_len: int, kv_len: int) -> None:
+        """Refuse patterns larger than ``max_pattern_bytes`` (before they are computed)."""
         del heads  # the chosen heads are what is stored
         if self.config.pattern_queries is not None and max(self.config.pattern_queries) >= q_len:
             raise ValueError(
@@ -389,62 +364,6 @@ class TraceRecorder:
             batch, len(self.heads), q_len, kv_len, len(self.layers), self.config
         )
         check_pattern_bytes(estimate, self.config)
-
-    def _row_stats(
-        self, call: AttentionCall, restrict: Layout | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Statistics of the chosen heads' attention: dense, or restricted to ``restrict`` (a
-        selection of those heads that already drops the padded keys)."""
-        heads = list(self.heads)
-        q = call.q[:, heads]  # [batch, heads, q_len, d_head]
-        k = repeat_kv(call.k, call.q.shape[1])[:, heads]  # [batch, heads, kv_len, d_head]
-        relevant = self.relevant_positions
-        if relevant is not None:
-            relevant = relevant.to(q.device)
-            if relevant.dim() != 3 or relevant.shape[:2] != (q.shape[0], q.shape[2]):
-                raise ValueError(
-                    f"relevant_positions must be [batch, q_len, R] = [{q.shape[0]}, "
-                    f"{q.shape[2]}, R], got {tuple(relevant.shape)}"
-                )
-        if call.key_padding is None:
-            return self._kernel_stats(q, k, call, relevant, restrict)
-        if restrict is not None:
-            raise NotImplementedError(
-                "tracing a sparse method on padded inputs: trace the examples one at a time"
-            )
-        return padded_row_stats(q, k, call.key_padding, relevant, self._kernel_stats, call)
-
-    def _kernel_stats(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        call: AttentionCall,
-        relevant: torch.Tensor | None,
-        restrict: Layout | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """`kernels.api.row_stats` of ``q`` ``[batch, heads, q_len, d]`` over every key of ``k``
-        (or over the entries of ``restrict``)."""
-        stats = api.row_stats(
-            q,
-            k,
-            scale=call.scale,
-            causal=call.causal,
-            ps=self.config.ps,
-            selection=sink_layout(q.shape[2], k.shape[2], self.config.sink_tokens, q.device),
-            relevant_positions=relevant,
-            restrict=restrict,
-            impl=self.config.impl,
-        )
-        result = {
-            "entropy": stats.entropy,
-            "max_weight": stats.max_weight,
-            "lse": stats.lse,
-            "sink_mass": stats.selection_mass,
-            "top_p_budget": stats.top_p_budget,
-        }
-        if stats.relevant_mass is not None:
-            result["relevant_mass"] = stats.relevant_mass
-        return {name: tensor.detach() for name, tensor in result.items()}
 
     # -- assembly
     def trace(self) -> Trace:
@@ -468,25 +387,15 @@ class TraceRecorder:
         if stats:
             batch_size, _, q_len = next(iter(stats.values()))["entropy"].shape
         queries = self.config.pattern_queries
-        sparse = None
-        if self.sparse is not None:
-            sparse = {
-                "method": {
-                    "name": self.sparse.method.name,
-                    **self.sparse.method.hyper_parameters(),
-                },
-                "layers": list(self.sparse_layers),
-                "block_size": self.sparse.block_size,
-            }
         return Trace(
             stats=stats,
             patterns=patterns,
             dense_stats=dense_stats,
             metadata={
-                "sparse": sparse,
                 "model": model_name(self.model),
                 "model_class": type(self.model).__name__,
                 "config": self.config.to_dict(),
+                "sparse": None if self.sparse is None else self.sparse.describe(),
                 "ps": list(self.config.ps),
                 "layers": list(self.layers),
                 "heads": list(self.heads),
@@ -495,6 +404,68 @@ class TraceRecorder:
                 "pattern_queries": list(range(q_len) if queries is None else queries),
             },
         )
+
+
+def layer_statistics(
+    capture: LayerCapture,
+    config: TraceConfig,
+    *,
+    heads: Sequence[int] | None = None,
+    relevant_positions: torch.Tensor | None = None,
+    dense: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Row statistics of the attention a captured layer used, for ``heads`` (None: all): `STATISTICS`
+    ``[batch, heads, q_len]`` float32 and ``top_p_budget`` ``[batch, heads, q_len, len(ps)]``.
+
+    Where the layer ran a sparse method, the attention used is the softmax over its selection;
+    ``dense=True`` gives the dense softmax of the same q and k instead. ``relevant_positions``
+    ``[batch, q_len, R]`` (-1 padded) adds ``relevant_mass``. Padded keys are excluded (dense
+    statistics only: the examples are then computed one by one on their real tokens)."""
+    heads = list(range(capture.q.shape[1]) if heads is None else heads)
+    q = capture.q[:, heads]  # [batch, heads, q_len, d_head]
+    k = repeat_kv(capture.k, capture.q.shape[1])[:, heads]  # [batch, heads, kv_len, d_head]
+    restrict = None if dense else capture.restriction(heads)
+    relevant = relevant_positions
+    if relevant is not None:
+        relevant = relevant.to(q.device)
+        if relevant.dim() != 3 or relevant.shape[:2] != (q.shape[0], q.shape[2]):
+            raise ValueError(
+                f"relevant_positions must be [batch, q_len, R] = [{q.shape[0]}, "
+                f"{q.shape[2]}, R], got {tuple(relevant.shape)}"
+            )
+
+    def compute(
+        q: torch.Tensor, k: torch.Tensor, relevant: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        stats = api.row_stats(
+            q,
+            k,
+            scale=capture.scale,
+            causal=capture.causal,
+            ps=config.ps,
+            selection=sink_layout(q.shape[2], k.shape[2], config.sink_tokens, q.device),
+            relevant_positions=relevant,
+            restrict=restrict,
+            impl=config.impl,
+        )
+        result = {
+            "entropy": stats.entropy,
+            "max_weight": stats.max_weight,
+            "lse": stats.lse,
+            "sink_mass": stats.selection_mass,
+            "top_p_budget": stats.top_p_budget,
+        }
+        if stats.relevant_mass is not None:
+            result["relevant_mass"] = stats.relevant_mass
+        return {name: tensor.detach() for name, tensor in result.items()}
+
+    if capture.key_padding is None:
+        return compute(q, k, relevant)
+    if restrict is not None:
+        raise NotImplementedError(
+            "statistics of a sparse method on padded inputs: trace the examples one at a time"
+        )
+    return padded_row_stats(q, k, capture.key_padding, relevant, compute)
 
 
 def sink_layout(q_len: int, kv_len: int, sink_tokens: int, device: torch.device) -> Layout:
@@ -509,7 +480,6 @@ def padded_row_stats(
     key_padding: torch.Tensor,
     relevant: torch.Tensor | None,
     compute: Callable[..., dict[str, torch.Tensor]],
-    call: AttentionCall,
 ) -> dict[str, torch.Tensor]:
     """Row statistics of padded inputs, example by example on the real tokens.
 
@@ -530,7 +500,7 @@ def padded_row_stats(
             new_index[real] = torch.arange(real.numel(), device=q.device)
             rows = relevant[b : b + 1, real]  # [1, n_real, R]
             example_relevant = new_index[torch.where(rows >= 0, rows, length)]
-        stats = compute(q[b : b + 1, :, real], k[b : b + 1, :, real], call, example_relevant)
+        stats = compute(q[b : b + 1, :, real], k[b : b + 1, :, real], example_relevant)
         for name, values in stats.items():
             if name not in result:
                 fill = 0 if name == "top_p_budget" else math.nan
@@ -560,58 +530,42 @@ def tracing(
     sparse_layers: Sequence[int] | None = None,
     sparse_block_size: int = 64,
 ) -> Iterator[TraceRecorder]:
-    """Record attention during the forward passes run inside the block (hooks and routes are
-    removed on exit, also on errors); ``recorder.trace()`` gives the `Trace`.
+    """Record attention during the forward passes run inside the block (routes are removed on
+    exit, also on errors); ``recorder.trace()`` gives the `Trace`.
 
     ``sparse``: run this method on ``sparse_layers`` (None: all layers) with layouts of
-    ``sparse_block_size``, as `workbench.sparse.patch.sparsify` would (every head; no patterns of
-    those layers), and record the attention it uses (see the module docstring)."""
+    ``sparse_block_size``, as `workbench.sparse.patch.sparsify` would (every head), and record the
+    attention it uses (see the module docstring; patterns of those layers are the weights over
+    the selection)."""
     config = config or TraceConfig()
     if relevant_positions is not None and not config.stats:
         raise ValueError("relevant_positions needs stats=True")
     layers, heads = _layers_and_heads(model, config)
-    core, chosen = None, ()
+    plan = None
     if sparse is not None:
-        chosen = check_layers(sparse_layers, _model_size(model)[0])
-        if config.patterns and set(chosen) & set(layers):
-            raise NotImplementedError("patterns of layers that run a sparse method")
-        core = SparseCore(sparse, block_size=sparse_block_size, impl=config.impl, record=False)
-    recorder = TraceRecorder(model, config, layers, heads, relevant_positions, core, chosen)
-    routed = set(chosen)
-    if config.stats or (config.patterns and is_hugging_face(model)):
-        routed |= set(layers)
-    with ExitStack() as stack:
-        if routed:
-            stack.enter_context(route_attention(model, recorder.core, tuple(sorted(routed))))
-        if config.patterns and is_transformer_lens(model):
-            hooks = [
-                (f"blocks.{layer}.attn.hook_pattern", _pattern_hook(recorder, layer))
-                for layer in layers
-            ]
-            stack.enter_context(model.hooks(fwd_hooks=hooks))
+        plan = SparsePlan(
+            sparse,
+            layers=None if sparse_layers is None else tuple(sparse_layers),
+            block_size=sparse_block_size,
+            impl=config.impl,
+        )
+    recorder = TraceRecorder(model, config, layers, heads, relevant_positions, plan)
+    with capturing(
+        model,
+        layers=layers,
+        sparse=plan,
+        attention=config.attention,
+        patterns=config.patterns,
+        pattern_guard=recorder.check_memory,
+        on_layer=recorder.observe,
+    ):
         yield recorder
-
-
-def _pattern_hook(recorder: TraceRecorder, layer: int) -> Any:
-    def hook(pattern: torch.Tensor, hook: Any) -> None:
-        recorder.record_pattern(layer, pattern)
-
-    return hook
-
-
-def _model_size(model: nn.Module) -> tuple[int, int]:
-    """``(n_layers, n_heads)`` of a TransformerLens or Hugging Face model."""
-    if is_transformer_lens(model):
-        return model.cfg.n_layers, model.cfg.n_heads
-    if is_hugging_face(model):
-        return hf_num_layers(model), int(model.config.get_text_config().num_attention_heads)
-    raise TypeError(f"cannot trace a {type(model).__name__}")
 
 
 def _layers_and_heads(
     model: nn.Module, config: TraceConfig
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    n_layers, n_heads = _model_size(model)
+    n_layers, n_heads = model_size(model)
     layers = check_layers(config.layers, n_layers)
     heads = check_layers(config.heads, n_heads, "heads")
     return layers, heads
@@ -650,10 +604,7 @@ def trace(
             sparse_block_size=sparse_block_size,
         ) as recorder,
     ):
-        if isinstance(inputs, Mapping):
-            model(**inputs, **forward_kwargs)
-        else:
-            model(inputs, **forward_kwargs)
+        run_model(model, inputs, **forward_kwargs)
     result = recorder.trace()
     result.metadata["input_shape"] = list(input_ids.shape)
     return result

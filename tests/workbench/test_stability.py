@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 import toy_tasks
 import workbench.sparse
 from kernels.reference import scaled_scores, top_k_threshold, top_p_threshold
+from workbench.capture import LayerCapture
 from workbench.cli import app
 from workbench.metrics.stability import (
     AttentionWeights,
-    RecordedCall,
     analytic_bound,
     flip_rate,
     focus_quantities,
@@ -35,8 +35,9 @@ from workbench.metrics.stability import (
     topk_stability_conditions,
 )
 from workbench.models import ModelConfig, build_model
+from workbench.runs import read_metrics
 from workbench.sparse.base import visible
-from workbench.train import TrainConfig, read_metrics, train
+from workbench.train import TrainConfig, train
 
 
 def random_rows(rows: int, n: int, seed: int, spread: float = 3.0) -> torch.Tensor:
@@ -357,7 +358,8 @@ def test_row_stability_from_qk_matches_the_unchunked_computation(
     torch.testing.assert_close(streamed["top_k_margin"], top_k_margin(scores, 3, keep))
     # float32 scores (the default): `row_stability` up to the rounding of the scores
     single = row_stability_from_qk(q, k, causal=causal, scale=scale, chunk=chunk, k_top=3)
-    dense = row_stability(RecordedCall(q, k, scale, causal), None)
+    capture = LayerCapture(0, q=q, k=k, v=k, z=q, scale=scale, causal=causal, key_padding=None)
+    dense = row_stability(capture)
     torch.testing.assert_close(
         single["jacobian_norm"], dense["jacobian_norm"], rtol=1e-5, atol=1e-6
     )

@@ -2,9 +2,9 @@
 
 ``fidelity(model, inputs, method)`` runs two forward passes on the same inputs:
 
-1. **Local (teacher-forced)**: the dense model, with every chosen layer routed through a core that
-   returns the model's own attention (so the pass *is* the dense forward) and, on the same q, k, v,
-   also computes the sparse output (`workbench.sparse.patch.SparseCore.compute`). Per layer:
+1. **Local (teacher-forced)**: the dense model's forward, captured (`workbench.capture`: every
+   chosen layer runs the model's own attention), and on each layer's q, k, v the sparse output
+   (`workbench.sparse.patch.SparseCore.compute`, `layer_fidelity`). Per layer:
    relative output error ``||z_sparse - z_dense|| / ||z_dense||`` (``z`` ``[batch, heads, q_len,
    d_head]`` before the output projection, real query rows), attention recall (the dense softmax mass
    inside the method's selection, `kernels.api.row_stats(selection=...)`, renormalised over the real
@@ -32,7 +32,8 @@ from torch import nn
 from kernels import api
 from kernels.api import Impl
 from kernels.reference import repeat_kv
-from workbench.attention import AttentionCall, dense_layout, is_transformer_lens, route_attention
+from workbench.attention import dense_layout, is_transformer_lens
+from workbench.capture import LayerCapture, capturing
 from workbench.sparse.base import SparseMethod
 from workbench.sparse.patch import (
     SparseCore,
@@ -111,30 +112,23 @@ class FidelityReport:
         }
 
 
-@dataclass
-class LocalCore:
-    """Routed core of the local pass: returns the model's own attention and measures the sparse
-    output computed on the same call; ``layers`` holds the result of each layer's last call."""
-
-    sparse: SparseCore
-    layers: dict[int, LayerFidelity] = field(default_factory=dict)
-
-    def __call__(self, call: AttentionCall) -> torch.Tensor:
-        z_dense = call.model_attention()[0]  # [batch, heads, q_len, d_head]
-        result = self.sparse.compute(call)
-        rows = real_queries(call)  # [batch|1, 1, q_len, 1]
-        error = ((result.z.float() - z_dense.float()) * rows).norm()
-        self.layers[call.layer] = LayerFidelity(
-            layer=call.layer,
-            density=kept_fraction(result.layout, call, result.q, result.k),
-            block_density=result.layout.block_density(),
-            recall=recall(call, result, self.sparse.impl),
-            output_error=(error / (z_dense.float() * rows).norm().clamp_min(1e-30)).item(),
-        )
-        return z_dense
+def layer_fidelity(capture: LayerCapture, sparse: SparseCore) -> LayerFidelity:
+    """Teacher-forced fidelity of one dense layer's capture: ``sparse``'s output on the same q, k,
+    v against the output the layer produced."""
+    z_dense = capture.z  # [batch, heads, q_len, d_head]
+    result = sparse.compute(capture)
+    rows = real_queries(capture)  # [batch|1, 1, q_len, 1]
+    error = ((result.z.float() - z_dense.float()) * rows).norm()
+    return LayerFidelity(
+        layer=capture.layer,
+        density=kept_fraction(result.layout, capture, result.q, result.k),
+        block_density=result.layout.block_density(),
+        recall=recall(capture, result, sparse.impl),
+        output_error=(error / (z_dense.float() * rows).norm().clamp_min(1e-30)).item(),
+    )
 
 
-def recall(call: AttentionCall, result: SparseResult, impl: Impl = "auto") -> float:
+def recall(capture: LayerCapture, result: SparseResult, impl: Impl = "auto") -> float:
     """Mean dense attention mass inside ``result.layout`` over batch, chosen heads and real query
     rows; with key padding the dense distribution is the one over the real keys."""
     q = result.q  # [batch, chosen, q_len, d_head]
@@ -142,14 +136,20 @@ def recall(call: AttentionCall, result: SparseResult, impl: Impl = "auto") -> fl
 
     def mass(selection: Any) -> torch.Tensor:  # [batch, chosen, q_len]
         stats = api.row_stats(
-            q, k, scale=call.scale, causal=call.causal, ps=(0.5,), selection=selection, impl=impl
+            q,
+            k,
+            scale=capture.scale,
+            causal=capture.causal,
+            ps=(0.5,),
+            selection=selection,
+            impl=impl,
         )
         return stats.selection_mass
 
     inside = mass(result.layout)
-    if call.key_padding is not None:
-        inside = inside / mass(dense_layout(call)).clamp_min(1e-30)
-    rows = real_queries(call)[..., 0].expand_as(inside)
+    if capture.key_padding is not None:
+        inside = inside / mass(dense_layout(capture)).clamp_min(1e-30)
+    rows = real_queries(capture)[..., 0].expand_as(inside)
     return inside[rows].mean().item()
 
 
@@ -216,8 +216,13 @@ def fidelity(
     """
     if (targets is None) != (loss_mask is None):
         raise ValueError("targets and loss_mask must be given together")
-    local = LocalCore(SparseCore(method, check_heads(heads), block_size, impl, record=False))
-    with route_attention(model, local, layers):
+    sparse_core = SparseCore(method, check_heads(heads), block_size, impl, record=False)
+    local: list[LayerFidelity] = []
+
+    def judge(capture: LayerCapture) -> None:  # as each layer runs: one layer in memory
+        local.append(layer_fidelity(capture, sparse_core))
+
+    with torch.no_grad(), capturing(model, layers=layers, on_layer=judge):
         dense, logits = model_outputs(model, inputs, attention_mask)
     with sparsify(
         model, method, layers=layers, heads=heads, block_size=block_size, impl=impl, record=False
@@ -239,7 +244,7 @@ def fidelity(
     return FidelityReport(
         method=method.name,
         hyper_parameters=method.hyper_parameters(),
-        layers=[local.layers[layer] for layer in sorted(local.layers)],
+        layers=sorted(local, key=lambda layer: layer.layer),
         output_error=error.item(),
         settings={
             "layers": None if layers is None else sorted(set(layers)),

@@ -25,9 +25,9 @@ Per query row, with probabilities ``p = softmax(s)`` over the keys the row atten
   residual stream after the embedding to its logits (outputs).
 * **Streaming** (`row_stability_from_qk`): per-row ``||J||_2``, ``||J||_F`` and the top-k margin
   from q and k in chunks of query rows (memory ``O(chunk x kv_len)``).
-* **Traces**: `stability_metrics` (per layer and head means over the scored positions of a batch,
-  as logged by `workbench.train` with ``stability_metrics``) and `stability_series` (curves from a
-  ``metrics.jsonl``).
+* **Captures**: `row_stability` of a layer captured by `workbench.capture` (what training logs
+  with ``stability_metrics``, as per layer and head means over the scored positions) and
+  `stability_series` (curves from a ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ import torch
 from torch import nn
 
 from kernels.reference import default_scale, masked_softmax, scaled_scores, top_p_budget
+from workbench.capture import LayerCapture
 from workbench.sparse.base import SparseMethod, visible
 
 STABILITY_TOP_K = 5
 """k of the logged top-k margin (the semantic-focus paper's k)."""
 BISECTION_STEPS = 64
 ROW_STATISTICS = ("jacobian_norm", "method_jacobian_norm", "top_k_margin")
-"""What `stability_metrics` logs per layer and head."""
+"""What `row_stability` computes (and training logs) per layer and head."""
 
 
 # ---------------------------------------------------------------------------- softmax Jacobian
@@ -473,67 +474,21 @@ def row_stability_from_qk(
 
 
 # ---------------------------------------------------------------------------- traces
-@dataclass(frozen=True)
-class RecordedCall:
-    """q ``[batch, heads, q_len, d_head]``, k ``[batch, kv_heads, kv_len, d_head]`` of one layer."""
-
-    q: torch.Tensor
-    k: torch.Tensor
-    scale: float
-    causal: bool
-
-
-def record_calls(model: nn.Module, inputs: torch.Tensor) -> dict[int, RecordedCall]:
-    """Run ``model`` on ``inputs`` once (outputs unchanged) and keep every layer's q and k."""
-    from workbench.attention import AttentionCall, route_attention
-
-    calls: dict[int, RecordedCall] = {}
-
-    def core(call: AttentionCall) -> torch.Tensor:
-        if call.key_padding is not None:
-            raise ValueError("stability metrics need unpadded inputs")
-        calls[call.layer] = RecordedCall(call.q.detach(), call.k.detach(), call.scale, call.causal)
-        return call.model_attention()[0]
-
-    with torch.no_grad(), route_attention(model, core):
-        model(inputs)
-    return calls
-
-
-def row_stability(call: RecordedCall, method: SparseMethod | None) -> dict[str, torch.Tensor]:
-    """`ROW_STATISTICS` of one layer, each ``[batch, heads, q_len]``: dense ``||J||_2``, ``||J||_2``
-    of the softmax renormalised over ``method``'s selection (dense when None) and the top-k margin
-    (k = `STABILITY_TOP_K`; +inf for rows with at most k keys)."""
-    scores = scaled_scores(call.q, call.k, call.scale)
-    keep = visible(call.q, call.k, call.causal).expand_as(scores)
-    chosen = (
-        keep
-        if method is None
-        else selection_mask(method, call.q, call.k, causal=call.causal, scale=call.scale)
-    )
+def row_stability(capture: LayerCapture) -> dict[str, torch.Tensor]:
+    """`ROW_STATISTICS` of one captured layer (`workbench.capture`), each ``[batch, heads,
+    q_len]``: ``||J||_2`` of the dense softmax of its q and k, ``||J||_2`` of the softmax the layer
+    used (over its method's selection where it ran one, else the dense one) and the dense top-k
+    margin (k = `STABILITY_TOP_K`; +inf for rows with at most k keys). Unpadded inputs only."""
+    if capture.key_padding is not None:
+        raise ValueError("stability metrics need unpadded inputs")
+    scores = scaled_scores(capture.q, capture.k, capture.scale)
+    keep = visible(capture.q, capture.k, capture.causal).expand_as(scores)
+    used = capture.used_mask(scores)
     return {
         "jacobian_norm": jacobian_spectral_norm(sparse_probs(scores, keep)),
-        "method_jacobian_norm": jacobian_spectral_norm(sparse_probs(scores, chosen)),
+        "method_jacobian_norm": jacobian_spectral_norm(sparse_probs(scores, used)),
         "top_k_margin": top_k_margin(scores, STABILITY_TOP_K, keep),
     }
-
-
-def stability_metrics(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    weights: torch.Tensor,
-    method: SparseMethod | None = None,
-) -> dict[str, list[list[float]]]:
-    """``{name: [layer][head]}`` of `ROW_STATISTICS`: means over the rows with ``weights``
-    ``[batch, q_len]`` (e.g. a toy batch's ``loss_mask``), skipping infinite margins."""
-    result: dict[str, list[list[float]]] = {name: [] for name in ROW_STATISTICS}
-    for _, call in sorted(record_calls(model, inputs).items()):
-        for name, values in row_stability(call, method).items():
-            finite = torch.isfinite(values)
-            w = weights[:, None, :].double().to(values.device) * finite
-            means = (values.nan_to_num(posinf=0.0) * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2))
-            result[name].append(means.tolist())
-    return result
 
 
 def stability_series(
@@ -541,11 +496,6 @@ def stability_series(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(steps [m], values [m, layers, heads])`` of ``record["stability"][name]`` over the records
     of a ``metrics.jsonl`` that hold it, sorted by step."""
-    from workbench.analysis import attention_series
+    from workbench.runs import attention_series
 
-    logged = [
-        {"step": record["step"], "attention": record["stability"]}
-        for record in records
-        if record.get("stability")
-    ]
-    return attention_series(logged, name)
+    return attention_series(records, name, group="stability")

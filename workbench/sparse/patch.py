@@ -37,7 +37,13 @@ from kernels import api
 from kernels.api import Impl
 from kernels.layout import Layout
 from kernels.reference import repeat_kv, scaled_scores
-from workbench.attention import AttentionCall, dense_layout, full_mask, route_attention
+from workbench.attention import (
+    AttentionCall,
+    AttentionInputs,
+    dense_layout,
+    full_mask,
+    route_attention,
+)
 from workbench.sparse.base import SparseMethod
 
 
@@ -56,7 +62,7 @@ def with_key_padding(layout: Layout, key_padding: torch.Tensor | None) -> Layout
     return replace(layout, token_mask=token_mask)
 
 
-def real_queries(call: AttentionCall) -> torch.Tensor:
+def real_queries(call: AttentionInputs) -> torch.Tensor:
     """``[batch|1, 1, q_len, 1]`` bool: query rows of real tokens (self-attention: ``q_len ==
     kv_len``, so query ``i`` is token ``i``)."""
     if call.key_padding is None:
@@ -64,7 +70,7 @@ def real_queries(call: AttentionCall) -> torch.Tensor:
     return call.key_padding[:, None, :, None]
 
 
-def kept_fraction(layout: Layout, call: AttentionCall, q: torch.Tensor, k: torch.Tensor) -> float:
+def kept_fraction(layout: Layout, call: AttentionInputs, q: torch.Tensor, k: torch.Tensor) -> float:
     """Fraction of the visible (causal, real key, real query) entries that ``layout`` keeps, over
     batch and the heads of ``q`` ``[batch, heads, q_len, d_head]`` (``k`` ``[batch, kv_heads, kv_len,
     d_head]``). Materialises ``q_len x kv_len`` per head."""
@@ -133,7 +139,7 @@ class SparseCore:
             )
         return result.z
 
-    def compute(self, call: AttentionCall) -> SparseResult:
+    def compute(self, call: AttentionInputs) -> SparseResult:
         """Sparse attention of the chosen heads, dense attention of the others."""
         q_len, kv_len = call.q.shape[2], call.k.shape[2]
         if q_len != kv_len:
@@ -161,7 +167,7 @@ class SparseCore:
         chosen = torch.tensor(self.heads, device=dense.device)
         return SparseResult(dense.index_copy(1, chosen, out.to(dense.dtype)), layout, q, k)
 
-    def _chosen(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _chosen(self, call: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v of the chosen heads (k, v repeated per query head when heads are chosen)."""
         if self.heads is None:
             return call.q, call.k, call.v
