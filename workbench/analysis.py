@@ -14,11 +14,9 @@ Curves are logged at arbitrary (increasing) steps; every function takes ``steps 
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -406,48 +404,3 @@ def compare_exponents(fit: PowerLawFit, paper: Mapping[str, float]) -> list[dict
             }
         )
     return rows
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (one JSON object per line; blank lines and a
-    truncated last line, as left by an interrupted run, are skipped; a missing file has none)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines) - 1:
-                raise
-    return records
-
-
-def metric_series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps [m], values [m])`` of ``key`` over the records that hold it (not null), sorted
-    by step; a step logged twice (a resumed run) keeps its last value."""
-    by_step = {
-        int(record["step"]): float(record[key]) for record in records if record.get(key) is not None
-    }
-    steps = np.array(sorted(by_step), dtype=np.float64)
-    return steps, np.array([by_step[int(step)] for step in steps], dtype=np.float64)
-
-
-def attention_series(
-    records: Sequence[Mapping[str, Any]], name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps [m], values [m, layers, heads])`` of the attention metric ``name`` (e.g.
-    ``"relevant_mass"``) logged as ``record["attention"][name][layer][head]`` (the evaluation
-    records of ``workbench.train`` with ``trace_metrics``), sorted by step."""
-    by_step = {
-        int(record["step"]): record["attention"][name]
-        for record in records
-        if name in (record.get("attention") or {})
-    }
-    steps = sorted(by_step)
-    values = np.array([by_step[step] for step in steps], dtype=np.float64)
-    return np.array(steps, dtype=np.float64), values.reshape(len(steps), *values.shape[1:])

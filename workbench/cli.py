@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from workbench.runs import Run
 
 app = typer.Typer(help="Sparse-attention workbench.", no_args_is_help=True, add_completion=False)
 tasks_app = typer.Typer(help="Toy tasks with ground-truth relevance.", no_args_is_help=True)
@@ -436,32 +439,19 @@ def run_command(
         typer.echo(f"figure: {figure}")
 
 
-def _experiment_runs(run_dir: Path) -> dict[Path, list[Path]]:
-    """``{figures folder: run folders}``: every analysis folder (``*/experiment.yaml``) of an
-    experiment's ``run_dir`` with the runs of its ``results.json``; else ``run_dir/figures`` with
-    every run (``metrics.jsonl``, outside ``replaced-<time>/`` folders) below ``run_dir``."""
-    import json
+def _figure_groups(folder: Path) -> dict[Path, list[Run]]:
+    """``{figures folder: runs}``: a run folder alone; else every analysis of the experiment
+    ``folder`` with the runs its ``results.json`` names; else every run in ``folder``."""
+    from workbench.runs import Run, analyses_in, is_run, runs_in
 
-    from workbench.checkpoint import REPLACED
-
-    runs = sorted(
-        path.parent
-        for path in run_dir.rglob("metrics.jsonl")
-        if not any(part.startswith(REPLACED) for part in path.relative_to(run_dir).parts)
-    )  # files a restart moved aside (replaced-<time>/) are not runs
+    if is_run(folder):
+        return {folder / "figures": [Run(folder)]}
+    runs = runs_in(folder)
     grouped = {}
-    for analysis_dir in sorted(path.parent for path in run_dir.glob("*/experiment.yaml")):
-        results = analysis_dir / "results.json"
-        hashes = (
-            {
-                run["config_hash"]
-                for run in json.loads(results.read_text(encoding="utf-8")).get("runs", [])
-            }
-            if results.exists()
-            else {run.name for run in runs}
-        )
-        grouped[analysis_dir / "figures"] = [run for run in runs if run.name in hashes]
-    return grouped or {run_dir / "figures": runs}
+    for analysis in analyses_in(folder):
+        names = set(analysis.run_names()) or {run.name for run in runs}
+        grouped[analysis.figures_dir] = [run for run in runs if run.name in names]
+    return grouped or {folder / "figures": runs}
 
 
 @app.command("stability")
@@ -472,15 +462,18 @@ def stability_command(
 ) -> None:
     """Write softmax-stability curves over training (runs trained with stability_metrics) as
     figures/stability_*.html next to the experiment's figures."""
-    from workbench.viz.stability import write_stability_figures
+    from workbench.experiments.analyses import method_label
+    from workbench.io import write_figure
+    from workbench.viz.stability import stability_figures
 
     if not run_dir.is_dir():
         raise typer.BadParameter(f"{run_dir} is not a folder", param_hint="RUN_DIR")
-    written = [
-        path
-        for out_dir, runs in _experiment_runs(run_dir).items()
-        for path in write_stability_figures(runs, out_dir)
-    ]
+    written = []
+    for out_dir, runs in _figure_groups(run_dir).items():
+        records = {run.name: run.metrics() for run in runs}
+        groups = {run.name: method_label(run.config() or {}) for run in runs}
+        for name, figure in stability_figures(records, groups).items():
+            written.append(write_figure(figure, out_dir / f"{name}.html"))
     if not written:
         typer.echo(f"no stability metrics under {run_dir} (train with stability_metrics: true)")
         raise typer.Exit(1)

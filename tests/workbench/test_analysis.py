@@ -1,15 +1,11 @@
-import json
 
 import numpy as np
 import pytest
 
 from workbench.analysis import (
-    attention_series,
     compare_exponents,
     emergence_time,
     fit_power_law,
-    metric_series,
-    read_metrics,
     running_median,
     threshold_time,
 )
@@ -148,34 +144,6 @@ def test_compare_exponents_rows():
     assert rows[1]["difference"] == pytest.approx(fit.exponents["B"])
     with pytest.raises(ValueError, match="not in the fit"):
         compare_exponents(fit, {"d": 0.5})
-
-
-def test_read_metrics_skips_a_truncated_last_line_and_series_keeps_last_value(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    lines = [
-        json.dumps({"step": 0, "loss": 1.0, "eval_loss": 0.9}),
-        json.dumps({"step": 10, "loss": 0.5}),
-        json.dumps({"step": 10, "loss": 0.4, "eval_loss": 0.3}),  # resumed run re-logs step 10
-        '{"step": 20, "lo',
-    ]
-    path.write_text("\n".join(lines))
-    records = read_metrics(path)
-    assert len(records) == 3
-    steps, values = metric_series(records, "eval_loss")
-    assert steps.tolist() == [0, 10] and values.tolist() == [0.9, 0.3]
-    assert metric_series(records, "loss")[1].tolist() == [1.0, 0.4]
-
-
-def test_attention_series_reads_nested_layer_head_metrics():
-    records = [
-        {"step": 0, "loss": 1.0},
-        {"step": 10, "attention": {"relevant_mass": [[0.1, 0.2], [0.3, 0.4]]}},
-        {"step": 5, "attention": {"relevant_mass": [[0.0, 0.1], [0.2, 0.3]]}},
-    ]
-    steps, values = attention_series(records, "relevant_mass")
-    assert steps.tolist() == [5, 10] and values.shape == (2, 2, 2)
-    assert values[1, 1, 0] == 0.3
-    assert attention_series(records, "entropy")[0].size == 0
 
 
 def censor(y: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray]:

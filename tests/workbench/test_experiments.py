@@ -19,6 +19,7 @@ from workbench.experiments import (
     run_experiment,
     spec_names,
 )
+from workbench.runs import Run
 
 BASE = {
     "task": {"name": "single_location", "seq_len": 8, "d": 4, "burstiness": 1},
@@ -361,7 +362,7 @@ class ZeroModel(torch.nn.Module):
 
 def test_icl_error_curves_put_the_model_next_to_the_baselines(tmp_path):
     base = {**BASE, "task": {"name": "linear_regression", "d": 4, "n_points": 10}}
-    runs = [RunRecord({**base, "seed": 0}, "abc", tmp_path, cached=False)]
+    runs = [RunRecord({**base, "seed": 0}, Run(tmp_path / "abc"), cached=False)]
     options = {"eval_examples": 512, "eval_seed": 0, "ridge_alpha": 0.1, "knn_k": 3}
     curves = analyses.icl_error_curves(runs, options, lambda run_dir: ZeroModel())["curves"]
     (task_curves,) = curves.values()

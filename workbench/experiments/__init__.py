@@ -1,14 +1,9 @@
 """Experiments: YAML specs (``experiments/*.yaml``) expanded into training runs, a runner that
-caches runs by config hash, and per-experiment analyses."""
+caches runs by config hash, and per-experiment analyses (the bundled ones register here)."""
 
-from workbench.experiments.runner import (
-    AnalysisOutput,
-    ExperimentResult,
-    RunRecord,
-    RunsFailed,
-    analysis,
-    run_experiment,
-)
+from workbench.experiments import analyses  # noqa: F401  (registers the bundled analyses)
+from workbench.experiments.base import AnalysisOutput, RunRecord, analysis, get_analysis
+from workbench.experiments.runner import ExperimentResult, RunsFailed, run_experiment
 from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec, spec_names
 
 __all__ = [
@@ -19,6 +14,7 @@ __all__ = [
     "RunsFailed",
     "analysis",
     "config_hash",
+    "get_analysis",
     "load_spec",
     "run_experiment",
     "spec_names",

@@ -15,17 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from workbench.analysis import (
-    attention_series,
-    compare_exponents,
-    emergence_time,
-    fit_power_law,
-    metric_series,
-    threshold_time,
-)
-from workbench.experiments.runner import AnalysisOutput, RunRecord, analysis
+from workbench.analysis import compare_exponents, emergence_time, fit_power_law, threshold_time
+from workbench.experiments.base import AnalysisOutput, RunRecord, analysis
 from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
+from workbench.runs import attention_series, metric_series
 from workbench.viz.experiments import curves_figure, power_law_figure, table_figure
 from workbench.viz.stability import stability_figures
 

@@ -1,6 +1,6 @@
 """Run an experiment: train every config of its sweep (cached by config hash), then analyse.
 
-Layout under ``runs_dir``::
+The run folders and analysis folders are those of the run store (`workbench.runs`)::
 
     <name>/<config-hash>/config.yaml       one folder per run (written first)
     <name>/<config-hash>/metrics.jsonl     written by the training function (and checkpoints)
@@ -22,22 +22,19 @@ running the experiment again continues from those checkpoints.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from workbench.analysis import read_metrics
+from workbench.experiments.base import RunRecord, get_analysis
 from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec
-from workbench.io import atomic_write_json, atomic_write_text, write_figure
+from workbench.io import write_figure
+from workbench.runs import Run, RunStore
 from workbench.termination import Terminated, forward_termination, termination_requests
 
 logger = logging.getLogger(__name__)
@@ -80,75 +77,6 @@ def train_with_workbench(
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """One trained run of an experiment.
-
-    Attributes:
-        config: the run's nested config dict (with ``seed``).
-        config_hash: `config_hash` of ``config``: the folder name.
-        directory: ``runs/<name>/<config_hash>/``.
-        cached: True when the run was reused instead of trained.
-        finished: False for a run analysed from the logged part of an unfinished training
-            (`run_experiment` with ``train=False``).
-    """
-
-    config: dict[str, Any]
-    config_hash: str
-    directory: Path
-    cached: bool
-    finished: bool = True
-
-    def metrics(self) -> list[dict[str, Any]]:
-        """The records of ``metrics.jsonl`` (empty when the run logged none)."""
-        return read_metrics(self.directory / "metrics.jsonl")
-
-    def result(self) -> dict[str, Any]:
-        """The run's ``results.json``."""
-        return json.loads((self.directory / "results.json").read_text(encoding="utf-8"))
-
-
-@dataclass(frozen=True)
-class AnalysisOutput:
-    """What an experiment's analysis returns: JSON-ready ``results`` and named plotly figures
-    (written to ``figures/<name>.html``)."""
-
-    results: dict[str, Any]
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
-AnalysisFn = Callable[[ExperimentSpec, list[RunRecord]], AnalysisOutput]
-"""``analysis_fn(spec, runs)``; options come from ``spec.analysis``."""
-
-_ANALYSES: dict[str, AnalysisFn] = {}
-
-
-def analysis(name: str) -> Callable[[AnalysisFn], AnalysisFn]:
-    """Decorator registering the analysis of the experiment ``name``."""
-
-    def register(function: AnalysisFn) -> AnalysisFn:
-        if name in _ANALYSES:
-            raise ValueError(f"an analysis for experiment {name!r} is already registered")
-        _ANALYSES[name] = function
-        return function
-
-    return register
-
-
-def get_analysis(name: str) -> AnalysisFn:
-    """The analysis registered for ``name`` (the bundled ones are registered on first call);
-    experiments without one get `summarise_runs`."""
-    import workbench.experiments.analyses  # noqa: F401  (registers the bundled analyses)
-
-    return _ANALYSES.get(name, summarise_runs)
-
-
-def summarise_runs(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
-    """The fallback analysis: the last metrics record of every run."""
-    last = {run.config_hash: (run.metrics() or [None])[-1] for run in runs}
-    return AnalysisOutput(results={"final_metrics": last})
-
-
-@dataclass(frozen=True)
 class ExperimentResult:
     """Outcome of `run_experiment`.
 
@@ -176,54 +104,35 @@ class ExperimentResult:
         return sum(not run.cached for run in self.runs)
 
 
-def _is_complete(directory: Path, config: Mapping[str, Any]) -> bool:
-    """Whether ``directory`` holds a finished run of ``config``."""
-    config_path = directory / "config.yaml"
-    if not (directory / "results.json").exists() or not config_path.exists():
-        return False
-    stored = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    if stored != config:
-        raise RuntimeError(
-            f"{config_path} holds another config than the one hashing to {directory.name}; "
-            "remove the folder"
-        )
-    return True
-
-
 def run_config(
     config: dict[str, Any],
-    directory: Path,
+    run: Run,
     train_fn: TrainFn,
     *,
     progress: bool,
     resume: bool | str = True,
 ) -> RunRecord:
-    """Train one config into ``directory`` (passing ``resume`` on) unless a finished run of it is
-    there."""
-    digest = config_hash(config)
-    if _is_complete(directory, config):
-        logger.info("reusing %s (cached)", directory)
-        return RunRecord(config, digest, directory, cached=True)
-    logger.info("training %s", directory)
-    atomic_write_text(directory / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+    """Train one config into its ``run`` folder (passing ``resume`` on) unless it is finished."""
+    if run.is_finished(config):
+        logger.info("reusing %s (cached)", run.path)
+        return RunRecord(config, run, cached=True)
+    logger.info("training %s", run.path)
+    run.write_config(config)
     start = time.perf_counter()
-    result = train_fn(config, directory, resume=resume, progress=progress)
+    result = train_fn(config, run.path, resume=resume, progress=progress)
     seconds = time.perf_counter() - start  # this call's training (a resumed run: the rest of it)
-    atomic_write_json(
-        directory / "results.json", {"config_hash": digest, "train": result, "seconds": seconds}
-    )
-    return RunRecord(config, digest, directory, cached=False)
+    run.write_result({"config_hash": run.name, "train": result, "seconds": seconds})
+    return RunRecord(config, run, cached=False)
 
 
-def logged_run(config: dict[str, Any], directory: Path) -> RunRecord | None:
-    """The run of ``config`` in ``directory`` as it stands, finished or not (None: nothing
-    logged there)."""
-    if _is_complete(directory, config):
-        return RunRecord(config, directory.name, directory, cached=True)
-    if not read_metrics(directory / "metrics.jsonl"):
+def logged_run(config: dict[str, Any], run: Run) -> RunRecord | None:
+    """The run of ``config`` as it stands, finished or not (None: nothing logged there)."""
+    if run.is_finished(config):
+        return RunRecord(config, run, cached=True)
+    if not run.metrics():
         return None
-    logger.info("analysing the unfinished run %s as logged so far", directory)
-    return RunRecord(config, directory.name, directory, cached=True, finished=False)
+    logger.info("analysing the unfinished run %s as logged so far", run.path)
+    return RunRecord(config, run, cached=True, finished=False)
 
 
 def _limit_threads(threads: int) -> None:
@@ -240,19 +149,19 @@ def train_in_turn(
     progress: bool,
     resume: bool | str = True,
 ) -> list[RunRecord]:
-    """`run_config` for each ``(config, directory)`` pair, one after the other in this process. A
+    """`run_config` for each ``(config, run)`` pair, one after the other in this process. A
     failed run does not stop the others; once all have ended, `RunsFailed` names every failed run
     and chains the first error (`Terminated` and ``KeyboardInterrupt`` stop at once)."""
     runs: list[RunRecord] = []
     failures: list[tuple[Path, BaseException]] = []
-    for config, directory in pending:
+    for config, run in pending:
         try:
-            runs.append(run_config(config, directory, train_fn, progress=progress, resume=resume))
+            runs.append(run_config(config, run, train_fn, progress=progress, resume=resume))
         except Terminated:
             raise
         except Exception as error:
-            logger.error("run %s failed: %s", directory, error)
-            failures.append((directory, error))
+            logger.error("run %s failed: %s", run.path, error)
+            failures.append((run.path, error))
     if failures:
         raise RunsFailed(failures, len(pending)) from failures[0][1]
     return runs
@@ -266,7 +175,7 @@ def train_pending(
     progress: bool,
     resume: bool | str = True,
 ) -> None:
-    """Train ``(config, directory)`` pairs in ``workers`` spawned processes (one run each at a
+    """Train ``(config, run)`` pairs in ``workers`` spawned processes (one run each at a
     time, CPU threads split between them; a run is handed out only when a worker is free), with
     one progress bar over the runs. A failed run does not stop the others (a long sweep keeps
     going); once all have ended, `RunsFailed` names every failed run and chains the first
@@ -286,11 +195,11 @@ def train_pending(
     ):
         while running or (waiting and not terminated()):
             while waiting and len(running) < workers and not terminated():
-                config, directory = waiting.pop()
+                config, run = waiting.pop()
                 future = pool.submit(
-                    run_config, config, directory, train_fn, progress=False, resume=resume
+                    run_config, config, run, train_fn, progress=False, resume=resume
                 )
-                running[future] = directory
+                running[future] = run.path
             done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             if terminated() and not done:
                 forward_termination()  # the group may not have had it (``kill <parent pid>``)
@@ -347,24 +256,21 @@ def run_experiment(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     train_fn = train_fn or train_with_workbench
-    root = Path(runs_dir) / spec.name
-    configs = [(config, root / config_hash(config)) for config in spec.configs()]
+    store = RunStore(runs_dir)
+    configs = [(config, store.run(spec.name, config_hash(config))) for config in spec.configs()]
     missing: list[str] = []
     if not train:
-        runs = [logged_run(config, path) for config, path in configs]
-        missing = [path.name for run, (_, path) in zip(runs, configs, strict=True) if run is None]
-        runs = [run for run in runs if run is not None]
+        runs = [logged_run(config, run) for config, run in configs]
+        missing = [run.name for record, (_, run) in zip(runs, configs, strict=True) if not record]
+        runs = [record for record in runs if record is not None]
     elif workers > 1:
-        pending = [(config, path) for config, path in configs if not _is_complete(path, config)]
+        pending = [(config, run) for config, run in configs if not run.is_finished(config)]
         train_pending(pending, train_fn, workers=workers, progress=progress, resume=resume)
-        trained = {path for _, path in pending}
-        runs = [
-            RunRecord(config, path.name, path, cached=path not in trained)
-            for config, path in configs
-        ]
+        trained = {run.path for _, run in pending}
+        runs = [RunRecord(config, run, cached=run.path not in trained) for config, run in configs]
     else:
         runs = train_in_turn(configs, train_fn, progress=progress, resume=resume)
-    directory = root / spec.experiment_hash()
+    analysis_folder = store.analysis(spec.name, spec.experiment_hash())
     output = get_analysis(spec.name)(spec, runs)
     results = {
         "experiment": spec.name,
@@ -377,12 +283,10 @@ def run_experiment(
         **({"missing": missing} if missing else {}),
         **output.results,
     }
-    atomic_write_text(
-        directory / "experiment.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False)
-    )
-    atomic_write_json(directory / "results.json", results)
+    analysis_folder.write(spec.to_dict(), results)
     figures = [
-        write_figure(figure, directory / "figures" / f"{name}.html")
+        write_figure(figure, analysis_folder.figures_dir / f"{name}.html")
         for name, figure in output.figures.items()
     ]
+    directory = analysis_folder.path
     return ExperimentResult(spec, runs, directory, results, figures)

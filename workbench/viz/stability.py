@@ -1,20 +1,15 @@
 """Figures of the softmax-stability metrics logged during training (`workbench.metrics.stability`).
 
 figures = stability_figures({"run-a": records_a, "run-b": records_b}, groups={...})
-write_stability_figures([Path("runs/semantic_focus/<hash>")], Path("figures"))
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-import yaml
 
-from workbench.analysis import read_metrics
-from workbench.io import write_figure
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.viz.experiments import curves_figure
 
@@ -45,24 +40,3 @@ def stability_figures(
                 curves, groups=curve_groups, title=TITLES[name], y_title=name
             )
     return figures
-
-
-def run_label(run_dir: Path) -> str:
-    """The method of a run folder (from its ``config.yaml``), else the folder's name."""
-    from workbench.experiments.analyses import method_label
-
-    config_path = run_dir / "config.yaml"
-    if not config_path.exists():
-        return run_dir.name
-    return method_label(yaml.safe_load(config_path.read_text(encoding="utf-8")))
-
-
-def write_stability_figures(run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
-    """Write `stability_figures` of the runs in ``run_dirs`` (their ``metrics.jsonl``) to
-    ``out_dir/stability_<name>.html``; returns the paths (empty when no run logged stability)."""
-    runs = {run_dir.name: read_metrics(run_dir / "metrics.jsonl") for run_dir in run_dirs}
-    groups = {run_dir.name: run_label(run_dir) for run_dir in run_dirs}
-    return [
-        write_figure(figure, out_dir / f"{name}.html")
-        for name, figure in stability_figures(runs, groups).items()
-    ]

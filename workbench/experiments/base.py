@@ -1,0 +1,90 @@
+"""What the experiment runner and the analyses share: the record of a run, the output of an
+analysis and the registry of analyses (`analysis` decorator, `get_analysis`).
+
+An analysis is registered under its experiment's name by decorating a function
+``analysis_fn(spec, runs) -> AnalysisOutput`` with ``@analysis("name")``; the bundled ones live in
+`workbench.experiments.analyses`, which `workbench.experiments` imports. Experiments without an
+analysis get `summarise_runs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.experiments.spec import ExperimentSpec
+from workbench.runs import Run
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One trained run of an experiment.
+
+    Attributes:
+        config: the run's nested config dict (with ``seed``).
+        run: its folder in the run store (named by `config_hash` of ``config``).
+        cached: True when the run was reused instead of trained.
+        finished: False for a run analysed from the logged part of an unfinished training
+            (`run_experiment` with ``train=False``).
+    """
+
+    config: dict[str, Any]
+    run: Run
+    cached: bool
+    finished: bool = True
+
+    @property
+    def config_hash(self) -> str:
+        return self.run.name
+
+    @property
+    def directory(self) -> Path:
+        return self.run.path
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (empty when the run logged none)."""
+        return self.run.metrics()
+
+    def result(self) -> dict[str, Any]:
+        """The run's ``results.json``."""
+        return self.run.result()
+
+
+@dataclass(frozen=True)
+class AnalysisOutput:
+    """What an experiment's analysis returns: JSON-ready ``results`` and named plotly figures
+    (written to ``figures/<name>.html``)."""
+
+    results: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+AnalysisFn = Callable[[ExperimentSpec, list[RunRecord]], AnalysisOutput]
+"""``analysis_fn(spec, runs)``; options come from ``spec.analysis``."""
+
+_ANALYSES: dict[str, AnalysisFn] = {}
+
+
+def analysis(name: str) -> Callable[[AnalysisFn], AnalysisFn]:
+    """Decorator registering the analysis of the experiment ``name``."""
+
+    def register(function: AnalysisFn) -> AnalysisFn:
+        if name in _ANALYSES:
+            raise ValueError(f"an analysis for experiment {name!r} is already registered")
+        _ANALYSES[name] = function
+        return function
+
+    return register
+
+
+def get_analysis(name: str) -> AnalysisFn:
+    """The analysis registered for experiment ``name`` (`summarise_runs` when there is none)."""
+    return _ANALYSES.get(name, summarise_runs)
+
+
+def summarise_runs(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
+    """The fallback analysis: the last metrics record of every run."""
+    last = {run.config_hash: (run.metrics() or [None])[-1] for run in runs}
+    return AnalysisOutput(results={"final_metrics": last})
