@@ -37,7 +37,8 @@ from workbench.experiments.spec import ExperimentSpec, config_hash
 from workbench.models import ACT_FNS, ModelConfig, build_model
 from workbench.sparse.corrections import Rettention
 from workbench.trace import TraceConfig, trace
-from workbench.train import MAX_SEED, OPTIMIZERS, SCHEDULES, TrainConfig, train
+from workbench.train import TrainConfig, train
+from workbench.train.config import MAX_SEED, OPTIMIZERS, SCHEDULES
 
 FUZZ = settings(
     max_examples=30,

@@ -15,8 +15,8 @@ import yaml
 import toy_tasks
 from toy_tasks.baselines import averaging_curve, error_curve
 from workbench import checkpoint
-from workbench import train as train_module
 from workbench.models import ModelConfig
+from workbench.runs import read_metrics
 from workbench.train import (
     TrainConfig,
     TrainingData,
@@ -24,9 +24,10 @@ from workbench.train import (
     evaluate,
     learning_rate,
     load_model,
-    read_metrics,
     train,
 )
+from workbench.train import evaluation as evaluation_module
+from workbench.train.evaluation import FINAL_TRACE_EXAMPLES
 
 RECALL = {"vocab_size": 32, "n_pairs": 4, "seq_len": 16}
 ATTN_ONLY = ModelConfig(n_layers=2, d_model=64, n_heads=2, d_head=32, attn_only=True)
@@ -95,8 +96,8 @@ def test_evaluation_does_not_depend_on_the_chunk_size(recall_run, monkeypatch) -
     config = recall_config(trace_metrics=True)
     batch = recall_run.task.sample(40, torch.Generator().manual_seed(5))
     whole = evaluate(recall_run.model, recall_run.task, batch, config, torch.device("cpu"))
-    monkeypatch.setattr(train_module, "EVAL_CHUNK_TOKENS", 7 * RECALL["seq_len"])
-    assert len(train_module.eval_chunks(batch)) == 6
+    monkeypatch.setattr(evaluation_module, "EVAL_CHUNK_TOKENS", 7 * RECALL["seq_len"])
+    assert len(evaluation_module.eval_chunks(batch)) == 6
     chunked = evaluate(recall_run.model, recall_run.task, batch, config, torch.device("cpu"))
     assert chunked["eval_accuracy"] == whole["eval_accuracy"]
     assert chunked["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-5)
@@ -330,6 +331,39 @@ def test_sparse_training_logs_the_attention_it_trains(tmp_path: Path) -> None:
     assert used["k_0.9"][1] == pytest.approx([1.0, 1.0])
     assert min(dense["entropy"][1]) > 0.1
     assert used["entropy"][0] == pytest.approx(dense["entropy"][0])  # layer 0 attends densely
+
+
+def test_an_evaluation_with_every_metric_runs_one_forward_per_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loss, accuracy, attention and stability metrics of an evaluation all come from one captured
+    forward per chunk; training steps run one forward each."""
+    from transformer_lens import HookedTransformer
+
+    forwards: list[int] = []
+    original = HookedTransformer.forward
+
+    def counting(self, tokens, *args, **kwargs):
+        forwards.append(tokens.shape[0])
+        return original(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(HookedTransformer, "forward", counting)
+    monkeypatch.setattr(evaluation_module, "EVAL_CHUNK_TOKENS", 40 * RECALL["seq_len"])
+    config = recall_config(
+        steps=4,
+        eval_every=2,
+        eval_batch_size=100,
+        trace_metrics=True,
+        stability_metrics=True,
+        sparse_method="top_k",
+        sparse_hparams={"k": 3},
+        sparse_block_size=16,
+    )
+    record = read_metrics(train(config, tmp_path, progress=False).metrics_path)[-1]
+    assert {"attention", "attention_dense", "stability"} <= set(record)
+    # 4 training steps of 64 examples; evaluations at steps 0, 2 and 4 in chunks of 40, 40, 20;
+    # the trace of the trained model on 8 examples.
+    assert forwards == [40, 40, 20] + [64, 64, 40, 40, 20] * 2 + [FINAL_TRACE_EXAMPLES]
 
 
 def test_learning_rate_schedules() -> None:

@@ -1,0 +1,211 @@
+"""Evaluations during training: one captured forward per chunk of the evaluation batch
+(`workbench.capture`) gives the loss, the task metric and every registered evaluation metric
+(`eval_metric`), and the trace of the trained model written into its run."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from toy_tasks.base import Batch, ToyTask
+from workbench.attention import model_size
+from workbench.capture import LayerCapture, capturing
+from workbench.train.config import TrainConfig, sparse_plan
+from workbench.train.data import TrainingData
+from workbench.train.losses import task_loss, task_metrics
+
+TRACE_PS = (0.9,)
+EVAL_CHUNK_TOKENS = 2**15
+"""Evaluation forwards run on chunks of at most this many tokens (at least one example): the
+activation memory of an evaluation (a model's ``[batch, heads, seq, seq]`` scores) stays bounded
+whatever ``eval_batch_size``."""
+FINAL_TRACE = "final"
+"""Name of the trace of the trained model written into the run (`Run.load_trace`)."""
+FINAL_TRACE_EXAMPLES = 8
+FINAL_TRACE_BYTES = 16 * 2**20
+"""Bound on the patterns of the final trace (fewer examples on long sequences)."""
+
+
+@dataclass(frozen=True)
+class EvalRows:
+    """Per-row values of one captured layer: ``rows[group][statistic]`` ``[batch, heads, seq]``
+    (logged, after averaging over the scored positions, as ``record[group][statistic][layer]``)."""
+
+    layer: int
+    rows: dict[str, dict[str, torch.Tensor]]
+
+
+EvalMetric = Callable[[LayerCapture, Batch, "TrainConfig"], EvalRows]
+"""``metric(capture, batch, config)``: the rows of one layer of the evaluation chunk ``batch``."""
+
+_EVAL_METRICS: dict[str, EvalMetric] = {}
+
+
+def eval_metric(name: str) -> Callable[[EvalMetric], EvalMetric]:
+    """Decorator registering an evaluation metric under ``name``."""
+
+    def register(function: EvalMetric) -> EvalMetric:
+        if name in _EVAL_METRICS:
+            raise ValueError(f"an evaluation metric {name!r} is already registered")
+        _EVAL_METRICS[name] = function
+        return function
+
+    return register
+
+
+def get_eval_metric(name: str) -> EvalMetric:
+    if name not in _EVAL_METRICS:
+        raise ValueError(f"unknown evaluation metric {name!r}; registered: {sorted(_EVAL_METRICS)}")
+    return _EVAL_METRICS[name]
+
+
+def eval_metric_names(config: TrainConfig) -> list[str]:
+    """The evaluation metrics ``config`` asks for."""
+    return ["attention"] * config.trace_metrics + ["stability"] * config.stability_metrics
+
+
+@eval_metric("attention")
+def attention_rows(capture: LayerCapture, batch: Batch, config: TrainConfig) -> EvalRows:
+    """``attention``: mass on the relevant positions, entropy and top-0.9 budget ``k_0.9`` of the
+    attention the layer used; with a sparse method also ``attention_dense``: the same of the dense
+    softmax of the same q and k (equal on the layers that attend densely)."""
+    from workbench.trace import TraceConfig, layer_statistics
+
+    def named(dense: bool) -> dict[str, torch.Tensor]:
+        stats = layer_statistics(
+            capture,
+            TraceConfig(ps=TRACE_PS),
+            relevant_positions=batch.relevant_positions,
+            dense=dense,
+        )
+        return {
+            "relevant_mass": stats["relevant_mass"],
+            "entropy": stats["entropy"],
+            "k_0.9": stats["top_p_budget"][..., TRACE_PS.index(0.9)].float(),
+        }
+
+    rows = {"attention": named(dense=False)}
+    if config.method() is not None:
+        rows["attention_dense"] = named(dense=True)
+    return EvalRows(capture.layer, rows)
+
+
+@eval_metric("stability")
+def stability_rows(capture: LayerCapture, batch: Batch, config: TrainConfig) -> EvalRows:
+    """``stability``: `workbench.metrics.stability.row_stability` (softmax Jacobian norms of the
+    dense and of the used attention, the top-k margin)."""
+    from workbench.metrics.stability import row_stability
+
+    return EvalRows(capture.layer, {"stability": row_stability(capture)})
+
+
+@contextlib.contextmanager
+def precision_context(config: TrainConfig, device: torch.device) -> Iterator[None]:
+    """bf16 autocast on CUDA with ``mixed_precision``, else nothing."""
+    with contextlib.ExitStack() as stack:
+        if config.mixed_precision and device.type == "cuda":
+            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        yield
+
+
+def eval_chunks(batch: Batch) -> list[Batch]:
+    """``batch`` in consecutive chunks of at most `EVAL_CHUNK_TOKENS` tokens."""
+    return batch.split(max(1, EVAL_CHUNK_TOKENS // batch.inputs.shape[1]))
+
+
+def evaluate(
+    model: nn.Module, task: ToyTask, batch: Batch, config: TrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """``eval_loss``, the task metric and the `eval_metric_names` of ``config`` on ``batch``: one
+    captured forward per chunk (`workbench.capture`) gives the outputs and every metric."""
+    names = eval_metric_names(config)
+    metrics = {name: get_eval_metric(name) for name in names}
+    outputs, rows = [], []
+    with evaluation_mode(model), torch.no_grad(), precision_context(config, device):
+        for chunk in eval_chunks(batch):
+            chunk_rows: list[EvalRows] = []
+
+            def measure(capture: LayerCapture, chunk: Batch = chunk, into=chunk_rows) -> None:
+                into.extend(metric(capture, chunk, config) for metric in metrics.values())
+
+            with capturing(model, sparse=sparse_plan(config), on_layer=measure):
+                outputs.append(model(chunk.inputs).float())
+            rows.append(chunk_rows)
+    outputs = torch.cat(outputs)
+    result: dict[str, Any] = {"eval_loss": task_loss(task, outputs, batch).item()}
+    return result | task_metrics(task, outputs, batch) | reduce_rows(rows, batch.loss_mask)
+
+
+def reduce_rows(chunks: list[list[EvalRows]], weights: torch.Tensor) -> dict[str, Any]:
+    """``{group: {statistic: [layer][head]}}``: the per-row values of every chunk (each a list of
+    per-layer `EvalRows`) concatenated along the batch and averaged over the positions with
+    ``weights`` ``[batch, seq]`` (e.g. a batch's ``loss_mask``), skipping non-finite values."""
+    collected: dict[str, dict[str, dict[int, list[torch.Tensor]]]] = {}
+    for chunk in chunks:
+        for layer_rows in chunk:
+            for group, statistics in layer_rows.rows.items():
+                for statistic, values in statistics.items():
+                    layers = collected.setdefault(group, {}).setdefault(statistic, {})
+                    layers.setdefault(layer_rows.layer, []).append(values)
+    result: dict[str, Any] = {}
+    for group, statistics in collected.items():
+        result[group] = {}
+        for statistic, layers in statistics.items():
+            means = []
+            for layer in sorted(layers):
+                values = torch.cat(layers[layer]).double()  # [batch, heads, seq]
+                w = weights[:, None, :].double().to(values.device) * torch.isfinite(values)
+                total = (values.nan_to_num(posinf=0.0, neginf=0.0) * w).sum(dim=(0, 2))
+                means.append((total / w.sum(dim=(0, 2))).tolist())
+            result[group][statistic] = means
+    return result
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside, ``model.train()`` on leaving (also on errors)."""
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+
+
+def training_set_metrics(model: nn.Module, data: TrainingData) -> dict[str, float]:
+    """Loss and task metric on the first ``eval_batch_size`` examples of the fixed training set,
+    keys suffixed ``_train`` (empty without a fixed set)."""
+    if data.fixed is None:
+        return {}
+    config = data.config.replace(trace_metrics=False, stability_metrics=False)
+    metrics = evaluate(model, data.task, data.fixed_head, config, data.device)
+    return {f"{name}_train": value for name, value in metrics.items()}
+
+
+def final_trace(model: nn.Module, batch: Batch, config: TrainConfig) -> Any:
+    """`workbench.trace.Trace` of the trained model (the attention it uses, sparse or not) on the
+    first examples of ``batch``: statistics, relevant mass and patterns of every layer and head,
+    as many examples (at most `FINAL_TRACE_EXAMPLES`) as keep the patterns under
+    `FINAL_TRACE_BYTES` (none when one example is larger: statistics only)."""
+    from workbench.trace import TraceConfig, estimate_pattern_bytes, trace
+
+    n_layers, n_heads = model_size(model)
+    seq = batch.inputs.shape[1]
+    per_example = estimate_pattern_bytes(1, n_heads, seq, seq, n_layers, TraceConfig())
+    count = min(FINAL_TRACE_EXAMPLES, batch.batch_size, FINAL_TRACE_BYTES // per_example)
+    patterns = count > 0
+    head = batch.take(torch.arange(max(count, 1), device=batch.inputs.device))
+    plan = sparse_plan(config)
+    return trace(
+        model,
+        head.inputs,
+        TraceConfig(patterns=patterns, ps=(0.5, 0.9), max_pattern_bytes=FINAL_TRACE_BYTES),
+        relevant_positions=head.relevant_positions,
+        sparse=None if plan is None else plan.method,
+        sparse_layers=None if plan is None else plan.layers,
+        sparse_block_size=config.sparse_block_size,
+    )
