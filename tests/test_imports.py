@@ -10,13 +10,6 @@ import pytest
 
 from workbench.devtools import imports
 
-KNOWN_WORKBENCH_CYCLES = (
-    "the method modules of workbench.sparse import workbench.viz.methods in their main() while "
-    "viz.methods imports the registry (workbench.sparse); workbench.experiments.runner and "
-    "workbench.viz.stability import workbench.experiments.analyses lazily while analyses imports "
-    "them"
-)
-
 
 @pytest.fixture(scope="module")
 def cycles() -> list[imports.Cycle]:
@@ -37,7 +30,6 @@ def test_no_cycle_passes_through_the_package(cycles: list[imports.Cycle], packag
     assert not touching, _describe(touching)
 
 
-@pytest.mark.xfail(strict=True, reason=f"known cycles: {KNOWN_WORKBENCH_CYCLES}")
 def test_no_cycle_anywhere(cycles: list[imports.Cycle]) -> None:
     assert not cycles, _describe(cycles)
 

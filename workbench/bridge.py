@@ -43,7 +43,7 @@ from torch import nn
 from toy_tasks.base import ToyTask
 
 if TYPE_CHECKING:
-    from workbench.models import ModelConfig
+    from workbench.model_config import ModelConfig
 
 
 class LinearInput(nn.Module):
@@ -90,7 +90,7 @@ def build_bridge(task: ToyTask, config: ModelConfig) -> Any:
     global random state is left as it was."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from workbench.models import fix_sinusoidal_positions
+    from workbench.positions import fix_sinusoidal_positions
 
     seed = 0 if config.seed is None else config.seed
     if task.kind == "tokens":

@@ -1,0 +1,116 @@
+"""The architecture of a toy model (`ModelConfig`), validated on construction: a bad field raises
+``ValueError`` naming it and its allowed range. `workbench.models` builds it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from toy_tasks.base import TORCH_SEED_MAX, check_int
+
+POSITIONALS = ("standard", "sinusoidal", "rotary")
+NORMALIZATIONS = ("LN", None)
+ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu")
+BACKENDS = ("hooked", "bridge")
+BRIDGE_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
+"""The `ACT_FNS` of TransformerLens' native models (``backend="bridge"``)."""
+
+
+def check_known_fields(cls: type, data: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the keys of ``data`` that are no field of dataclass ``cls``."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a toy-task transformer (the sizes of the task come from the task).
+
+    Attributes:
+        n_layers: number of transformer blocks.
+        d_model: residual stream width.
+        n_heads: attention heads per layer.
+        d_head: query / key / value dimension per head.
+        d_mlp: MLP hidden width (None = ``4 * d_model``); unused when ``attn_only``.
+        act_fn: MLP activation, one of `ACT_FNS`.
+        positional: ``"standard"`` (learned absolute), ``"sinusoidal"`` (fixed absolute, Vaswani
+            et al.; not trained) or ``"rotary"``.
+        normalization: ``"LN"`` (pre-LayerNorm) or None (no normalisation, as in the emergence
+            paper's transformer).
+        attn_only: blocks without MLPs.
+        seed: seed of the weight initialisation (None: 0 here; `workbench.train` uses its own
+            seed).
+        backend: ``"hooked"`` (TransformerLens ``HookedTransformer``) or ``"bridge"``
+            (``TransformerBridge``, `workbench.bridge`; ``act_fn`` one of `BRIDGE_ACT_FNS`). `to_dict`
+            omits it at its default, so configs and their hashes from before the field are
+            unchanged.
+    """
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_head: int = 16
+    d_mlp: int | None = None
+    act_fn: str = "relu"
+    positional: Literal["standard", "sinusoidal", "rotary"] = "standard"
+    normalization: Literal["LN"] | None = "LN"
+    attn_only: bool = False
+    seed: int | None = None
+    backend: Literal["hooked", "bridge"] = "hooked"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_int("n_layers", self.n_layers, 1)
+        check_int("d_model", self.d_model, 1)
+        check_int("n_heads", self.n_heads, 1)
+        check_int("d_head", self.d_head, 1)
+        if self.d_mlp is not None:
+            check_int("d_mlp", self.d_mlp, 1)
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"d_model must be even with sinusoidal positions, got {self.d_model}")
+        if self.positional == "rotary" and self.d_head % 2:
+            raise ValueError(f"d_head must be even with rotary positions, got {self.d_head}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        if not isinstance(self.attn_only, bool):
+            raise ValueError(f"attn_only must be a bool, got {self.attn_only!r}")
+        if self.seed is not None:
+            check_int("seed", self.seed, 0, TORCH_SEED_MAX)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "bridge" and self.act_fn not in BRIDGE_ACT_FNS:
+            raise ValueError(
+                f"act_fn must be one of {BRIDGE_ACT_FNS} with backend 'bridge' (TL-native MLPs), "
+                f"got {self.act_fn!r}"
+            )
+
+    @property
+    def mlp_width(self) -> int:
+        return 4 * self.d_model if self.d_mlp is None else self.d_mlp
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if self.backend == "hooked":  # the default is left out: hashes of older configs hold
+            del data["backend"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        check_known_fields(cls, data)
+        return cls(**data)
