@@ -230,10 +230,15 @@ def test_trace_heads_out_of_range_are_called_heads() -> None:
 
 # ---------------------------------------------------------------------------- training configs
 @pytest.mark.parametrize("value", [0, None, "k=1", [("k", 1)], {1: 2}])
-@pytest.mark.parametrize("field", ["task_overrides", "sparse_hparams"])
+@pytest.mark.parametrize("field", ["task_overrides", "sparse.hparams"])
 def test_train_keyword_mappings_must_be_mappings(field, value) -> None:
+    changes = (
+        {"sparse": {"method": "top_k", "hparams": value}}
+        if field == "sparse.hparams"
+        else {field: value}
+    )
     with pytest.raises(ValueError, match=field):
-        TrainConfig(**{field: value})
+        TrainConfig(**changes)
 
 
 @pytest.mark.parametrize("value", [0, "eval_loss", [("metric", "eval_loss")], 2.5])
@@ -243,24 +248,26 @@ def test_train_early_stop_must_be_a_mapping(value) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("changes", "field"),
     [
-        ("sparse_layers", 0),
-        ("sparse_layers", "01"),
-        ("sparse_method", []),
-        ("sparse_method", 0),
-        ("sparse_block_size", 8),
-        ("sparse_block_size", 48),
-        ("device", 0),
-        ("device", 2**63),
-        ("early_stop", {"metric": "eval_loss", "below": INF}),
+        ({"sparse": {"method": "top_k", "layers": 0}}, "sparse.layers"),
+        ({"sparse": {"method": "top_k", "layers": "01"}}, "sparse.layers"),
+        ({"sparse": {"method": []}}, "sparse.method"),
+        ({"sparse": {"method": 0}}, "sparse.method"),
+        ({"sparse": {"method": "top_k", "block_size": 8}}, "sparse.block_size"),
+        ({"sparse": {"method": "top_k", "block_size": 48}}, "sparse.block_size"),
+        ({"sparse": {"method": "top_k", "nope": 1}}, "sparse"),
+        ({"sparse": 3}, "sparse"),
+        ({"eval_metrics": ["attention", "attention"]}, "eval_metrics"),
+        ({"eval_metrics": [1]}, "eval_metrics"),
+        ({"device": 0}, "device"),
+        ({"device": 2**63}, "device"),
+        ({"early_stop": {"metric": "eval_loss", "below": INF}}, "early_stop"),
+        ({"early_stop": {"metric": "eval_loss", "below": 1.0, "above": 0.0}}, "early_stop"),
     ],
 )
-def test_train_fields_name_themselves(field, value) -> None:
-    changes = {field: value}
-    if field in ("sparse_layers", "sparse_block_size"):
-        changes["sparse_method"] = "top_k"
-    with pytest.raises(ValueError, match=field):
+def test_train_fields_name_themselves(changes, field) -> None:
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         TrainConfig(**changes)
 
 
@@ -272,8 +279,8 @@ def test_train_rates_that_only_diverge_are_rejected() -> None:
 
 
 def test_train_sparse_hparams_errors_name_the_field() -> None:
-    with pytest.raises(ValueError, match="sparse_hparams of top_k: k must be"):
-        TrainConfig(sparse_method="top_k", sparse_hparams={"k": 0})
+    with pytest.raises(ValueError, match=r"sparse\.hparams of top_k: k must be"):
+        TrainConfig(sparse={"method": "top_k", "hparams": {"k": 0}})
 
 
 def test_train_on_missing_cuda_names_the_device() -> None:

@@ -524,14 +524,31 @@ TRAIN_FIELDS = {
     "eval_batch_size": mostly(st.integers(-1, 6)),
     "metrics_every": mostly(st.integers(-1, 3)),
     "checkpoint_every": mostly(st.integers(-1, 3)),
-    "trace_metrics": flags,
-    "stability_metrics": flags,
-    "sparse_method": mostly(st.one_of(st.none(), st.sampled_from(["top_k", "sink_window"]))),
-    "sparse_hparams": mostly(
-        st.one_of(st.just({}), st.fixed_dictionaries({"k": mostly(st.integers(-1, 4))}))
+    "eval_metrics": mostly(
+        st.one_of(
+            st.lists(st.sampled_from(["attention", "stability", "nope"]), max_size=2),
+            st.just("attention"),
+        )
     ),
-    "sparse_layers": mostly(st.one_of(st.none(), st.lists(st.integers(-1, 1), max_size=2))),
-    "sparse_block_size": mostly(st.sampled_from([16, 32, 8, 48])),
+    "sparse": mostly(
+        st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {"method": mostly(st.sampled_from(["top_k", "sink_window"]))},
+                optional={
+                    "hparams": mostly(
+                        st.one_of(
+                            st.just({}), st.fixed_dictionaries({"k": mostly(st.integers(-1, 4))})
+                        )
+                    ),
+                    "layers": mostly(
+                        st.one_of(st.none(), st.lists(st.integers(-1, 1), max_size=2))
+                    ),
+                    "block_size": mostly(st.sampled_from([16, 32, 8, 48])),
+                },
+            ),
+        )
+    ),
     "mixed_precision": flags,
     "early_stop": mostly(
         st.one_of(
@@ -552,7 +569,7 @@ TRAIN_NAMES = {
     *field_names(TrainConfig),
     *field_names(ModelConfig),
     *(field for task in toy_tasks.names() for field in field_names(toy_tasks.task_class(task))),
-    *("metric", "below", "above", "patience", "nope"),
+    *("metric", "below", "above", "patience", "nope", "method", "hparams", "layers", "block_size"),
 }
 
 

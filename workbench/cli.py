@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Sparse-attention workbench.", no_args_is_help=True, add_completion=False)
 tasks_app = typer.Typer(help="Toy tasks with ground-truth relevance.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
+runs_app = typer.Typer(help="The run store: list and migrate run folders.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 
 def _print_version(value: bool) -> None:
@@ -442,13 +444,13 @@ def run_command(
 def _figure_groups(folder: Path) -> dict[Path, list[Run]]:
     """``{figures folder: runs}``: a run folder alone; else every analysis of the experiment
     ``folder`` with the runs its ``results.json`` names; else every run in ``folder``."""
-    from workbench.runs import Run, analyses_in, is_run, runs_in
+    from workbench.runs import Run, experiment_contents, is_run
 
     if is_run(folder):
         return {folder / "figures": [Run(folder)]}
-    runs = runs_in(folder)
+    analyses, runs = experiment_contents(folder)
     grouped = {}
-    for analysis in analyses_in(folder):
+    for analysis in analyses:
         names = set(analysis.run_names()) or {run.name for run in runs}
         grouped[analysis.figures_dir] = [run for run in runs if run.name in names]
     return grouped or {folder / "figures": runs}
@@ -460,7 +462,7 @@ def stability_command(
         Path, typer.Argument(help="An experiment's folder (runs/<name>) or a run folder.")
     ],
 ) -> None:
-    """Write softmax-stability curves over training (runs trained with stability_metrics) as
+    """Write softmax-stability curves over training (runs trained with eval_metrics: [stability]) as
     figures/stability_*.html next to the experiment's figures."""
     from workbench.experiments.analyses import method_label
     from workbench.io import write_figure
@@ -475,7 +477,7 @@ def stability_command(
         for name, figure in stability_figures(records, groups).items():
             written.append(write_figure(figure, out_dir / f"{name}.html"))
     if not written:
-        typer.echo(f"no stability metrics under {run_dir} (train with stability_metrics: true)")
+        typer.echo(f"no stability metrics under {run_dir} (train with eval_metrics: [stability])")
         raise typer.Exit(1)
     for path in written:
         typer.echo(f"figure: {path}")
@@ -483,3 +485,56 @@ def stability_command(
 
 if __name__ == "__main__":  # python -m workbench.cli
     app()
+
+
+@runs_app.command("list")
+def runs_list(
+    root: Annotated[Path, typer.Argument(help="Root of the run folders.")] = Path("runs"),
+) -> None:
+    """One line per run under ROOT/<experiment>/<hash>: status, task, method, seed, last step and
+    the last evaluation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workbench.runs import RunStore
+
+    rows = RunStore(root).index()
+    if not rows:
+        typer.echo(f"no runs under {root}")
+        raise typer.Exit(1)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@runs_app.command("migrate")
+def runs_migrate(
+    folder: Annotated[
+        Path, typer.Argument(help="An experiment's folder (runs/<name>, or a results folder).")
+    ],
+    spec: Annotated[
+        str | None,
+        typer.Option(help="The spec the runs belong to (default: the folder's own analyses)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would change; change nothing.")] = False,
+) -> None:
+    """Rename run folders written under the older config schema to their hashes in today's, and
+    rewrite the analyses there (old files kept as *.before-migration.*; nothing is deleted)."""
+    from workbench.experiments import load_spec
+    from workbench.experiments.migrate import describe, migrate
+
+    if not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
+    try:
+        migration = migrate(folder, None if spec is None else load_spec(spec), dry_run=dry_run)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="FOLDER / --spec") from None
+    typer.echo(("(dry run) " if dry_run else "") + describe(migration))

@@ -18,12 +18,25 @@ BRIDGE_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
 """The `ACT_FNS` of TransformerLens' native models (``backend="bridge"``)."""
 
 
-def check_known_fields(cls: type, data: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the keys of ``data`` that are no field of dataclass ``cls``."""
+def check_known_fields(cls: type, data: Mapping[str, Any], name: str | None = None) -> None:
+    """Raise ``ValueError`` naming the keys of ``data`` that are no field of dataclass ``cls``, or
+    the fields without a default it lacks (``name``: how the message calls the mapping, default the
+    class name)."""
+    label = name or cls.__name__
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{label} must be a mapping of field names to values, got {data!r}")
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        raise ValueError(f"unknown {label} fields {unknown}; known: {sorted(known)}")
+    required = [
+        field.name
+        for field in dataclasses.fields(cls)
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ValueError(f"{label} needs the fields {missing}, got {dict(data)!r}")
 
 
 @dataclass(frozen=True)

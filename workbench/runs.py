@@ -96,6 +96,54 @@ def attention_series(
     return np.array(steps, dtype=np.float64), values.reshape(len(steps), *values.shape[1:])
 
 
+LEGACY_SPARSE_KEYS = {
+    "sparse_method": "method",
+    "sparse_hparams": "hparams",
+    "sparse_layers": "layers",
+    "sparse_block_size": "block_size",
+}
+LEGACY_METRIC_FLAGS = {"trace_metrics": "attention", "stability_metrics": "stability"}
+
+
+def migrate_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested config dict of the older schema in today's: the flat ``sparse_method``,
+    ``sparse_hparams``, ``sparse_layers``, ``sparse_block_size`` become ``sparse`` (None without a
+    method; defaults left out, as `SparseConfig.to_dict` writes it) and the ``trace_metrics`` /
+    ``stability_metrics`` flags become ``eval_metrics`` (``attention`` / ``stability``). Dicts of
+    today's schema (and partial ones, such as a spec's ``quick`` overrides) come back unchanged."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a training config must be a mapping, got {data!r}")
+    values = dict(data)
+    legacy = {new: values.pop(old) for old, new in LEGACY_SPARSE_KEYS.items() if old in values}
+    if legacy:
+        if "sparse" in values:
+            raise ValueError(f"a config holds both sparse and {sorted(LEGACY_SPARSE_KEYS)} keys")
+        method = legacy.get("method")
+        if method is None:
+            if legacy.get("hparams") or legacy.get("layers") is not None:
+                raise ValueError("sparse_hparams and sparse_layers need a sparse_method")
+            values["sparse"] = None
+        else:
+            defaults = {"hparams": None, "layers": None, "block_size": 64}
+            values["sparse"] = {"method": method, "hparams": legacy.get("hparams") or {}} | {
+                key: legacy[key]
+                for key in ("layers", "block_size")
+                if key in legacy and legacy[key] != defaults[key]
+            }
+    flags = {new: values.pop(old) for old, new in LEGACY_METRIC_FLAGS.items() if old in values}
+    if flags:
+        if "eval_metrics" in values:
+            raise ValueError(f"a config holds both eval_metrics and {sorted(LEGACY_METRIC_FLAGS)}")
+        values["eval_metrics"] = [name for name, on in flags.items() if on]
+    return values
+
+
+def sparse_setting(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``sparse`` entry (``{method, hparams, ...}``) of a run's nested config in either
+    schema (None: dense)."""
+    return migrate_config(config).get("sparse")
+
+
 @dataclass(frozen=True)
 class Run:
     """One run folder (see the module docstring); nothing is read until asked for."""
@@ -229,6 +277,16 @@ def analyses_in(folder: str | Path) -> list[Analysis]:
     return [Analysis(path.parent) for path in sorted(Path(folder).glob(f"*/{EXPERIMENT}"))]
 
 
+def experiment_contents(folder: str | Path) -> tuple[list[Analysis], list[Run]]:
+    """``(analyses, runs)`` of an experiment folder: ``<root>/<experiment>/`` of a store (run and
+    analysis folders side by side), or a results folder (an analysis, ``experiment.yaml`` in the
+    folder itself, with its runs in ``runs/``, as ``docs/results/*`` are)."""
+    folder = Path(folder)
+    analyses = [Analysis(folder)] if (folder / EXPERIMENT).exists() else []
+    runs_folder = folder / "runs" if (folder / "runs").is_dir() else folder
+    return analyses + analyses_in(folder), runs_in(runs_folder)
+
+
 class RunStore:
     """The run folders under ``root`` (``runs/`` by default; see the module docstring)."""
 
@@ -288,7 +346,7 @@ class RunStore:
                     "config_hash": run.name,
                     "status": run.status(),
                     "task": task.get("name") if isinstance(task, Mapping) else task,
-                    "method": config.get("sparse_method") or "dense",
+                    "method": (sparse_setting(config) or {}).get("method", "dense"),
                     "seed": config.get("seed"),
                     "last_step": records[-1]["step"] if records else None,
                     **{

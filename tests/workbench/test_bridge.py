@@ -262,9 +262,13 @@ def test_backend_is_serialised_only_when_not_the_default() -> None:
 def test_committed_run_configs_keep_their_hashes() -> None:
     """Run folders are keyed by the hash of their config, checkpoints compare normalised configs:
     neither may change because ``ModelConfig`` grew ``backend``."""
-    folder = RESULTS / "emergence_h100" / "runs" / "3ccf22786ae2"
-    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    assert config_hash(config) == folder.name
-    model = ModelConfig.from_dict(config["model"])
-    assert model.backend == "hooked"
+    folders = sorted(RESULTS.glob("*/runs/*"))
+    assert folders
+    for folder in folders:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        assert config_hash(config) == folder.name
+        model = ModelConfig.from_dict(config["model"])
+        assert model.backend == "hooked" and "backend" not in model.to_dict()
+    (emergence, *_) = sorted(RESULTS.glob("emergence_h100/runs/*/config.yaml"))
+    model = ModelConfig.from_dict(yaml.safe_load(emergence.read_text(encoding="utf-8"))["model"])
     assert config_hash(model.to_dict()) == "f8566cfa584d"  # the value before the field existed

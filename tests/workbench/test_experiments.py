@@ -24,8 +24,7 @@ from workbench.runs import Run
 BASE = {
     "task": {"name": "single_location", "seq_len": 8, "d": 4, "burstiness": 1},
     "model": {"n_layers": 1, "d_model": 8},
-    "sparse_method": None,
-    "sparse_hparams": {},
+    "sparse": None,
     "steps": 10,
 }
 
@@ -79,14 +78,12 @@ def test_sweep_expands_as_a_grid_times_seeds():
         (8, 2, 0),
     ]
     assert BASE["task"]["seq_len"] == 8  # the base is not mutated
-    coupled = make_spec(
-        sweep={"sparse_method,sparse_hparams": [[None, {}], ["top_k", {"k": 5}]], "steps": [1, 2]}
-    )
-    assert [(c["sparse_method"], c["sparse_hparams"], c["steps"]) for c in coupled.configs()] == [
-        (None, {}, 1),
-        (None, {}, 2),
-        ("top_k", {"k": 5}, 1),
-        ("top_k", {"k": 5}, 2),
+    coupled = make_spec(sweep={"task.d,task.burstiness": [[4, 1], [8, 2]], "steps": [1, 2]})
+    assert [(c["task"]["d"], c["task"]["burstiness"], c["steps"]) for c in coupled.configs()] == [
+        (4, 1, 1),
+        (4, 1, 2),
+        (8, 2, 1),
+        (8, 2, 2),
     ]
 
 
@@ -115,7 +112,7 @@ def test_quick_variant_merges_base_and_replaces_sweeps():
         ({"sweep": {"task.seqlen": [1]}}, "sweep: 'task.seqlen' is not a key of base"),
         ({"sweep": {"steps": []}}, "non-empty list"),
         ({"sweep": {"steps": 5}}, "non-empty list"),
-        ({"sweep": {"steps,sparse_method": [[1, None], [3]]}}, "list of 2 values"),
+        ({"sweep": {"steps,sparse": [[1, None], [3]]}}, "list of 2 values"),
         ({"sweep": {"steps,lrr": [[1, 2]]}}, "sweep: 'lrr' is not a key"),
         ({"seeds": [0, 0]}, "distinct"),
         ({"seeds": [-1]}, "seeds"),
@@ -300,7 +297,7 @@ def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
 def test_semantic_focus_analysis_groups_by_method(tmp_path):
     spec = make_spec(
         "semantic_focus",
-        sweep={"sparse_method,sparse_hparams": [[None, {}], ["top_k", {"k": 5}]]},
+        sweep={"sparse": [None, {"method": "top_k", "hparams": {"k": 5}}]},
         seeds=[0, 1],
         analysis={"thresholds": [0.05, 0.5]},
     )
@@ -320,7 +317,7 @@ def test_semantic_focus_summarises_each_task_apart(tmp_path):
         "semantic_focus",
         sweep={
             "task.seq_len": [8, 16],
-            "sparse_method,sparse_hparams": [[None, {}], ["top_k", {"k": 5}]],
+            "sparse": [None, {"method": "top_k", "hparams": {"k": 5}}],
         },
         seeds=[0],
     )

@@ -41,13 +41,17 @@ def test_run_store_lists_finds_and_indexes_runs(tmp_path):
     status and last evaluation of each run; `find` takes a hash prefix."""
     store = RunStore(tmp_path)
     finished = store.run("toy", "aaa111")
-    finished.write_config({"task": {"name": "assoc_recall"}, "seed": 0, "sparse_method": "top_k"})
+    finished.write_config(
+        {"task": {"name": "assoc_recall"}, "seed": 0, "sparse": {"method": "top_k", "hparams": {}}}
+    )
     finished.metrics_path.write_text(
         json.dumps({"step": 0, "eval_loss": 2.0}) + "\n" + json.dumps({"step": 5, "loss": 1.0})
     )
     finished.write_result({"seconds": 1.0})
     unfinished = store.run("toy", "bbb222")
-    unfinished.write_config({"task": "assoc_recall", "seed": 1})
+    unfinished.write_config(
+        {"task": "assoc_recall", "seed": 1, "sparse_method": None}
+    )  # older schema
     unfinished.metrics_path.write_text(json.dumps({"step": 0, "eval_loss": 2.5}) + "\n")
     empty = store.run("other", "ccc333")
     empty.write_config({"seed": 2})

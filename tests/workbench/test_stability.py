@@ -379,9 +379,8 @@ def stability_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         eval_every=10,
         eval_batch_size=32,
         batch_size=16,
-        stability_metrics=True,
-        sparse_method="top_k",
-        sparse_hparams={"k": 3},
+        eval_metrics=("stability",),
+        sparse={"method": "top_k", "hparams": {"k": 3}},
     )
     train(config, out, progress=False)
     return out

@@ -57,7 +57,7 @@ class Interrupt(Exception):
 @pytest.fixture(scope="module")
 def recall_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("recall")
-    return train(recall_config(trace_metrics=True), out, progress=False)
+    return train(recall_config(eval_metrics=("attention",)), out, progress=False)
 
 
 def test_assoc_recall_is_learned(recall_run) -> None:
@@ -89,11 +89,11 @@ def test_metrics_schema(recall_run) -> None:
     assert recall_run.checkpoint_path.exists() and recall_run.checkpoint_json_path.exists()
     checkpoint = json.loads(recall_run.checkpoint_json_path.read_text())
     assert checkpoint["step"] == 300
-    assert TrainConfig.from_dict(checkpoint["config"]) == recall_config(trace_metrics=True)
+    assert TrainConfig.from_dict(checkpoint["config"]) == recall_config(eval_metrics=("attention",))
 
 
 def test_evaluation_does_not_depend_on_the_chunk_size(recall_run, monkeypatch) -> None:
-    config = recall_config(trace_metrics=True)
+    config = recall_config(eval_metrics=("attention",))
     batch = recall_run.task.sample(40, torch.Generator().manual_seed(5))
     whole = evaluate(recall_run.model, recall_run.task, batch, config, torch.device("cpu"))
     monkeypatch.setattr(evaluation_module, "EVAL_CHUNK_TOKENS", 7 * RECALL["seq_len"])
@@ -109,14 +109,14 @@ def test_evaluation_does_not_depend_on_the_chunk_size(recall_run, monkeypatch) -
 
 def test_load_model_restores_the_trained_weights(recall_run) -> None:
     model, config, step = load_model(recall_run.out_dir)
-    assert step == 300 and config == recall_config(trace_metrics=True)
+    assert step == 300 and config == recall_config(eval_metrics=("attention",))
     for name, value in recall_run.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
 
 
 def test_a_finished_run_is_not_trained_again(recall_run) -> None:
     before = recall_run.metrics_path.read_bytes()
-    again = train(recall_config(trace_metrics=True), recall_run.out_dir, progress=False)
+    again = train(recall_config(eval_metrics=("attention",)), recall_run.out_dir, progress=False)
     assert again.resumed_from == 300
     assert again.metrics == recall_run.metrics
     assert recall_run.metrics_path.read_bytes() == before
@@ -165,7 +165,7 @@ def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None
         metrics_every=3,
         checkpoint_every=10,
         grad_clip=0.5,
-        trace_metrics=True,
+        eval_metrics=("attention",),
         **changes,
     )
     uninterrupted = train(config, tmp_path / "a", progress=False)
@@ -297,16 +297,18 @@ def test_sparse_training_runs_through_sparsify_and_learns(tmp_path: Path) -> Non
         steps=100,
         eval_every=50,
         checkpoint_every=100,
-        sparse_method="sink_window",
-        sparse_hparams={"sink": 1, "window": 8},
-        sparse_layers=[1],
-        sparse_block_size=16,
+        sparse={
+            "method": "sink_window",
+            "hparams": {"sink": 1, "window": 8},
+            "layers": [1],
+            "block_size": 16,
+        },
     )
     result = train(sparse, tmp_path / "sparse", progress=False)
     records = read_metrics(result.metrics_path)
     assert result.metrics["eval_loss"] < 0.5 * records[0]["eval_loss"]
     assert records[-1]["loss"] < records[1]["loss"]
-    dense = sparse.replace(steps=1, sparse_method=None, sparse_hparams={}, sparse_layers=None)
+    dense = sparse.replace(steps=1, sparse=None)
     dense_records = read_metrics(train(dense, tmp_path / "dense", progress=False).metrics_path)
     assert dense_records[0]["eval_loss"] != records[0]["eval_loss"]  # the sparse forward differs
 
@@ -319,11 +321,8 @@ def test_sparse_training_logs_the_attention_it_trains(tmp_path: Path) -> None:
         steps=2,
         eval_every=2,
         eval_batch_size=32,
-        trace_metrics=True,
-        sparse_method="top_k",
-        sparse_hparams={"k": 1},
-        sparse_layers=[1],
-        sparse_block_size=16,
+        eval_metrics=("attention",),
+        sparse={"method": "top_k", "hparams": {"k": 1}, "layers": [1], "block_size": 16},
     )
     record = read_metrics(train(config, tmp_path, progress=False).metrics_path)[-1]
     used, dense = record["attention"], record["attention_dense"]
@@ -353,11 +352,8 @@ def test_an_evaluation_with_every_metric_runs_one_forward_per_chunk(
         steps=4,
         eval_every=2,
         eval_batch_size=100,
-        trace_metrics=True,
-        stability_metrics=True,
-        sparse_method="top_k",
-        sparse_hparams={"k": 3},
-        sparse_block_size=16,
+        eval_metrics=("attention", "stability"),
+        sparse={"method": "top_k", "hparams": {"k": 3}, "block_size": 16},
     )
     record = read_metrics(train(config, tmp_path, progress=False).metrics_path)[-1]
     assert {"attention", "attention_dense", "stability"} <= set(record)
@@ -392,12 +388,13 @@ def test_learning_rate_schedules() -> None:
         ({"metrics_every": 0}, "metrics_every"),
         ({"task_overrides": {"n_pairs": 0}}, "n_pairs"),
         ({"task": "nope"}, "nope"),
-        ({"sparse_method": "nope"}, "nope"),
-        ({"sparse_method": "top_k", "sparse_hparams": {"k": 0}}, "k"),
-        ({"sparse_method": "top_k", "sparse_layers": [2]}, "sparse_layers"),
-        ({"sparse_hparams": {"k": 3}}, "sparse_method"),
+        ({"sparse": {"method": "nope"}}, "nope"),
+        ({"sparse": {"method": "top_k", "hparams": {"k": 0}}}, "k"),
+        ({"sparse": {"method": "top_k", "layers": [2]}}, "sparse.layers"),
+        ({"sparse": {"hparams": {"k": 3}}}, "method"),
         ({"device": "tpu"}, "device"),
-        ({"trace_metrics": "yes"}, "trace_metrics"),
+        ({"eval_metrics": ("attention", "nope")}, "eval_metrics"),
+        ({"eval_metrics": "attention"}, "eval_metrics"),
         ({"early_stop": {"metric": "loss", "below": 1.0}}, "early_stop.metric"),
         ({"early_stop": {"metric": "eval_loss"}}, "early_stop"),
         ({"early_stop": {"metric": "eval_loss", "below": 1, "above": 2}}, "early_stop"),
@@ -420,9 +417,7 @@ def test_config_round_trips_through_yaml(task) -> None:
         task=task,
         task_overrides=RECALL if task == "assoc_recall" else {},
         model=TINY.replace(positional="sinusoidal", normalization=None),
-        sparse_method="top_k",
-        sparse_hparams={"k": 3},
-        sparse_layers=[0],
+        sparse={"method": "top_k", "hparams": {"k": 3}, "layers": [0]},
         grad_clip=0.5,
     )
     text = yaml.safe_dump(config.to_dict())

@@ -1,9 +1,9 @@
 """The analyses of the bundled experiments (``experiments/*.yaml``), registered by name.
 
 They read the runs' configs (`workbench.train.TrainConfig` dicts: ``task`` as
-``{name, <task parameters>}``, ``sparse_method`` (None = dense), ``sparse_hparams``, ``seed``) and
+``{name, <task parameters>}``, ``sparse`` (None = dense, else ``{method, hparams, ...}``), ``seed``) and
 the runs' ``metrics.jsonl`` records (``step``, ``eval_loss``, ``eval_accuracy`` or ``eval_mse``, and
-with ``trace_metrics`` ``attention = {name: [layer][head]}``).
+with the ``attention`` evaluation metric ``attention = {name: [layer][head]}``).
 Options come from the spec's ``analysis`` mapping; unknown options raise ``ValueError``.
 """
 
@@ -19,7 +19,7 @@ from workbench.analysis import compare_exponents, emergence_time, fit_power_law,
 from workbench.experiments.base import AnalysisOutput, RunRecord, analysis
 from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
-from workbench.runs import attention_series, metric_series
+from workbench.runs import attention_series, metric_series, sparse_setting
 from workbench.viz.experiments import curves_figure, power_law_figure, table_figure
 from workbench.viz.stability import stability_figures
 
@@ -89,7 +89,7 @@ def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisO
     comparison with the paper's exponents (``paper``: ``"transformer"`` or ``"toy_model"``).
     ``initial_loss``: the reference of the 0.2 x threshold (None: each run's loss at step 0; the
     paper's toy model starts at the zero predictor's loss 0.5, which a randomly initialised
-    transformer does not). Figures: loss curves, relevant-mass curves (with ``trace_metrics``), fit."""
+    transformer does not). Figures: loss curves, relevant-mass curves (with the ``attention`` metric), fit."""
     options = _options(
         spec,
         {
@@ -214,20 +214,20 @@ def _fit_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
 
 
 def method_label(config: Mapping[str, Any]) -> str:
-    """``"dense"`` or e.g. ``"top_k(k=5)"`` from ``sparse_method`` and ``sparse_hparams``."""
-    method = config.get("sparse_method")
-    if method is None:
+    """``"dense"`` or e.g. ``"top_k(k=5)"`` from a run config's ``sparse`` entry."""
+    sparse = sparse_setting(config)
+    if sparse is None:
         return "dense"
-    hparams = sorted((config.get("sparse_hparams") or {}).items())
-    return f"{method}({', '.join(f'{key}={value}' for key, value in hparams)})"
+    hparams = sorted((sparse.get("hparams") or {}).items())
+    return f"{sparse['method']}({', '.join(f'{key}={value}' for key, value in hparams)})"
 
 
 @analysis("semantic_focus")
 def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
     """Per task and sparse method: steps to reach each accuracy in ``thresholds``
     (`threshold_time`), final accuracy, and the final value of every other metric starting with
-    ``accuracy_key`` (e.g. ``eval_accuracy_train``: on the training set). Runs trained with
-    ``stability_metrics`` add the final softmax stability (`_stability_row`) and a summary per task
+    ``accuracy_key`` (e.g. ``eval_accuracy_train``: on the training set). Runs trained with the
+    ``stability`` evaluation metric add the final softmax stability (`_stability_row`) and a summary per task
     and kind of attention (dense, input-dependent, input-agnostic). Figures: accuracy and loss
     curves per task and method, summary table, stability curves."""
     options = _options(
@@ -306,11 +306,10 @@ def _attention_kind(config: Mapping[str, Any]) -> str:
     """``"dense"``, ``"input-dependent"`` or ``"input-agnostic"`` sparse attention."""
     import workbench.sparse
 
-    method = config.get("sparse_method")
-    if method is None:
+    sparse = sparse_setting(config)
+    if sparse is None:
         return "dense"
-    hparams = config.get("sparse_hparams") or {}
-    dependent = workbench.sparse.get(method, **hparams).input_dependent
+    dependent = workbench.sparse.get(sparse["method"], **sparse.get("hparams", {})).input_dependent
     return "input-dependent" if dependent else "input-agnostic"
 
 

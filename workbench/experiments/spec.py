@@ -8,11 +8,15 @@ A spec file looks like::
     description: Emergence time of the single-location task against T and burstiness.
     base:                     # one training-config dict (nested), the defaults of every run
       task: {name: single_location, seq_len: 64, burstiness: 1}
+      model: {n_layers: 2, d_model: 64}
+      sparse: null            # dense; or {method: top_k, hparams: {k: 5}}
+      eval_metrics: [attention]
       steps: 20000
     sweep:                    # dotted path into `base` -> values; expanded as a grid
       task.seq_len: [32, 64, 128]
       task.burstiness: [1, 4]
-      sparse_method,sparse_hparams: [[null, {}], [top_k, {k: 5}]]   # coupled paths, one axis
+      model.n_layers,model.d_model: [[2, 64], [4, 128]]   # coupled paths, one axis
+      sparse: [null, {method: top_k, hparams: {k: 5}}]
     seeds: [0, 1, 2]          # every grid point runs once per seed (config key `seed`)
     quick:                    # applied by --quick: a small CPU variant
       base: {steps: 300}      # deep-merged into `base` (dotted keys allowed)

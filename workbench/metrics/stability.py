@@ -26,7 +26,7 @@ Per query row, with probabilities ``p = softmax(s)`` over the keys the row atten
 * **Streaming** (`row_stability_from_qk`): per-row ``||J||_2``, ``||J||_F`` and the top-k margin
   from q and k in chunks of query rows (memory ``O(chunk x kv_len)``).
 * **Captures**: `row_stability` of a layer captured by `workbench.capture` (what training logs
-  with ``stability_metrics``, as per layer and head means over the scored positions) and
+  with the ``stability`` evaluation metric, as per layer and head means over the scored positions) and
   `stability_series` (curves from a ``metrics.jsonl``).
 """
 

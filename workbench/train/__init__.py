@@ -15,14 +15,14 @@ Files in ``out_dir``:
   step, and the last step) a training line, with the evaluation at evaluation steps. An evaluation
   runs one captured forward per chunk of the evaluation batch (`workbench.capture`): the loss and
   the task metric (``eval_accuracy``: argmax accuracy on the scored positions; ``eval_mse``:
-  squared error / ``d_output``) and every evaluation metric come from it. With ``trace_metrics``
-  (metric ``attention``) ``attention = {"relevant_mass" | "entropy" | "k_0.9": [layer][head]}``:
-  means over the scored positions of the attention the model uses (with ``sparse_method``, the
-  softmax over the method's selection on the sparse layers, and beside it ``attention_dense``:
-  the same of the dense softmax of the same q and k); with ``stability_metrics`` (metric
-  ``stability``) ``stability = {"jacobian_norm" | "method_jacobian_norm" | "top_k_margin":
-  [layer][head]}`` (`workbench.metrics.stability.row_stability`, same means); with a fixed
-  training set (``train_samples``) also ``eval_loss_train`` and ``eval_accuracy_train`` /
+  squared error / ``d_output``) and every evaluation metric of ``eval_metrics`` come from it:
+  ``"attention"`` logs ``attention = {"relevant_mass" | "entropy" | "k_0.9": [layer][head]}``,
+  means over the scored positions of the attention the model uses (with ``sparse``, the softmax
+  over the method's selection on the sparse layers, and beside it ``attention_dense``: the same
+  of the dense softmax of the same q and k); ``"stability"`` logs ``stability =
+  {"jacobian_norm" | "method_jacobian_norm" | "top_k_margin": [layer][head]}``
+  (`workbench.metrics.stability.row_stability`, same means). With a fixed training set
+  (``train_samples``) evaluations also log ``eval_loss_train`` and ``eval_accuracy_train`` /
   ``eval_mse_train`` on its first ``eval_batch_size`` examples.
 * ``traces/final.{safetensors,json}``: a `workbench.trace.Trace` of the trained model on the first
   evaluation examples (statistics and patterns of the attention it uses; `final_trace`).
@@ -52,30 +52,30 @@ generator. A run resumed from a checkpoint continues bit for bit as the uninterr
 
 Losses: token tasks, cross-entropy on the scored positions; continuous tasks,
 ``1/2 ||y - y*||^2`` summed over ``d_output`` and averaged over the scored positions (the emergence
-paper's loss). With ``sparse_method``, every forward (training and evaluation) runs through
+paper's loss). With ``sparse`` (a `SparseConfig`), every forward (training and evaluation) runs through
 `workbench.sparse.patch.sparsify`, so the sparse model is what is trained.
 """
 
 from workbench.train.checkpoint import TrainState, load_model
-from workbench.train.config import TrainConfig, sparse_plan
+from workbench.train.config import EarlyStop, SparseConfig, TrainConfig, migrate_config, sparse_plan
 from workbench.train.data import TrainingData
 from workbench.train.evaluation import (
     EVAL_CHUNK_TOKENS,
-    EvalRows,
-    eval_metric,
     evaluate,
     final_trace,
-    get_eval_metric,
 )
 from workbench.train.loop import METRICS_FILE, Callback, TrainingInterrupted, TrainResult, train
 from workbench.train.losses import task_loss, task_metrics
 from workbench.train.optim import learning_rate, make_optimizer
+from workbench.train.registry import EvalRows, eval_metric, get_eval_metric
 
 __all__ = [
     "EVAL_CHUNK_TOKENS",
     "METRICS_FILE",
     "Callback",
+    "EarlyStop",
     "EvalRows",
+    "SparseConfig",
     "TrainConfig",
     "TrainResult",
     "TrainState",
@@ -88,6 +88,7 @@ __all__ = [
     "learning_rate",
     "load_model",
     "make_optimizer",
+    "migrate_config",
     "sparse_plan",
     "task_loss",
     "task_metrics",

@@ -15,7 +15,13 @@ from torch import nn
 
 from workbench import checkpoint
 from workbench.models import build_model
-from workbench.train.config import RESUMABLE_FIELDS, TrainConfig
+from workbench.train.config import (
+    RESUMABLE_FIELDS,
+    EarlyStop,
+    SparseConfig,
+    TrainConfig,
+    migrate_config,
+)
 from workbench.train.optim import learning_rate
 
 
@@ -84,7 +90,11 @@ def _model_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def check_resumable(saved: Mapping[str, Any], config: TrainConfig) -> None:
     """Raise ``ValueError`` when a checkpoint's config differs from ``config`` outside
-    `RESUMABLE_FIELDS`."""
+    `RESUMABLE_FIELDS` (a config saved in the older schema is compared in today's)."""
+    saved = {**migrate_config(saved)}
+    for name, convert in (("sparse", SparseConfig), ("early_stop", EarlyStop)):
+        if isinstance(saved.get(name), Mapping):  # as to_dict writes it (defaults left out)
+            saved[name] = convert.from_dict(saved[name]).to_dict()
     current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
     changed = sorted(
         name

@@ -16,6 +16,8 @@ from kernels.layout import check_block_size
 from toy_tasks.base import ToyTask, check_float, check_int
 from workbench.capture import SparsePlan
 from workbench.models import ModelConfig, check_known_fields
+from workbench.runs import migrate_config
+from workbench.train.registry import names as eval_metric_names
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -60,18 +62,15 @@ class TrainConfig:
         eval_batch_size: size of the fixed evaluation batch.
         metrics_every: log the training loss every this many steps.
         checkpoint_every: checkpoint every this many steps (and at the last step).
-        trace_metrics: add attention metrics (`workbench.trace`) to the evaluations.
-        stability_metrics: add softmax-stability metrics (`workbench.metrics.stability`) to the
-            evaluations.
-        sparse_method: train through this `workbench.sparse` method (None: dense).
-        sparse_hparams: its hyper-parameters.
-        sparse_layers: the sparse layers (None: all).
-        sparse_block_size: block size of the sparse layouts.
+        eval_metrics: registered evaluation metrics (`workbench.train.registry`) each evaluation
+            adds, e.g. ``("attention", "stability")``.
+        sparse: train through a sparse-attention method (`SparseConfig`; a dict is converted),
+            None: dense attention.
         mixed_precision: bf16 autocast on CUDA (no effect on CPU).
-        early_stop: stop before ``steps`` once an evaluation metric has met a bound at
-            ``patience`` consecutive evaluations, e.g. ``{"metric": "eval_loss", "below": 0.05,
-            "patience": 3}`` (``below`` or ``above``; ``patience`` defaults to 1). The last record
-            then holds ``"stopped_early": true`` and a checkpoint; None: always train ``steps``.
+        early_stop: stop before ``steps`` once an evaluation metric has met a bound (`EarlyStop`;
+            a dict such as ``{"metric": "eval_loss", "below": 0.05, "patience": 3}`` is
+            converted). The last record then holds ``"stopped_early": true`` and a checkpoint;
+            None: always train ``steps``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:<n>"``.
     """
 
@@ -95,26 +94,21 @@ class TrainConfig:
     eval_batch_size: int = 256
     metrics_every: int = 10
     checkpoint_every: int = 500
-    trace_metrics: bool = False
-    stability_metrics: bool = False
-    sparse_method: str | None = None
-    sparse_hparams: Mapping[str, Any] = field(default_factory=dict)
-    sparse_layers: Sequence[int] | None = None
-    sparse_block_size: int = 64
+    eval_metrics: Sequence[str] = ()
+    sparse: SparseConfig | None = None
     mixed_precision: bool = False
-    early_stop: Mapping[str, Any] | None = None
+    early_stop: EarlyStop | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("task_overrides", "sparse_hparams"):
-            object.__setattr__(self, name, _keyword_dict(name, getattr(self, name)))
-        if isinstance(self.early_stop, Mapping):  # anything else: `validate` names it
-            object.__setattr__(self, "early_stop", dict(self.early_stop))
-        if self.sparse_layers is not None:
-            layers = self.sparse_layers
-            if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
-                raise ValueError(f"sparse_layers must be None or layer indices, got {layers!r}")
-            object.__setattr__(self, "sparse_layers", tuple(layers))
+        object.__setattr__(
+            self, "task_overrides", _keyword_dict("task_overrides", self.task_overrides)
+        )
+        object.__setattr__(self, "eval_metrics", _name_tuple("eval_metrics", self.eval_metrics))
+        if isinstance(self.sparse, Mapping):
+            object.__setattr__(self, "sparse", SparseConfig.from_dict(self.sparse))
+        if isinstance(self.early_stop, Mapping):
+            object.__setattr__(self, "early_stop", EarlyStop.from_dict(self.early_stop))
         self.validate()
 
     def validate(self) -> None:
@@ -126,7 +120,6 @@ class TrainConfig:
             check_int(name, getattr(self, name), 1)
         for name in ("metrics_every", "checkpoint_every"):
             check_int(name, getattr(self, name), 1)
-        check_block_size("sparse_block_size", self.sparse_block_size)
         check_int("warmup_steps", self.warmup_steps, 0, self.steps)
         if self.train_samples is not None:
             check_int("train_samples", self.train_samples, self.batch_size)
@@ -142,60 +135,34 @@ class TrainConfig:
         check_float("gamma", self.gamma, 0.0, 1.0)
         if self.grad_clip is not None:
             _check_positive("grad_clip", self.grad_clip)
-        for name in ("trace_metrics", "stability_metrics", "mixed_precision"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.mixed_precision, bool):
+            raise ValueError(f"mixed_precision must be a bool, got {self.mixed_precision!r}")
+        self._validate_eval_metrics()
         self._validate_sparse()
-        self._validate_early_stop()
+        if self.early_stop is not None and not isinstance(self.early_stop, EarlyStop):
+            raise ValueError(
+                f"early_stop must be an EarlyStop, a dict or None, got {self.early_stop!r}"
+            )
         self._validate_device()
         if task.kind not in ("tokens", "continuous"):
             raise ValueError(f"task must be a token or continuous task, got kind {task.kind!r}")
 
+    def _validate_eval_metrics(self) -> None:
+        known = eval_metric_names()
+        unknown = [name for name in self.eval_metrics if name not in known]
+        if unknown or len(set(self.eval_metrics)) < len(self.eval_metrics):
+            raise ValueError(
+                f"eval_metrics must be distinct registered evaluation metrics "
+                f"({', '.join(known)}), got {list(self.eval_metrics)}"
+            )
+
     def _validate_sparse(self) -> None:
-        if self.sparse_method is None:
-            if self.sparse_hparams or self.sparse_layers is not None:
-                raise ValueError("sparse_hparams and sparse_layers need a sparse_method")
+        if self.sparse is None:
             return
-        import workbench.sparse
-
-        known = workbench.sparse.names()
-        if not isinstance(self.sparse_method, str) or self.sparse_method not in known:
-            raise ValueError(
-                f"sparse_method must be None or one of {', '.join(known)}, "
-                f"got {self.sparse_method!r}"
-            )
-        try:
-            self.method()
-        except ValueError as error:  # an unknown or out-of-range hyper-parameter
-            raise ValueError(f"sparse_hparams of {self.sparse_method}: {error}") from None
-        if self.sparse_layers is not None:
-            layers = self.sparse_layers
-            n_layers = self.model.n_layers
-            if not layers or len(set(layers)) < len(layers):
-                raise ValueError(f"sparse_layers must be distinct layer indices, got {layers}")
-            for layer in layers:
-                check_int("sparse_layers", layer, 0, n_layers - 1)
-
-    def _validate_early_stop(self) -> None:
-        rule = self.early_stop
-        if rule is None:
-            return
-        allowed = {"metric", "below", "above", "patience"}
-        if not isinstance(rule, Mapping) or not set(rule) <= allowed or "metric" not in rule:
-            raise ValueError(
-                f"early_stop must be a dict with 'metric', one of 'below' / 'above' and an "
-                f"optional 'patience', got {rule!r}"
-            )
-        if not isinstance(rule["metric"], str) or not rule["metric"].startswith("eval_"):
-            raise ValueError(
-                f"early_stop.metric must name an evaluation metric ('eval_loss', "
-                f"'eval_accuracy', 'eval_mse'), got {rule['metric']!r}"
-            )
-        bounds = [key for key in ("below", "above") if key in rule]
-        if len(bounds) != 1:
-            raise ValueError(f"early_stop needs exactly one of 'below' and 'above', got {rule!r}")
-        check_float(f"early_stop.{bounds[0]}", rule[bounds[0]], -math.inf)
-        check_int("early_stop.patience", rule.get("patience", 1), 1)
+        if not isinstance(self.sparse, SparseConfig):
+            raise ValueError(f"sparse must be a SparseConfig, a dict or None, got {self.sparse!r}")
+        for layer in self.sparse.layers or ():
+            check_int("sparse.layers", layer, 0, self.model.n_layers - 1)
 
     def _validate_device(self) -> None:
         if self.device == "auto":
@@ -224,11 +191,7 @@ class TrainConfig:
 
     def method(self) -> Any:
         """The `workbench.sparse` method (None when training densely)."""
-        if self.sparse_method is None:
-            return None
-        import workbench.sparse
-
-        return workbench.sparse.get(self.sparse_method, **self.sparse_hparams)
+        return None if self.sparse is None else self.sparse.build()
 
     def torch_device(self) -> torch.device:
         """The device to train on; ``ValueError`` when ``device`` asks for CUDA and there is none."""
@@ -250,21 +213,142 @@ class TrainConfig:
         data["task"] = self.task if isinstance(self.task, str) else self.task.to_dict()
         data["task_overrides"] = dict(self.task_overrides)
         data["model"] = self.model.to_dict()
-        data["sparse_hparams"] = dict(self.sparse_hparams)
-        data["sparse_layers"] = None if self.sparse_layers is None else list(self.sparse_layers)
-        data["early_stop"] = None if self.early_stop is None else dict(self.early_stop)
+        data["eval_metrics"] = list(self.eval_metrics)
+        data["sparse"] = None if self.sparse is None else self.sparse.to_dict()
+        data["early_stop"] = None if self.early_stop is None else self.early_stop.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        check_known_fields(cls, data)
-        values = dict(data)
+        """The config of a nested dict (`to_dict`'s, or a spec's); a dict of the older schema
+        (flat ``sparse_*`` keys, ``trace_metrics`` / ``stability_metrics`` flags) is read through
+        `migrate_config`."""
+        values = migrate_config(data)
+        check_known_fields(cls, values)
         if isinstance(values.get("task"), Mapping):
             task = dict(values["task"])
             values["task"] = toy_tasks.get(task.pop("name"), **task)
         if isinstance(values.get("model"), Mapping):
             values["model"] = ModelConfig.from_dict(values["model"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """Train through a sparse-attention method: every forward of the run (training and
+    evaluation) attends through ``method`` on ``layers``.
+
+    Attributes:
+        method: a registered method name (`workbench.sparse.names()`).
+        hparams: its hyper-parameters (the others keep their defaults).
+        layers: the layers that attend sparsely (None: all; `TrainConfig` checks them against the
+            model).
+        block_size: block size of its layouts (a power of two >= 16).
+    """
+
+    method: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    layers: Sequence[int] | None = None
+    block_size: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hparams", _keyword_dict("sparse.hparams", self.hparams))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", _index_tuple("sparse.layers", self.layers))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field."""
+        import workbench.sparse
+
+        known = workbench.sparse.names()
+        if not isinstance(self.method, str) or self.method not in known:
+            raise ValueError(
+                f"sparse.method must be one of {', '.join(known)}, got {self.method!r}"
+            )
+        try:
+            self.build()
+        except ValueError as error:  # an unknown or out-of-range hyper-parameter
+            raise ValueError(f"sparse.hparams of {self.method}: {error}") from None
+        if self.layers is not None and (
+            not self.layers or len(set(self.layers)) < len(self.layers)
+        ):
+            raise ValueError(f"sparse.layers must be distinct layer indices, got {self.layers}")
+        check_block_size("sparse.block_size", self.block_size)
+
+    def build(self) -> Any:
+        """The `workbench.sparse.SparseMethod`."""
+        import workbench.sparse
+
+        return workbench.sparse.get(self.method, **self.hparams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``method`` and ``hparams``, plus ``layers`` and ``block_size`` where not the default."""
+        data: dict[str, Any] = {"method": self.method, "hparams": dict(self.hparams)}
+        if self.layers is not None:
+            data["layers"] = list(self.layers)
+        if self.block_size != 64:
+            data["block_size"] = self.block_size
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SparseConfig:
+        check_known_fields(cls, data, "sparse")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Stop training once evaluation ``metric`` has been ``below`` (or ``above``) its bound at
+    ``patience`` consecutive evaluations.
+
+    Attributes:
+        metric: an evaluation metric of the log (``eval_loss``, ``eval_accuracy``, ``eval_mse``,
+            or their ``_train`` versions).
+        below, above: the bound (exactly one, finite).
+        patience: consecutive evaluations that must meet it (>= 1).
+    """
+
+    metric: str
+    below: float | None = None
+    above: float | None = None
+    patience: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the offending field."""
+        if not isinstance(self.metric, str) or not self.metric.startswith("eval_"):
+            raise ValueError(
+                f"early_stop.metric must name an evaluation metric ('eval_loss', "
+                f"'eval_accuracy', 'eval_mse'), got {self.metric!r}"
+            )
+        bounds = [name for name in ("below", "above") if getattr(self, name) is not None]
+        if len(bounds) != 1:
+            raise ValueError(
+                f"early_stop needs exactly one of 'below' and 'above', got below={self.below!r}, "
+                f"above={self.above!r}"
+            )
+        check_float(f"early_stop.{bounds[0]}", getattr(self, bounds[0]), -math.inf)
+        check_int("early_stop.patience", self.patience, 1)
+
+    def met(self, record: Mapping[str, Any]) -> bool | None:
+        """Whether ``record`` meets the bound (None when it holds no value of ``metric``)."""
+        if self.metric not in record:
+            return None
+        value = record[self.metric]
+        return value < self.below if self.below is not None else value > self.above
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"metric": self.metric}
+        data |= {"below": self.below} if self.below is not None else {"above": self.above}
+        return data | {"patience": self.patience}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EarlyStop:
+        check_known_fields(cls, data, "early_stop")
+        return cls(**data)
 
 
 def _keyword_dict(name: str, value: Any) -> dict[str, Any]:
@@ -288,7 +372,27 @@ def _check_positive(name: str, value: float, high: float | None = None) -> None:
 
 def sparse_plan(config: TrainConfig) -> SparsePlan | None:
     """Where ``config``'s sparse method runs (None: dense training)."""
-    method = config.method()
-    if method is None:
+    if config.sparse is None:
         return None
-    return SparsePlan(method, layers=config.sparse_layers, block_size=config.sparse_block_size)
+    sparse = config.sparse
+    return SparsePlan(sparse.build(), layers=sparse.layers, block_size=sparse.block_size)
+
+
+def _name_tuple(name: str, value: Any) -> tuple[str, ...]:
+    """``value`` (a sequence of strings) as a tuple; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a sequence of names, got {value!r}")
+    items = tuple(value)
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{name} must be a sequence of names, got {value!r}")
+    return items
+
+
+def _index_tuple(name: str, value: Any) -> tuple[int, ...]:
+    """``value`` (a sequence of non-negative ints) as a tuple; ``ValueError`` naming ``name``."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be None or layer indices, got {value!r}")
+    items = tuple(value)
+    for item in items:
+        check_int(name, item, 0)
+    return items

@@ -5,8 +5,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from workbench.capture import LayerCapture, capturing
 from workbench.train.config import TrainConfig, sparse_plan
 from workbench.train.data import TrainingData
 from workbench.train.losses import task_loss, task_metrics
+from workbench.train.registry import EvalRows, eval_metric, get_eval_metric
 
 TRACE_PS = (0.9,)
 EVAL_CHUNK_TOKENS = 2**15
@@ -29,44 +29,6 @@ FINAL_TRACE = "final"
 FINAL_TRACE_EXAMPLES = 8
 FINAL_TRACE_BYTES = 16 * 2**20
 """Bound on the patterns of the final trace (fewer examples on long sequences)."""
-
-
-@dataclass(frozen=True)
-class EvalRows:
-    """Per-row values of one captured layer: ``rows[group][statistic]`` ``[batch, heads, seq]``
-    (logged, after averaging over the scored positions, as ``record[group][statistic][layer]``)."""
-
-    layer: int
-    rows: dict[str, dict[str, torch.Tensor]]
-
-
-EvalMetric = Callable[[LayerCapture, Batch, "TrainConfig"], EvalRows]
-"""``metric(capture, batch, config)``: the rows of one layer of the evaluation chunk ``batch``."""
-
-_EVAL_METRICS: dict[str, EvalMetric] = {}
-
-
-def eval_metric(name: str) -> Callable[[EvalMetric], EvalMetric]:
-    """Decorator registering an evaluation metric under ``name``."""
-
-    def register(function: EvalMetric) -> EvalMetric:
-        if name in _EVAL_METRICS:
-            raise ValueError(f"an evaluation metric {name!r} is already registered")
-        _EVAL_METRICS[name] = function
-        return function
-
-    return register
-
-
-def get_eval_metric(name: str) -> EvalMetric:
-    if name not in _EVAL_METRICS:
-        raise ValueError(f"unknown evaluation metric {name!r}; registered: {sorted(_EVAL_METRICS)}")
-    return _EVAL_METRICS[name]
-
-
-def eval_metric_names(config: TrainConfig) -> list[str]:
-    """The evaluation metrics ``config`` asks for."""
-    return ["attention"] * config.trace_metrics + ["stability"] * config.stability_metrics
 
 
 @eval_metric("attention")
@@ -90,7 +52,7 @@ def attention_rows(capture: LayerCapture, batch: Batch, config: TrainConfig) -> 
         }
 
     rows = {"attention": named(dense=False)}
-    if config.method() is not None:
+    if config.sparse is not None:
         rows["attention_dense"] = named(dense=True)
     return EvalRows(capture.layer, rows)
 
@@ -121,10 +83,9 @@ def eval_chunks(batch: Batch) -> list[Batch]:
 def evaluate(
     model: nn.Module, task: ToyTask, batch: Batch, config: TrainConfig, device: torch.device
 ) -> dict[str, Any]:
-    """``eval_loss``, the task metric and the `eval_metric_names` of ``config`` on ``batch``: one
+    """``eval_loss``, the task metric and the ``eval_metrics`` of ``config`` on ``batch``: one
     captured forward per chunk (`workbench.capture`) gives the outputs and every metric."""
-    names = eval_metric_names(config)
-    metrics = {name: get_eval_metric(name) for name in names}
+    metrics = {name: get_eval_metric(name) for name in config.eval_metrics}
     outputs, rows = [], []
     with evaluation_mode(model), torch.no_grad(), precision_context(config, device):
         for chunk in eval_chunks(batch):
@@ -181,7 +142,7 @@ def training_set_metrics(model: nn.Module, data: TrainingData) -> dict[str, floa
     keys suffixed ``_train`` (empty without a fixed set)."""
     if data.fixed is None:
         return {}
-    config = data.config.replace(trace_metrics=False, stability_metrics=False)
+    config = data.config.replace(eval_metrics=())
     metrics = evaluate(model, data.task, data.fixed_head, config, data.device)
     return {f"{name}_train": value for name, value in metrics.items()}
 
@@ -207,5 +168,5 @@ def final_trace(model: nn.Module, batch: Batch, config: TrainConfig) -> Any:
         relevant_positions=head.relevant_positions,
         sparse=None if plan is None else plan.method,
         sparse_layers=None if plan is None else plan.layers,
-        sparse_block_size=config.sparse_block_size,
+        sparse_block_size=64 if plan is None else plan.block_size,
     )

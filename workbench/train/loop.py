@@ -24,7 +24,7 @@ from workbench.runs import TRACES, Run, read_metrics
 from workbench.sparse.patch import SparseCore
 from workbench.termination import Terminated, termination_requests
 from workbench.train.checkpoint import TrainState, check_resumable, restore, save_checkpoint
-from workbench.train.config import TrainConfig, sparse_plan
+from workbench.train.config import EarlyStop, TrainConfig, sparse_plan
 from workbench.train.data import EVAL_SEED_OFFSET, TrainingData
 from workbench.train.evaluation import (
     FINAL_TRACE,
@@ -64,7 +64,7 @@ def training_forward(
     with contextlib.ExitStack() as stack:
         stack.enter_context(precision_context(config, device))
         if sparse is not None:
-            stack.enter_context(route_attention(model, sparse, config.sparse_layers))
+            stack.enter_context(route_attention(model, sparse, config.sparse.layers))
         yield
 
 
@@ -272,7 +272,7 @@ def _evaluate_into(
 
 
 def _stop_hits(
-    rule: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]], hits: int = 0
+    rule: EarlyStop | None, records: Sequence[Mapping[str, Any]], hits: int = 0
 ) -> int | None:
     """Consecutive evaluations meeting the ``early_stop`` rule after ``records`` (counting on
     from ``hits``); None once the run is to stop (``patience`` reached, or a record already marked
@@ -280,12 +280,11 @@ def _stop_hits(
     for record in records:
         if record.get("stopped_early"):
             return None
-        if rule is None or rule["metric"] not in record:
+        met = None if rule is None else rule.met(record)
+        if met is None:
             continue
-        value = record[rule["metric"]]
-        met = value < rule["below"] if "below" in rule else value > rule["above"]
         hits = hits + 1 if met else 0
-        if hits >= rule.get("patience", 1):
+        if hits >= rule.patience:
             return None
     return hits
 
