@@ -94,15 +94,16 @@ def tasks_sample(
         typer.echo(task.render(batch, index))
 
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+@tasks_app.command("overview")
+def tasks_overview_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/tasks"),
     seed: Annotated[int, typer.Option(help="Seed of the toy-task samples.")] = 0,
 ) -> None:
-    """The default job: sample every toy task and write a summary and plotly figures."""
-    from workbench.demo import run_demo
+    """Sample every toy task and write a summary of its ground-truth relevance and plotly
+    figures (summary.json, figures/, index.html)."""
+    from workbench.tasks_overview import tasks_overview
 
-    summary = run_demo(out, seed=seed)
+    summary = tasks_overview(out, seed=seed)
     for name, stats in summary["tasks"].items():
         typer.echo(
             f"{name:20s} seq_len {stats['seq_len']:4d}  scored {stats['scored_fraction']:.3f}  "
@@ -389,6 +390,13 @@ def run_command(
             "reused either way; nothing is deleted)."
         ),
     ] = "newest",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch CPU threads per training process (default: a quarter of the "
+            "cores per worker, at least 1)."
+        ),
+    ] = None,
 ) -> None:
     """Train every run of an experiment (finished runs are reused) and write its analysis:
     runs/<name>/<hash>/{config.yaml, metrics.jsonl, results.json, figures/*.html}."""
@@ -421,6 +429,7 @@ def run_command(
             workers=workers,
             train=train,
             resume=RESUME_CHOICES[resume],
+            threads=threads,
         )
     except Terminated as error:
         typer.echo(f"stopped on SIGTERM ({error}); the same command continues the runs", err=True)
@@ -436,9 +445,22 @@ def run_command(
         unfinished = sum(not run.finished for run in result.runs)
         counts = f"{unfinished} unfinished, {len(result.results.get('missing', []))} missing"
     typer.echo(f"{len(result.runs)} runs ({counts}) under {runs_dir / result.spec.name}")
+    if result.headline is not None:
+        _print_headline(result.headline)
     typer.echo(f"results: {result.results_path}")
     for figure in result.figures:
         typer.echo(f"figure: {figure}")
+
+
+def _print_headline(headline: Any) -> None:
+    """A `workbench.experiments.Headline` as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*headline.columns, title=headline.title, caption=headline.note or None)
+    for row in headline.rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _figure_groups(folder: Path) -> dict[Path, list[Run]]:

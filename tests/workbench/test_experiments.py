@@ -291,6 +291,11 @@ def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
     assert set(rows) == {"T", "B"} and rows["T"]["paper"] == 0.99
     names = sorted(path.name for path in result.figures)
     assert names == ["fit.html", "loss.html", "relevant_mass.html"]
+    headline = result.headline  # the fit beside the paper's, also stored in results.json
+    assert headline.columns == ["exponent", "ours", "95% interval", "paper", "paper inside"]
+    assert [row[0] for row in headline.rows] == ["T", "B"] and headline.rows[0][3] == "0.99"
+    assert "8 of 8 runs emerged" in headline.note
+    assert result.results["headline"] == headline.to_dict()
     assert all(path.stat().st_size > 1000 for path in result.figures)
 
 
@@ -310,6 +315,9 @@ def test_semantic_focus_analysis_groups_by_method(tmp_path):
     assert methods["dense"]["median_steps_to_0.5"] == pytest.approx(centre, abs=0.5)
     assert methods["dense"]["mean_eval_accuracy"] == pytest.approx(1.0)
     assert {path.name for path in result.figures} == {"accuracy.html", "loss.html", "summary.html"}
+    rows = {row[1]: row for row in result.headline.rows}  # task, method, steps..., accuracy
+    assert set(rows) == {"dense", "top_k(k=5)"} and rows["dense"][-1] == "1.000"
+    assert rows["dense"][3].endswith("(2/2)")  # median steps to 0.5, reached by both seeds
 
 
 def test_semantic_focus_summarises_each_task_apart(tmp_path):
@@ -398,6 +406,20 @@ def test_cli_run_prints_where_results_are(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "1 runs (1 trained, 0 reused)" in result.output
     assert str(Path(tmp_path) / "toy" / spec.experiment_hash() / "results.json") in result.output
+
+
+def test_cli_run_prints_the_headline_table(tmp_path, monkeypatch):
+    """`workbench run` prints the analysis's headline (here the emergence fit beside the paper's)
+    as a table, not only paths."""
+    spec = make_spec("emergence", sweep={"task.seq_len": [8, 16, 32], "task.burstiness": [1, 2]})
+    monkeypatch.setattr("workbench.experiments.load_spec", lambda name: spec)
+    monkeypatch.setattr("workbench.experiments.runner.train_with_workbench", StubTrain())
+    result = CliRunner().invoke(
+        app, ["run", "emergence", "--runs-dir", str(tmp_path)], terminal_width=160
+    )
+    assert result.exit_code == 0, result.output
+    assert "95% interval" in result.output and "paper" in result.output
+    assert "6 of 6 runs emerged" in result.output
 
 
 def test_cli_run_takes_a_path_to_a_yaml_spec(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 caches runs by config hash, and per-experiment analyses (the bundled ones register here)."""
 
 from workbench.experiments import analyses  # noqa: F401  (registers the bundled analyses)
-from workbench.experiments.base import AnalysisOutput, RunRecord, analysis, get_analysis
+from workbench.experiments.base import AnalysisOutput, Headline, RunRecord, analysis, get_analysis
 from workbench.experiments.runner import ExperimentResult, RunsFailed, run_experiment
 from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec, spec_names
 
@@ -10,6 +10,7 @@ __all__ = [
     "AnalysisOutput",
     "ExperimentResult",
     "ExperimentSpec",
+    "Headline",
     "RunRecord",
     "RunsFailed",
     "analysis",

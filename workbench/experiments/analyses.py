@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from workbench.analysis import compare_exponents, emergence_time, fit_power_law, threshold_time
-from workbench.experiments.base import AnalysisOutput, RunRecord, analysis
+from workbench.experiments.base import AnalysisOutput, Headline, RunRecord, analysis
 from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.runs import attention_series, metric_series, sparse_setting
@@ -119,7 +119,35 @@ def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisO
         relevant_mass=_relevant_mass_figure(runs, group),
         fit=emergence_fit_figure(rows, results.get("fit")),
     )
-    return AnalysisOutput(results=results, figures=figures)
+    headline = emergence_headline(results, options["paper"])
+    return AnalysisOutput(results=results, figures=figures, headline=headline)
+
+
+def emergence_headline(results: Mapping[str, Any], paper: str) -> Headline:
+    """The fitted exponents with their 95% intervals beside the paper's."""
+    fit = results.get("fit")
+    counts = f"{results['n_emerged']} of {results['n_runs']} runs emerged"
+    if fit is None:
+        reason = results.get("fit_error", "no fit")
+        return Headline("emergence time", ["runs", "fit"], [[counts, reason]])
+    rows = [
+        [
+            row["name"],
+            f"{row['ours']:.2f}",
+            f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]",
+            f"{row['paper']:.2f}",
+            "yes" if row["within_ci"] else "no",
+        ]
+        for row in results["comparison"]
+    ]
+    formula = fit["formula"]
+    censored = f", {results['n_censored']} censored" if results["n_censored"] else ""
+    return Headline(
+        f"emergence time = {formula} (95% intervals; paper: Zucchet et al., {paper} fit)",
+        ["exponent", "ours", "95% interval", "paper", "paper inside"],
+        rows,
+        note=f"{counts}{censored}; R^2 {fit['r2']:.3f}",
+    )
 
 
 def _emergence_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -277,7 +305,36 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
     results = {"runs": rows, "methods": summary}
     if by_kind:
         results["stability_by_kind"] = by_kind
-    return AnalysisOutput(results=results, figures=figures)
+    headline = semantic_focus_headline(summary, key, options["thresholds"])
+    return AnalysisOutput(results=results, figures=figures, headline=headline)
+
+
+def semantic_focus_headline(
+    summary: list[dict[str, Any]], key: str, thresholds: Sequence[float]
+) -> Headline:
+    """Per task and method: the median steps to each accuracy threshold (with how many runs
+    reached it) and the final accuracy, held-out and (with a fixed training set) on it."""
+    train_key = f"mean_{key}_train"
+    columns = ["task", "method", *(f"steps to {t:g}" for t in thresholds), "final " + key]
+    if any(train_key in row for row in summary):
+        columns.append("on training set")
+    rows = []
+    for row in summary:
+        cells = [row["task"], row["method"]]
+        for threshold in thresholds:
+            median = row.get(f"median_steps_to_{threshold}")
+            reached = f"{row.get(f'reached_{threshold}', 0)}/{row['runs']}"
+            cells.append("-" if median is None else f"{median:.0f} ({reached})")
+        cells.append(f"{row.get(f'mean_{key}', float('nan')):.3f}")
+        if len(columns) > len(cells):
+            cells.append(f"{row.get(train_key, float('nan')):.3f}")
+        rows.append(cells)
+    return Headline(
+        "semantic focus: steps to accuracy and final accuracy per task and method",
+        columns,
+        rows,
+        note="steps: median over the runs that reached the threshold (reached / runs)",
+    )
 
 
 def task_labels(runs: list[RunRecord]) -> dict[str, str]:
@@ -411,7 +468,25 @@ def icl_linreg_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Analysis
         title="test loss",
         log_y=True,
     )
-    return AnalysisOutput(results=results, figures={**figures, **_figures(loss=loss)})
+    headline = icl_headline(results["curves"])
+    return AnalysisOutput(
+        results=results, figures={**figures, **_figures(loss=loss)}, headline=headline
+    )
+
+
+def icl_headline(curves: Mapping[str, Mapping[str, list[float]]]) -> Headline:
+    """Per task config and predictor: the squared error / d after a quarter, half and all but one
+    of the prompt's examples (curves index the number of in-context examples k)."""
+    rows, ks = [], []
+    for name, task_curves in curves.items():
+        for label, curve in task_curves.items():
+            ks = [len(curve) // 4, len(curve) // 2, len(curve) - 1]
+            rows.append([name, label, *(f"{curve[k]:.3f}" for k in ks)])
+    return Headline(
+        "in-context regression: squared error / d after k examples",
+        ["task", "predictor", *(f"k={k}" for k in ks)],
+        rows,
+    )
 
 
 def icl_error_curves(

@@ -53,12 +53,27 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class Headline:
+    """The result a reader looks at first, as a table of text cells: ``workbench run`` prints it
+    and the analysis's ``results.json`` stores it under ``headline``."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows, "note": self.note}
+
+
+@dataclass(frozen=True)
 class AnalysisOutput:
-    """What an experiment's analysis returns: JSON-ready ``results`` and named plotly figures
-    (written to ``figures/<name>.html``)."""
+    """What an experiment's analysis returns: JSON-ready ``results``, named plotly figures
+    (written to ``figures/<name>.html``) and the `Headline` (None: nothing to print)."""
 
     results: dict[str, Any]
     figures: dict[str, Any] = field(default_factory=dict)
+    headline: Headline | None = None
 
 
 AnalysisFn = Callable[[ExperimentSpec, list[RunRecord]], AnalysisOutput]
