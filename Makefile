@@ -42,4 +42,4 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 	touch $@ $(VENV)/.installed-base
 
 clean:
-	rm -rf $(VENV) runs/demo
+	rm -rf $(VENV)

@@ -95,9 +95,9 @@ def test_parse_overrides():
         parse_overrides(["novalue"])
 
 
-def test_demo_writes_summary_and_figures(tmp_path):
-    out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out)])
+def test_tasks_overview_writes_summary_and_figures(tmp_path):
+    out = tmp_path / "tasks"
+    result = runner.invoke(app, ["tasks", "overview", "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == set(toy_tasks.names())

@@ -1,4 +1,5 @@
-"""The default job: sample every toy task, summarise its ground-truth relevance, draw it.
+"""An overview of the toy tasks (`workbench tasks overview`): sample every registered task,
+summarise its ground-truth relevance, draw it.
 
 Writes ``<out_dir>/summary.json``, one HTML figure per task under ``<out_dir>/figures/`` and an
 ``index.html`` holding all of them.
@@ -47,7 +48,9 @@ def baseline_curves(batch: Batch) -> dict[str, list[float]]:
     return {name: curve.tolist() for name, curve in curves.items()}
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, seed: int = 0, batch_size: int = 256) -> dict:
+def tasks_overview(
+    out_dir: str | Path = "runs/tasks", *, seed: int = 0, batch_size: int = 256
+) -> dict:
     """Sample each registered toy task with ``seed`` and write the summary and figures."""
     out_dir = Path(out_dir)
     summary: dict[str, Any] = {"seed": seed, "batch_size": batch_size, "tasks": {}}
@@ -85,5 +88,5 @@ def _index_html(figures: dict[str, go.Figure]) -> str:
         for i, figure in enumerate(figures.values())
     ]
     body = "\n".join(f"<div>{part}</div>" for part in parts)
-    head = "<head><meta charset='utf-8'><title>workbench demo</title></head>"
+    head = "<head><meta charset='utf-8'><title>toy tasks</title></head>"
     return f"<html>{head}<body>{body}</body></html>\n"
