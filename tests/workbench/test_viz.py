@@ -215,3 +215,39 @@ def test_stability_figures_colour_by_method_and_dash_by_layer():
     dense = [trace for trace in figure.data if trace.name == "dense layer 1"]
     assert {trace.line.dash for trace in dense} == {style.layer_dash(1)}
     assert {trace.xaxis for trace in dense} == {"x", "x2"}
+
+
+def test_fidelity_and_methods_figures_use_the_methods_colours():
+    from workbench.viz.fidelity import fidelity_figure
+    from workbench.viz.methods import methods_figure
+
+    reports = [
+        {
+            "method": name,
+            "mean_density": 0.5,
+            "mean_recall": 0.9,
+            "mean_local_output_error": 0.1,
+            "output_error": 0.2,
+        }
+        for name in ("top_k", "sink_window")
+    ]
+    fidelity = fidelity_figure(reports)
+    colours = [style.method_colour("top_k"), style.method_colour("sink_window")]
+    assert [list(trace.marker.color) for trace in fidelity.data] == [colours] * 3
+    assert fidelity.data[1].marker.pattern.shape == "/"  # local bars hatched
+    methods = [workbench.sparse.get("sink_window", window=8), workbench.sparse.get("top_k", k=3)]
+    gallery = methods_figure(methods, q_len=48, block_size=16)
+    assert [trace.colorscale[-1][1] for trace in gallery.data] == colours[::-1]
+    accuracy = curves_figure(
+        curves(["top_k"]), styles={"top_k": style.method_style("top_k")}, title=""
+    )
+    assert line_colours(accuracy, "top_k") == {colours[0]}
+
+
+def test_task_baseline_curves_take_distinct_colours_past_ten():
+    from workbench.viz.tasks import curves_figure as task_curves
+
+    figure = task_curves(
+        {f"baseline {i}": [1.0, 0.5] for i in range(12)}, title="", x_title="", y_title=""
+    )
+    assert len({trace.line.color for trace in figure.data}) == 12
