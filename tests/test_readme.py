@@ -1,5 +1,6 @@
 """Every ```python block of the README runs (in order, sharing one namespace, in a temp folder)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -48,3 +49,31 @@ def test_readme_render_replaces_only_the_tables(tmp_path):
     path.write_text("no tables", encoding="utf-8")
     with pytest.raises(ValueError, match="sparse-methods"):
         readme.main([str(path)])
+
+
+def load_figure_script():
+    """``docs/make_readme_figure.py`` as a module (docs/ is no package)."""
+    import importlib.util
+
+    path = README.parent / "docs" / "make_readme_figure.py"
+    spec = importlib.util.spec_from_file_location("make_readme_figure", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_caption_is_generated_from_the_numbers_of_its_figure():
+    """The caption of the README's image quotes ``docs/emergence_quick.json``, written with the
+    image by ``python docs/make_readme_figure.py`` from the quick run of today's spec."""
+    from workbench.experiments import config_hash, load_spec
+
+    script = load_figure_script()
+    found = script.read_caption(README.read_text(encoding="utf-8"))
+    assert found == script.expected_caption(), "stale caption: python docs/make_readme_figure.py"
+    assert all(len(line) <= 100 for line in found.splitlines())
+    quick = json.loads(script.NUMBERS.read_text(encoding="utf-8"))
+    configs = load_spec("emergence").quick_variant().configs()
+    assert {run["config_hash"] for run in quick["runs"]} == {config_hash(c) for c in configs}, (
+        "the quick emergence spec changed: python docs/make_readme_figure.py"
+    )
+    assert script.IMAGE.stat().st_size > 10_000
