@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint readme clean
+.PHONY: demo test lint readme notebooks clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/workbench run emergence --quick
@@ -26,6 +26,11 @@ lint: $(VENV)/.installed-dev
 # The README's tables of sparse methods and toy tasks, generated from the registries.
 readme: $(VENV)/.installed-base
 	$(BIN)/python -m workbench.devtools.readme
+
+# Execute the notebooks and store them with their outputs (figures with a static PNG: needs a
+# Chrome/Chromium, e.g. Debian's chromium package); commit the result.
+notebooks: $(VENV)/.installed-dev
+	$(BIN)/python -m workbench.devtools.notebooks
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
