@@ -5,13 +5,15 @@ After changing a notebook, or the code it calls in a way that changes its output
 ``python -m workbench.devtools.notebooks`` (``make notebooks``) and commit the result.
 """
 
+from pathlib import Path
+
 import nbformat
 import pytest
 
 from workbench.devtools import notebooks
 from workbench.viz import notebook as viz_notebook
 
-NOTEBOOKS = notebooks.notebook_paths()
+NOTEBOOKS = notebooks.notebook_paths(Path(__file__).parents[2] / "notebooks")
 
 
 def test_there_are_notebooks():

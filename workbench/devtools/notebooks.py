@@ -9,8 +9,8 @@ and writes it back in place; it prints each notebook's time and its slowest cell
 ``tests/notebooks/test_notebooks.py`` executes every notebook with `execute` (the same kernel
 settings) and checks the committed files with `problems`.
 
-The kernel (`kernel_env`) imports this checkout's packages (the repository root first on
-``PYTHONPATH``) and, on a machine of at most two cores, runs torch on one thread
+The kernel (`kernel_env`) imports the packages of the checkout that holds the notebook (its root
+first on ``PYTHONPATH``) and, on a machine of at most two cores, runs torch on one thread
 (``OMP_NUM_THREADS=1``): two threads contending with other processes were 2.5x slower there.
 """
 
@@ -70,8 +70,9 @@ class Executed:
 
 def execute(path: Path, *, timeout: int = CELL_TIMEOUT_S) -> Executed:
     """Run the notebook at ``path`` top to bottom in a fresh ``python3`` kernel started in its
-    folder with `kernel_env`; raises ``nbclient.exceptions.CellExecutionError`` at the first
-    cell that fails and ``CellTimeoutError`` past ``timeout`` seconds in one cell."""
+    folder, with `kernel_env` of the checkout holding it; raises
+    ``nbclient.exceptions.CellExecutionError`` at the first cell that fails and
+    ``CellTimeoutError`` past ``timeout`` seconds in one cell."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -80,7 +81,7 @@ def execute(path: Path, *, timeout: int = CELL_TIMEOUT_S) -> Executed:
         notebook, timeout=timeout, kernel_name="python3", store_widget_state=False
     )
     start = time.perf_counter()
-    client.execute(cwd=str(path.parent), env=kernel_env())
+    client.execute(cwd=str(path.parent), env=kernel_env(path.resolve().parents[1]))
     seconds = time.perf_counter() - start
     return Executed(notebook, seconds, cell_times(notebook))
 
@@ -102,17 +103,35 @@ def _timestamp(text: str) -> datetime:
 
 def normalise(notebook: Any) -> Any:
     """``notebook`` as it is committed: no timing metadata (it changes on every run), no widget
-    state, every cell with an id (nbformat 4.5)."""
+    state, consecutive outputs of one stream merged (how prints split into outputs depends on
+    timing), every cell with an id (nbformat 4.5)."""
     import nbformat
 
     notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)
+        if "outputs" in cell:
+            cell.outputs = _merge_streams(cell.outputs)
     notebook.nbformat, notebook.nbformat_minor = 4, max(notebook.nbformat_minor, 5)
     _, normalised = nbformat.validator.normalize(notebook)  # adds missing cell ids
     notebook = nbformat.from_dict(normalised)
     nbformat.validate(notebook)
     return notebook
+
+
+def _merge_streams(outputs: list[Any]) -> list[Any]:
+    merged: list[Any] = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            previous is not None
+            and output.get("output_type") == previous.get("output_type") == "stream"
+            and output.get("name") == previous.get("name")
+        ):
+            previous["text"] += output["text"]
+        else:
+            merged.append(output)
+    return merged
 
 
 def problems(notebook: Any, size: int | None = None) -> list[str]:
