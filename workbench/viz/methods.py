@@ -87,7 +87,7 @@ def methods_figure(
         kept = kept_entries(method, q, k, block_size=block_size)
         figure.add_trace(
             go.Heatmap(
-                z=kept.to(torch.float32).numpy(),
+                z=kept.to(torch.uint8).numpy(),  # 1 byte an entry in the figure's JSON
                 colorscale=kept_colours(method.name),
                 zmin=0,
                 zmax=1,
