@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint readme clean
+.PHONY: demo test lint readme readme-figure clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/workbench run emergence --quick
@@ -26,6 +26,15 @@ lint: $(VENV)/.installed-dev
 # The README's tables of sparse methods and toy tasks, generated from the registries.
 readme: $(VENV)/.installed-base
 	$(BIN)/python -m workbench.devtools.readme
+
+# The README's headline image and its caption (docs/emergence_quick.{png,json}), from the quick
+# emergence run; the image needs a Chrome or Chromium on PATH (or at BROWSER_PATH) for kaleido.
+readme-figure: $(VENV)/.installed-figures
+	$(BIN)/python docs/make_readme_figure.py
+
+$(VENV)/.installed-figures: pyproject.toml $(VENV)/.installed-base
+	$(BIN)/python -m pip install -e ".[figures]"
+	touch $@
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

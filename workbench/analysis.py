@@ -100,6 +100,28 @@ def threshold_time(
     return None
 
 
+def starts_past(
+    steps: ArrayLike,
+    values: ArrayLike,
+    threshold: float,
+    direction: Literal["above", "below"] = "above",
+    *,
+    smoothing: int = DEFAULT_SMOOTHING,
+) -> bool:
+    """Whether a logged curve is already past ``threshold`` at its first logged step (``>=`` for
+    ``direction="above"``, ``<=`` for ``"below"``), read on the same running median as
+    `threshold_time`. Then no time to reach the threshold exists: e.g. an accuracy threshold
+    below the accuracy at initialisation (chance level), where `threshold_time` would give the
+    first step. False for a curve without finite values."""
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
+    steps, values = _clean_series(steps, values)
+    if values.size == 0:
+        return False
+    first = float(running_median(values, smoothing)[0])
+    return first >= threshold if direction == "above" else first <= threshold
+
+
 def _interpolate_crossing(
     steps: np.ndarray, smoothed: np.ndarray, index: int, threshold: float
 ) -> float:
@@ -166,6 +188,8 @@ class PowerLawFit:
         n_points: number of fitted points, censored ones included; ``dof = n_points -
             len(names) - 1``.
         n_censored: how many of them are censored (only a lower bound of ``y`` is known).
+        covariance: covariance matrix of ``("log_prefactor", *names)``, for intervals of the
+            fitted values (`predict_interval`); None in fits read from older results.
     """
 
     names: tuple[str, ...]
@@ -177,6 +201,7 @@ class PowerLawFit:
     r2: float
     n_points: int
     n_censored: int = 0
+    covariance: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def prefactor(self) -> float:
@@ -198,6 +223,47 @@ class PowerLawFit:
         coefficients = np.array([self.exponents[name] for name in self.names])
         return np.exp(self.log_prefactor + logs @ coefficients)
 
+    def predict_interval(self, x: Mapping[str, ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
+        """``(low [m], high [m])``: the `confidence` interval of the fitted ``y`` (the law's value,
+        not a new observation) at covariates ``x`` (as `predict`), from `covariance` with the
+        quantile of the exponents' intervals (t with `dof` degrees of freedom, normal for a
+        censored fit). ``ValueError`` for a fit without covariance."""
+        from scipy import stats
+
+        if self.covariance is None:
+            raise ValueError("this fit has no covariance (read from an older result): no interval")
+        missing = set(self.names) - set(x)
+        if missing:
+            raise ValueError(f"predict_interval needs every covariate; missing {sorted(missing)}")
+        logs = _log_covariates({name: x[name] for name in self.names}, "x")
+        design = np.column_stack([np.ones(len(logs)), logs])  # [m, 1 + len(names)]
+        covariance = np.asarray(self.covariance, dtype=np.float64)
+        spread = np.sqrt(np.einsum("mi,ij,mj->m", design, covariance, design))
+        quantile = (
+            stats.norm.ppf((1 + self.confidence) / 2)
+            if self.n_censored
+            else stats.t.ppf((1 + self.confidence) / 2, self.dof)
+        )
+        centre = np.log(self.predict(x))
+        return np.exp(centre - quantile * spread), np.exp(centre + quantile * spread)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PowerLawFit:
+        """The fit of a `to_dict` summary (e.g. ``results.json``'s ``fit``)."""
+        covariance = data.get("covariance")
+        return cls(
+            names=tuple(data["names"]),
+            exponents=dict(data["exponents"]),
+            log_prefactor=float(data["log_prefactor"]),
+            standard_errors=dict(data["standard_errors"]),
+            intervals={name: tuple(bounds) for name, bounds in data["intervals"].items()},
+            confidence=float(data["confidence"]),
+            r2=float(data["r2"]),
+            n_points=int(data["n_points"]),
+            n_censored=int(data.get("n_censored", 0)),
+            covariance=None if covariance is None else tuple(map(tuple, covariance)),
+        )
+
     def formula(self, digits: int = 2) -> str:
         """E.g. ``"1.51 T^0.99 B^-0.99"``."""
         terms = [f"{name}^{self.exponents[name]:.{digits}f}" for name in self.names]
@@ -217,6 +283,7 @@ class PowerLawFit:
             "r2": self.r2,
             "n_points": self.n_points,
             "n_censored": self.n_censored,
+            "covariance": None if self.covariance is None else [list(r) for r in self.covariance],
         }
 
 
@@ -314,6 +381,7 @@ def fit_power_law(
         r2=1.0 - float(residuals @ residuals) / tss if tss > 0 else float("nan"),
         n_points=n,
         n_censored=int(mask.sum()),
+        covariance=tuple(tuple(float(value) for value in row) for row in covariance),
     )
 
 

@@ -141,10 +141,13 @@ def trace_command(
     out = _output_folder(out, model, task)
     if not overwrite:
         _refuse_to_overwrite(out, ["trace.safetensors", "trace.json", "trace.html"])
-    inputs, relevant, network = (
-        _minilm_inputs(text) if model == "minilm" else _toy_inputs(task, seed)
-    )
-    result = trace(network, inputs, TraceConfig(), relevant_positions=relevant)
+    if model == "minilm":
+        inputs, tokens, network = _minilm_tokens(text)
+        relevant = None
+    else:
+        inputs, relevant, network = _toy_inputs(task, seed)
+        tokens = [[str(token) for token in row] for row in inputs.tolist()]  # token ids
+    result = trace(network, inputs, TraceConfig(), relevant_positions=relevant, tokens=tokens)
     table = Table("layer", "head", "entropy", "max weight", "k_0.9", "relevant mass")
     for layer in sorted(result.stats):
         means = {
@@ -334,10 +337,19 @@ def _refuse_to_overwrite(folder: Path, names: list[str]) -> None:
 
 
 def _minilm_inputs(text: str) -> tuple[Any, None, Any]:
+    inputs, _, network = _minilm_tokens(text)
+    return inputs, None, network
+
+
+def _minilm_tokens(text: str) -> tuple[Any, list[list[str]], Any]:
+    """The bundled MiniLM's inputs for ``text``, their tokens (``[1][pos]`` strings, as the
+    tokenizer spells them) and the model."""
     from workbench.models import minilm
 
     network, tokenizer = minilm()
-    return dict(tokenizer([text], return_tensors="pt")), None, network
+    inputs = dict(tokenizer([text], return_tensors="pt"))
+    tokens = [tokenizer.convert_ids_to_tokens(row) for row in inputs["input_ids"].tolist()]
+    return inputs, tokens, network
 
 
 def _toy_batch(task_name: str, seed: int) -> tuple[Any, Any]:

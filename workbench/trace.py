@@ -193,7 +193,8 @@ class Trace:
         dense_stats: for the layers that ran a sparse method, the same statistics of the dense
             softmax of the same q and k (``stats`` then describe the sparse attention used).
         metadata: model name and class, the config as a dict, ps, heads, pattern queries,
-            sequence length, input shape, ``sparse`` (the method and its layers, or None).
+            sequence length, input shape, ``sparse`` (the method and its layers, or None) and,
+            where the caller gave them, ``tokens`` (``[batch][pos]`` strings).
     """
 
     stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -580,15 +581,22 @@ def trace(
     sparse: SparseMethod | None = None,
     sparse_layers: Sequence[int] | None = None,
     sparse_block_size: int = 64,
+    tokens: Sequence[Sequence[str]] | None = None,
     **forward_kwargs: Any,
 ) -> Trace:
     """Run ``model`` once on ``inputs`` (a tensor ``[batch, pos, ...]``, or a mapping such as a
     tokenizer's output, passed as keyword arguments) and return its `Trace`; with ``sparse`` the
     model runs that method (see `tracing`). The pattern memory guard runs before the forward
-    pass."""
+    pass. ``tokens``: ``[batch][pos]`` strings of the inputs (e.g. a tokenizer's
+    ``convert_ids_to_tokens``), kept as ``metadata["tokens"]`` for the figures' axes."""
     config = config or TraceConfig()
     input_ids = inputs["input_ids"] if isinstance(inputs, Mapping) else inputs
     batch, length = input_ids.shape[:2]
+    if tokens is not None:
+        tokens = [[str(token) for token in row] for row in tokens]
+        if len(tokens) != batch or any(len(row) != length for row in tokens):
+            shape = [len(tokens), *sorted({len(row) for row in tokens})]
+            raise ValueError(f"tokens must be [batch][pos] = [{batch}][{length}], got {shape}")
     if config.patterns:
         layers, heads = _layers_and_heads(model, config)
         estimate = estimate_pattern_bytes(batch, len(heads), length, length, len(layers), config)
@@ -607,4 +615,6 @@ def trace(
         run_model(model, inputs, **forward_kwargs)
     result = recorder.trace()
     result.metadata["input_shape"] = list(input_ids.shape)
+    if tokens is not None:
+        result.metadata["tokens"] = tokens
     return result

@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 
 from workbench.analysis import (
+    PowerLawFit,
     compare_exponents,
     emergence_time,
     fit_power_law,
     running_median,
+    starts_past,
     threshold_time,
 )
 
@@ -69,6 +71,25 @@ def test_threshold_time_ignores_nan_and_validates():
         threshold_time([0, 1], [0, 1], 0.5, direction="up")
     with pytest.raises(ValueError, match="odd"):
         running_median([1.0, 2.0], 2)
+
+
+def test_starts_past_a_threshold_below_chance():
+    # A 16-way task: chance accuracy 1/16 > 5% at step 0, then learning.
+    rng = np.random.default_rng(0)
+    accuracy = np.clip(1 / 16 + 0.01 * rng.standard_normal(STEPS.size) + (STEPS - 500) / 1e3, 0, 1)
+    accuracy[:50] = 1 / 16 + 0.005 * rng.standard_normal(50)
+    assert starts_past(STEPS, accuracy, 0.05)
+    assert not starts_past(STEPS, accuracy, 0.5)
+    assert threshold_time(STEPS, accuracy, 0.05) == STEPS[0]  # what "at chance" replaces
+    # One lucky first evaluation is not a start past the threshold (same running median).
+    rising = np.clip((STEPS - 500) / 1000, 0, 1)
+    rising[0] = 0.2
+    assert not starts_past(STEPS, rising, 0.05)
+    assert starts_past(STEPS, 1 - rising, 0.9, "below") is False
+    assert starts_past(STEPS, rising, 0.0, "below")
+    assert not starts_past([0.0, 1.0], [np.nan, np.nan], 0.5)
+    with pytest.raises(ValueError, match="direction"):
+        starts_past([0, 1], [0, 1], 0.5, direction="up")
 
 
 def power_law_data(noise: float, n: int = 60, seed: int = 0):
@@ -209,3 +230,33 @@ def test_censored_fit_of_an_exact_law_is_that_law():
     fit = fit_power_law(x, stopped, censored=censored)
     assert fit.exponents == {"T": pytest.approx(0.8), "B": pytest.approx(-0.8)}
     assert fit.standard_errors["T"] == 0.0
+
+
+@pytest.mark.parametrize("censor_some", [False, True])
+def test_power_law_predict_interval_brackets_the_fit_and_survives_to_dict(censor_some):
+    x, y = power_law_data(noise=0.2, n=40)
+    stopped, censored = censor(y, 0.8) if censor_some else (y, None)
+    fit = fit_power_law(x, stopped, censored=censored)
+    grid = {"T": np.array([16.0, 50.0, 256.0]), "B": np.array([1.0, 2.0, 8.0])}
+    low, high = fit.predict_interval(grid)
+    assert np.all(low < fit.predict(grid)) and np.all(fit.predict(grid) < high)
+    # At T = B = 1 only the prefactor is left: the band is its interval.
+    low, high = fit.predict_interval({"T": [1.0], "B": [1.0]})
+    np.testing.assert_allclose(np.log([low[0], high[0]]), fit.intervals["log_prefactor"])
+    again = PowerLawFit.from_dict(fit.to_dict())
+    assert again == fit
+    np.testing.assert_allclose(again.predict_interval(grid), fit.predict_interval(grid))
+    older = {key: value for key, value in fit.to_dict().items() if key != "covariance"}
+    with pytest.raises(ValueError, match="no covariance"):
+        PowerLawFit.from_dict(older).predict_interval(grid)
+
+
+def test_power_law_predict_interval_coverage_is_near_nominal():
+    point = {"T": [50.0], "B": [3.0]}
+    truth = 1.5 * 50**0.8 * 3**-0.8
+    covered = 0
+    for seed in range(200):
+        x, y = power_law_data(noise=0.3, n=12, seed=seed)
+        low, high = fit_power_law(x, y).predict_interval(point)
+        covered += low[0] <= truth <= high[0]
+    assert 0.9 <= covered / 200 <= 0.99

@@ -274,6 +274,24 @@ def test_no_train_analyses_finished_and_unfinished_runs_and_names_missing_ones(t
     assert result.results["fit_emerged_only"]["n_points"] == len(configs) - 2
     fit_html = next(path for path in result.figures if path.name == "fit.html").read_text()
     assert "triangle-up-open" in fit_html  # the censored run, drawn as a lower bound
+    figures = analyses.emergence_analysis(spec, result.runs).figures
+    loss = {trace.name: trace for trace in figures["loss"].data}
+    # Each run's threshold is 0.2 x its own initial loss: a dotted line per run.
+    levels = [
+        t for t in figures["loss"].data if t.name == "threshold: 0.2 x each run's initial loss"
+    ]
+    assert len(levels) == len(result.runs) and {t.line.dash for t in levels} == {"dot"}
+    first = [
+        json.loads(path.read_text().splitlines()[0])["eval_loss"]
+        for path in [run.directory / "metrics.jsonl" for run in result.runs]
+    ]
+    assert [t.y[0] for t in levels] == pytest.approx([0.2 * value for value in first])
+    emerged = [0.2 * value for run, value in zip(result.runs, first, strict=True) if run.finished]
+    assert list(loss["emergence time"].y) == pytest.approx(emerged)
+    assert list(loss["not emerged yet"].x) == [cut[-1]["step"]]
+    assert loss["not emerged yet"].marker.symbol == "triangle-right-open"
+    fit = {trace.name for trace in figures["fit"].data}
+    assert {"fit, 95% interval", "paper (toy_model): slope T^0.99"} <= fit
 
 
 def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
@@ -317,7 +335,7 @@ def test_semantic_focus_analysis_groups_by_method(tmp_path):
     assert {path.name for path in result.figures} == {"accuracy.html", "loss.html", "summary.html"}
     rows = {row[1]: row for row in result.headline.rows}  # task, method, steps..., accuracy
     assert set(rows) == {"dense", "top_k(k=5)"} and rows["dense"][-1] == "1.000"
-    assert rows["dense"][3].endswith("(2/2)")  # median steps to 0.5, reached by both seeds
+    assert rows["dense"][3] == f"{centre:.0f}"  # median steps to 0.5, reached by both seeds
 
 
 def test_semantic_focus_summarises_each_task_apart(tmp_path):
@@ -476,3 +494,90 @@ def test_cli_run_reports_a_damaged_run_and_resumes_it_from_the_previous_checkpoi
     assert (aside / "checkpoints" / "step-10" / "tensors.safetensors").read_bytes() == data
     wrong = CliRunner().invoke(app, [*command, "--resume", "latest"])
     assert wrong.exit_code != 0 and "--resume" in wrong.output
+
+
+class ChanceStubTrain(StubTrain):
+    """StubTrain whose accuracy starts at chance level 0.1 (a 10-way guess) instead of 0."""
+
+    def __call__(self, config, out_dir, *, resume, progress):
+        summary = super().__call__(config, out_dir, resume=resume, progress=progress)
+        path = out_dir / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for record in records:
+            record["eval_accuracy"] = 0.1 + 0.9 * record["eval_accuracy"]
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+        return summary
+
+
+def test_semantic_focus_reports_a_threshold_below_chance_as_at_chance(tmp_path):
+    spec = make_spec(
+        "semantic_focus",
+        sweep={"sparse": [None, {"method": "top_k", "hparams": {"k": 5}}]},
+        seeds=[0, 1],
+        analysis={"thresholds": [0.05, 0.5]},
+    )
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=ChanceStubTrain(), progress=False)
+    for row in result.results["runs"]:
+        assert row["steps_to_0.05"] is None and row["at_chance_0.05"] is True
+        assert row["steps_to_0.5"] > 0 and row["at_chance_0.5"] is False
+    dense = next(row for row in result.results["methods"] if row["method"] == "dense")
+    assert dense["at_chance_0.05"] == 2 and dense["reached_0.05"] == 0
+    assert dense["median_steps_to_0.05"] is None
+    figures = analyses.semantic_focus_analysis(spec, result.runs).figures
+    table = figures["summary"].data[0]
+    headers = [text.replace("<br>", " ") for text in table.header["values"]]
+    column = headers.index("steps to 5% accuracy (median)")
+    assert set(table.cells["values"][column]) == {"at chance"}
+    assert "at chance" not in set(table.cells["values"][column + 1])
+    names = {trace.name for trace in figures["accuracy"].data}
+    assert {"5% accuracy: at chance", "50% accuracy", "threshold reached"} <= names
+
+
+def test_semantic_focus_figures_give_a_method_one_colour(tmp_path):
+    from workbench.viz.style import method_colour
+
+    spec = make_spec(
+        "semantic_focus",
+        sweep={
+            "task": [
+                {"name": "assoc_recall", "vocab_size": 16, "seq_len": 16, "n_pairs": 2},
+                {"name": "joint_recall"},
+            ],
+            "sparse": [None, {"method": "top_k", "hparams": {"k": 5}}],
+        },
+    )
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
+    figures = analyses.semantic_focus_analysis(spec, result.runs).figures
+    for name in ("accuracy", "loss"):
+        lines = [trace for trace in figures[name].data if trace.name == "top_k(k=5)"]
+        assert {trace.line.color for trace in lines} == {method_colour("top_k")}
+        assert {trace.xaxis for trace in lines} == {"x", "x2"}  # one panel per task
+        assert [trace.showlegend for trace in lines] == [True, False]
+    annotations = [annotation.text for annotation in figures["accuracy"].layout.annotations]
+    assert annotations == ["assoc_recall", "joint_recall"]
+
+
+def test_emergence_loss_figure_marks_one_shared_threshold(tmp_path):
+    spec = make_spec(
+        "emergence",
+        sweep={"task.seq_len": [8, 16, 32], "task.burstiness": [1, 2]},
+        analysis={"paper": "toy_model", "initial_loss": 1.0},
+    )
+    result = run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
+    figures = analyses.emergence_analysis(spec, result.runs).figures
+    loss = {trace.name: trace for trace in figures["loss"].data}
+    assert list(loss["threshold 0.2 x 1 = 0.2"].y) == [0.2, 0.2]
+    times = {row["config_hash"]: row["emergence_time"] for row in result.results["runs"]}
+    assert sorted(loss["emergence time"].x) == pytest.approx(sorted(times.values()))
+    # The loss, relevant-mass and fit figures draw a run in one colour.
+    styles = analyses.emergence_styles(result.results["runs"])
+    run = result.results["runs"][0]
+    label = f"T={run['T']} d={run['d']} B={run['B']}"
+    assert {t.line.color for t in figures["loss"].data if t.name == label} == {
+        styles[run["config_hash"]].colour
+    }
+    mass = [t for t in figures["relevant_mass"].data if t.name == f"{label} layer 1"]
+    assert {t.line.color for t in mass} == {styles[run["config_hash"]].colour}
+    assert {t.line.dash for t in mass} == {"dash"}
+    points = [t for t in figures["fit"].data if t.name == f"B={run['B']}"]
+    assert styles[run["config_hash"]].colour in points[0].marker.color

@@ -190,6 +190,49 @@ def test_save_load_frame_and_figures(tmp_path) -> None:
     assert pattern_figure(loaded, layer=1, head=3).data[0].z.shape == (2, 12)
 
 
+def test_trace_figure_offers_every_statistic() -> None:
+    result = trace(toy_model(), tokens(), TraceConfig(ps=PS), relevant_positions=relevant())
+    figure = trace_figure(result, "max_weight")
+    names = [trace.name for trace in figure.data]
+    assert names[0] == "max_weight" and sorted(names) == sorted(result.statistic_names())
+    assert {"entropy", "sink_mass", "relevant_mass", "k_0.5", "k_0.9"} <= set(names)
+    assert [trace.visible for trace in figure.data] == [True] + [False] * (len(names) - 1)
+    (menu,) = figure.layout.updatemenus
+    assert [button.label for button in menu.buttons] == names
+    for index, button in enumerate(menu.buttons):
+        visible = button.args[0]["visible"]
+        assert visible == [i == index for i in range(len(names))]
+    entropy = figure.data[names.index("entropy")].z
+    expected = torch.stack(
+        [result.statistic(layer, "entropy").nanmean(dim=(0, 2)) for layer in (0, 1)]
+    )
+    torch.testing.assert_close(torch.as_tensor(entropy), expected)
+    chosen = trace_figure(result, "entropy", statistics=["entropy", "k_0.9"])
+    assert [trace.name for trace in chosen.data] == ["entropy", "k_0.9"]
+
+
+def test_pattern_figure_labels_axes_with_tokens() -> None:
+    config = TraceConfig(patterns=True, pattern_queries=[3, 7], ps=PS)
+    words = [[f"w{i}" for i in range(12)], [f"v{i}" for i in range(12)]]
+    words[0][5] = words[0][6] = "the"  # repeated tokens keep their own positions
+    result = trace(toy_model(), tokens(), config, tokens=words)
+    assert result.metadata["tokens"] == words
+    figure = pattern_figure(result, layer=1, head=2, batch=0)
+    assert list(figure.layout.xaxis.tickvals) == list(range(12))
+    assert list(figure.layout.xaxis.ticktext) == words[0]
+    assert list(figure.layout.yaxis.ticktext) == ["w3", "w7"]
+    assert figure.layout.xaxis.title.text == "key token"
+    assert "key 6 'the'" in figure.data[0].text[0][6]
+    given = pattern_figure(result, layer=1, head=2, batch=1, tokens=[str(i) for i in range(12)])
+    assert list(given.layout.xaxis.ticktext)[:2] == ["0", "1"]
+    plain = pattern_figure(trace(toy_model(), tokens(), config), layer=1, head=2)
+    assert plain.layout.xaxis.ticktext is None and plain.layout.xaxis.title.text == "key position"
+    with pytest.raises(ValueError, match="tokens has 3 entries for 12 positions"):
+        pattern_figure(result, layer=1, head=2, tokens=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"tokens must be \[batch\]\[pos\] = \[2\]\[12\]"):
+        trace(toy_model(), tokens(), config, tokens=words[:1])
+
+
 def test_trace_without_budgets_saves_and_loads(tmp_path) -> None:
     result = trace(toy_model(), tokens(), TraceConfig(ps=()))
     assert result.stats[0]["top_p_budget"].shape[-1] == 0
@@ -215,6 +258,11 @@ def test_cli_trace_writes_files(tmp_path, model: str) -> None:
     assert trace_result.stats
     if model == "minilm":
         assert trace_result.metadata["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+        spelled = trace_result.metadata["tokens"][0]  # the tokenizer's tokens, for the figures
+        assert spelled[0] == "[CLS]" and spelled[-1] == "[SEP]" and "sparse" in spelled
+        assert len(spelled) == trace_result.metadata["seq_len"]
+    else:
+        assert len(trace_result.metadata["tokens"]) == 4  # the toy batch's token ids
     assert "site-packages" not in (folder / "trace.json").read_text()
     assert "site-packages" not in (folder / "trace.html").read_text()
     again = CliRunner().invoke(app, arguments)

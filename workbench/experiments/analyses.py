@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from workbench.analysis import compare_exponents, emergence_time, fit_power_law, threshold_time
+from workbench.analysis import (
+    PowerLawFit,
+    compare_exponents,
+    emergence_time,
+    fit_power_law,
+    starts_past,
+    threshold_time,
+)
 from workbench.experiments.base import (
     AnalysisOutput,
     Headline,
@@ -26,8 +33,9 @@ from workbench.experiments.base import (
 from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.runs import attention_series, metric_series, sparse_setting
-from workbench.viz.experiments import curves_figure, power_law_figure, table_figure
+from workbench.viz.experiments import Level, Mark, curves_figure, power_law_figure, table_figure
 from workbench.viz.stability import stability_figures
+from workbench.viz.style import Style, series_style, sweep_styles, task_style
 
 EMERGENCE_COVARIATES = {"T": "task.seq_len", "d": "task.d", "B": "task.burstiness"}
 """Covariate name -> config path of the emergence fit."""
@@ -45,15 +53,24 @@ def _label(config: Mapping[str, Any], paths: Mapping[str, str]) -> str:
 
 
 def _curve_figure(
-    runs: list[RunRecord], key: str, group: Callable[[RunRecord], str], **layout: Any
+    runs: list[RunRecord],
+    key: str,
+    group: Callable[[RunRecord], str],
+    style: Callable[[RunRecord], Style],
+    *,
+    panel: Callable[[RunRecord], str] | None = None,
+    **layout: Any,
 ) -> Any | None:
-    """`curves_figure` of metric ``key`` of every run that logged it (None if none did)."""
+    """`curves_figure` of metric ``key`` of every run that logged it (None if none did): one
+    legend entry per ``group(run)`` drawn in ``style(run)``, one subplot per ``panel(run)``."""
     curves = {run.config_hash: metric_series(run.metrics(), key) for run in runs}
     curves = {name: curve for name, curve in curves.items() if curve[0].size}
     if not curves:
         return None
     groups = {run.config_hash: group(run) for run in runs}
-    return curves_figure(curves, groups=groups, y_title=key, **layout)
+    styles = {group(run): style(run) for run in runs}
+    panels = {run.config_hash: panel(run) for run in runs} if panel else None
+    return curves_figure(curves, groups=groups, styles=styles, panels=panels, y_title=key, **layout)
 
 
 def _figures(**figures: Any) -> dict[str, Any]:
@@ -61,20 +78,27 @@ def _figures(**figures: Any) -> dict[str, Any]:
     return {name: figure for name, figure in figures.items() if figure is not None}
 
 
-def _relevant_mass_figure(runs: list[RunRecord], group: Callable[[RunRecord], str]) -> Any | None:
+def _relevant_mass_figure(
+    runs: list[RunRecord], group: Callable[[RunRecord], str], style: Callable[[RunRecord], Style]
+) -> Any | None:
     """Per run and layer, the largest relevant mass over the heads against the step (None when
-    no run logged attention metrics)."""
-    curves, groups = {}, {}
+    no run logged attention metrics): the run's style, the layer's dash."""
+    curves, groups, styles = {}, {}, {}
     for run in runs:
         steps, values = attention_series(run.metrics(), "relevant_mass")  # [m, layers, heads]
         for layer in range(values.shape[1] if steps.size else 0):
             label = f"{run.config_hash} layer {layer}"
             curves[label] = (steps, values[:, layer].max(axis=-1))
             groups[label] = f"{group(run)} layer {layer}"
+            styles[groups[label]] = style(run).for_layer(layer)
     if not curves:
         return None
     return curves_figure(
-        curves, groups=groups, title="relevant mass (best head per layer)", y_title="mass"
+        curves,
+        groups=groups,
+        styles=styles,
+        title="relevant mass (best head per layer; line dash: layer)",
+        y_title="mass",
     )
 
 
@@ -101,19 +125,23 @@ def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisO
         raise ValueError(
             f"paper must be one of {sorted(PAPER_EXPONENTS)}, got {options['paper']!r}"
         )
+    paper = PAPER_EXPONENTS[options["paper"]]
     rows = [_emergence_row(run, options) for run in runs]
-    results: dict[str, Any] = {
-        "runs": rows,
-        **_emergence_fit(rows, PAPER_EXPONENTS[options["paper"]]),
-    }
+    results: dict[str, Any] = {"runs": rows, **_emergence_fit(rows, paper)}
+    styles = emergence_styles(rows)
 
     def group(run: RunRecord) -> str:
         return _label(run.config, EMERGENCE_COVARIATES)
 
+    def style(run: RunRecord) -> Style:
+        return styles[run.config_hash]
+
     figures = _figures(
-        loss=_curve_figure(runs, options["loss_key"], group, title="test loss", log_y=True),
-        relevant_mass=_relevant_mass_figure(runs, group),
-        fit=emergence_fit_figure(rows, results.get("fit")),
+        loss=emergence_loss_figure(runs, rows, options, group, style),
+        relevant_mass=_relevant_mass_figure(runs, group, style),
+        fit=emergence_fit_figure(
+            rows, results.get("fit"), paper=paper, paper_name=options["paper"]
+        ),
     )
     headline = emergence_headline(results, options["paper"])
     return AnalysisOutput(results=results, figures=figures, headline=headline)
@@ -143,6 +171,82 @@ def emergence_headline(results: Mapping[str, Any], paper: str) -> Headline:
         ["exponent", "ours", "95% interval", "paper", "paper inside"],
         rows,
         note=f"{counts}{censored}; R^2 {fit['r2']:.3f}",
+    )
+
+
+def emergence_styles(rows: list[dict[str, Any]]) -> dict[str, Style]:
+    """``{config_hash: Style}`` of the emergence runs (``results["runs"]`` rows), the same in the
+    loss, relevant-mass and fit figures: one hue per combination of d and B, shaded by T
+    (`sweep_styles`)."""
+    points = [{name: row[name] for name in EMERGENCE_COVARIATES} for row in rows]
+    styles = sweep_styles(points, "T") if points else []
+    return {row["config_hash"]: style for row, style in zip(rows, styles, strict=True)}
+
+
+def emergence_threshold(
+    steps: np.ndarray, losses: np.ndarray, options: Mapping[str, Any]
+) -> float | None:
+    """The loss a run must reach to have emerged: ``fraction x`` the ``initial_loss`` option, or
+    x the run's first finite logged loss (as `emergence_time`)."""
+    initial = options["initial_loss"]
+    if initial is None:
+        finite = losses[np.isfinite(losses)]
+        if not finite.size:
+            return None
+        initial = float(finite[0])
+    return options["fraction"] * initial
+
+
+def emergence_loss_figure(
+    runs: list[RunRecord],
+    rows: list[dict[str, Any]],
+    options: Mapping[str, Any],
+    group: Callable[[RunRecord], str],
+    style: Callable[[RunRecord], Style],
+) -> Any | None:
+    """Test-loss curves with the emergence threshold (one dashed line where every run shares it,
+    else each run's dotted in its colour), a dot where each run emerged and an open triangle at
+    the last step of the runs that had not (censored)."""
+    key = options["loss_key"]
+    row_of = {row["config_hash"]: row for row in rows}
+    thresholds, marks = {}, []
+    for run in runs:
+        steps, losses = metric_series(run.metrics(), key)
+        if not steps.size:
+            continue
+        threshold = emergence_threshold(steps, losses, options)
+        thresholds[run.config_hash] = threshold
+        time = row_of[run.config_hash]["emergence_time"]
+        if time is not None and threshold is not None:
+            text = f"{group(run)}: emerged at step {time:.0f}"
+            marks.append(Mark(run.config_hash, time, threshold, text, "emergence time"))
+        elif time is None:
+            text = f"{group(run)}: not emerged by step {steps[-1]:.0f}"
+            marks.append(
+                Mark(run.config_hash, steps[-1], losses[-1], text, "not emerged yet", bound=True)
+            )
+    fraction = f"{options['fraction']:g} x"
+    values = {value for value in thresholds.values() if value is not None}
+    if len(values) == 1:
+        value = values.pop()
+        initial = options["initial_loss"]
+        reference = f"{initial:g}" if initial is not None else "the initial loss"
+        levels = [Level(value, f"threshold {fraction} {reference} = {value:.3g}")]
+    else:
+        levels = [
+            Level(value, f"threshold: {fraction} each run's initial loss", curve=label)
+            for label, value in thresholds.items()
+            if value is not None
+        ]
+    return _curve_figure(
+        runs,
+        key,
+        group,
+        style,
+        title="test loss (colour: d and B, darker for longer T)",
+        log_y=True,
+        levels=levels,
+        marks=marks,
     )
 
 
@@ -208,24 +312,49 @@ def _emergence_fit(rows: list[dict[str, Any]], paper: Mapping[str, float]) -> di
     return summary
 
 
-def emergence_fit_figure(rows: list[dict[str, Any]], fit: Mapping[str, Any] | None) -> Any | None:
+def emergence_fit_figure(
+    rows: list[dict[str, Any]],
+    fit: Mapping[str, Any] | None,
+    *,
+    paper: Mapping[str, float] | None = None,
+    paper_name: str = "transformer",
+) -> Any | None:
     """`power_law_figure` of an emergence analysis' ``results["runs"]`` rows and
-    ``results["fit"]`` (None without a fit): emerged runs, censored runs as lower bounds."""
+    ``results["fit"]`` (None without a fit): emerged runs, censored runs as lower bounds, the
+    fit with its confidence band (fits that record their covariance) and the paper's exponent
+    of the x covariate (``paper``, default Zucchet et al.'s ``paper_name`` fit) as a dashed
+    slope."""
     if fit is None:
         return None
+    law = PowerLawFit.from_dict(fit)
     points, times, censored = _fit_points(rows)
-    covariates = {name: [row[name] for row in points] for name in fit["names"]}
-    logs = np.log(np.array([covariates[name] for name in fit["names"]], dtype=np.float64)).T
-    exponents = np.array([fit["exponents"][name] for name in fit["names"]])
-    predicted = np.exp(fit["log_prefactor"] + logs @ exponents)
+    covariates = {name: [row[name] for row in points] for name in law.names}
+    x_name = "T" if "T" in covariates else law.names[0]
+    paper = PAPER_EXPONENTS[paper_name] if paper is None else paper
+    styles = emergence_styles(rows)
     return power_law_figure(
         covariates,
         times,
-        predicted.tolist(),
-        formula=fit["formula"],
-        x_name="T" if "T" in covariates else fit["names"][0],
+        law.predict(covariates).tolist(),
+        formula=_formula_with_intervals(law),
+        x_name=x_name,
         censored=censored.tolist(),
+        interval=None if law.covariance is None else law.predict_interval,
+        confidence=law.confidence,
+        reference_exponent=paper.get(x_name),
+        reference_name=f"paper ({paper_name})",
+        styles=[styles[row["config_hash"]] for row in points],
     )
+
+
+def _formula_with_intervals(fit: PowerLawFit) -> str:
+    """E.g. ``"0.03 T^0.61 [0.31, 0.91] B^-0.50 [-0.99, -0.01]"``."""
+    terms = [
+        f"{name}^{fit.exponents[name]:.2f} [{fit.intervals[name][0]:.2f}, "
+        f"{fit.intervals[name][1]:.2f}]"
+        for name in fit.names
+    ]
+    return " ".join([f"{fit.prefactor:.3g}", *terms])
 
 
 def _fit_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float], np.ndarray]:
@@ -249,11 +378,14 @@ def method_label(config: Mapping[str, Any]) -> str:
 @analysis("semantic_focus")
 def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
     """Per task and sparse method: steps to reach each accuracy in ``thresholds``
-    (`threshold_time`), final accuracy, and the final value of every other metric starting with
-    ``accuracy_key`` (e.g. ``eval_accuracy_train``: on the training set). Runs trained with the
-    ``stability`` evaluation metric add the final softmax stability (`_stability_row`) and a summary per task
-    and kind of attention (dense, input-dependent, input-agnostic). Figures: accuracy and loss
-    curves per task and method, summary table, stability curves."""
+    (`threshold_time`; "at chance" instead where the accuracy starts at or above the threshold:
+    ``steps_to_<t>`` None and ``at_chance_<t>`` true), final accuracy, and the final value of
+    every other metric starting with ``accuracy_key`` (e.g. ``eval_accuracy_train``: on the
+    training set). Runs trained with the ``stability`` evaluation metric add the final softmax
+    stability (`_stability_row`) and a summary per task and kind of attention (dense,
+    input-dependent, input-agnostic). Figures (one panel per task, a fixed colour per method):
+    accuracy curves with the thresholds and the steps that reach them, loss curves, summary
+    table, stability curves."""
     options = analysis_options(
         spec,
         {
@@ -282,21 +414,47 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
     by_kind = _summarise_by(rows, ("task", "kind"), stability) if stability else []
 
     def group(run: RunRecord) -> str:
-        method = method_label(run.config)
-        return f"{tasks[run.config_hash]}: {method}" if len(set(tasks.values())) > 1 else method
+        return method_label(run.config)
 
+    def style(run: RunRecord) -> Style:
+        return series_style(method=method_label(run.config))
+
+    def panel(run: RunRecord) -> str:
+        return tasks[run.config_hash] if len(set(tasks.values())) > 1 else ""
+
+    levels, marks = _threshold_levels_and_marks(runs, rows, options["thresholds"], panel)
     figures = _figures(
-        accuracy=_curve_figure(runs, key, group, title="held-out accuracy per task and method"),
-        loss=_curve_figure(
-            runs, "loss", group, title="training loss per task and method", log_y=True
+        accuracy=_curve_figure(
+            runs,
+            key,
+            group,
+            style,
+            panel=panel,
+            title="held-out accuracy per task and method",
+            levels=levels,
+            marks=marks,
         ),
-        summary=table_figure(summary, title="semantic focus: per task and method")
+        loss=_curve_figure(
+            runs,
+            "loss",
+            group,
+            style,
+            panel=panel,
+            title="training loss per task and method",
+            log_y=True,
+        ),
+        summary=table_figure(
+            summary_table_rows(summary, options["thresholds"]),
+            title="semantic focus: per task and method",
+        )
         if summary
         else None,
     )
     figures |= stability_figures(
         {run.config_hash: run.metrics() for run in runs},
         {run.config_hash: group(run) for run in runs},
+        styles={run.config_hash: style(run) for run in runs},
+        panels={run.config_hash: panel(run) for run in runs},
     )
     results = {"runs": rows, "methods": summary}
     if by_kind:
@@ -317,10 +475,7 @@ def semantic_focus_headline(
     rows = []
     for row in summary:
         cells = [row["task"], row["method"]]
-        for threshold in thresholds:
-            median = row.get(f"median_steps_to_{threshold}")
-            reached = f"{row.get(f'reached_{threshold}', 0)}/{row['runs']}"
-            cells.append("-" if median is None else f"{median:.0f} ({reached})")
+        cells += [_steps_cell(row, f"{threshold:g}") for threshold in thresholds]
         cells.append(f"{row.get(f'mean_{key}', float('nan')):.3f}")
         if len(columns) > len(cells):
             cells.append(f"{row.get(train_key, float('nan')):.3f}")
@@ -329,8 +484,90 @@ def semantic_focus_headline(
         "semantic focus: steps to accuracy and final accuracy per task and method",
         columns,
         rows,
-        note="steps: median over the runs that reached the threshold (reached / runs)",
+        note="steps: median over the runs that reached the threshold (reached / runs when not "
+        "all did); at chance: the accuracy starts above the threshold",
     )
+
+
+def _percent(threshold: float) -> str:
+    """``0.05`` -> ``"5%"``."""
+    return f"{100 * threshold:g}%"
+
+
+def _threshold_levels_and_marks(
+    runs: list[RunRecord],
+    rows: list[dict[str, Any]],
+    thresholds: Sequence[float],
+    panel: Callable[[RunRecord], str],
+) -> tuple[list[Level], list[Mark]]:
+    """The accuracy thresholds as levels of each panel (named "at chance" where every run of the
+    panel starts at or above it) and a mark where each run reaches one."""
+    row_of = {row["config_hash"]: row for row in rows}
+    levels, marks = [], []
+    for threshold in thresholds:
+        name = f"{threshold:g}"
+        for current in sorted({panel(run) for run in runs}):
+            chosen = [row_of[run.config_hash] for run in runs if panel(run) == current]
+            at_chance = all(row[f"at_chance_{name}"] for row in chosen)
+            label = f"{_percent(threshold)} accuracy"
+            if at_chance:  # every run of the panel starts at or above it
+                label += f": at chance in {current}" if current else ": at chance"
+            levels.append(Level(threshold, label, panel=current))
+        for run in runs:
+            step = row_of[run.config_hash][f"steps_to_{name}"]
+            if step is not None:
+                text = f"{method_label(run.config)}: {_percent(threshold)} at step {step:.0f}"
+                marks.append(Mark(run.config_hash, step, threshold, text, "threshold reached"))
+    return levels, marks
+
+
+def summary_table_rows(
+    summary: list[dict[str, Any]], thresholds: Sequence[float]
+) -> list[dict[str, Any]]:
+    """The rows of the summary table: the columns of ``summary`` (`_summarise_by` of the
+    semantic-focus runs) under readable names, steps to each threshold as one column ("at
+    chance" where every run started above it, "not reached", or the median step with the share
+    of runs that reached it)."""
+    table = []
+    for entry in summary:
+        row: dict[str, Any] = {"task": entry["task"], "method": entry["method"]}
+        row["runs"] = entry["runs"]
+        for threshold in thresholds:
+            row[f"steps to {_percent(threshold)} accuracy (median)"] = _steps_cell(
+                entry, f"{threshold:g}"
+            )
+        for name, value in entry.items():
+            if name.startswith("mean_"):
+                row[_mean_header(name[len("mean_") :])] = value
+        table.append(row)
+    return table
+
+
+def _steps_cell(entry: Mapping[str, Any], name: str) -> str:
+    runs, reached = entry["runs"], entry[f"reached_{name}"]
+    at_chance = entry.get(f"at_chance_{name}", 0)
+    if at_chance == runs:
+        return "at chance"
+    if entry[f"median_steps_to_{name}"] is None:
+        return "not reached" + (f" ({at_chance} at chance)" if at_chance else "")
+    cell = f"{entry[f'median_steps_to_{name}']:.0f}"
+    if reached < runs:
+        cell += f" ({reached}/{runs} runs" + (f", {at_chance} at chance)" if at_chance else ")")
+    return cell
+
+
+MEAN_HEADERS = {
+    "eval_accuracy": "held-out accuracy",
+    "eval_accuracy_train": "training-set accuracy",
+    "final_jacobian_norm": "||J||_2, dense softmax",
+    "final_method_jacobian_norm": "||J||_2, method's softmax",
+    "final_top_k_margin": "top-k margin",
+}
+"""Column names of the summary table for the means of `_summarise_by`."""
+
+
+def _mean_header(name: str) -> str:
+    return f"{MEAN_HEADERS.get(name, name.replace('_', ' '))} (final, mean)"
 
 
 def task_labels(runs: list[RunRecord]) -> dict[str, str]:
@@ -387,6 +624,10 @@ def _focus_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
         "seed": run.config.get("seed"),
     }
     for threshold in options["thresholds"]:
+        # A threshold the accuracy starts above (below chance): no time to reach it.
+        at_chance = bool(steps.size) and starts_past(
+            steps, accuracy, threshold, "above", smoothing=options["smoothing"]
+        )
         row[f"steps_to_{threshold:g}"] = (
             threshold_time(
                 steps,
@@ -396,9 +637,10 @@ def _focus_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
                 smoothing=options["smoothing"],
                 persist=options["persist"],
             )
-            if steps.size
+            if steps.size and not at_chance
             else None
         )
+        row[f"at_chance_{threshold:g}"] = at_chance
     finals = {name for record in records for name in record if name.startswith(key)}
     for name in sorted(finals):
         values = metric_series(records, name)[1]
@@ -410,8 +652,8 @@ def _summarise_by(
     rows: list[dict[str, Any]], by: Sequence[str], mean_keys: list[str]
 ) -> list[dict[str, Any]]:
     """Per combination of the values of ``by`` (row keys): the number of runs, the mean of
-    ``mean_keys`` and, for each ``steps_to_*`` key, the median over the runs that reached it and
-    their count."""
+    ``mean_keys`` and, for each ``steps_to_*`` key, the median over the runs that reached it,
+    their count and the count of runs that started above it (``at_chance_*``)."""
     summary = []
     for combination in dict.fromkeys(tuple(row[key] for key in by) for row in rows):
         group = [row for row in rows if tuple(row[key] for key in by) == combination]
@@ -422,7 +664,11 @@ def _summarise_by(
         for name in (name for name in group[0] if name.startswith("steps_to_")):
             reached = [row[name] for row in group if row[name] is not None]
             entry[f"median_{name}"] = float(np.median(reached)) if reached else None
-            entry[f"reached_{name[len('steps_to_') :]}"] = len(reached)
+            threshold = name[len("steps_to_") :]
+            entry[f"reached_{threshold}"] = len(reached)
+            entry[f"at_chance_{threshold}"] = sum(
+                bool(row.get(f"at_chance_{threshold}")) for row in group
+            )
         summary.append(entry)
     return summary
 
@@ -461,6 +707,7 @@ def icl_linreg_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Analysis
         runs,
         "eval_loss",
         lambda run: _label(run.config, {"task": "task.name"}),
+        lambda run: task_style(_task_settings(run.config["task"])["name"]),
         title="test loss",
         log_y=True,
     )

@@ -8,12 +8,16 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.viz.style import method_colour
+
 
 def fidelity_figure(reports: Sequence[Mapping[str, Any]], title: str = "") -> go.Figure:
     """Left: density against attention recall, one point per method; right: local (teacher-forced,
-    mean over layers) and end-to-end output error per method. ``reports``: `FidelityReport.to_dict`
+    mean over layers) and end-to-end output error per method (local bars hatched), each method in
+    its fixed colour (`workbench.viz.style.method_colour`). ``reports``: `FidelityReport.to_dict`
     dicts (as written to ``results.json``)."""
     names = [report["method"] for report in reports]
+    colours = [method_colour(name) for name in names]
     figure = make_subplots(
         rows=1,
         cols=2,
@@ -28,13 +32,18 @@ def fidelity_figure(reports: Sequence[Mapping[str, Any]], title: str = "") -> go
             textposition="top center",
             name="methods",
             showlegend=False,
+            marker={"color": colours, "size": 10},
         ),
         row=1,
         col=1,
     )
-    for label, key in (("local", "mean_local_output_error"), ("end-to-end", "output_error")):
+    for label, key, hatch in (
+        ("local (hatched)", "mean_local_output_error", "/"),
+        ("end-to-end", "output_error", ""),
+    ):
         values = [report[key] for report in reports]
-        figure.add_trace(go.Bar(x=names, y=values, name=label), row=1, col=2)
+        marker = {"color": colours, "pattern": {"shape": hatch, "fgcolor": "white"}}
+        figure.add_trace(go.Bar(x=names, y=values, name=label, marker=marker), row=1, col=2)
     figure.update_xaxes(
         title_text="density (kept / visible entries)", range=[0, 1.05], row=1, col=1
     )

@@ -2,8 +2,9 @@
 
 Pure drawing: the builders take method objects (anything with a ``name`` and ``select(q, k, *,
 causal, block_size) -> Layout``, as every `workbench.sparse.SparseMethod`), never names, and this
-module imports neither the registry nor the method modules (a method module's ``main()`` imports
-it, not the other way round). Resolve names first:
+module imports no method module (a method module's ``main()`` imports it, not the other way
+round); each layout is drawn in its method's fixed colour (`workbench.viz.style`, which reads the
+registry's names only). Resolve names first:
 ``methods_figure([workbench.sparse.get(name) for name in names])``; `workbench.viz.layout` draws
 a single `Layout`.
 """
@@ -22,6 +23,7 @@ from plotly.subplots import make_subplots
 from kernels.layout import Layout
 from kernels.reference import scaled_scores
 from workbench.io import write_figure
+from workbench.viz.style import method_colour
 
 
 class Selection(Protocol):
@@ -34,7 +36,9 @@ class Selection(Protocol):
         ...
 
 
-KEPT_COLOURS = [[0.0, "#f4f4f4"], [1.0, "#1f4e79"]]
+def kept_colours(name: str) -> list[list[float | str]]:
+    """Colour scale from dropped (light grey) to kept (the method's colour)."""
+    return [[0.0, "#f4f4f4"], [1.0, method_colour(name)]]
 
 
 def random_qk(q_len: int, seed: int, *, d_head: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +66,7 @@ def methods_figure(
     columns: int = 4,
 ) -> go.Figure:
     """Grid of the causal layouts (token resolution, 1 = kept) of the given methods on seeded
-    random ``q, k``, each titled by its repr."""
+    random ``q, k``, each titled by its repr and drawn in its method's colour."""
     for method in methods:
         if isinstance(method, str):
             raise TypeError(
@@ -84,7 +88,7 @@ def methods_figure(
         figure.add_trace(
             go.Heatmap(
                 z=kept.to(torch.float32).numpy(),
-                colorscale=KEPT_COLOURS,
+                colorscale=kept_colours(method.name),
                 zmin=0,
                 zmax=1,
                 showscale=False,

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.viz.experiments import curves_figure
+from workbench.viz.style import Style, method_style
 
 TITLES = {
     "jacobian_norm": "||J||_2 of the dense softmax (mean over heads)",
@@ -21,22 +22,38 @@ TITLES = {
 
 
 def stability_figures(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]], groups: Mapping[str, str] | None = None
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    groups: Mapping[str, str] | None = None,
+    *,
+    styles: Mapping[str, Style] | None = None,
+    panels: Mapping[str, str] | None = None,
 ) -> dict[str, go.Figure]:
     """``{"stability_<name>": figure}`` per logged statistic: one curve per run (``{label:
-    metrics records}``) and layer, the mean over the heads against the step; ``groups`` (``{label:
-    group}``) colours the runs of a group alike."""
+    metrics records}``) and layer, the mean over the heads against the step. ``groups``
+    (``{label: group}``, e.g. the run's method) draws the runs of a group alike; ``styles``
+    (``{label: Style}``) gives a run's colour (default: `method_style` of its group, so a group
+    named by a method takes that method's colour), the layer its dash; ``panels`` (``{label:
+    panel}``, e.g. the task) puts the runs of each panel in a subplot of their own."""
     figures = {}
     for name in ROW_STATISTICS:
-        curves, curve_groups = {}, {}
+        curves, curve_groups, curve_styles, curve_panels = {}, {}, {}, {}
         for label, records in runs.items():
             steps, values = stability_series(records, name)  # [m], [m, layers, heads]
+            group = (groups or {}).get(label, label)
+            style = (styles or {}).get(label) or method_style(group)
             for layer in range(values.shape[1] if steps.size else 0):
-                curves[f"{label} layer {layer}"] = (steps, values[:, layer].mean(axis=-1))
-                group = (groups or {}).get(label, label)
-                curve_groups[f"{label} layer {layer}"] = f"{group} layer {layer}"
+                curve = f"{label} layer {layer}"
+                curves[curve] = (steps, values[:, layer].mean(axis=-1))
+                curve_groups[curve] = f"{group} layer {layer}"
+                curve_styles[f"{group} layer {layer}"] = style.for_layer(layer)
+                curve_panels[curve] = (panels or {}).get(label, "")
         if curves:
             figures[f"stability_{name}"] = curves_figure(
-                curves, groups=curve_groups, title=TITLES[name], y_title=name
+                curves,
+                groups=curve_groups,
+                styles=curve_styles,
+                panels=curve_panels,
+                title=TITLES[name],
+                y_title=name,
             )
     return figures

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import torch
 
 from toy_tasks import Batch, ToyTask
+from workbench.viz.style import category_styles
 
 
 def relevance_figure(task: ToyTask, batch: Batch, index: int = 0) -> go.Figure:
@@ -55,10 +56,16 @@ def curves_figure(
     y_title: str,
     log_y: bool = False,
 ) -> go.Figure:
-    """One line per named curve, x = 0..len-1."""
+    """One line per named curve, x = 0..len-1, each name in its `category_styles` style (fixed
+    by the set of names, distinct past plotly's ten colours)."""
     figure = go.Figure()
+    styles = category_styles(curves)
     for name, values in curves.items():
-        figure.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), name=name))
+        figure.add_trace(
+            go.Scatter(
+                x=list(range(len(values))), y=list(values), name=name, line=styles[name].line()
+            )
+        )
     figure.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title)
     if log_y:
         figure.update_yaxes(type="log")

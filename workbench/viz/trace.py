@@ -2,53 +2,139 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import plotly.graph_objects as go
 import torch
 
 from workbench.trace import Trace
 
+TITLES = {
+    "entropy": "entropy (nats)",
+    "max_weight": "max weight",
+    "lse": "logsumexp of the scores",
+    "sink_mass": "sink mass (first tokens)",
+    "relevant_mass": "relevant mass",
+}
+"""What a statistic's colour bar says; ``k_<p>``: keys holding mass p."""
 
-def trace_figure(trace: Trace, statistic: str = "entropy") -> go.Figure:
-    """Heatmap layer x head of ``statistic`` (a name of ``trace.statistic_names()``), averaged over
-    batch and queries (padded queries ignored)."""
+
+def statistic_title(name: str) -> str:
+    if name.startswith("k_"):
+        return f"{name}: keys holding mass {name[2:]}"
+    return TITLES.get(name, name)
+
+
+def trace_figure(
+    trace: Trace, statistic: str = "entropy", *, statistics: Sequence[str] | None = None
+) -> go.Figure:
+    """Heatmaps layer x head of per-row statistics, averaged over batch and queries (padded
+    queries and rows without relevant positions ignored), one at a time: a menu chooses among
+    ``statistics`` (default every statistic of ``trace.statistic_names()``: entropy, max weight,
+    logsumexp, sink mass, relevant mass where recorded, the budgets ``k_p``); ``statistic`` is
+    shown first (``figure.data[0]``)."""
+    offered = statistics if statistics is not None else trace.statistic_names()
+    names = [statistic, *(name for name in offered if name != statistic)]
     layers = sorted(trace.stats)
-    # [layers, heads]
-    means = torch.stack([trace.statistic(layer, statistic).nanmean(dim=(0, 2)) for layer in layers])
-    figure = go.Figure(
-        go.Heatmap(
-            z=means.cpu().numpy(),
-            x=[f"head {head}" for head in trace.heads],
-            y=[f"layer {layer}" for layer in layers],
-            colorbar={"title": statistic},
+    model = trace.metadata.get("model", "")
+    figure = go.Figure()
+    for index, name in enumerate(names):
+        # [layers, heads]
+        means = torch.stack([trace.statistic(layer, name).nanmean(dim=(0, 2)) for layer in layers])
+        figure.add_trace(
+            go.Heatmap(
+                z=means.cpu().numpy(),
+                x=[f"head {head}" for head in trace.heads],
+                y=[f"layer {layer}" for layer in layers],
+                colorbar={"title": {"text": name}},
+                name=name,
+                visible=index == 0,
+                hovertemplate=f"%{{y}}, %{{x}}<br>{name}: %{{z:.3f}}<extra></extra>",
+            )
         )
-    )
+
+    def title(name: str) -> str:
+        return f"mean {statistic_title(name)} per head ({model})"
+
+    buttons = [
+        {
+            "label": name,
+            "method": "update",
+            "args": [
+                {"visible": [other == name for other in names]},
+                {"title": {"text": title(name)}},
+            ],
+        }
+        for name in names
+    ]
     figure.update_layout(
-        title=f"mean {statistic} per head ({trace.metadata.get('model', '')})",
+        title={"text": title(statistic)},
         xaxis_title="head",
         yaxis_title="layer",
         yaxis_autorange="reversed",
+        updatemenus=[
+            {
+                "buttons": buttons,
+                "direction": "down",
+                "showactive": True,
+                "x": 0.0,
+                "xanchor": "left",
+                "y": 1.02,
+                "yanchor": "bottom",
+            }
+        ],
+        margin={"t": 120},
     )
     return figure
 
 
-def pattern_figure(trace: Trace, layer: int, head: int, batch: int = 0) -> go.Figure:
-    """Heatmap of the recorded pattern of model head ``head`` (query x key) of one example."""
+def pattern_figure(
+    trace: Trace,
+    layer: int,
+    head: int,
+    batch: int = 0,
+    *,
+    tokens: Sequence[str] | None = None,
+) -> go.Figure:
+    """Heatmap of the recorded pattern of model head ``head`` (query x key) of one example. The
+    axes are labelled with the example's tokens (``tokens``: one string per position, or the
+    trace's ``metadata["tokens"][batch]`` where the trace recorded them), positions otherwise."""
     if layer not in trace.patterns:
         raise KeyError(f"no pattern recorded for layer {layer}: {sorted(trace.patterns)}")
     pattern = trace.patterns[layer][batch, trace.heads.index(head)]  # [kept_q, kv_len]
+    kv_len = pattern.shape[-1]
+    if tokens is None and trace.metadata.get("tokens") is not None:
+        tokens = trace.metadata["tokens"][batch]
+    if tokens is not None and len(tokens) != kv_len:
+        raise ValueError(f"tokens has {len(tokens)} entries for {kv_len} positions")
+    queries = trace.pattern_queries
+    keys = list(range(kv_len))
+
+    def label(position: int) -> str:
+        return f"{position}" if tokens is None else f"{position} {tokens[position]!r}"
+
+    hover = [[f"query {label(q)}<br>key {label(k)}" for k in keys] for q in queries]
     figure = go.Figure(
         go.Heatmap(
             z=pattern.cpu().numpy(),
-            y=trace.pattern_queries,
-            x=list(range(pattern.shape[-1])),
+            y=queries,
+            x=keys,
+            text=hover,
+            hovertemplate="%{text}<br>weight %{z:.3f}<extra></extra>",
             colorscale="Blues",
-            colorbar={"title": "weight"},
+            colorbar={"title": {"text": "weight"}},
         )
     )
+    axis = "position" if tokens is None else "token"
     figure.update_layout(
         title=f"attention pattern, layer {layer} head {head}, example {batch}",
-        xaxis_title="key position",
-        yaxis_title="query position",
+        xaxis_title=f"key {axis}",
+        yaxis_title=f"query {axis}",
         yaxis_autorange="reversed",
     )
+    if tokens is not None:
+        figure.update_xaxes(tickmode="array", tickvals=keys, ticktext=list(tokens), tickangle=-60)
+        figure.update_yaxes(
+            tickmode="array", tickvals=queries, ticktext=[tokens[q] for q in queries]
+        )
     return figure
