@@ -241,5 +241,8 @@ def _summary_line(summary: dict[str, Any]) -> str:
         for entry in summary["variables"]
     ]
     if "relevant_share" in summary:
-        parts.append(f"relevant share {summary['relevant_share']:.2f}")
+        parts.append(
+            f"attribution on the relevant positions {summary['relevant_share']:.2f}, on the "
+            f"positions after them {summary['after_relevant_share']:.2f}"
+        )
     return "; ".join(parts)

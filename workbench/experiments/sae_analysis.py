@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_examples": 1024,
     "report_examples": 1024,
 }
-COMPARED = ("fvu", "l0", "loss_recovered", "spliced", "relevant_share", "alive")
+COMPARED = ("fvu", "l0", "loss_recovered", "spliced", "relevant_share", "after_relevant_share")
 
 
 def sae_name(layer: int, options: Mapping[str, Any]) -> str:
@@ -91,6 +91,7 @@ def _row(
         **{key: metrics[key] for key in ("loss_recovered", "kl", "clean", "spliced")},
         "alive": summary["alive"],
         "relevant_share": summary.get("relevant_share"),
+        "after_relevant_share": summary.get("after_relevant_share"),
     }
     for entry in summary["variables"]:
         row[f"dedicated_{entry['variable']}"] = entry["dedicated"]
@@ -133,27 +134,30 @@ def _variables(rows: list[dict[str, Any]]) -> list[str]:
 def _headline(summary: list[dict[str, Any]], layer: int) -> Headline:
     variables = _variables(summary)
     columns = ["method", "FVU", "L0", "loss recovered", "accuracy clean -> spliced", "alive"]
-    columns += [f"dedicated {name}" for name in variables] + ["relevant share"]
+    columns += [f"dedicated {' . '.join(variables)}", "share on relevant . after"]
     table = []
     for row in summary:
-        cells = [
-            row["method"],
-            f"{row['fvu']:.3f}",
-            f"{row['l0']:.1f}",
-            f"{row['loss_recovered']:.3f}",
-            f"{row['clean']:.3f} -> {row['spliced']:.3f}",
-            f"{row['alive']:.0f}",
-        ]
-        cells += [
-            f"{row[f'dedicated_{name}']:.1f}/{row[f'values_{name}']:.0f}" for name in variables
-        ]
-        share = row.get("relevant_share")
-        cells.append("-" if share is None else f"{share:.2f}")
-        table.append(cells)
+        dedicated = " . ".join(
+            f"{row[f'dedicated_{name}']:g}/{row[f'values_{name}']:g}" for name in variables
+        )
+        shares = (row.get("relevant_share"), row.get("after_relevant_share"))
+        table.append(
+            [
+                row["method"],
+                f"{row['fvu']:.3f}",
+                f"{row['l0']:.1f}",
+                f"{row['loss_recovered']:.3f}",
+                f"{row['clean']:.3f} -> {row['spliced']:.3f}",
+                f"{row['alive']:.0f}",
+                dedicated,
+                "-" if None in shares else " . ".join(f"{share:.2f}" for share in shares),
+            ]
+        )
     return Headline(
         f"attention-output SAEs on layer {layer}: mean over seeds per method",
         columns,
         table,
-        note="dedicated: values of the variable with a feature of F1 >= 0.8; relevant share: of "
-        "the features' source attribution, the part on the ground-truth relevant positions",
+        note="dedicated: values of the variable with a feature of F1 >= 0.8; share: of the "
+        "features' source attribution, the part on the ground-truth relevant positions and on "
+        "the positions right after them",
     )

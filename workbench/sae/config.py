@@ -15,7 +15,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from toy_tasks.base import check_int
+from workbench.devices import resolve_device
+
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,9 @@ class SAEConfig:
             raise ValueError(
                 f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"
             )
-        for name, low in (("expansion", 1), ("k", 1), ("batch_size", 1), ("steps", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("expansion", "k", "batch_size", "steps"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0, MAX_SEED)
         for name in ("l1_coefficient", "l0_coefficient", "lr"):
             value = getattr(self, name)
             if (
@@ -76,12 +79,18 @@ class SAEConfig:
     def d_sae(self, d_in: int) -> int:
         return self.expansion * d_in
 
-    def torch_device(self) -> str:
-        import torch
+    def check_width(self, d_in: int) -> None:
+        """``ValueError`` naming ``k`` when a TopK architecture asks for more features than an SAE
+        on rows of ``d_in`` has."""
+        if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae(d_in):
+            raise ValueError(
+                f"k must be at most d_sae = expansion * d_in = {self.d_sae(d_in)}, got {self.k}"
+            )
 
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+    def torch_device(self) -> str:
+        """The device to train on (sae-lens takes its name); ``ValueError`` when ``device`` asks
+        for CUDA and there is none."""
+        return str(resolve_device(self.device))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,6 +110,7 @@ def sae_lens_training_sae(config: SAEConfig, d_in: int, hook_name: str, model_na
     import sae_lens
     from sae_lens.saes.sae import SAEMetadata
 
+    config.check_width(d_in)
     common = dict(
         d_in=d_in,
         d_sae=config.d_sae(d_in),

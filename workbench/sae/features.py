@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.attention import model_size
 from workbench.capture import LayerCapture, SparsePlan, capturing, run_model
 from workbench.sae.attribution import (
     VariableMatch,
@@ -44,8 +45,9 @@ class FeatureReport:
         head_norms: ``[d_sae, n_heads]`` decoder norm per head (`head_decoder_norms`).
         head_attribution: ``[d_sae, n_heads]`` mean direct attribution per head over the rows where
             the feature fires (0 for a dead feature).
-        relevant_share: ``[d_sae]`` the share of the source attribution on the relevant positions
-            over the rows where it fires (NaN where undefined); None without ground truth.
+        shares: ``name -> [d_sae]``, the share of each feature's source attribution on the
+            positions of `position_sets` (``relevant``, ``after_relevant``) over the rows where it
+            fires (NaN where undefined); empty without ground truth.
         variables: `VariableMatch` per latent variable of the source.
     """
 
@@ -53,8 +55,13 @@ class FeatureReport:
     where: torch.Tensor
     head_norms: torch.Tensor
     head_attribution: torch.Tensor
-    relevant_share: torch.Tensor | None
+    shares: dict[str, torch.Tensor] = field(default_factory=dict)
     variables: dict[str, VariableMatch] = field(default_factory=dict)
+
+    @property
+    def relevant_share(self) -> torch.Tensor | None:
+        """``[d_sae]`` the share on the ground-truth relevant positions (None without them)."""
+        return self.shares.get("relevant")
 
     @property
     def frequency(self) -> torch.Tensor:
@@ -80,21 +87,31 @@ class FeatureReport:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready headline: alive features, and per variable how many of its values have a
-        dedicated feature; the frequency-weighted relevant share of the alive features."""
+        dedicated feature; per position set the frequency-weighted share of the alive features
+        (``relevant_share``, ``after_relevant_share``)."""
         summary: dict[str, Any] = {
             "rows": int(self.activations.shape[0]),
             "features": int(self.activations.shape[1]),
             "alive": int(self.alive.sum()),
             "variables": [match.summary() for match in self.variables.values()],
         }
-        if self.relevant_share is not None:
-            share, frequency = self.relevant_share, self.frequency
-            defined = ~share.isnan()
-            weights = frequency * defined
-            summary["relevant_share"] = (
+        for name, share in self.shares.items():
+            weights = self.frequency * ~share.isnan()
+            summary[f"{name}_share"] = (
                 (share.nan_to_num() * weights).sum() / weights.sum().clamp_min(1e-30)
             ).item()
         return summary
+
+
+def position_sets(relevant: torch.Tensor, kv_len: int) -> dict[str, torch.Tensor]:
+    """Source positions ``[n, R]`` (-1 padded) per row whose attribution a report measures:
+    ``relevant``, the ground truth, and ``after_relevant``, each relevant position shifted one on
+    (where a previous-token head copies it; positions that are relevant themselves or past the
+    sequence left out)."""
+    after = torch.where(relevant >= 0, relevant + 1, -1)
+    duplicate = (after[:, :, None] == relevant[:, None, :]).any(-1)
+    after = torch.where(duplicate | (after >= kv_len), -1, after)
+    return {"relevant": relevant, "after_relevant": after}
 
 
 @torch.no_grad()
@@ -112,8 +129,8 @@ def feature_report(
     sae_device = sae.W_enc.device
     d_sae = sae.W_enc.shape[1]
     activations, wheres = [], []
-    head_sums: torch.Tensor | None = None
-    share_on = torch.zeros(d_sae, dtype=torch.float64)
+    head_sums = torch.zeros(d_sae, model_size(model)[1], dtype=torch.float64)
+    share_on: dict[str, torch.Tensor] = {}
     share_total = torch.zeros(d_sae, dtype=torch.float64)
     truth = isinstance(source, TaskSource) and source.task.kind == "tokens"
     offset = 0
@@ -123,39 +140,37 @@ def feature_report(
             run_model(model, inputs)
         (capture,) = captured
         rows, where = layer_rows(capture, keep)
-        relevant = source.batch(index).relevant_positions.to(device) if truth else None
+        relevant = source.batch(index).relevant_positions if truth else None
         for start in range(0, rows.shape[0], ROW_CHUNK):
             part, part_where = rows[start : start + ROW_CHUNK], where[start : start + ROW_CHUNK]
             acts = encode_rows(sae, part).float().cpu()
             fires = (acts > 0).double()
             direct = direct_attribution(sae, part.to(sae_device)).double().cpu()
-            head_sum = torch.einsum("nfh,nf->fh", direct, fires)
-            head_sums = head_sum if head_sums is None else head_sums + head_sum
+            head_sums += torch.einsum("nfh,nf->fh", direct, fires)
             if relevant is not None:
                 attribution = source_attribution(
                     sae, capture, part_where.to(device), torch.arange(d_sae, device=sae_device)
-                )
-                on, total = relevant_attribution(
-                    attribution.cpu(), relevant[part_where[:, 0], part_where[:, 1]].cpu()
-                )
-                share_on += (on.double() * fires).sum(0)
+                ).cpu()
+                at_rows = relevant[part_where[:, 0].cpu(), part_where[:, 1].cpu()]
+                for name, positions in position_sets(at_rows, attribution.shape[-1]).items():
+                    on, total = relevant_attribution(attribution, positions)
+                    share_on[name] = share_on.get(name, 0) + (on.double() * fires).sum(0)
                 share_total += (total.double() * fires).sum(0)
             activations.append(acts)
             wheres.append(part_where.cpu() + torch.tensor([offset, 0]))
         offset += keep.shape[0]
     activations_all, where_all = torch.cat(activations), torch.cat(wheres)
-    fired = (activations_all > 0).sum(0).double()
-    n_heads = rows.shape[1]
-    share = None
-    if truth:
-        share = torch.where(share_total > 0, share_on / share_total, torch.nan).float()
     active = activations_all > 0
+    fired = active.sum(0).double()
     return FeatureReport(
         activations=activations_all,
         where=where_all,
-        head_norms=head_decoder_norms(sae, n_heads).cpu(),
+        head_norms=head_decoder_norms(sae, head_sums.shape[1]).cpu(),
         head_attribution=(head_sums / fired.clamp_min(1)[:, None]).float(),
-        relevant_share=share,
+        shares={
+            name: torch.where(share_total > 0, on / share_total, torch.nan).float()
+            for name, on in share_on.items()
+        },
         variables={
             name: variable_match(name, active, values)
             for name, values in source.variables(where_all).items()

@@ -82,6 +82,7 @@ def train_model_sae(
     on it, evaluate it on ``eval_source`` (`evaluate`) and save it in ``folder`` (which must not
     exist), its metadata holding the sources, the sparse plan, ``extra`` and the metrics."""
     folder = check_new_folder(folder)
+    config.check_width(hook_z_width(model))
     spill = folder.with_name(f".{folder.name}.activations")
     shutil.rmtree(spill, ignore_errors=True)  # our own leftover of a crashed harvest
     large = source.n_rows() * hook_z_width(model) * 4 > IN_MEMORY_BYTES
@@ -157,7 +158,7 @@ def train_run_sae(
         run.sae_folder(name),
         model_name=f"{run.experiment}/{run.name}",
         sparse=plan,
-        extra={"run": str(run.path), "step": step, "dense": plan is None},
+        extra={"run": f"{run.experiment}/{run.name}", "step": step, "dense": plan is None},
         progress=progress,
     )
 
@@ -229,10 +230,21 @@ def subject(trained: TrainedSAE, *, examples: int = 1024, seed: int = EVAL_SEED)
     from workbench.train.checkpoint import load_model
     from workbench.train.config import sparse_plan
 
-    model, train_config, _ = load_model(trained.metadata["run"])
+    model, train_config, _ = load_model(run_of(trained).path)
     plan = None if trained.metadata["dense"] else sparse_plan(train_config)
     task = train_config.resolved_task()
     return Subject(model, plan, _task_source(task, examples, seed, source_info["positions"]))
+
+
+def run_of(trained: TrainedSAE) -> Any:
+    """The run an SAE of `train_run_sae` belongs to: the folder holding its ``saes/`` folder (so
+    run folders can move)."""
+    from workbench.runs import SAES, Run, is_run
+
+    run = trained.folder.parent.parent
+    if trained.folder.parent.name != SAES or not is_run(run):
+        raise ValueError(f"{trained.folder} is not in the saes/ folder of a run")
+    return Run(run)
 
 
 def evaluate_saved(

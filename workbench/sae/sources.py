@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from toy_tasks.base import NO_POSITION, Batch, ToyTask
+from toy_tasks.base import NO_POSITION, Batch, ToyTask, check_int
 
 
 class Source(Protocol):
@@ -41,6 +41,8 @@ class Source(Protocol):
 
 EXAMPLE_SEED_STRIDE = 2**20
 """Batch ``j`` of a `TaskSource` is drawn with seed ``seed * EXAMPLE_SEED_STRIDE + j``."""
+MAX_SOURCE_SEED = 2**42
+"""Largest `TaskSource` seed (its batch seeds stay below 2**63)."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,12 @@ class TaskSource:
     positions: Literal["scored", "all"] = "scored"
 
     def __post_init__(self) -> None:
-        for name in ("n_examples", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, low, high in (
+            ("n_examples", 1, None),
+            ("batch_size", 1, None),
+            ("seed", 0, MAX_SOURCE_SEED),
+        ):
+            check_int(name, getattr(self, name), low, high)
         if self.positions not in ("scored", "all"):
             raise ValueError(f"positions must be 'scored' or 'all', got {self.positions!r}")
 
@@ -179,7 +183,7 @@ class TextSource:
     def windows(self) -> list[list[int]]:
         """Token ids of every window (the last one may be shorter)."""
         text = Path(self.path).read_text(encoding="utf-8")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long
         prefix, suffix = special_tokens(self.tokenizer)
         inner = self.window - len(prefix) - len(suffix)
         if inner < 1:

@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from workbench.viz.style import method_colour
+
 RELEVANT_COLOUR = "#d62728"
 QUERY_COLOUR = "#111111"
 
@@ -215,7 +217,8 @@ def sae_comparison_figure(
     metrics: Sequence[str] = ("fvu", "l0", "loss_recovered", "relevant_share"),
 ) -> go.Figure:
     """One bar panel per metric, one bar per SAE (``rows``: ``{"name": ..., <metric>: ...}``;
-    missing or NaN values are left out), e.g. SAEs of dense and sparse models of one task."""
+    missing or NaN values are left out), e.g. SAEs of dense and sparse models of one task; a name
+    that is a method label (``"dense"``, ``"top_k(k=4)"``) gets the method's colour."""
     columns = min(len(metrics), 4)
     figure = make_subplots(
         rows=math.ceil(len(metrics) / columns), cols=columns, subplot_titles=list(metrics)
@@ -226,7 +229,7 @@ def sae_comparison_figure(
             go.Bar(
                 x=[row["name"] for row in shown],
                 y=[row[metric] for row in shown],
-                marker_color="#1f77b4",
+                marker_color=[method_colour(row["name"]) for row in shown],
                 showlegend=False,
                 hovertemplate=f"%{{x}}<br>{metric} %{{y:.4g}}<extra></extra>",
             ),

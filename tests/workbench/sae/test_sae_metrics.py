@@ -25,6 +25,7 @@ from workbench.sae.attribution import (
 )
 from workbench.sae.config import SAEConfig, sae_lens_training_sae
 from workbench.sae.evaluation import reconstruction_metrics, splice_metrics
+from workbench.sae.features import position_sets
 from workbench.sparse.patch import sparsify
 
 TASK = toy_tasks.get("assoc_recall", vocab_size=32, n_pairs=4, seq_len=16)
@@ -187,6 +188,14 @@ def test_relevant_attribution_by_hand() -> None:
     assert on.tolist() == [[6.0, 0.0]] and total.tolist() == [[10.0, 0.0]]
 
 
+def test_position_sets_by_hand() -> None:
+    relevant = torch.tensor([[3, 4, -1], [7, -1, -1], [0, -1, -1]])
+    sets = position_sets(relevant, kv_len=8)
+    assert torch.equal(sets["relevant"], relevant)
+    # 3 -> 4 is relevant itself, 4 -> 5; 7 -> 8 is past the sequence; 0 -> 1
+    assert sets["after_relevant"].tolist() == [[-1, 5, -1], [-1, -1, -1], [1, -1, -1]]
+
+
 def test_variable_match_by_hand() -> None:
     active = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 0]], dtype=torch.bool)
     match = variable_match("v", active, torch.tensor([5, 7, 5, 7]))
@@ -215,8 +224,8 @@ def test_feature_report_equals_row_by_row_computation() -> None:
     torch.testing.assert_close(
         report.head_attribution[feature], direct.mean(0), atol=1e-5, rtol=1e-5
     )
-    # relevant share of that feature, one example at a time
-    on = total = 0.0
+    # relevant share of that feature, one example at a time, and the share one position after
+    on = after = total = 0.0
     for row in fires[:, feature].nonzero().flatten().tolist():
         example, position = where[row].tolist()
         batch = source.examples(torch.tensor([example]))
@@ -226,8 +235,10 @@ def test_feature_report_equals_row_by_row_computation() -> None:
         )[0, 0]
         relevant = [p for p in batch.relevant_positions[0, position].tolist() if p >= 0]
         on += terms[relevant].sum().item()
+        after += terms[[p + 1 for p in relevant if p + 1 not in relevant]].sum().item()
         total += terms.sum().item()
     assert report.relevant_share[feature].item() == pytest.approx(on / total, rel=1e-4)
+    assert report.shares["after_relevant"][feature].item() == pytest.approx(after / total, rel=1e-4)
     targets = torch.cat([source.batch(i).targets for i in range(source.n_batches())])
     assert torch.equal(
         report.variables["target"].values, targets[where[:, 0], where[:, 1]].unique()

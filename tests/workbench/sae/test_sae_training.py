@@ -129,9 +129,10 @@ def test_an_sae_folder_is_never_replaced_and_a_crash_leaves_none(tmp_path, monke
     ("field", "value", "message"),
     [
         ("architecture", "gated", "architecture must be one of"),
-        ("expansion", 0, "expansion must be an integer >= 1"),
-        ("k", 1.5, "k must be an integer >= 1"),
-        ("steps", True, "steps must be an integer >= 1"),
+        ("expansion", 0, r"expansion must be in \[1, inf\], got 0"),
+        ("k", 1.5, r"k must be an integer in \[1, inf\]"),
+        ("steps", True, r"steps must be an integer in \[1, inf\]"),
+        ("seed", -1, r"seed must be in \[0, 9223372036854775807\]"),
         ("lr", float("nan"), "lr must be a finite number > 0"),
         ("l1_coefficient", -1.0, "l1_coefficient must be a finite number > 0"),
         ("device", "tpu", "device must be"),
