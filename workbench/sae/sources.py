@@ -183,7 +183,7 @@ class TextSource:
     def windows(self) -> list[list[int]]:
         """Token ids of every window (the last one may be shorter)."""
         text = Path(self.path).read_text(encoding="utf-8")
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         prefix, suffix = special_tokens(self.tokenizer)
         inner = self.window - len(prefix) - len(suffix)
         if inner < 1:
