@@ -1,5 +1,6 @@
 """Property tests of every public constructor and config: toy tasks, `Layout`, every registered
-sparse method, `TraceConfig`, `ModelConfig`, `TrainConfig` and experiment specs. Any input either
+sparse method, `TraceConfig`, `ModelConfig`, `TrainConfig`, experiment specs, `SAEConfig` and
+`TaskSource`. Any input either
 works end to end (sample / select + attend / trace / build + forward / train, finite outputs) or
 raises ``ValueError`` or ``TypeError`` whose message names a parameter; nothing else escapes.
 
@@ -35,6 +36,8 @@ from kernels import api
 from kernels.layout import MAX_BLOCK, MAX_LEN, Layout, num_blocks
 from workbench.experiments.spec import ExperimentSpec, config_hash
 from workbench.models import ACT_FNS, ModelConfig, build_model
+from workbench.sae import ActivationStore, SAEConfig, TaskSource, train_sae
+from workbench.sae.config import ARCHITECTURES
 from workbench.sparse.corrections import Rettention
 from workbench.trace import TraceConfig, trace
 from workbench.train import TrainConfig, train
@@ -659,3 +662,50 @@ def test_experiment_spec_expands_or_names_the_field(kwargs, direct) -> None:
         config_hash(config)
     assert ExperimentSpec.from_dict(spec.to_dict()).experiment_hash() == spec.experiment_hash()
     event("ran end to end")
+
+
+# ---------------------------------------------------------------------------- SAEs
+SAE_FIELDS = hinted(SAEConfig) | {
+    "architecture": mostly(st.sampled_from(ARCHITECTURES)),
+    "device": mostly(st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "tpu"])),
+}
+SAE_BASE = {"steps": 3, "batch_size": 16, "expansion": 2, "k": 4, "device": "cpu"}
+
+
+@settings(FUZZ, max_examples=30, deadline=timedelta(seconds=20))
+@given(kwargs=changes(SAE_FIELDS))
+def test_sae_config_trains_or_names_the_field(kwargs) -> None:
+    config = built(lambda: SAEConfig(**{**SAE_BASE, **kwargs}), field_names(SAEConfig))
+    if config is None:
+        return
+    assert SAEConfig.from_dict(config.to_dict()) == config
+    if config.steps > 20 or config.batch_size > 128 or config.expansion > 8:
+        return  # valid, but not small enough to train here
+    store = ActivationStore((2, 4))
+    store.add(torch.randn(64, 2, 4, generator=generator()), torch.zeros(64, 2, dtype=torch.int64))
+    with tempfile.TemporaryDirectory() as out:
+        trained = built(
+            lambda: train_sae(store, config, f"{out}/sae", layer=0, model_name="t", progress=False),
+            ["k", "batch_size", "device"],
+        )
+    if trained is not None:
+        assert_finite(*trained.sae.state_dict().values())
+        event("trained")
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    kwargs=changes(hinted(TaskSource) | {"task": mostly(st.just(toy_tasks.get("assoc_recall")))})
+)
+def test_task_source_draws_or_names_the_field(kwargs) -> None:
+    fields = {
+        "task": toy_tasks.get("assoc_recall", seq_len=16, n_pairs=2),
+        "n_examples": 5,
+        **kwargs,
+    }
+    source = built(lambda: TaskSource(**fields), field_names(TaskSource))
+    if source is None or source.n_examples > 64:
+        return
+    rows = sum(int(keep.sum()) for _, keep in source.batches())
+    assert source.n_batches() == -(-source.n_examples // source.batch_size)
+    assert rows == source.n_rows()  # every recall example scores the same number of positions

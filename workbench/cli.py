@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from workbench.sae_commands import sae_app
+
 if TYPE_CHECKING:
     from workbench.runs import Run
 
@@ -16,6 +18,7 @@ tasks_app = typer.Typer(help="Toy tasks with ground-truth relevance.", no_args_i
 app.add_typer(tasks_app, name="tasks")
 runs_app = typer.Typer(help="The run store: list and migrate run folders.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(sae_app, name="sae")
 
 
 def _print_version(value: bool) -> None:
@@ -517,10 +520,6 @@ def stability_command(
         typer.echo(f"figure: {path}")
 
 
-if __name__ == "__main__":  # python -m workbench.cli
-    app()
-
-
 @runs_app.command("list")
 def runs_list(
     root: Annotated[Path, typer.Argument(help="Root of the run folders.")] = Path("runs"),
@@ -572,3 +571,7 @@ def runs_migrate(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="FOLDER / --spec") from None
     typer.echo(("(dry run) " if dry_run else "") + describe(migration))
+
+
+if __name__ == "__main__":  # python -m workbench.cli
+    app()

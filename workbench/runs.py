@@ -7,6 +7,7 @@ training config), every analysis of an experiment in ``<root>/<experiment>/<expe
     <experiment>/<config-hash>/metrics.jsonl     the metrics series (schema below), one record a line
     <experiment>/<config-hash>/checkpoints/      `workbench.checkpoint` (step-<n>/ folders)
     <experiment>/<config-hash>/traces/<name>.{safetensors,json}   `workbench.trace.Trace` files
+    <experiment>/<config-hash>/saes/<name>/      an SAE (sae-lens's files and workbench.json)
     <experiment>/<config-hash>/results.json      written when training returns: the run is finished
     <experiment>/<config-hash>/figures/*.html    figures of the run
     <experiment>/<config-hash>/replaced-<time>/  files an explicit restart moved aside (not read)
@@ -45,6 +46,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 TRACES = "traces"
+SAES = "saes"
 FIGURES = "figures"
 EXPERIMENT = "experiment.yaml"
 REPLACED_PREFIX = "replaced-"
@@ -227,6 +229,13 @@ class Run:
         from workbench.trace import Trace
 
         return Trace.load(self.trace_path(name))
+
+    def sae_folder(self, name: str) -> Path:
+        """Folder of the SAE ``name`` (`workbench.sae`)."""
+        return self.path / SAES / name
+
+    def sae_names(self) -> list[str]:
+        return sorted(path.parent.name for path in (self.path / SAES).glob("*/workbench.json"))
 
     @property
     def figures_dir(self) -> Path:

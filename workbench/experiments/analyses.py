@@ -23,7 +23,13 @@ from workbench.analysis import (
     starts_past,
     threshold_time,
 )
-from workbench.experiments.base import AnalysisOutput, Headline, RunRecord, analysis
+from workbench.experiments.base import (
+    AnalysisOutput,
+    Headline,
+    RunRecord,
+    analysis,
+    analysis_options,
+)
 from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.runs import attention_series, metric_series, sparse_setting
@@ -39,16 +45,6 @@ PAPER_EXPONENTS = {
     "transformer": {"d": 1.29, "T": 0.80, "B": -0.80},  # T_plateau = 0.76 d^1.29 T^0.80 B^-0.80
 }
 """Zucchet et al.'s fitted emergence-time exponents (arXiv 2505.17863)."""
-
-
-def _options(spec: ExperimentSpec, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated by ``spec.analysis``; unknown options raise."""
-    unknown = set(spec.analysis) - set(defaults)
-    if unknown:
-        raise ValueError(
-            f"{spec.name}: unknown analysis options {sorted(unknown)} (known: {sorted(defaults)})"
-        )
-    return {**defaults, **spec.analysis}
 
 
 def _label(config: Mapping[str, Any], paths: Mapping[str, str]) -> str:
@@ -114,7 +110,7 @@ def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisO
     ``initial_loss``: the reference of the 0.2 x threshold (None: each run's loss at step 0; the
     paper's toy model starts at the zero predictor's loss 0.5, which a randomly initialised
     transformer does not). Figures: loss curves, relevant-mass curves (with the ``attention`` metric), fit."""
-    options = _options(
+    options = analysis_options(
         spec,
         {
             "paper": "transformer",
@@ -390,7 +386,7 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
     input-dependent, input-agnostic). Figures (one panel per task, a fixed colour per method):
     accuracy curves with the thresholds and the steps that reach them, loss curves, summary
     table, stability curves."""
-    options = _options(
+    options = analysis_options(
         spec,
         {
             "accuracy_key": "eval_accuracy",
@@ -693,7 +689,7 @@ def icl_linreg_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Analysis
     ``y_{k+1}`` against the number ``k`` of in-context examples, next to least squares, ridge
     (``ridge_alpha``), ``knn_k``-nearest neighbours and averaging on the same ``eval_examples``
     prompts (seed ``eval_seed``). Figures: one error curve plot per task config, test loss."""
-    options = _options(
+    options = analysis_options(
         spec, {"eval_examples": 1024, "eval_seed": 12345, "ridge_alpha": 0.1, "knn_k": 3}
     )
     results = icl_error_curves(runs, options, load_model)

@@ -9,7 +9,7 @@ analysis get `summarise_runs`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,16 @@ class AnalysisOutput:
     results: dict[str, Any]
     figures: dict[str, Any] = field(default_factory=dict)
     headline: Headline | None = None
+
+
+def analysis_options(spec: ExperimentSpec, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``spec.analysis``; unknown options raise ``ValueError``."""
+    unknown = set(spec.analysis) - set(defaults)
+    if unknown:
+        raise ValueError(
+            f"{spec.name}: unknown analysis options {sorted(unknown)} (known: {sorted(defaults)})"
+        )
+    return {**defaults, **spec.analysis}
 
 
 AnalysisFn = Callable[[ExperimentSpec, list[RunRecord]], AnalysisOutput]

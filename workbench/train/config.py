@@ -15,6 +15,7 @@ import toy_tasks
 from kernels.layout import check_block_size
 from toy_tasks.base import ToyTask, check_float, check_int
 from workbench.capture import SparsePlan
+from workbench.devices import check_device, resolve_device
 from workbench.models import ModelConfig, check_known_fields
 from workbench.runs import migrate_config
 from workbench.train.registry import names as eval_metric_names
@@ -143,7 +144,7 @@ class TrainConfig:
             raise ValueError(
                 f"early_stop must be an EarlyStop, a dict or None, got {self.early_stop!r}"
             )
-        self._validate_device()
+        check_device(self.device)
         if task.kind not in ("tokens", "continuous"):
             raise ValueError(f"task must be a token or continuous task, got kind {task.kind!r}")
 
@@ -164,18 +165,6 @@ class TrainConfig:
         for layer in self.sparse.layers or ():
             check_int("sparse.layers", layer, 0, self.model.n_layers - 1)
 
-    def _validate_device(self) -> None:
-        if self.device == "auto":
-            return
-        try:
-            device = torch.device(self.device) if isinstance(self.device, str) else None
-        except (RuntimeError, TypeError, ValueError):
-            device = None
-        if device is None or device.type not in ("cpu", "cuda"):
-            raise ValueError(
-                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<n>', got {self.device!r}"
-            )
-
     # -- derived objects
     def resolved_task(self) -> ToyTask:
         """The task config (validated; a bad override raises ``ValueError`` naming it)."""
@@ -195,12 +184,7 @@ class TrainConfig:
 
     def torch_device(self) -> torch.device:
         """The device to train on; ``ValueError`` when ``device`` asks for CUDA and there is none."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device is {self.device!r} but CUDA is not available here")
-        return device
+        return resolve_device(self.device)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""
