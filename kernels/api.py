@@ -21,8 +21,11 @@ import torch
 from kernels import reference
 from kernels.dispatch import (
     IMPLS,
+    Grid,
     Impl,
+    Loads,
     check_impl,
+    check_variant,
     interpret_mode,
     resolve_impl,
     triton_importable,
@@ -56,6 +59,8 @@ def sparse_attention(
     scale: float | None = None,
     return_lse: bool = False,
     impl: Impl = "auto",
+    loads: Loads = "auto",
+    grid: Grid = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over the keys ``layout`` keeps; differentiable in q, k and v.
 
@@ -66,18 +71,24 @@ def sparse_attention(
         scale: score scale, default ``1 / sqrt(d_head)``.
         return_lse: also return the row logsumexp ``[batch, heads, q_len]`` float32 (-inf for rows
             that keep no key; their output is 0).
+        loads, grid: the Triton kernels' variant (`kernels.triton.variants`): tile loads through
+            ``"pointers"`` or tensor ``"descriptors"`` (TMA, warp specialisation; Hopper), and a
+            forward grid of one program per query ``"tiles"`` or ``"persistent"`` programs over a
+            work list. ``"auto"`` chooses by device, strides and layout (logged at debug level);
+            a forced variant that cannot run raises ``ValueError``. Ignored by the reference.
 
     Returns:
         ``out`` ``[batch, heads, q_len, d_head]`` in q's dtype (and ``lse`` if asked).
     """
     reference.check_attention_inputs(q, k, v, layout)
     scale = reference.resolve_scale(scale, q.shape[-1])
+    check_variant(loads, grid)
     if resolve_impl(impl, "sparse_attention", q, k, v) == "reference":
         out, lse = reference.attention(q, k, v, layout, scale=scale)
     else:
         from kernels.triton.autograd import triton_sparse_attention
 
-        out, lse = triton_sparse_attention(q, k, v, layout, scale)
+        out, lse = triton_sparse_attention(q, k, v, layout, scale, loads, grid)
     return (out, lse) if return_lse else out
 
 
