@@ -102,6 +102,8 @@ def row_stats(
     selection: Layout | None = None,
     relevant_positions: torch.Tensor | None = None,
     restrict: Layout | None = None,
+    budgets: Literal["exact", "bracket"] = "exact",
+    budget_rtol: float | None = None,
     impl: Impl = "auto",
 ) -> RowStats:
     """Per-row statistics of the dense (optionally causal) attention of ``q`` over ``k`` without
@@ -109,6 +111,10 @@ def row_stats(
     mass in ``ps``, the mass inside ``selection`` and on ``relevant_positions``
     (``[batch, q_len, R]`` or ``[batch, heads, q_len, R]``, -1 padded). See `RowStats`.
     ``ps=()`` skips the budgets, whose search passes are most of the Triton path's cost.
+    ``budgets="bracket"``: one pass gives an estimate and an interval
+    ``[top_p_budget_low, top_p_budget_high]`` holding the exact budget (exact where it closes);
+    ``budget_rtol`` refines the intervals wider than it (relative) by search passes (see
+    `kernels.triton.row_stats`). The reference's budgets are exact in both modes.
 
     ``restrict``: a `Layout`; the statistics are then those of the attention over the entries it
     keeps, as `sparse_attention` computes it with that layout. Only the reference implements it
@@ -121,6 +127,8 @@ def row_stats(
         ps=tuple(ps),
         selection=selection,
         relevant_positions=relevant_positions,
+        budgets=budgets,
+        budget_rtol=budget_rtol,
     )
     if restrict is not None:
         check_impl(impl)
