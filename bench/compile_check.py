@@ -253,15 +253,19 @@ def row_stats_checks(kernels: set[str]) -> list[Report]:
             row_stats._search_kernel,
             lambda: row_stats.row_stats(q, k, causal=True, ps=(0.5, 0.9, 0.95, 0.99)),
         ),
+        "bracket": (
+            row_stats._bracket_kernel,
+            lambda: row_stats.row_stats(q, k, causal=True, budgets="bracket"),
+        ),
     }
     for name, (kernel, launch) in launches.items():
         if name in kernels:
-            before = (row_stats._stats_kernel,) if name == "search" else ()
+            before = (row_stats._stats_kernel,) if name != "stats" else ()
             reports += check(kernel, launch, name, "pointers", before)
     return reports
 
 
-KERNELS = ("forward", "dq", "dkdv", "stats", "search")
+KERNELS = ("forward", "dq", "dkdv", "stats", "search", "bracket")
 
 
 def main() -> None:
