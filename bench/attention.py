@@ -9,6 +9,12 @@ density being the fraction of causal 128 x 128 blocks a layout keeps.
     python bench/attention.py --lengths 4096 16384 65536 --out bench/results/attention.json
     python bench/attention.py --lengths 65536 --layouts random_10pct --forward-only --no-extras
     python bench/attention.py --lengths 65536 --layouts   # SDPA and the extras only
+    python bench/attention.py --quick --loads descriptors --grid persistent --no-extras
+
+``--loads`` / ``--grid`` force our kernels' variant (`kernels.triton.variants`; default "auto"),
+``--budgets`` the top-p budget modes timed with the row statistics. FlexAttention runs compiled,
+with its TMA option where the installed torch has it. `bench/gpu_run.sh` runs the whole set of
+comparisons, one process each.
 
 Correctness is checked before timing (ours vs FlexAttention on the same layout, relative error).
 """
@@ -28,6 +34,7 @@ import triton.testing
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from kernels import api
+from kernels.dispatch import GRIDS, LOADS
 from kernels.layout import Layout, causal_block_mask, num_blocks
 from kernels.reference import select_cumulative_blocks
 from workbench.io import atomic_write_json
@@ -35,6 +42,8 @@ from workbench.io import atomic_write_json
 BLOCK = 128
 LAYOUTS = ("causal_dense", "random_10pct", "sink_window", "top_p_xattention")
 compiled_flex = torch.compile(flex_attention, dynamic=False)
+FLEX_TMA = {"USE_TMA": True}
+"""FlexAttention's TMA option (kernel_options), used where the installed torch accepts it."""
 
 
 def median_ms(function: Callable[[], object]) -> float:
@@ -120,30 +129,46 @@ def time_pair(
     return {"fwd_ms": fwd, "fwd_bwd_ms": median_ms(forward_backward)}
 
 
+def flex_options(inputs: tuple[torch.Tensor, ...], block_mask: BlockMask) -> dict:
+    """FlexAttention's best options here: its TMA loads where this torch accepts them."""
+    try:
+        with torch.no_grad():
+            compiled_flex(*inputs, block_mask=block_mask, kernel_options=FLEX_TMA)
+    except Exception as error:  # an older torch: no such option
+        print(f"FlexAttention without USE_TMA ({type(error).__name__})", flush=True)
+        return {}
+    return dict(FLEX_TMA)
+
+
 def bench_layout(
     inputs: tuple[torch.Tensor, ...],
     blocks: torch.Tensor,
     sdpa: dict,
     causal_total: int,
     backward: bool,
+    variant: dict,
 ) -> dict:
-    """Ours vs FlexAttention on one causal block layout; times relative to the ideal."""
+    """Ours (in the kernel ``variant``: loads and grid) vs FlexAttention (compiled, with its
+    best options) on one causal block layout; times relative to the ideal."""
     n, heads = inputs[0].shape[2], inputs[0].shape[1]
     layout = Layout.from_block_mask(blocks, n, n, block_q=BLOCK, block_k=BLOCK, causal=True)
     density = layout.block_mask().sum().item() / (causal_total * layout.heads)
     block_mask = flex_block_mask(layout, n, heads)
+    options = flex_options(inputs, block_mask)
 
     def ours() -> torch.Tensor:
-        return api.sparse_attention(*inputs, layout, impl="triton")
+        return api.sparse_attention(*inputs, layout, impl="triton", **variant)
 
     def flex() -> torch.Tensor:
-        return compiled_flex(*inputs, block_mask=block_mask)
+        return compiled_flex(*inputs, block_mask=block_mask, kernel_options=options or None)
 
     with torch.no_grad():
         expected = flex().float()
         error = ((ours().float() - expected).norm() / expected.norm()).item()
     entry = {
         "density_of_causal": density,
+        "ours_variant": variant,
+        "flex_kernel_options": options,
         "rel_error_vs_flex": error,
         "ours": time_pair(ours, inputs, backward),
         "flex": time_pair(flex, inputs, backward),
@@ -157,7 +182,14 @@ def bench_layout(
 
 
 def bench_length(
-    n: int, heads: int, d: int, layouts: tuple[str, ...], backward: bool, extras: bool
+    n: int,
+    heads: int,
+    d: int,
+    layouts: tuple[str, ...],
+    backward: bool,
+    extras: bool,
+    variant: dict,
+    budgets: tuple[str, ...],
 ) -> dict:
     """SDPA, then ours and FlexAttention on each of ``layouts`` (names in `LAYOUTS`, may be
     none); with ``extras`` also the row-statistics and block-scoring kernels."""
@@ -177,7 +209,7 @@ def bench_length(
     }
     result = {"n": n, "sdpa_causal": sdpa, "layouts": {}}
     for name in layouts:
-        entry = bench_layout(inputs, builders[name](), sdpa, causal_total, backward)
+        entry = bench_layout(inputs, builders[name](), sdpa, causal_total, backward, variant)
         result["layouts"][name] = entry
         print(
             f"N={n:6d} {name:18s} density {entry['density_of_causal']:.3f}  "
@@ -188,7 +220,7 @@ def bench_length(
         )
     if not extras:
         return result
-    result["row_stats"] = bench_row_stats(q, k, sdpa["fwd_ms"])
+    result["row_stats"] = bench_row_stats(q, k, sdpa["fwd_ms"], budgets)
     result["block_scores"] = {
         method: median_ms(
             lambda m=method: api.block_scores(
@@ -212,40 +244,69 @@ class _SearchPasses(logging.Handler):
             self.last = record.args[0]
 
 
-def bench_row_stats(q: torch.Tensor, k: torch.Tensor, sdpa_fwd_ms: float) -> dict:
-    """Row statistics with top-p budgets (time, search passes, peak extra memory) and without."""
+def bench_row_stats(
+    q: torch.Tensor, k: torch.Tensor, sdpa_fwd_ms: float, budgets: tuple[str, ...]
+) -> dict:
+    """Row statistics alone, and with top-p budgets (four masses) in each mode of ``budgets``:
+    time, search passes, peak extra memory; bracket mode also how many (row, p) it gets exact
+    (interval closed) and its estimate's error against the exact mode's budgets."""
     n = q.shape[2]
-    passes = _SearchPasses()
-    search_log = logging.getLogger("kernels.triton.row_stats")
-    search_log.addHandler(passes)
-    search_log.setLevel(logging.DEBUG)
-
-    def stats() -> object:
-        return api.row_stats(q, k, causal=True, ps=(0.5, 0.9, 0.95, 0.99), impl="triton")
-
-    stats()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    stats()
-    torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - before
-    elapsed = median_ms(stats)
-    search_log.removeHandler(passes)
+    ps = (0.5, 0.9, 0.95, 0.99)
     statistics_only = median_ms(lambda: api.row_stats(q, k, causal=True, ps=(), impl="triton"))
-    print(
-        f"N={n:6d} row_stats {elapsed:9.2f} ms ({elapsed / sdpa_fwd_ms:5.1f}x SDPA, "
-        f"{passes.last} search passes); statistics only {statistics_only:8.2f} ms",
-        flush=True,
-    )
-    return {
-        "ms": elapsed,
-        "over_sdpa_fwd": elapsed / sdpa_fwd_ms,
-        "search_passes": passes.last,
+    result = {
         "statistics_only_ms": statistics_only,
-        "peak_extra_bytes": extra,
+        "statistics_only_over_sdpa_fwd": statistics_only / sdpa_fwd_ms,
         "n_x_n_fp32_bytes_one_head": n * n * 4,
     }
+    print(
+        f"N={n:6d} row_stats without budgets {statistics_only:8.2f} ms "
+        f"({statistics_only / sdpa_fwd_ms:4.2f}x SDPA)",
+        flush=True,
+    )
+    exact = None
+    for mode in budgets:
+        passes = _SearchPasses()
+        search_log = logging.getLogger("kernels.triton.row_stats")
+        search_log.addHandler(passes)
+        search_log.setLevel(logging.DEBUG)
+
+        def stats(mode=mode) -> object:
+            return api.row_stats(q, k, causal=True, ps=ps, budgets=mode, impl="triton")
+
+        out = stats()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        stats()
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - before
+        elapsed = median_ms(stats)
+        search_log.removeHandler(passes)
+        entry = {
+            "ms": elapsed,
+            "over_sdpa_fwd": elapsed / sdpa_fwd_ms,
+            "search_passes": passes.last,
+            "peak_extra_bytes": extra,
+        }
+        if mode == "exact":
+            exact = out.top_p_budget
+        elif mode == "bracket":
+            closed = out.top_p_budget_low == out.top_p_budget_high
+            entry["closed_fraction"] = closed.double().mean().item()
+            if exact is not None:
+                error = (out.top_p_budget - exact).abs().double() / exact.clamp(min=1).double()
+                contains = (out.top_p_budget_low <= exact) & (exact <= out.top_p_budget_high)
+                entry["contains_exact"] = bool(contains.all())
+                entry["estimate_exact_fraction"] = (error == 0).double().mean().item()
+                entry["rel_error_p99"] = error.flatten()[: 2**24].quantile(0.99).item()
+        result[mode] = entry
+        print(
+            f"N={n:6d} row_stats budgets={mode:8s} {elapsed:9.2f} ms "
+            f"({elapsed / sdpa_fwd_ms:5.1f}x SDPA, {passes.last} search passes)"
+            + (f", closed {entry['closed_fraction']:.3f}" if "closed_fraction" in entry else ""),
+            flush=True,
+        )
+    return result
 
 
 def main() -> None:
@@ -258,8 +319,18 @@ def main() -> None:
     parser.add_argument(
         "--no-extras", action="store_true", help="skip the row-statistics and block-score kernels"
     )
+    parser.add_argument("--loads", choices=LOADS, default="auto", help="our kernels' loads")
+    parser.add_argument("--grid", choices=GRIDS, default="auto", help="our forward's grid")
+    parser.add_argument(
+        "--budgets", nargs="*", choices=("exact", "bracket"), default=["exact", "bracket"]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="16K tokens only: a few minutes on one GPU"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/attention.json"))
     args = parser.parse_args()
+    if args.quick:
+        args.lengths = [16384]
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
     results = {
@@ -273,6 +344,8 @@ def main() -> None:
         "heads": args.heads,
         "d_head": args.d_head,
         "block": BLOCK,
+        "capability": list(torch.cuda.get_device_capability()),
+        "variant": {"loads": args.loads, "grid": args.grid},
         "lengths": [],
     }
     for n in args.lengths:
@@ -284,6 +357,8 @@ def main() -> None:
                 tuple(args.layouts),
                 backward=not args.forward_only,
                 extras=not args.no_extras,
+                variant={"loads": args.loads, "grid": args.grid},
+                budgets=tuple(args.budgets),
             )
         )
         atomic_write_json(args.out, results)

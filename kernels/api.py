@@ -21,8 +21,11 @@ import torch
 from kernels import reference
 from kernels.dispatch import (
     IMPLS,
+    Grid,
     Impl,
+    Loads,
     check_impl,
+    check_variant,
     interpret_mode,
     resolve_impl,
     triton_importable,
@@ -56,6 +59,8 @@ def sparse_attention(
     scale: float | None = None,
     return_lse: bool = False,
     impl: Impl = "auto",
+    loads: Loads = "auto",
+    grid: Grid = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over the keys ``layout`` keeps; differentiable in q, k and v.
 
@@ -66,18 +71,24 @@ def sparse_attention(
         scale: score scale, default ``1 / sqrt(d_head)``.
         return_lse: also return the row logsumexp ``[batch, heads, q_len]`` float32 (-inf for rows
             that keep no key; their output is 0).
+        loads, grid: the Triton kernels' variant (`kernels.triton.variants`): tile loads through
+            ``"pointers"`` or tensor ``"descriptors"`` (TMA, warp specialisation; Hopper), and a
+            forward grid of one program per query ``"tiles"`` or ``"persistent"`` programs over a
+            work list. ``"auto"`` chooses by device, strides and layout (logged at debug level);
+            a forced variant that cannot run raises ``ValueError``. Ignored by the reference.
 
     Returns:
         ``out`` ``[batch, heads, q_len, d_head]`` in q's dtype (and ``lse`` if asked).
     """
     reference.check_attention_inputs(q, k, v, layout)
     scale = reference.resolve_scale(scale, q.shape[-1])
+    check_variant(loads, grid)
     if resolve_impl(impl, "sparse_attention", q, k, v) == "reference":
         out, lse = reference.attention(q, k, v, layout, scale=scale)
     else:
         from kernels.triton.autograd import triton_sparse_attention
 
-        out, lse = triton_sparse_attention(q, k, v, layout, scale)
+        out, lse = triton_sparse_attention(q, k, v, layout, scale, loads, grid)
     return (out, lse) if return_lse else out
 
 
@@ -91,6 +102,8 @@ def row_stats(
     selection: Layout | None = None,
     relevant_positions: torch.Tensor | None = None,
     restrict: Layout | None = None,
+    budgets: Literal["exact", "bracket"] = "exact",
+    budget_rtol: float | None = None,
     impl: Impl = "auto",
 ) -> RowStats:
     """Per-row statistics of the dense (optionally causal) attention of ``q`` over ``k`` without
@@ -98,6 +111,10 @@ def row_stats(
     mass in ``ps``, the mass inside ``selection`` and on ``relevant_positions``
     (``[batch, q_len, R]`` or ``[batch, heads, q_len, R]``, -1 padded). See `RowStats`.
     ``ps=()`` skips the budgets, whose search passes are most of the Triton path's cost.
+    ``budgets="bracket"``: one pass gives an estimate and an interval
+    ``[top_p_budget_low, top_p_budget_high]`` holding the exact budget (exact where it closes);
+    ``budget_rtol`` refines the intervals wider than it (relative) by search passes (see
+    `kernels.triton.row_stats`). The reference's budgets are exact in both modes.
 
     ``restrict``: a `Layout`; the statistics are then those of the attention over the entries it
     keeps, as `sparse_attention` computes it with that layout. Only the reference implements it
@@ -110,6 +127,8 @@ def row_stats(
         ps=tuple(ps),
         selection=selection,
         relevant_positions=relevant_positions,
+        budgets=budgets,
+        budget_rtol=budget_rtol,
     )
     if restrict is not None:
         check_impl(impl)

@@ -20,6 +20,10 @@ logger = logging.getLogger("kernels.api")
 
 Impl = Literal["auto", "triton", "reference"]
 IMPLS = ("auto", "triton", "reference")
+Loads = Literal["auto", "pointers", "descriptors"]
+LOADS = ("auto", "pointers", "descriptors")
+Grid = Literal["auto", "tiles", "persistent"]
+GRIDS = ("auto", "tiles", "persistent")
 
 
 _TRUE = ("1", "true", "on", "yes", "y")
@@ -85,3 +89,12 @@ def resolve_impl(
     chosen = "triton" if reason is None and tensors[0].is_cuda else "reference"
     logger.debug("%s(impl='auto') uses %s (%s)", function, chosen, reason or "CUDA tensors")
     return chosen
+
+
+def check_variant(loads: str, grid: str) -> None:
+    """``ValueError`` unless ``loads`` is one of `LOADS` and ``grid`` one of `GRIDS` (the attention
+    kernels' variant, `kernels.triton.variants`)."""
+    if loads not in LOADS:
+        raise ValueError(f"loads must be one of {LOADS}, got {loads!r}")
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")

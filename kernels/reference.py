@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -122,6 +123,9 @@ class RowStats:
         ps: the masses the budgets are for.
         selection_mass: weight inside a given layout's entries, or None.
         relevant_mass: weight on given relevant positions, or None.
+        top_p_budget_low, top_p_budget_high: with ``budgets="bracket"``, bounds
+            ``[batch, heads, q_len, len(ps)]`` int32 that hold the exact budget (``top_p_budget``
+            is then an estimate between them); None for exact budgets.
     """
 
     lse: torch.Tensor
@@ -131,6 +135,8 @@ class RowStats:
     ps: tuple[float, ...]
     selection_mass: torch.Tensor | None = None
     relevant_mass: torch.Tensor | None = None
+    top_p_budget_low: torch.Tensor | None = None
+    top_p_budget_high: torch.Tensor | None = None
 
     @property
     def max_weight(self) -> torch.Tensor:
@@ -180,6 +186,20 @@ def gather_relevant_mass(probs: torch.Tensor, relevant_positions: torch.Tensor) 
     return (picked * valid).sum(-1)
 
 
+Budgets = Literal["exact", "bracket"]
+BUDGETS = ("exact", "bracket")
+
+
+def check_budgets(budgets: str, budget_rtol: float | None) -> None:
+    """``budgets`` one of `BUDGETS`; ``budget_rtol`` None, or a number >= 0 in bracket mode."""
+    if budgets not in BUDGETS:
+        raise ValueError(f"budgets must be one of {BUDGETS}, got {budgets!r}")
+    if budget_rtol is not None and (budgets != "bracket" or not budget_rtol >= 0):
+        raise ValueError(
+            f"budget_rtol must be None or >= 0 with budgets='bracket', got {budget_rtol!r}"
+        )
+
+
 def row_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -190,12 +210,16 @@ def row_stats(
     selection: Layout | None = None,
     relevant_positions: torch.Tensor | None = None,
     restrict: Layout | None = None,
+    budgets: Budgets = "exact",
+    budget_rtol: float | None = None,
     compute_dtype: torch.dtype = torch.float32,
 ) -> RowStats:
     """Statistics of the dense (optionally causal) attention distribution of every query row, or,
     with ``restrict``, of the attention over the entries that layout keeps (the softmax that
-    `attention` computes with it: what a sparse method's model attends with)."""
+    `attention` computes with it: what a sparse method's model attends with). The oracle's
+    budgets are exact in both modes; ``budgets="bracket"`` adds the interval ``[k, k]``."""
     check_ps(ps)
+    check_budgets(budgets, budget_rtol)
     scores = scaled_scores(q, k, scale, compute_dtype)
     mask = attention_mask(q.shape[2], k.shape[2], causal, q.device).expand_as(scores)
     if restrict is not None:
@@ -204,9 +228,9 @@ def row_stats(
     max_score = scores.masked_fill(~mask, float("-inf")).amax(-1)
     plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
     if ps:
-        budgets = torch.stack([top_p_budget(probs, p) for p in ps], dim=-1)
+        top_p = torch.stack([top_p_budget(probs, p) for p in ps], dim=-1)
     else:
-        budgets = torch.zeros(*lse.shape, 0, dtype=torch.int32, device=lse.device)
+        top_p = torch.zeros(*lse.shape, 0, dtype=torch.int32, device=lse.device)
     selection_mass = None
     if selection is not None:
         selection_mass = (probs * selection.to_dense(scores)).sum(-1).to(torch.float32)
@@ -217,10 +241,12 @@ def row_stats(
         lse=lse.to(torch.float32),
         max_score=max_score.to(torch.float32),
         entropy=(-plogp.sum(-1)).to(torch.float32),
-        top_p_budget=budgets,
+        top_p_budget=top_p,
         ps=tuple(ps),
         selection_mass=selection_mass,
         relevant_mass=relevant_mass,
+        top_p_budget_low=top_p if budgets == "bracket" else None,
+        top_p_budget_high=top_p if budgets == "bracket" else None,
     )
 
 

@@ -15,15 +15,23 @@ from typing import Any
 
 import torch
 
+from kernels.dispatch import Grid, Loads, check_variant
 from kernels.layout import Layout
 from kernels.triton import block_sparse_attention as kernels
+from kernels.triton import variants
 
 FORWARD_OP = "workbench_kernels::block_sparse_attention"
 BACKWARD_OP = "workbench_kernels::block_sparse_attention_backward"
 
 
 def triton_sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    scale: float,
+    loads: Loads = "auto",
+    grid: Grid = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable block-sparse attention (see `kernels.api.sparse_attention`).
 
@@ -31,11 +39,14 @@ def triton_sparse_attention(
         q: ``[batch, heads, q_len, d_head]``; k, v: ``[batch, kv_heads, kv_len, d_head]``.
         layout: the `Layout` for (q_len, kv_len).
         scale: score scale.
+        loads, grid: the kernel variant (`kernels.triton.variants`), resolved inside the ops (on
+            the real tensors, also under ``torch.compile``).
 
     Returns:
         ``out`` ``[batch, heads, q_len, d_head]`` in q's dtype, ``lse`` ``[batch, heads, q_len]``
         float32 (no gradient).
     """
+    check_variant(loads, grid)
     return BlockSparseAttention.apply(
         q,
         k,
@@ -48,6 +59,8 @@ def triton_sparse_attention(
         layout.block_k,
         layout.causal,
         float(scale),
+        loads,
+        grid,
     )
 
 
@@ -89,12 +102,15 @@ def block_sparse_attention(
     block_k: int,
     causal: bool,
     scale: float,
+    loads: str,
+    grid: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, lse)`` of block-sparse attention; the layout given field by field."""
+    """``(out, lse)`` of block-sparse attention; the layout given field by field, the variant by
+    ``loads`` and ``grid`` (`variants.choose`)."""
     layout = _layout(
         q, k, kv_indices, kv_counts, token_mask, row_threshold, block_q, block_k, causal
     )
-    return kernels.forward(q, k, v, layout, scale)
+    return kernels.forward(q, k, v, layout, scale, variants.choose(q, k, v, layout, loads, grid))
 
 
 def block_sparse_attention_backward(
@@ -112,13 +128,16 @@ def block_sparse_attention_backward(
     block_k: int,
     causal: bool,
     scale: float,
+    loads: str,
+    grid: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` of block-sparse attention (an op of its own, so that AOT autograd traces
     the backward graph with fake tensors too)."""
     layout = _layout(
         q, k, kv_indices, kv_counts, token_mask, row_threshold, block_q, block_k, causal
     )
-    return kernels.backward(q, k, v, out, lse, grad_out, layout, scale)
+    variant = variants.choose(q, k, v, layout, loads, grid)
+    return kernels.backward(q, k, v, out, lse, grad_out, layout, scale, variant)
 
 
 def _forward_fake(
@@ -157,7 +176,7 @@ class BlockSparseAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, kv_indices, kv_counts, token_mask, row_threshold, *scalars):
         out, lse = forward_op(q, k, v, kv_indices, kv_counts, token_mask, row_threshold, *scalars)
         ctx.save_for_backward(q, k, v, out, lse, kv_indices, kv_counts, token_mask, row_threshold)
-        ctx.scalars = scalars  # block_q, block_k, causal, scale
+        ctx.scalars = scalars  # block_q, block_k, causal, scale, loads, grid
         ctx.mark_non_differentiable(lse)
         return out, lse
 

@@ -19,6 +19,15 @@ the keys or the causal diagonal, and on every tile when the layout has a ``token
 wholly beyond the diagonal are not visited (`_key_steps`, `_query_start`). A row that keeps no key
 gets output 0, logsumexp -inf and zero gradients.
 
+Variants (chosen by `kernels.triton.variants`): tiles load through pointers, or with
+``DESCRIPTORS`` through device-side tensor descriptors (`kernels.triton.common.tile_source`: TMA
+loads on Hopper). Descriptor loads add warp-specialised forward configurations
+(``WARP_SPECIALIZE``: Triton runs the key loop as a load partition beside compute warpgroups); it
+does so only for a loop body without run-time branches, so those configurations mask every tile,
+and only in a kernel without ``while`` loops (`_key_steps`). With ``PERSISTENT`` the forward runs
+a grid of a few programs per multiprocessor that walk a work list of (batch, head, query block)
+items, longest first, instead of one program per query tile.
+
 Tiles ``BLOCK_M`` x ``BLOCK_N`` divide the layout's ``block_q`` x ``block_k``; the head dimension is
 padded to a power of two (at least 16) by masks on the d axis. Inputs fp16, bf16 or fp32; dots run
 in the input dtype with fp32 accumulation (fp32 dots use TF32 on the GPU only when
@@ -35,7 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.dispatch import interpret_mode
 from kernels.layout import Layout
+from kernels.triton import variants
 from kernels.triton.common import (
     MIN_DOT,
     TileShape,
@@ -43,19 +54,22 @@ from kernels.triton.common import (
     block_d,
     check_d_head,
     check_dtypes,
+    gpu_configs,
     in_bounds,
     layout_keeps,
     load_rows,
     load_threshold,
+    load_tile,
     store_rows,
+    tile_source,
 )
+from kernels.triton.variants import Variant
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, for the GPU. Configurations whose tiles do
 # not divide the layout's blocks are pruned; the small ones serve layouts of small blocks.
 _FWD_CONFIGS = [
     (128, 128, 8, 3),
     (128, 64, 8, 3),
-    (128, 64, 4, 3),
     (64, 64, 4, 3),
     (64, 32, 4, 4),
     (32, 32, 4, 2),
@@ -72,15 +86,22 @@ _DQ_CONFIGS = [
 ]
 # dK/dV: BLOCK_N key rows per program, BLOCK_M query rows per step.
 _DKDV_CONFIGS = [
-    (128, 128, 8, 2),
     (64, 128, 8, 3),
     (32, 128, 8, 3),
-    (64, 64, 4, 3),
     (32, 64, 4, 4),
     (32, 32, 4, 2),
     (16, 16, 2, 2),
 ]
-_AUTOTUNE_KEY = ["D_HEAD", "BLOCK_Q", "BLOCK_K", "CAUSAL"]
+# Tensor-descriptor loads (TMA on Hopper): warp-specialised configurations (num_warps 4: Triton
+# splits the loop into a load partition and compute warpgroups) beside plain software-pipelined
+# ones. Configurations that spill on sm_90 (bench/compile_check.py, bench/NOTES.md) are left out.
+_FWD_WS_CONFIGS = [(128, 128, 4, 2), (128, 64, 4, 3)]
+_FWD_TMA_CONFIGS = [(128, 128, 8, 3), (128, 64, 8, 3)]
+_DQ_TMA_CONFIGS = [(128, 128, 8, 2), (128, 64, 8, 3)]
+_DKDV_TMA_CONFIGS = [(32, 128, 8, 3), (32, 64, 4, 4)]
+_DQ_WS_CONFIGS: list[TileShape] = []  # Triton 3.6's Hopper pass asserts on this loop
+_DKDV_WS_CONFIGS: list[TileShape] = []  # its query walk holds a `while`
+_AUTOTUNE_KEY = ["D_HEAD", "BLOCK_Q", "BLOCK_K", "CAUSAL", "DESCRIPTORS"]
 
 
 FP32_MAX_TILE = 32
@@ -90,11 +111,10 @@ hold (~3 GB of device memory per process, for as long as it lives) as soon as on
 e.g. while autotuning."""
 
 
-def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Keep the configurations whose tiles divide the layout's blocks (and, for fp32 inputs, are at
+def _fitting(configs: list[triton.Config], args: dict) -> list[triton.Config]:
+    """The configurations whose tiles divide the layout's blocks (and, for fp32 inputs, are at
     most `FP32_MAX_TILE`); of those, drop tiles smaller than ``min(block, 32)`` when larger ones
     remain (small tiles serve layouts of small blocks)."""
-    args = {**named_args, **kwargs}
     block_q, block_k = args["BLOCK_Q"], args["BLOCK_K"]
     if args["Q"].dtype == torch.float32:
         block_q, block_k = min(block_q, FP32_MAX_TILE), min(block_k, FP32_MAX_TILE)
@@ -112,14 +132,47 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return large or fits
 
 
-def _autotune(gpu_configs: list[TileShape]):
-    """Autotuner over ``gpu_configs``; under the interpreter one configuration of 16 x 16 tiles,
-    which divide every layout block."""
-    return triton.autotune(
-        configs=autotune_configs(gpu_configs, interpreter_tile=MIN_DOT),
-        key=_AUTOTUNE_KEY,
-        prune_configs_by={"early_config_prune": _prune_configs},
+def _autotune(
+    pointer_shapes: list[TileShape],
+    descriptor_shapes: list[TileShape],
+    warp_specialized_shapes: list[TileShape],
+    key: list[str] = _AUTOTUNE_KEY,
+):
+    """Autotuner over ``pointer_shapes`` for pointer loads, and over ``descriptor_shapes`` and
+    ``warp_specialized_shapes`` (``WARP_SPECIALIZE``; not in a persistent grid) for descriptor
+    loads; a launch tries those that fit its layout's blocks (`_fitting`), the pointer ones when no
+    descriptor one does (fp32).
+    Under the interpreter a single configuration of 16 x 16 tiles, which divide every layout block
+    (Triton 3.6's autotuner benchmarks whenever it holds several); ``WARP_SPECIALIZE`` is then an
+    argument of the launch (`_interpreter_flags`)."""
+    if interpret_mode():
+        return triton.autotune(configs=autotune_configs([], interpreter_tile=MIN_DOT), key=key)
+    pointer = gpu_configs(pointer_shapes, WARP_SPECIALIZE=False)
+    descriptor = gpu_configs(descriptor_shapes, WARP_SPECIALIZE=False) + gpu_configs(
+        warp_specialized_shapes, WARP_SPECIALIZE=True
     )
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        args = {**named_args, **kwargs}
+        chosen = _fitting(descriptor, args) if args["DESCRIPTORS"] else []
+        if args.get("PERSISTENT"):  # the Hopper pass fails on the nested loops
+            chosen = [config for config in chosen if not config.kwargs["WARP_SPECIALIZE"]]
+        return chosen or _fitting(pointer, args)
+
+    return triton.autotune(
+        configs=pointer + descriptor,
+        key=key,
+        prune_configs_by={"early_config_prune": prune},
+    )
+
+
+def _interpreter_flags(descriptors: bool, warp_specialized_shapes: list[TileShape]) -> dict:
+    """``WARP_SPECIALIZE`` for a launch under the interpreter (elsewhere the configuration sets
+    it): the branch-free loop body of the warp-specialised configurations with descriptor loads
+    where the kernel has such configurations, so that the tests run it."""
+    if not interpret_mode():
+        return {}
+    return {"WARP_SPECIALIZE": descriptors and bool(warp_specialized_shapes)}
 
 
 # ---------------------------------------------------------------------------- jit helpers
@@ -149,22 +202,29 @@ def _key_steps(
     q_len,
     kv_len,
     BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):
     """Number of key tiles that query rows ``[m0, m0 + BLOCK_M)`` walk: ``count`` listed blocks of
-    ``BLOCK_K // BLOCK_N`` tiles; with CAUSAL only those before the first tile that lies wholly
-    after the rows' last visible key (listed blocks increase, so they form a prefix)."""
+    ``BLOCK_K // BLOCK_N`` tiles; with CAUSAL the trailing listed blocks that lie wholly after the
+    rows' last visible key are dropped, and the tiles past it in the last block kept.
+
+    The listed blocks increase and the layout constructors list no block wholly after its query
+    block's last key, so at most ``BLOCK_Q // BLOCK_K`` trailing blocks can lie after the tile's:
+    a loop of that many steps (no ``while``: Triton's warp specialisation rejects kernels holding
+    one) finds them. A block of a hand-made layout lying farther back is walked and masked."""
     steps = count * (BLOCK_K // BLOCK_N)
     if CAUSAL:
         last_key = tl.minimum(m0 + BLOCK_M, q_len) - 1 + (kv_len - q_len)
         listed = count
-        block = tl.load(indices + (listed - 1) * stride_entry, mask=listed > 0, other=0)
-        while (listed > 0) & (block * BLOCK_K > last_key):
-            listed -= 1
+        for _ in range(0, BLOCK_Q // BLOCK_K + 1):
             block = tl.load(indices + (listed - 1) * stride_entry, mask=listed > 0, other=0)
+            listed = tl.where((listed > 0) & (block * BLOCK_K > last_key), listed - 1, listed)
+        block = tl.load(indices + (listed - 1) * stride_entry, mask=listed > 0, other=0)
         tiles_in_last = tl.minimum((last_key - block * BLOCK_K) // BLOCK_N + 1, BLOCK_K // BLOCK_N)
+        tiles_in_last = tl.maximum(tiles_in_last, 0)
         steps = tl.where(listed > 0, (listed - 1) * (BLOCK_K // BLOCK_N) + tiles_in_last, 0)
     return steps
 
@@ -252,6 +312,7 @@ def _layout_scores(
     CAUSAL: tl.constexpr,
     HAS_TOKEN_MASK: tl.constexpr,
     HAS_THRESHOLD: tl.constexpr,
+    EVERY_TILE: tl.constexpr = False,
 ):
     """Unscaled scores ``qk = q . k`` of the tile queries ``[m0, m0 + BLOCK_M)`` x keys
     ``[n0, n0 + BLOCK_N)`` with -inf where the layout drops the entry.
@@ -259,10 +320,11 @@ def _layout_scores(
     ``q_idx`` and ``k_idx`` are the query and key positions shaped to broadcast to ``qk`` (``[M, 1]``
     and ``[1, N]``, or transposed for the dK/dV kernel); ``threshold`` broadcasts like ``q_idx``.
     Tiles inside the keys and (with CAUSAL) wholly below the diagonal skip the mask when the layout
-    has no token-level fields; rows past ``q_len`` are never stored (forward, dQ) or carry zero
+    has no token-level fields, unless EVERY_TILE asks for a branch-free loop body (warp
+    specialisation); rows past ``q_len`` are never stored (forward, dQ) or carry zero
     probability (dK/dV), so they need no mask either.
     """
-    if HAS_TOKEN_MASK | HAS_THRESHOLD:
+    if HAS_TOKEN_MASK | HAS_THRESHOLD | EVERY_TILE:
         qk = _mask_scores(
             qk,
             q_idx,
@@ -327,9 +389,8 @@ def _check_tiles(
 
 
 # ---------------------------------------------------------------------------- forward
-@_autotune(_FWD_CONFIGS)
 @triton.jit
-def _fwd_kernel(
+def _fwd_rows(
     Q,
     K,
     V,
@@ -339,6 +400,8 @@ def _fwd_kernel(
     KvCounts,
     TokenMask,
     Threshold,
+    pid_bh,
+    m0,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -382,22 +445,40 @@ def _fwd_kernel(
     HAS_TOKEN_MASK: tl.constexpr,
     HAS_THRESHOLD: tl.constexpr,
     PRECISION: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
-    """Grid ``(cdiv(q_len, BLOCK_M), batch * heads)``."""
-    _check_tiles(BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_Q, BLOCK_K)
-    pid_bh = tl.program_id(1)
+    """Output and logsumexp of query rows ``[m0, m0 + BLOCK_M)`` of ``pid_bh = b * heads + h``.
+    With WARP_SPECIALIZE the key loop is warp-specialised (loads in a producer partition), which
+    Triton does only for a loop body without branches: every tile is masked then."""
     b = (pid_bh // heads).to(tl.int64)
     h = (pid_bh % heads).to(tl.int64)
-    m0 = _query_tile_start(BLOCK_M, CAUSAL)
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    q = load_rows(
-        Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
+    q_src = tile_source(
+        Q + b * stride_qb + h * stride_qh, q_len, stride_qm, D_HEAD, BLOCK_M, BLOCK_D, DESCRIPTORS
     )
-    K += b * stride_kb + (h // group) * stride_kh
-    V += b * stride_vb + (h // group) * stride_vh
+    k_src = tile_source(
+        K + b * stride_kb + (h // group) * stride_kh,
+        kv_len,
+        stride_kn,
+        D_HEAD,
+        BLOCK_N,
+        BLOCK_D,
+        DESCRIPTORS,
+    )
+    v_src = tile_source(
+        V + b * stride_vb + (h // group) * stride_vh,
+        kv_len,
+        stride_vn,
+        D_HEAD,
+        BLOCK_N,
+        BLOCK_D,
+        DESCRIPTORS,
+    )
+    q = load_tile(q_src, m0, stride_qm, stride_qd, q_len, D_HEAD, BLOCK_M, BLOCK_D, DESCRIPTORS)
     indices = KvIndices + b * stride_ib + h * stride_ih + (m0 // BLOCK_Q) * stride_ir
     count = tl.load(KvCounts + b * stride_cb + h * stride_ch + (m0 // BLOCK_Q) * stride_cr)
     token_mask = TokenMask + b * stride_tb + h * stride_th
@@ -411,14 +492,18 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     steps = _key_steps(
-        indices, stride_ie, count, m0, q_len, kv_len, BLOCK_M, BLOCK_K, BLOCK_N, CAUSAL
+        indices, stride_ie, count, m0, q_len, kv_len, BLOCK_M, BLOCK_Q, BLOCK_K, BLOCK_N, CAUSAL
     )
-    for step in range(0, steps):
+    for step in tl.range(0, steps, warp_specialize=WARP_SPECIALIZE):
         n0 = _tile_start(indices, stride_ie, step, BLOCK_K, BLOCK_N)
-        keys = n0 + tl.arange(0, BLOCK_N)
-        k = load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
-        v = load_rows(V, keys, stride_vn, cols, stride_vd, kv_len, D_HEAD, BLOCK_D)
+        k = load_tile(
+            k_src, n0, stride_kn, stride_kd, kv_len, D_HEAD, BLOCK_N, BLOCK_D, DESCRIPTORS
+        )
+        v = load_tile(
+            v_src, n0, stride_vn, stride_vd, kv_len, D_HEAD, BLOCK_N, BLOCK_D, DESCRIPTORS
+        )
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        keys = n0 + tl.arange(0, BLOCK_N)
         qk = _layout_scores(
             qk,
             rows[:, None],
@@ -437,6 +522,7 @@ def _fwd_kernel(
             CAUSAL,
             HAS_TOKEN_MASK,
             HAS_THRESHOLD,
+            WARP_SPECIALIZE,
         )
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # qk_scale > 0
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
@@ -461,6 +547,113 @@ def _fwd_kernel(
     )
     lse = tl.where(nonempty, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, float("-inf"))
     tl.store(Lse + pid_bh.to(tl.int64) * q_len + rows, lse, mask=rows < q_len)
+
+
+@_autotune(_FWD_CONFIGS, _FWD_TMA_CONFIGS, _FWD_WS_CONFIGS, [*_AUTOTUNE_KEY, "PERSISTENT"])
+@triton.jit
+def _fwd_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    KvIndices,
+    KvCounts,
+    TokenMask,
+    Threshold,
+    WorkList,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_ib,
+    stride_ih,
+    stride_ir,
+    stride_ie,
+    stride_cb,
+    stride_ch,
+    stride_cr,
+    stride_tb,
+    stride_th,
+    stride_tq,
+    stride_tk,
+    stride_rb,
+    stride_rh,
+    stride_rq,
+    heads,
+    group,
+    q_len,
+    kv_len,
+    n_items,
+    scale,
+    D_HEAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_TOKEN_MASK: tl.constexpr,
+    HAS_THRESHOLD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
+    """Grid ``(cdiv(q_len, BLOCK_M), batch * heads)``, one program per query tile; with
+    PERSISTENT a grid ``(programs,)`` whose program ``i`` takes the work items ``i, i + programs,
+    ...`` of ``WorkList`` (``[n_items]`` int32 ``pid_bh * n_q_blocks + query block``, longest
+    first) and walks every ``BLOCK_M`` tile of each item's query block."""
+    _check_tiles(BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_Q, BLOCK_K)
+    if PERSISTENT:
+        n_q_blocks = tl.cdiv(q_len, BLOCK_Q)
+        for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
+            work = tl.load(WorkList + item)
+            block_start = (work % n_q_blocks) * BLOCK_Q
+            for m0 in range(block_start, tl.minimum(block_start + BLOCK_Q, q_len), BLOCK_M):
+                _fwd_rows(
+                    Q, K, V, Out, Lse, KvIndices, KvCounts, TokenMask, Threshold,
+                    work // n_q_blocks, m0,
+                    stride_qb, stride_qh, stride_qm, stride_qd,
+                    stride_kb, stride_kh, stride_kn, stride_kd,
+                    stride_vb, stride_vh, stride_vn, stride_vd,
+                    stride_ob, stride_oh, stride_om, stride_od,
+                    stride_ib, stride_ih, stride_ir, stride_ie,
+                    stride_cb, stride_ch, stride_cr,
+                    stride_tb, stride_th, stride_tq, stride_tk,
+                    stride_rb, stride_rh, stride_rq,
+                    heads, group, q_len, kv_len, scale,
+                    D_HEAD, BLOCK_D, BLOCK_Q, BLOCK_K, CAUSAL, HAS_TOKEN_MASK, HAS_THRESHOLD,
+                    PRECISION, DESCRIPTORS, BLOCK_M, BLOCK_N, WARP_SPECIALIZE,
+                )  # fmt: skip
+    else:
+        _fwd_rows(
+            Q, K, V, Out, Lse, KvIndices, KvCounts, TokenMask, Threshold,
+            tl.program_id(1), _query_tile_start(BLOCK_M, CAUSAL),
+            stride_qb, stride_qh, stride_qm, stride_qd,
+            stride_kb, stride_kh, stride_kn, stride_kd,
+            stride_vb, stride_vh, stride_vn, stride_vd,
+            stride_ob, stride_oh, stride_om, stride_od,
+            stride_ib, stride_ih, stride_ir, stride_ie,
+            stride_cb, stride_ch, stride_cr,
+            stride_tb, stride_th, stride_tq, stride_tk,
+            stride_rb, stride_rh, stride_rq,
+            heads, group, q_len, kv_len, scale,
+            D_HEAD, BLOCK_D, BLOCK_Q, BLOCK_K, CAUSAL, HAS_TOKEN_MASK, HAS_THRESHOLD,
+            PRECISION, DESCRIPTORS, BLOCK_M, BLOCK_N, WARP_SPECIALIZE,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- backward
@@ -514,7 +707,7 @@ def _delta_kernel(
     tl.store(Delta + pid_bh.to(tl.int64) * q_len + rows, delta, mask=rows < q_len)
 
 
-@_autotune(_DQ_CONFIGS)
+@_autotune(_DQ_CONFIGS, _DQ_TMA_CONFIGS, _DQ_WS_CONFIGS)
 @triton.jit
 def _dq_kernel(
     Q,
@@ -575,8 +768,10 @@ def _dq_kernel(
     HAS_TOKEN_MASK: tl.constexpr,
     HAS_THRESHOLD: tl.constexpr,
     PRECISION: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     """dQ of ``BLOCK_M`` query rows over the key tiles the forward walked.
     Grid ``(cdiv(q_len, BLOCK_M), batch * heads)``."""
@@ -587,24 +782,43 @@ def _dq_kernel(
     m0 = _query_tile_start(BLOCK_M, CAUSAL)
     rows = m0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
-    q = load_rows(
-        Q + b * stride_qb + h * stride_qh, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D
+    q_src = tile_source(
+        Q + b * stride_qb + h * stride_qh, q_len, stride_qm, D_HEAD, BLOCK_M, BLOCK_D, DESCRIPTORS
     )
-    grad_out = load_rows(
+    g_src = tile_source(
         GradOut + b * stride_gb + h * stride_gh,
-        rows,
-        stride_gm,
-        cols,
-        stride_gd,
         q_len,
+        stride_gm,
         D_HEAD,
+        BLOCK_M,
         BLOCK_D,
+        DESCRIPTORS,
+    )
+    k_src = tile_source(
+        K + b * stride_kb + (h // group) * stride_kh,
+        kv_len,
+        stride_kn,
+        D_HEAD,
+        BLOCK_N,
+        BLOCK_D,
+        DESCRIPTORS,
+    )
+    v_src = tile_source(
+        V + b * stride_vb + (h // group) * stride_vh,
+        kv_len,
+        stride_vn,
+        D_HEAD,
+        BLOCK_N,
+        BLOCK_D,
+        DESCRIPTORS,
+    )
+    q = load_tile(q_src, m0, stride_qm, stride_qd, q_len, D_HEAD, BLOCK_M, BLOCK_D, DESCRIPTORS)
+    grad_out = load_tile(
+        g_src, m0, stride_gm, stride_gd, q_len, D_HEAD, BLOCK_M, BLOCK_D, DESCRIPTORS
     )
     lse, delta = _load_backward_stats(
         Lse + pid_bh.to(tl.int64) * q_len, Delta + pid_bh.to(tl.int64) * q_len, rows, q_len
     )
-    K += b * stride_kb + (h // group) * stride_kh
-    V += b * stride_vb + (h // group) * stride_vh
     indices = KvIndices + b * stride_ib + h * stride_ih + (m0 // BLOCK_Q) * stride_ir
     count = tl.load(KvCounts + b * stride_cb + h * stride_ch + (m0 // BLOCK_Q) * stride_cr)
     token_mask = TokenMask + b * stride_tb + h * stride_th
@@ -615,13 +829,17 @@ def _dq_kernel(
 
     grad_q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     steps = _key_steps(
-        indices, stride_ie, count, m0, q_len, kv_len, BLOCK_M, BLOCK_K, BLOCK_N, CAUSAL
+        indices, stride_ie, count, m0, q_len, kv_len, BLOCK_M, BLOCK_Q, BLOCK_K, BLOCK_N, CAUSAL
     )
-    for step in range(0, steps):
+    for step in tl.range(0, steps, warp_specialize=WARP_SPECIALIZE):
         n0 = _tile_start(indices, stride_ie, step, BLOCK_K, BLOCK_N)
         keys = n0 + tl.arange(0, BLOCK_N)
-        k = load_rows(K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D)
-        v = load_rows(V, keys, stride_vn, cols, stride_vd, kv_len, D_HEAD, BLOCK_D)
+        k = load_tile(
+            k_src, n0, stride_kn, stride_kd, kv_len, D_HEAD, BLOCK_N, BLOCK_D, DESCRIPTORS
+        )
+        v = load_tile(
+            v_src, n0, stride_vn, stride_vd, kv_len, D_HEAD, BLOCK_N, BLOCK_D, DESCRIPTORS
+        )
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         qk = _layout_scores(
             qk,
@@ -641,6 +859,7 @@ def _dq_kernel(
             CAUSAL,
             HAS_TOKEN_MASK,
             HAS_THRESHOLD,
+            WARP_SPECIALIZE,
         )
         p = tl.math.exp2(qk * qk_scale - lse[:, None])
         dp = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
@@ -660,7 +879,7 @@ def _dq_kernel(
     )
 
 
-@_autotune(_DKDV_CONFIGS)
+@_autotune(_DKDV_CONFIGS, _DKDV_TMA_CONFIGS, _DKDV_WS_CONFIGS)
 @triton.jit
 def _dkdv_kernel(
     Q,
@@ -726,8 +945,10 @@ def _dkdv_kernel(
     HAS_TOKEN_MASK: tl.constexpr,
     HAS_THRESHOLD: tl.constexpr,
     PRECISION: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     """dK and dV of ``BLOCK_N`` key rows of one kv head, summed over the ``group`` query heads that
     read it and the query tiles that list the key block (``QIndices``/``QCounts``: the layout's
@@ -739,34 +960,50 @@ def _dkdv_kernel(
     n0 = tl.program_id(0) * BLOCK_N
     keys = n0 + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
-    k = load_rows(
+    k_src = tile_source(
         K + b * stride_kb + kv_h * stride_kh,
-        keys,
+        kv_len,
         stride_kn,
-        cols,
-        stride_kd,
-        kv_len,
         D_HEAD,
+        BLOCK_N,
         BLOCK_D,
+        DESCRIPTORS,
     )
-    v = load_rows(
+    v_src = tile_source(
         V + b * stride_vb + kv_h * stride_vh,
-        keys,
-        stride_vn,
-        cols,
-        stride_vd,
         kv_len,
+        stride_vn,
         D_HEAD,
+        BLOCK_N,
         BLOCK_D,
+        DESCRIPTORS,
     )
+    k = load_tile(k_src, n0, stride_kn, stride_kd, kv_len, D_HEAD, BLOCK_N, BLOCK_D, DESCRIPTORS)
+    v = load_tile(v_src, n0, stride_vn, stride_vd, kv_len, D_HEAD, BLOCK_N, BLOCK_D, DESCRIPTORS)
     qk_scale = scale * 1.4426950408889634
 
     grad_k = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     grad_v = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for g in range(0, group):
         h = kv_h * group + g
-        q_ptr = Q + b * stride_qb + h * stride_qh
-        grad_out_ptr = GradOut + b * stride_gb + h * stride_gh
+        q_src = tile_source(
+            Q + b * stride_qb + h * stride_qh,
+            q_len,
+            stride_qm,
+            D_HEAD,
+            BLOCK_M,
+            BLOCK_D,
+            DESCRIPTORS,
+        )
+        g_src = tile_source(
+            GradOut + b * stride_gb + h * stride_gh,
+            q_len,
+            stride_gm,
+            D_HEAD,
+            BLOCK_M,
+            BLOCK_D,
+            DESCRIPTORS,
+        )
         lse_ptr = Lse + (b * heads + h) * q_len
         delta_ptr = Delta + (b * heads + h) * q_len
         indices = QIndices + b * stride_ib + h * stride_ih + (n0 // BLOCK_K) * stride_ir
@@ -774,12 +1011,15 @@ def _dkdv_kernel(
         token_mask = TokenMask + b * stride_tb + h * stride_th
         threshold_ptr = Threshold + b * stride_rb + h * stride_rh
         start = _query_start(indices, stride_ie, count, n0, q_len, kv_len, BLOCK_Q, BLOCK_M, CAUSAL)
-        for step in range(start, count * (BLOCK_Q // BLOCK_M)):
+        steps = count * (BLOCK_Q // BLOCK_M)
+        for step in tl.range(start, steps, warp_specialize=WARP_SPECIALIZE):
             m0 = _tile_start(indices, stride_ie, step, BLOCK_Q, BLOCK_M)
             rows = m0 + tl.arange(0, BLOCK_M)
-            q = load_rows(q_ptr, rows, stride_qm, cols, stride_qd, q_len, D_HEAD, BLOCK_D)
-            grad_out = load_rows(
-                grad_out_ptr, rows, stride_gm, cols, stride_gd, q_len, D_HEAD, BLOCK_D
+            q = load_tile(
+                q_src, m0, stride_qm, stride_qd, q_len, D_HEAD, BLOCK_M, BLOCK_D, DESCRIPTORS
+            )
+            grad_out = load_tile(
+                g_src, m0, stride_gm, stride_gd, q_len, D_HEAD, BLOCK_M, BLOCK_D, DESCRIPTORS
             )
             lse, delta = _load_backward_stats(lse_ptr, delta_ptr, rows, q_len)
             threshold = load_threshold(threshold_ptr, rows, stride_rq, q_len, HAS_THRESHOLD)
@@ -802,6 +1042,7 @@ def _dkdv_kernel(
                 CAUSAL,
                 HAS_TOKEN_MASK,
                 HAS_THRESHOLD,
+                WARP_SPECIALIZE,
             )
             p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
             grad_v = tl.dot(p_t.to(grad_out.dtype), grad_out, acc=grad_v, input_precision=PRECISION)
@@ -897,28 +1138,45 @@ def _constexprs(q: torch.Tensor, layout: Layout) -> dict:
 
 
 def forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    scale: float,
+    variant: Variant = variants.PLAIN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention forward.
 
     Args:
         q: ``[batch, heads, q_len, d_head]``; k, v: ``[batch, kv_heads, kv_len, d_head]``, one dtype
-            of fp16/bf16/fp32, any strides.
+            of fp16/bf16/fp32, any strides (descriptor loads: see `variants.descriptor_reason`).
         layout: the `Layout` for (q_len, kv_len), batch/heads 1 or matching q.
         scale: score scale.
+        variant: loads and grid (`kernels.triton.variants`).
 
     Returns:
         ``out`` ``[batch, heads, q_len, d_head]`` in q's dtype and ``lse``
         ``[batch, heads, q_len]`` float32 (natural log; -inf where a row keeps no key).
     """
     _check_inputs(q, k, v)
+    descriptors = _descriptor_loads(variant, q=q, k=k, v=v)
     batch, heads, q_len, _ = q.shape
     out = _empty(q)
     lse = _empty(q, (batch, heads, q_len), torch.float32)
     tensors, strides = _layout_args(layout, (layout.kv_indices, layout.kv_counts), batch, heads)
+    persistent = variant.grid == "persistent"
+    if persistent:
+        items = variants.work_list(layout, batch, heads)
+        programs = variants.persistent_programs(q.device, items.shape[0])
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return triton.cdiv(q_len, meta["BLOCK_M"]), batch * heads
+        def grid(meta: dict) -> tuple[int]:
+            return (programs,)
+
+    else:
+        items = tensors[1]  # never read
+
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(q_len, meta["BLOCK_M"]), batch * heads
 
     _fwd_kernel[grid](
         q,
@@ -927,6 +1185,7 @@ def forward(
         out,
         lse,
         *tensors,
+        items,
         *q.stride(),
         *k.stride(),
         *v.stride(),
@@ -936,10 +1195,26 @@ def forward(
         heads // k.shape[1],
         q_len,
         k.shape[2],
+        items.shape[0],
         float(scale),
+        DESCRIPTORS=descriptors,
+        PERSISTENT=persistent,
         **_constexprs(q, layout),
+        **_interpreter_flags(descriptors, _FWD_WS_CONFIGS),
     )
     return out, lse
+
+
+def _descriptor_loads(variant: Variant, **tensors: torch.Tensor) -> bool:
+    """Whether ``variant`` loads through tensor descriptors; ``ValueError`` when ``tensors``
+    cannot be described. Sets Triton's allocator for the descriptors' scratch memory."""
+    if variant.loads != "descriptors":
+        return False
+    reason = variants.descriptor_reason(**tensors)
+    if reason is not None:
+        raise ValueError(f"loads='descriptors' cannot run: {reason}")
+    triton.set_allocator(variants.scratch)
+    return True
 
 
 def backward(
@@ -951,11 +1226,16 @@ def backward(
     grad_out: torch.Tensor,
     layout: Layout,
     scale: float,
+    variant: Variant = variants.PLAIN,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``(dq, dk, dv)`` of block-sparse attention (shapes and dtypes of q, k, v), given
     the forward's ``out`` and ``lse`` and the output gradient ``grad_out`` (shape of ``out``, any
-    strides). The logsumexp gets no gradient."""
+    strides; copied when descriptor loads cannot address it). The logsumexp gets no gradient.
+    ``variant.loads`` applies to the dQ and dK/dV kernels (their grids are per tile)."""
     _check_inputs(q, k, v)
+    if variant.loads == "descriptors":
+        grad_out = variants.descriptor_ready(grad_out)
+    descriptors = _descriptor_loads(variant, q=q, k=k, v=v, grad_out=grad_out)
     batch, heads, q_len, d_head = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = heads // kv_heads
@@ -999,7 +1279,9 @@ def backward(
         q_len,
         kv_len,
         float(scale),
+        DESCRIPTORS=descriptors,
         **constexprs,
+        **_interpreter_flags(descriptors, _DQ_WS_CONFIGS),
     )
 
     grad_k, grad_v = _empty(k), _empty(v)
@@ -1026,6 +1308,8 @@ def backward(
         q_len,
         kv_len,
         float(scale),
+        DESCRIPTORS=descriptors,
         **constexprs,
+        **_interpreter_flags(descriptors, _DKDV_WS_CONFIGS),
     )
     return grad_q, grad_k, grad_v

@@ -66,21 +66,25 @@ def check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k heads ({k.shape[1]})")
 
 
-def gpu_configs(shapes: Sequence[TileShape]) -> list[triton.Config]:
-    """One configuration per ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``."""
+def gpu_configs(shapes: Sequence[TileShape], **constexprs: object) -> list[triton.Config]:
+    """One configuration per ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, each also setting
+    ``constexprs``."""
     return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+        triton.Config(
+            {"BLOCK_M": m, "BLOCK_N": n, **constexprs}, num_warps=warps, num_stages=stages
+        )
         for m, n, warps, stages in shapes
     ]
 
 
-def autotune_configs(shapes: Sequence[TileShape], *, interpreter_tile: int) -> list[triton.Config]:
+def autotune_configs(
+    shapes: Sequence[TileShape], *, interpreter_tile: int, **constexprs: object
+) -> list[triton.Config]:
     """`gpu_configs` of ``shapes``; under the interpreter a single configuration of
     ``interpreter_tile`` x ``interpreter_tile`` tiles (autotuning there is slow and pointless)."""
     if interpret_mode():
-        config = {"BLOCK_M": interpreter_tile, "BLOCK_N": interpreter_tile}
-        return [triton.Config(config, num_warps=1, num_stages=1)]
-    return gpu_configs(shapes)
+        shapes = [(interpreter_tile, interpreter_tile, 1, 1)]
+    return gpu_configs(shapes, **constexprs)
 
 
 def tile_shape(config: triton.Config) -> TileShape:
@@ -111,6 +115,63 @@ def load_rows(
     return tl.load(
         ptr + rows[:, None] * stride_row + cols[None, :] * stride_col, mask=mask, other=0.0
     )
+
+
+@triton.jit
+def tile_source(
+    ptr,
+    n_rows,
+    stride_row,
+    D_HEAD: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
+):
+    """Where `load_tile` reads ``[BLOCK_ROWS, BLOCK_D]`` tiles of the ``[n_rows, D_HEAD]`` matrix
+    at ``ptr`` (unit stride along d): with DESCRIPTORS a device-side tensor descriptor (TMA loads on
+    Hopper, zeros outside the matrix), otherwise the pointer itself. One matrix per descriptor
+    (not one 4-d descriptor per tensor): Triton 3.9's warp specialisation splits 2-d tiles only."""
+    if DESCRIPTORS:
+        source = tl.make_tensor_descriptor(
+            ptr,
+            shape=[n_rows, D_HEAD],
+            strides=[stride_row, 1],
+            block_shape=[BLOCK_ROWS, BLOCK_D],
+        )
+    else:  # one return (see `load_tile`)
+        source = ptr
+    return source
+
+
+@triton.jit
+def load_tile(
+    source,
+    row0,
+    stride_row,
+    stride_col,
+    n_rows,
+    D_HEAD: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DESCRIPTORS: tl.constexpr,
+):
+    """Rows ``[row0, row0 + BLOCK_ROWS)`` of a `tile_source`'s matrix, ``[BLOCK_ROWS, BLOCK_D]``,
+    zeros outside the ``[n_rows, D_HEAD]`` matrix."""
+    # One return: Triton compiles the statements after a constexpr `if` that returns.
+    if DESCRIPTORS:
+        tile = source.load([row0, 0])
+    else:
+        tile = load_rows(
+            source,
+            row0 + tl.arange(0, BLOCK_ROWS),
+            stride_row,
+            tl.arange(0, BLOCK_D),
+            stride_col,
+            n_rows,
+            D_HEAD,
+            BLOCK_D,
+        )
+    return tile
 
 
 @triton.jit

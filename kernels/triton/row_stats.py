@@ -41,6 +41,15 @@ Passes (all in base 2: ``s = scale * log2(e) * q.k``, ``u = s - lse2`` is the lo
    rows left, not to the row tiles that hold one. Masses are compared as
    ``B(t) <= slack * total`` with ``total`` summed in the same pass (so the rounding of lse cancels)
    and accumulated across tiles in fp64.
+   **Bracket mode** (``budgets="bracket"``, `_bracket_kernel`): the statistics pass also
+   accumulates ``sum 2^(s - m) (s - m)^2``, which with the entropy gives the mass-weighted mean
+   and spread of ``u``; one pass then evaluates ``B`` at `BRACKET_EDGES` shared candidates per
+   row (the first range's ends, `BRACKET_UNIFORM` evenly spaced ones and ``mean + z spread`` for
+   z in `BRACKET_Z`) and, per p, takes the crossing bracket and its bounds on ``r`` as an interval
+   ``[low, high]`` that holds the budget (equal where they pin it: exact) with an estimate inside
+   it (the bracket's keys taken as spread evenly in ``u``). With ``budget_rtol`` the search's later
+   passes (above) refine the (row, p) whose interval is wider than that fraction of the estimate,
+   starting from their brackets. Measured accuracy: `bench/NOTES.md`.
 3. **Relevant mass** (`_relevant_kernel`): ``sum_r 2^(s(i, pos_r) - lse2_i)`` over the given
    positions (causally visible, not -1), one gathered key row per position: O(rows x R x d).
 
@@ -82,7 +91,7 @@ import triton.language as tl
 from kernels import reference
 from kernels.dispatch import interpret_mode
 from kernels.layout import Layout, true_positions
-from kernels.reference import RowStats
+from kernels.reference import Budgets, RowStats
 from kernels.triton.common import (
     MIN_DOT,
     TileShape,
@@ -112,6 +121,13 @@ MAX_SEARCH_PASSES = 16
 about 1 + log_7(range / 1e-6) <= 10 passes)."""
 TIE_WIDTH = 2.0**-20
 """Brackets narrower than this (relative to the score magnitude) are not refined further."""
+BRACKET_UNIFORM = 4
+"""Evenly spaced candidate thresholds of the bracket pass (besides the range's two ends)."""
+BRACKET_Z = (-2.6, -2.0, -1.6, -1.2, -0.6, 0.0)
+"""Candidates of the bracket pass at ``mean + z * spread`` of the row's log2-probabilities: near
+a Gaussian's ``1 - p`` quantiles for p = 0.99, 0.95, 0.9 and 0.5."""
+BRACKET_EDGES = 2 + BRACKET_UNIFORM + len(BRACKET_Z)
+"""Candidate thresholds per row in the bracket pass."""
 SLACK_TOLERANCE = 1e-12
 """The oracle's relative tolerance on the target mass (`kernels.reference.top_p_budget`)."""
 RANGE_PAD = 1e-3
@@ -291,14 +307,16 @@ def _edge_at(lo, hi, step, c, EDGES: tl.constexpr):
 
 
 @triton.jit
-def _resolve(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi):
-    """Budget from the bracket ``[edge_lo, edge_hi)`` that holds the boundary key.
+def _budget_bounds(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi):
+    """Bounds ``(lower, upper)`` on the budget from the bracket ``[edge_lo, edge_hi)`` that holds
+    the boundary key.
 
     ``mass_*``/``count_*``: fp64 mass and int32 count of the keys below each edge; ``limit``: the
-    slack times the row's total mass. Returns ``(budget, settled)``: the keys above the bracket plus
-    the ``r`` bracket keys needed to bring the mass below ``edge_lo`` under the limit, and whether
-    the bounds on ``r`` pin it (see the module docstring). The lower bounds are loosened by
-    ``1e-6`` (relative) so that fp32 rounding never makes them cross the true ``r``.
+    slack times the row's total mass. The budget is the keys above the bracket plus the ``r``
+    bracket keys needed to bring the mass below ``edge_lo`` under the limit, bounded as in the
+    module docstring (the upper bound is exact for equal probabilities); both are equal when the
+    bracket holds one key. The lower bounds are loosened by ``1e-6`` (relative) so that fp32
+    rounding never makes them cross the true ``r``.
     """
     n_in = (count_hi - count_lo).to(tl.float64)
     need = mass_hi - limit  # mass the bracket's top keys must add
@@ -312,11 +330,21 @@ def _resolve(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_
     lightest = tl.math.exp2(edge_lo).to(tl.float64) * (1.0 - 1e-6)
     lower_heavy = tl.math.ceil(tl.minimum(need / heaviest, n_in))
     lower_light = tl.math.ceil(tl.minimum(n_in - (bracket - need) / lightest, n_in))
-    lower = tl.maximum(tl.maximum(lower_heavy, lower_light), 1.0)
-    settled = (n_in <= 1.0) | (lower >= upper) | (n_keys == 0)
-    budget = (n_keys - count_hi) + upper.to(tl.int32)
-    budget = tl.where(n_keys > 0, tl.minimum(tl.maximum(budget, 1), n_keys), 0)
-    return budget, settled
+    lower = tl.where(n_in <= 1.0, upper, tl.maximum(tl.maximum(lower_heavy, lower_light), 1.0))
+    above = n_keys - count_hi
+    lower = tl.where(n_keys > 0, tl.minimum(tl.maximum(above + lower.to(tl.int32), 1), n_keys), 0)
+    upper = tl.where(n_keys > 0, tl.minimum(tl.maximum(above + upper.to(tl.int32), 1), n_keys), 0)
+    return lower, upper
+
+
+@triton.jit
+def _resolve(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi):
+    """``(budget, settled)`` from the bracket ``[edge_lo, edge_hi)`` (`_budget_bounds`): the upper
+    bound, and whether the bounds pin it."""
+    lower, upper = _budget_bounds(
+        mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi
+    )
+    return upper, lower >= upper
 
 
 # ---------------------------------------------------------------------------- pass 1: statistics
@@ -334,6 +362,7 @@ def _stats_kernel(
     Max2,
     Min2,
     Entropy,
+    Spread,
     SelMass,
     SelBlocks,
     TokenMask,
@@ -373,11 +402,14 @@ def _stats_kernel(
     HAS_TOKEN_MASK: tl.constexpr,
     HAS_THRESHOLD: tl.constexpr,
     PRECISION: tl.constexpr,
+    SPREAD: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Row lse2, max and min score (log2 units), entropy (nats) and selection mass, each
-    ``[batch * heads * q_len]`` fp32. Grid ``(cdiv(q_len, BLOCK_M), batch * heads)``."""
+    ``[batch * heads * q_len]`` fp32; with SPREAD also the standard deviation of the
+    log2-probabilities under the row's own distribution (``Spread``; their mean is
+    ``-entropy / ln 2``). Grid ``(cdiv(q_len, BLOCK_M), batch * heads)``."""
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     h = (pid_bh % heads).to(tl.int64)
@@ -406,6 +438,7 @@ def _stats_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     e_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum 2^(s - m) (s - m)
+    e2_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum 2^(s - m) (s - m)^2 (SPREAD)
     sel_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     min_i = tl.full([BLOCK_M], float("inf"), dtype=tl.float32)
     last_row = tl.minimum(m0 + BLOCK_M, q_len) - 1
@@ -421,7 +454,11 @@ def _stats_kernel(
         shift = tl.where(l_i > 0.0, m_i - m_safe, 0.0)
         d = s - m_safe[:, None]
         p = tl.math.exp2(d)  # 0 where not visible
-        e_i = alpha * (e_i + shift * l_i) + tl.sum(p * tl.where(keep, d, 0.0), 1)
+        d_kept = tl.where(keep, d, 0.0)
+        if SPREAD:  # sum w (d + shift)^2 = sum w d^2 + 2 shift sum w d + shift^2 sum w
+            e2_i = alpha * (e2_i + shift * (2.0 * e_i + shift * l_i))
+            e2_i += tl.sum(p * d_kept * d_kept, 1)
+        e_i = alpha * (e_i + shift * l_i) + tl.sum(p * d_kept, 1)
         l_i = l_i * alpha + tl.sum(p, 1)
         min_i = tl.minimum(min_i, tl.min(tl.where(keep, s, float("inf")), 1))
         if HAS_SELECTION:
@@ -459,6 +496,10 @@ def _stats_kernel(
     tl.store(Min2 + offsets, tl.where(nonempty, min_i, float("inf")), mask=in_range)
     entropy = tl.maximum((log_l - e_i / l_safe) * 0.6931471805599453, 0.0)
     tl.store(Entropy + offsets, tl.where(nonempty, entropy, 0.0), mask=in_range)
+    if SPREAD:
+        mean = e_i / l_safe
+        spread = tl.sqrt(tl.maximum(e2_i / l_safe - mean * mean, 0.0))
+        tl.store(Spread + offsets, tl.where(nonempty, spread, 0.0), mask=in_range)
     tl.store(SelMass + offsets, sel_i / l_safe, mask=in_range)
 
 
@@ -630,6 +671,143 @@ def _search_kernel(
     tl.store(Hi + state_p, edge_hi, mask=write)
     tl.store(Done + state_p, settled.to(tl.int8), mask=write)
     tl.store(Budget + state_p, budget, mask=write)
+
+
+# ---------------------------------------------------------------------------- bracket budgets
+@_autotune(
+    _SEARCH_CONFIGS,
+    key=["D_HEAD", "CAUSAL", "NUM_PS", "len_bucket"],
+    short=_SEARCH_SHORT,
+    fp32=_SEARCH_FP32,
+)
+@triton.jit
+def _bracket_kernel(
+    Q,
+    K,
+    Lse2,
+    Slack,
+    Candidates,
+    Lo,
+    Hi,
+    Budget,
+    BudgetLow,
+    BudgetHigh,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    heads,
+    group,
+    q_len,
+    kv_len,
+    scale,
+    len_bucket,
+    D_HEAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    NUM_PS: tl.constexpr,
+    EDGES: tl.constexpr,
+    COLS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One pass over the keys against ``EDGES`` candidate thresholds per row, shared by every
+    mass p (``Candidates`` ``[rows, EDGES]`` fp32 log2-probabilities, increasing; the first lies
+    below every key, the last above), then per (row, p): the bracket between the two candidates
+    where the mass below crosses the slack (``Lo``, ``Hi``), the budget's bounds (``BudgetLow``,
+    ``BudgetHigh``, `_budget_bounds`) and an estimate inside them (``Budget``: the bracket's keys
+    taken as spread evenly in log-probability). State ``[rows, NUM_PS]``, rows
+    ``pid_bh * q_len + row``. Grid ``(cdiv(q_len, BLOCK_M), batch * heads)``."""
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // heads).to(tl.int64)
+    h = (pid_bh % heads).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols_d = tl.arange(0, BLOCK_D)
+    in_range = rows < q_len
+    q = load_rows(
+        Q + b * stride_qb + h * stride_qh,
+        rows,
+        stride_qm,
+        cols_d,
+        stride_qd,
+        q_len,
+        D_HEAD,
+        BLOCK_D,
+        NEGATIVE_ROWS=True,
+    )
+    K += b * stride_kb + (h // group) * stride_kh
+    row_ids = pid_bh.to(tl.int64) * q_len + rows
+    lse2 = tl.load(Lse2 + row_ids, mask=in_range, other=0.0)
+    n_keys = _row_key_counts(rows, q_len, kv_len, CAUSAL)
+    qk_scale = scale * 1.4426950408889634
+    cols = tl.arange(0, COLS)  # column c: keys below candidate c (c < EDGES)
+    candidates = tl.load(
+        Candidates + row_ids[:, None] * EDGES + cols[None, :],
+        mask=in_range[:, None] & (cols[None, :] < EDGES),
+        other=0.0,
+    )
+
+    below_mass = tl.zeros([BLOCK_M, COLS], dtype=tl.float64)
+    below_count = tl.zeros([BLOCK_M, COLS], dtype=tl.int32)
+    total = tl.zeros([BLOCK_M], dtype=tl.float64)
+    last_row = tl.max(tl.where(in_range, rows, -1))
+    for n0 in range(0, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
+        keys = n0 + tl.arange(0, BLOCK_N)
+        qk = _raw_scores(
+            q, K, keys, stride_kn, cols_d, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION
+        )
+        keep = visible(rows[:, None], keys[None, :], q_len, kv_len, CAUSAL)
+        u = tl.where(keep, qk * qk_scale - lse2[:, None], float("inf"))  # +inf: never below
+        p = tl.where(keep, tl.math.exp2(u), 0.0)
+        total += tl.sum(p, 1).to(tl.float64)
+        tile_mass = tl.zeros([BLOCK_M, COLS], dtype=tl.float32)
+        tile_count = tl.zeros([BLOCK_M, COLS], dtype=tl.int32)
+        for c in tl.static_range(EDGES):
+            edge = tl.sum(tl.where(cols[None, :] == c, candidates, 0.0), 1)
+            below = u < edge[:, None]
+            here = cols[None, :] == c
+            tile_mass = tl.where(here, tl.sum(tl.where(below, p, 0.0), 1)[:, None], tile_mass)
+            tile_count = tl.where(here, tl.sum(below.to(tl.int32), 1)[:, None], tile_count)
+        below_mass += tile_mass.to(tl.float64)
+        below_count += tile_count
+
+    inner = (cols >= 1) & (cols <= EDGES - 2)
+    for i in tl.static_range(NUM_PS):
+        limit = tl.load(Slack + i) * total
+        # B grows with the candidate and B(first) = 0 <= limit < B(last) = total.
+        crossing = tl.sum((inner[None, :] & (below_mass <= limit[:, None])).to(tl.int32), 1)
+        at_lo = cols[None, :] == crossing[:, None]
+        at_hi = cols[None, :] == crossing[:, None] + 1
+        edge_lo = tl.sum(tl.where(at_lo, candidates, 0.0), 1)
+        edge_hi = tl.sum(tl.where(at_hi, candidates, 0.0), 1)
+        mass_lo = tl.sum(tl.where(at_lo, below_mass, 0.0), 1)
+        mass_hi = tl.sum(tl.where(at_hi, below_mass, 0.0), 1)
+        count_lo = tl.sum(tl.where(at_lo, below_count, 0), 1)
+        count_hi = tl.sum(tl.where(at_hi, below_count, 0), 1)
+        low, high = _budget_bounds(
+            mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi
+        )
+        # Estimate: bracket keys spread evenly in log2-probability over [edge_lo, edge_hi);
+        # the top keys above t weigh bracket * (2^hi - 2^t) / (2^hi - 2^lo), which must be `need`.
+        top = tl.math.exp2(edge_hi.to(tl.float64))
+        bottom = tl.math.exp2(edge_lo.to(tl.float64))
+        bracket = tl.maximum(mass_hi - mass_lo, 1e-300)
+        level = tl.maximum(top - (mass_hi - limit) / bracket * (top - bottom), bottom)
+        width = tl.maximum(edge_hi - edge_lo, 1e-30).to(tl.float64)
+        share = tl.minimum(tl.maximum((edge_hi - tl.math.log2(level)) / width, 0.0), 1.0)
+        guess = (n_keys - count_hi) + tl.math.ceil(share * (count_hi - count_lo)).to(tl.int32)
+        guess = tl.minimum(tl.maximum(guess, low), high)
+        offsets = row_ids * NUM_PS + i
+        tl.store(Lo + offsets, edge_lo, mask=in_range)
+        tl.store(Hi + offsets, edge_hi, mask=in_range)
+        tl.store(Budget + offsets, guess, mask=in_range)
+        tl.store(BudgetLow + offsets, low, mask=in_range)
+        tl.store(BudgetHigh + offsets, high, mask=in_range)
 
 
 # ---------------------------------------------------------------------------- relevant mass
@@ -804,40 +982,59 @@ def _slack(ps: tuple[float, ...]) -> list[float]:
     return [1.0 - p * (1.0 - SLACK_TOLERANCE) for p in ps]
 
 
-def _top_p_budgets(
+def _first_bracket(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    causal: bool,
+    slack: list[float],
+    lse2: torch.Tensor,
+    max2: torch.Tensor,
+    min2: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(lo, hi, n_keys)`` per row: ``[max(u_min, log2(min slack / n)), u_max]``, padded, in
+    log2-probabilities ``u = s - lse2`` (``[0, 1]`` for rows without keys), and the key counts."""
+    batch, heads, q_len = q.shape[:3]
+    n_keys = _row_key_counts_host(q_len, k.shape[2], causal, q.device).repeat(batch * heads)
+    nonempty = n_keys > 0
+    hi = max2 - lse2
+    lo = torch.maximum(min2 - lse2, torch.log2(min(slack) / n_keys.clamp(min=1).to(torch.float32)))
+    lo = torch.where(nonempty, lo - RANGE_PAD * (1.0 + lo.abs()), torch.zeros_like(lo))
+    hi = torch.where(nonempty, hi + RANGE_PAD * (1.0 + hi.abs()), torch.ones_like(hi))
+    return lo, hi, n_keys
+
+
+def _search(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: float,
     causal: bool,
     ps: tuple[float, ...],
     lse2: torch.Tensor,
-    max2: torch.Tensor,
-    min2: torch.Tensor,
+    state: dict[str, torch.Tensor],
     max_passes: int,
-) -> torch.Tensor:
-    """``[batch * heads * q_len, len(ps)]`` int32 budgets by the T-ary search (module docstring)."""
+    *,
+    shared_first: bool,
+) -> int:
+    """Search passes on ``state`` (``lo``, ``hi``, ``done``, ``budget``, each
+    ``[rows, len(ps)]``, updated in place) until every (row, p) is settled or ``max_passes`` ran;
+    with ``shared_first`` the first pass shares `FIRST_EDGES` candidates between the masses (the
+    brackets in column 0), otherwise every pass visits only the unsettled rows. Returns the passes
+    run."""
     batch, heads, q_len = q.shape[:3]
-    kv_len = k.shape[2]
     n_ps = len(ps)
-    slack = _slack(ps)
-    n_keys = _row_key_counts_host(q_len, kv_len, causal, q.device).repeat(batch * heads)
-    nonempty = n_keys > 0
-    # First bracket: [max(u_min, log2(min slack / n)), u_max], padded, u = s - lse2.
-    hi = max2 - lse2
-    lo = torch.maximum(min2 - lse2, torch.log2(min(slack) / n_keys.clamp(min=1).to(torch.float32)))
-    lo = torch.where(nonempty, lo - RANGE_PAD * (1.0 + lo.abs()), torch.zeros_like(lo))
-    hi = torch.where(nonempty, hi + RANGE_PAD * (1.0 + hi.abs()), torch.ones_like(hi))
-    state = dict(
-        lo=lo[:, None].expand(-1, n_ps).contiguous(),
-        hi=hi[:, None].expand(-1, n_ps).contiguous(),
-        done=(~nonempty)[:, None].expand(-1, n_ps).to(torch.int8).contiguous(),
-        budget=torch.zeros(lo.shape[0], n_ps, dtype=torch.int32, device=q.device),
-    )
-    slack_tensor = torch.tensor(slack, dtype=torch.float64, device=q.device)
+    slack_tensor = torch.tensor(_slack(ps), dtype=torch.float64, device=q.device)
     ps_pad = triton.next_power_of_2(n_ps)
-    row_list = torch.zeros(1, 1, dtype=torch.int32, device=q.device)  # unused by the first pass
-    for search_pass in range(max_passes):
-        shared = search_pass == 0
+
+    def unsettled_rows() -> torch.Tensor:
+        unsettled = (state["done"] == 0).any(-1).view(batch * heads, q_len)
+        return true_positions(unsettled, fill=q_len)[0]
+
+    row_list = torch.zeros(1, 1, dtype=torch.int32, device=q.device)  # unused by a shared pass
+    if not shared_first:
+        row_list = unsettled_rows()
+    passes = 0
+    while passes < max_passes and ((passes == 0 and shared_first) or row_list.shape[1] > 0):
+        shared = passes == 0 and shared_first
         edges = FIRST_EDGES if shared else REFINE_EDGES
         groups = 1 if shared else n_ps
         _search_kernel[_grid(q_len if shared else row_list.shape[1], batch * heads)](
@@ -857,9 +1054,9 @@ def _top_p_budgets(
             heads,
             heads // k.shape[1],
             q_len,
-            kv_len,
+            k.shape[2],
             scale,
-            triton.next_power_of_2(kv_len),
+            triton.next_power_of_2(k.shape[2]),
             CAUSAL=causal,
             NUM_PS=n_ps,
             PS_PAD=ps_pad,
@@ -870,12 +1067,117 @@ def _top_p_budgets(
             TIE=TIE_WIDTH,
             **_common_args(q, k),
         )
-        unsettled = (state["done"] == 0).any(-1).view(batch * heads, q_len)
-        row_list, _ = true_positions(unsettled, fill=q_len)
-        if row_list.shape[1] == 0:
-            break
-    log.debug("top-p search: %d passes", search_pass + 1)
+        passes += 1
+        row_list = unsettled_rows()
+    return passes
+
+
+def _top_p_budgets(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    causal: bool,
+    ps: tuple[float, ...],
+    lse2: torch.Tensor,
+    max2: torch.Tensor,
+    min2: torch.Tensor,
+    max_passes: int,
+) -> torch.Tensor:
+    """``[batch * heads * q_len, len(ps)]`` int32 budgets by the T-ary search (module docstring)."""
+    n_ps = len(ps)
+    lo, hi, n_keys = _first_bracket(q, k, causal, _slack(ps), lse2, max2, min2)
+    state = dict(
+        lo=lo[:, None].expand(-1, n_ps).contiguous(),
+        hi=hi[:, None].expand(-1, n_ps).contiguous(),
+        done=(n_keys == 0)[:, None].expand(-1, n_ps).to(torch.int8).contiguous(),
+        budget=torch.zeros(lo.shape[0], n_ps, dtype=torch.int32, device=q.device),
+    )
+    passes = _search(q, k, scale, causal, ps, lse2, state, max_passes, shared_first=True)
+    log.debug("top-p search: %d passes", passes)
     return state["budget"]
+
+
+def bracket_candidates(
+    lo: torch.Tensor, hi: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor
+) -> torch.Tensor:
+    """``[rows, BRACKET_EDGES]`` increasing fp32 candidate thresholds (log2-probabilities) of the
+    bracket pass: the row's range ends ``lo`` and ``hi``, `BRACKET_UNIFORM` evenly spaced between
+    them, and one at ``mean + z * spread`` for each z of `BRACKET_Z` (the mass-weighted mean and
+    standard deviation of the row's log2-probabilities; a Gaussian's ``1 - p`` quantiles), kept
+    inside ``(lo, hi)``."""
+    fractions = torch.arange(1, BRACKET_UNIFORM + 1, device=lo.device) / (BRACKET_UNIFORM + 1)
+    uniform = lo[:, None] + (hi - lo)[:, None] * fractions[None, :]
+    z = torch.tensor(BRACKET_Z, device=lo.device)
+    placed = mean[:, None] + spread[:, None] * z[None, :]
+    placed = torch.minimum(torch.maximum(placed, lo[:, None]), hi[:, None])
+    inner = torch.cat([uniform, placed], dim=1).sort(dim=1).values
+    return torch.cat([lo[:, None], inner, hi[:, None]], dim=1).float().contiguous()
+
+
+def _bracket_budgets(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    causal: bool,
+    ps: tuple[float, ...],
+    lse2: torch.Tensor,
+    max2: torch.Tensor,
+    min2: torch.Tensor,
+    mean: torch.Tensor,
+    spread: torch.Tensor,
+    rtol: float | None,
+    max_passes: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(estimate, low, high)`` ``[rows, len(ps)]`` int32 by one bracket pass (`_bracket_kernel`),
+    then, with ``rtol``, search passes over the (row, p) whose interval is wider than ``rtol``
+    times the estimate, which close (exact) or narrow them."""
+    batch, heads, q_len = q.shape[:3]
+    n_ps = len(ps)
+    lo, hi, _ = _first_bracket(q, k, causal, _slack(ps), lse2, max2, min2)
+    candidates = bracket_candidates(lo, hi, mean, spread)
+    rows = lo.shape[0]
+    state = dict(
+        lo=_empty((rows, n_ps), torch.float32, q.device),
+        hi=_empty((rows, n_ps), torch.float32, q.device),
+        budget=_empty((rows, n_ps), torch.int32, q.device),
+    )
+    low = _empty((rows, n_ps), torch.int32, q.device)
+    high = _empty((rows, n_ps), torch.int32, q.device)
+    _bracket_kernel[_grid(q_len, batch * heads)](
+        q,
+        k,
+        lse2,
+        torch.tensor(_slack(ps), dtype=torch.float64, device=q.device),
+        candidates,
+        state["lo"],
+        state["hi"],
+        state["budget"],
+        low,
+        high,
+        *q.stride(),
+        *k.stride(),
+        heads,
+        heads // k.shape[1],
+        q_len,
+        k.shape[2],
+        scale,
+        triton.next_power_of_2(k.shape[2]),
+        CAUSAL=causal,
+        NUM_PS=n_ps,
+        EDGES=BRACKET_EDGES,
+        COLS=triton.next_power_of_2(BRACKET_EDGES),
+        **_common_args(q, k),
+    )
+    if rtol is not None:
+        wide = (high - low).float() > rtol * state["budget"].float()
+        state["done"] = (~wide).to(torch.int8)
+        passes = _search(q, k, scale, causal, ps, lse2, state, max_passes, shared_first=False)
+        log.debug("bracket refinement: %d passes", passes)
+        closed = wide & (state["done"] != 0)
+        low = torch.where(closed, state["budget"], low)
+        high = torch.where(closed, state["budget"], high)
+        state["budget"] = torch.minimum(torch.maximum(state["budget"], low), high)
+    return state["budget"], low, high
 
 
 def _relevant_mass(
@@ -938,6 +1240,8 @@ def row_stats(
     ps: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99),
     selection: Layout | None = None,
     relevant_positions: torch.Tensor | None = None,
+    budgets: Budgets = "exact",
+    budget_rtol: float | None = None,
     max_search_passes: int = MAX_SEARCH_PASSES,
 ) -> RowStats:
     """Per-row statistics of softmax(scale q k^T) (optionally causal, end-aligned) by streaming
@@ -954,11 +1258,18 @@ def row_stats(
         selection: a `Layout` whose kept entries' mass is returned (``selection_mass``).
         relevant_positions: ``[batch, q_len, R]`` or ``[batch, heads|1, q_len, R]`` int key
             positions (-1 = padding) whose mass is returned (``relevant_mass``).
+        budgets: ``"exact"`` (the search) or ``"bracket"``: one pass against `BRACKET_EDGES`
+            candidate thresholds per row gives an estimate and an interval
+            ``[top_p_budget_low, top_p_budget_high]`` that holds the exact budget (module
+            docstring, "Bracket mode").
+        budget_rtol: bracket mode only: search passes refine the (row, p) whose interval is wider
+            than this times the estimate (``0``: every open one); ``None`` refines nothing.
         max_search_passes: cap on top-p search passes (rows unsettled by then get the
             equal-probability estimate of the last bracket).
     """
     ps = tuple(float(p) for p in ps)
     reference.check_ps(ps)
+    reference.check_budgets(budgets, budget_rtol)
     _check_inputs(q, k)
     if max_search_passes < 1:
         raise ValueError(f"max_search_passes must be >= 1, got {max_search_passes}")
@@ -966,8 +1277,9 @@ def row_stats(
     kv_len = k.shape[2]
     scale = reference.resolve_scale(scale, d_head)
     rows = batch * heads * q_len
-    lse2, max2, min2, entropy, selection_mass = (
-        _empty((rows,), torch.float32, q.device) for _ in range(5)
+    bracket = budgets == "bracket" and bool(ps)
+    lse2, max2, min2, entropy, spread, selection_mass = (
+        _empty((rows,), torch.float32, q.device) for _ in range(6)
     )
     sel_tensors, sel_strides, sel_constexprs = _selection_args(selection, q, kv_len)
     _stats_kernel[_grid(q_len, batch * heads)](
@@ -977,6 +1289,7 @@ def row_stats(
         max2,
         min2,
         entropy,
+        spread,
         selection_mass,
         *sel_tensors,
         *q.stride(),
@@ -989,14 +1302,20 @@ def row_stats(
         scale,
         triton.next_power_of_2(kv_len),
         CAUSAL=causal,
+        SPREAD=bracket,
         **sel_constexprs,
         **_common_args(q, k),
     )
-    budgets = (
-        _top_p_budgets(q, k, scale, causal, ps, lse2, max2, min2, max_search_passes)
-        if ps
-        else _empty((rows, 0), torch.int32, q.device)
-    )
+    low = high = None
+    if bracket:
+        mean = -entropy / LN2  # E_p[log2 p]
+        estimate, low, high = _bracket_budgets(
+            q, k, scale, causal, ps, lse2, max2, min2, mean, spread, budget_rtol, max_search_passes
+        )
+    elif ps:
+        estimate = _top_p_budgets(q, k, scale, causal, ps, lse2, max2, min2, max_search_passes)
+    else:
+        estimate = _empty((rows, 0), torch.int32, q.device)
     relevant = None
     if relevant_positions is not None:
         relevant = _relevant_mass(q, k, scale, causal, lse2, relevant_positions)
@@ -1005,8 +1324,10 @@ def row_stats(
         lse=(lse2 * LN2).view(shape),
         max_score=(max2 * LN2).view(shape),
         entropy=entropy.view(shape),
-        top_p_budget=budgets.view(*shape, len(ps)),
+        top_p_budget=estimate.view(*shape, len(ps)),
         ps=ps,
         selection_mass=selection_mass.view(shape) if selection is not None else None,
         relevant_mass=relevant.view(shape) if relevant is not None else None,
+        top_p_budget_low=low.view(*shape, len(ps)) if low is not None else None,
+        top_p_budget_high=high.view(*shape, len(ps)) if high is not None else None,
     )

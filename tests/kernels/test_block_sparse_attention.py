@@ -18,7 +18,7 @@ import triton
 import workbench.sparse
 from kernels import api, reference
 from kernels.layout import Layout, num_blocks
-from kernels.triton import autograd, block_sparse_attention
+from kernels.triton import autograd, block_sparse_attention, variants
 from kernels.triton import block_scores as triton_block_scores
 from kernels.triton import row_stats as triton_row_stats
 
@@ -106,12 +106,16 @@ def check_attention(
     scale: float | None = None,
     *,
     seed: int = 0,
+    loads: str = "auto",
+    grid: str = "auto",
 ) -> None:
-    """Forward (out, lse) and backward (dq, dk, dv) through the custom op against autograd
-    through the float64 reference."""
+    """Forward (out, lse) and backward (dq, dk, dv) through the custom op (in the kernel variant
+    ``loads`` / ``grid``) against autograd through the float64 reference."""
     tolerance = TOLERANCE[q.dtype]
     inputs = [x.detach().requires_grad_() for x in (q, k, v)]
-    out, lse = api.sparse_attention(*inputs, layout, scale=scale, return_lse=True, impl="triton")
+    out, lse = api.sparse_attention(
+        *inputs, layout, scale=scale, return_lse=True, impl="triton", loads=loads, grid=grid
+    )
     generator = torch.Generator().manual_seed(seed)
     grad_out = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
     out.backward(grad_out)
@@ -179,6 +183,88 @@ def test_matches_reference(shape, block_q, block_k, causal, dtype, shared):
         causal=causal,
     )
     check_attention(q, k, v, layout, scale=0.3)
+
+
+# Every variant besides the plain one (pointer loads, one program per query tile) on the cases
+# above that hold GQA, empty rows (random_layout's first query block), lengths that are no
+# multiple of the block, causal and not, fp16 and fp32, a head dim padded to a power of two.
+VARIANT_CASES = [
+    pytest.param((1, 2, 1, 40, 70, 32), 16, 32, True, torch.float32, True, id="decode-gqa"),
+    pytest.param((1, 4, 2, 48, 56, 48), 16, 16, True, torch.float16, False, id="fp16-gqa-d48"),
+    pytest.param((1, 2, 2, 50, 40, 32), 32, 16, False, torch.float32, False, id="not-causal"),
+]
+
+
+@pytest.mark.parametrize(
+    ("loads", "grid"),
+    [("descriptors", "tiles"), ("pointers", "persistent"), ("descriptors", "persistent")],
+)
+@pytest.mark.parametrize(
+    ("shape", "block_q", "block_k", "causal", "dtype", "shared"), VARIANT_CASES
+)
+def test_variants_match_reference(shape, block_q, block_k, causal, dtype, shared, loads, grid):
+    q, k, v = random_qkv(30, shape, dtype)
+    batch, heads, _, q_len, kv_len, _ = shape
+    layout = random_layout(
+        31,
+        *((1, 1) if shared else (batch, heads)),
+        q_len,
+        kv_len,
+        block_q=block_q,
+        block_k=block_k,
+        causal=causal,
+    )
+    check_attention(q, k, v, layout, scale=0.3, loads=loads, grid=grid)
+
+
+def test_descriptors_take_a_broadcast_output_gradient():
+    """``out.sum()`` hands the backward a stride-0 gradient, which no descriptor can address: the
+    descriptor backward copies it and matches the pointer one."""
+    q, k, v = random_qkv(32, (1, 2, 2, 32, 32, 16))
+    layout = random_layout(33, 1, 2, 32, 32, block_q=16, block_k=16, causal=True)
+    grads = {}
+    for loads in ("pointers", "descriptors"):
+        inputs = [x.detach().requires_grad_() for x in (q, k, v)]
+        api.sparse_attention(*inputs, layout, impl="triton", loads=loads).sum().backward()
+        grads[loads] = [x.grad for x in inputs]
+    for plain, described in zip(grads["pointers"], grads["descriptors"], strict=True):
+        torch.testing.assert_close(described, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_variant_choice(caplog: pytest.LogCaptureFixture):
+    """Forced descriptors refuse strides they cannot take; "auto" takes pointers there (and in
+    the interpreter) and says why; the persistent grid for layouts listing few blocks."""
+    q, k, v = random_qkv(34, (1, 2, 2, 32, 32, 16))
+    strided = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # last stride != 1
+    layout = random_layout(35, 1, 2, 32, 32, block_q=16, block_k=16)
+    with pytest.raises(ValueError, match="loads='descriptors' cannot run"):
+        api.sparse_attention(strided, k, v, layout, impl="triton", loads="descriptors")
+    with pytest.raises(ValueError, match="loads must be one of"):
+        api.sparse_attention(q, k, v, layout, impl="triton", loads="tma")
+    with caplog.at_level("DEBUG", logger="kernels.api"):
+        variant = variants.choose(strided, k, v, layout)
+    assert variant == variants.Variant("pointers", "persistent")
+    assert "stride" in caplog.text and "triton" in caplog.text
+    wide = Layout.dense(32, 32 * (variants.PERSISTENT_MAX_BLOCKS + 1), block_q=16, block_k=16)
+    assert variants.choose(q, k, v, wide).grid == "tiles"
+
+
+def test_work_list_puts_the_longest_query_blocks_first():
+    counts = torch.tensor([[[1, 3, 0], [2, 3, 1]]], dtype=torch.int32)  # [batch 1, heads 2, 3]
+    layout = Layout.trusted(
+        kv_indices=torch.zeros(1, 2, 3, 3, dtype=torch.int32),
+        kv_counts=counts,
+        q_len=48,
+        kv_len=48,
+        block_q=16,
+        block_k=16,
+        causal=False,
+        token_mask=None,
+        row_threshold=None,
+    )
+    items = variants.work_list(layout, 1, 2)
+    assert items.tolist() == [1, 4, 3, 0, 5, 2]  # (head, block) = (0, 1), (1, 1), (1, 0), ...
+    assert counts.flatten()[items.long()].tolist() == sorted(counts.flatten().tolist())[::-1]
 
 
 def test_broadcast_layout_with_token_mask():
@@ -306,7 +392,18 @@ def test_lse_has_no_gradient():
 def test_opcheck():
     q, k, v = random_qkv(13, (1, 2, 1, 24, 40, 16))
     layout = random_layout(14, 1, 2, 24, 40, block_q=16, block_k=16, causal=True, density=0.8)
-    fields = (layout.kv_indices, layout.kv_counts, None, None, 16, 16, True, 0.25)
+    fields = (
+        layout.kv_indices,
+        layout.kv_counts,
+        None,
+        None,
+        16,
+        16,
+        True,
+        0.25,
+        "pointers",
+        "tiles",
+    )
     out, lse = autograd.forward_op(q, k, v, *fields)
     torch.library.opcheck(autograd.forward_op, (q, k, v, *fields))
     torch.library.opcheck(autograd.backward_op, (q, k, v, out, lse, torch.randn_like(q), *fields))
@@ -411,7 +508,7 @@ def test_fp32_inputs_are_autotuned_over_small_tiles_only():
 
     def tiles(dtype: torch.dtype, block: int) -> set[tuple[int, int]]:
         args = {"Q": torch.empty(0, dtype=dtype), "BLOCK_Q": block, "BLOCK_K": block}
-        kept = block_sparse_attention._prune_configs(configs, args)
+        kept = block_sparse_attention._fitting(configs, args)
         return {(config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) for config in kept}
 
     assert (

@@ -294,6 +294,47 @@ def test_budgets_monotone_in_p(
     assert ((budgets >= 1) == (n_keys > 0)[:, None]).all()
 
 
+# ---------------------------------------------------------------------------- bracket mode
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    q_len=st.integers(1, 48),
+    kv_len=st.integers(1, 160),
+    scale=st.floats(0.05, 3.0),
+    causal=st.booleans(),
+)
+def test_bracket_interval_holds_the_exact_budget(
+    seed: int, q_len: int, kv_len: int, scale: float, causal: bool
+) -> None:
+    """Bracket mode: ``low <= exact <= high`` for every (row, p), the estimate between them, the
+    other statistics unchanged; with ``budget_rtol=0`` every interval closes on the exact budget."""
+    q, k = random_qk(seed, 1, 2, 1, q_len, kv_len, 16)
+    kwargs = dict(scale=scale, causal=causal, ps=ALL_PS)
+    exact = oracle(q, k, **kwargs).top_p_budget.to(q.device)
+    out = triton_row_stats.row_stats(q, k, budgets="bracket", **kwargs)
+    low, high, estimate = out.top_p_budget_low, out.top_p_budget_high, out.top_p_budget
+    assert low.dtype == high.dtype == estimate.dtype == torch.int32
+    assert ((low <= exact) & (exact <= high)).all()
+    assert ((low <= estimate) & (estimate <= high)).all()
+    refined = triton_row_stats.row_stats(q, k, budgets="bracket", budget_rtol=0.0, **kwargs)
+    for budgets in (refined.top_p_budget, refined.top_p_budget_low, refined.top_p_budget_high):
+        assert torch.equal(budgets, exact)
+
+
+def test_bracket_mode_on_peaked_rows_is_mostly_exact() -> None:
+    """Peaked rows (large scale): most intervals close in the one bracket pass; the oracle gives
+    the interval [k, k]."""
+    q, k = random_qk(95, 1, 2, 2, 64, 200, 32)
+    out = triton_row_stats.row_stats(q, k, scale=1.0, ps=ALL_PS, budgets="bracket")
+    exact = oracle(q, k, scale=1.0, ps=ALL_PS).top_p_budget.to(q.device)
+    closed = out.top_p_budget_low == out.top_p_budget_high
+    assert closed.float().mean() > 0.5
+    assert torch.equal(out.top_p_budget[closed], exact[closed])
+    ref = oracle(q, k, scale=1.0, ps=ALL_PS, budgets="bracket")
+    assert torch.equal(ref.top_p_budget_low, ref.top_p_budget_high)
+    assert oracle(q, k, ps=ALL_PS).top_p_budget_low is None
+
+
 # ---------------------------------------------------------------------------- api and errors
 def test_api_dispatches_to_triton() -> None:
     q, k = random_qk(71, 1, 2, 1, 24, 40, 32)
@@ -301,7 +342,9 @@ def test_api_dispatches_to_triton() -> None:
     assert_matches(out, oracle(q, k, causal=True, ps=(0.9,)))
 
 
-@pytest.mark.parametrize("bad", ["ps", "dtype", "heads", "selection", "positions", "passes"])
+@pytest.mark.parametrize(
+    "bad", ["ps", "dtype", "heads", "selection", "positions", "passes", "budgets", "rtol"]
+)
 def test_rejects_bad_inputs(bad: str) -> None:
     q, k = random_qk(81, 1, 2, 2, 16, 16, 16)
     kwargs: dict = {}
@@ -315,6 +358,10 @@ def test_rejects_bad_inputs(bad: str) -> None:
         kwargs["selection"] = Layout.dense(16, 32, block_q=16, block_k=16, device=DEVICE)
     elif bad == "positions":
         kwargs["relevant_positions"] = torch.full((1, 16, 2), 16, device=DEVICE)
+    elif bad == "budgets":
+        kwargs["budgets"] = "approximate"
+    elif bad == "rtol":
+        kwargs["budget_rtol"] = 0.1  # exact mode
     else:
         kwargs["max_search_passes"] = 0
     with pytest.raises(ValueError):

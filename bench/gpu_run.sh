@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU measurement of the Hopper paths, one process per comparison (about 8 minutes on one
+# H100 at 64K; `--quick`: 16K, a few minutes). Run from the repository root on the GPU machine:
+#
+#     bash bench/gpu_run.sh            # or: bash bench/gpu_run.sh --quick
+#
+# Writes bench/results/hopper_<name>.json (and copies them to $OUT when set), then prints a
+# summary. Each step runs under its own time limit, so one slow step cannot eat the others.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+LENGTH=(--lengths 65536)
+LIMIT=150
+if [[ "${1:-}" == "--quick" ]]; then
+    LENGTH=(--quick)
+    LIMIT=90
+fi
+RESULTS=bench/results
+run() {  # name, time limit (s), command...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name"
+    timeout "$limit" "$@" || echo "=== $name stopped (exit $?)"
+}
+python3 -c 'import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())'
+run compile_check 120 python3 bench/compile_check.py --out "$RESULTS/hopper_compile_check.json"
+run pointers "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --no-extras \
+    --loads pointers --grid tiles --out "$RESULTS/hopper_pointers.json"
+run descriptors "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --no-extras \
+    --loads descriptors --grid tiles --out "$RESULTS/hopper_descriptors.json"
+run persistent 100 python3 bench/attention.py "${LENGTH[@]}" --no-extras --forward-only \
+    --layouts random_10pct sink_window top_p_xattention \
+    --loads descriptors --grid persistent --out "$RESULTS/hopper_persistent.json"
+run row_stats "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --layouts \
+    --budgets exact bracket --out "$RESULTS/hopper_row_stats.json"
+if [[ -n "${OUT:-}" ]]; then
+    cp "$RESULTS"/hopper_*.json "$OUT"/ 2>/dev/null
+fi
+ls -l "$RESULTS"/hopper_*.json
