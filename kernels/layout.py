@@ -369,6 +369,49 @@ class Layout:
             row_threshold=threshold,
         )
 
+    # ------------------------------------------------------------------ combinators
+    def union(self, other: Layout, scores: torch.Tensor | None = None) -> Layout:
+        """The entries kept by this layout or by ``other`` (same lengths and block sizes; batch
+        and heads broadcast). ``scores`` (scaled, ``[batch, heads, q_len, kv_len]``) are needed
+        when either layout has a ``row_threshold``; the result then holds a token mask."""
+        return self._combine(other, scores, union=True)
+
+    def intersect(self, other: Layout, scores: torch.Tensor | None = None) -> Layout:
+        """The entries kept by both this layout and ``other`` (see `union`)."""
+        return self._combine(other, scores, union=False)
+
+    def _combine(self, other: Layout, scores: torch.Tensor | None, *, union: bool) -> Layout:
+        if not isinstance(other, Layout):
+            raise TypeError(f"other must be a Layout, got {type(other).__name__}")
+        mine = (self.q_len, self.kv_len, self.block_q, self.block_k)
+        theirs = (other.q_len, other.kv_len, other.block_q, other.block_k)
+        if mine != theirs:
+            raise ValueError(
+                f"layouts must share (q_len, kv_len, block_q, block_k), got {mine} and {theirs}"
+            )
+        for size in ("batch", "heads"):
+            if 1 not in (getattr(self, size), getattr(other, size)) and getattr(
+                self, size
+            ) != getattr(other, size):
+                raise ValueError(
+                    f"layouts must have equal {size} or one of them 1, got "
+                    f"{getattr(self, size)} and {getattr(other, size)}"
+                )
+        block_level = self.causal == other.causal and all(
+            getattr(layout, name) is None
+            for layout in (self, other)
+            for name in ("token_mask", "row_threshold")
+        )
+        causal = self.causal and other.causal
+        geometry = dict(block_q=self.block_q, block_k=self.block_k, causal=causal)
+        if block_level:  # the causal mask distributes over both operations
+            a, b = self.block_mask(), other.block_mask()
+            blocks = (a | b) if union else (a & b)
+            return Layout.from_block_mask(blocks, self.q_len, self.kv_len, **geometry)
+        a, b = self.to_dense(scores), other.to_dense(scores)
+        mask = (a | b) if union else (a & b)
+        return Layout.from_token_mask(mask, **geometry)
+
     # ------------------------------------------------------------------ views
     def block_mask(self) -> torch.Tensor:
         """Dense ``[batch|1, heads|1, n_q_blocks, n_kv_blocks]`` bool mask of the listed blocks."""

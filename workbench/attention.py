@@ -268,6 +268,31 @@ def model_size(model: nn.Module) -> tuple[int, int]:
     )
 
 
+def attention_module(model: nn.Module, layer: int) -> nn.Module:
+    """The module a routed call of ``layer`` reports as `AttentionCall.module`: TL's
+    ``blocks[layer].attn``, a bridge's ``NativeAttention``, or the Hugging Face module of that layer
+    that calls the attention interface (the innermost ``*Attention`` module with a ``config``)."""
+    if is_transformer_bridge(model):
+        return bridge_native_attention(model, layer)
+    if is_transformer_lens(model):
+        return model.blocks[layer].attn
+    if is_hugging_face(model):
+        found = [
+            module
+            for name, module in model.named_modules()
+            if hf_layer_index(name, module) == layer
+            and hasattr(module, "config")
+            and type(module).__name__.endswith("Attention")
+        ]
+        if found:
+            return found[-1]  # named_modules lists a wrapper before the module inside it
+        raise NotImplementedError(f"no attention module found for layer {layer}")
+    raise TypeError(
+        "need a TransformerLens HookedTransformer / HookedEncoder / TransformerBridge or a "
+        f"Hugging Face PreTrainedModel, got {type(model).__name__}"
+    )
+
+
 def hf_num_layers(model: nn.Module) -> int:
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -1,11 +1,19 @@
 """The `SparseMethod` type: a selection (which keys each query may attend to) plus an optional
-correction of the sparse output.
+correction of the sparse output; or, for composite methods, several branches and their combination.
 
 Every method is a frozen dataclass whose fields are its hyper-parameters (validated on
 construction: a ``ValueError`` names the field and the allowed range) and whose class attributes
 say what it is (``name``, ``description``, ``paper``, ``input_dependent``, and optionally
 ``needs_calibration`` and ``short_input_hyper_parameters``); the decorator
 `workbench.sparse.registry.register_method` makes it known by its ``name``.
+
+How a method attends (`SparseMethod.attend`, what `workbench.sparse.patch.sparsify` runs):
+``branches`` (default: one, the ``select`` layout) each run through `kernels.api.sparse_attention`
+(`workbench.sparse.branches`), then ``combine`` mixes their outputs (default: ``correct`` of the one
+branch). A method may own learned parameters or a per-(layer, head) plan: ``state_module`` builds an
+``nn.Module`` for one layer, which ``sparsify`` attaches to that layer's attention module (so it is
+in ``state_dict``, in the optimiser, in checkpoints) and passes back as ``state``; without one the
+method uses a freshly initialised state (``default_state``).
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k, v: [batch, kv_heads, kv_len, d_head]`` with
 ``heads % kv_heads == 0``. Causal masks are end-aligned as in `kernels.layout` (key ``j`` is visible to
@@ -20,10 +28,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
+from kernels.api import Impl
 from kernels.layout import MAX_LEN, Layout, causal_token_mask
 from kernels.reference import attention_mask, default_scale, scaled_scores
 from toy_tasks.base import is_finite
+from workbench.sparse.branches import Branch, BranchOutput, coverage, run_branch
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,6 +84,77 @@ class SparseMethod(ABC):
     ) -> torch.Tensor:
         """Fix the sparse output ``[batch, heads, q_len, d_head]`` afterwards (default: as is)."""
         return out_sparse
+
+    # ------------------------------------------------------------------ composite methods
+    def state_module(self, *, layer: int, heads: int, d_head: int) -> nn.Module | None:
+        """A fresh learned state (parameters, a per-head plan) for the attention of ``layer`` with
+        ``heads`` sparse heads of ``d_head``; None: the method has none (the default)."""
+        return None
+
+    def default_state(self, q: torch.Tensor) -> nn.Module | None:
+        """The state used when none is attached: a fresh `state_module` for ``q``'s heads (layer
+        0), on ``q``'s device."""
+        state = self.state_module(layer=0, heads=q.shape[1], d_head=q.shape[-1])
+        return None if state is None else state.to(q.device)
+
+    def branches(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+        state: nn.Module | None = None,
+    ) -> list[Branch]:
+        """The attentions the method runs (default: one, over ``select``'s layout)."""
+        return [
+            Branch(
+                "selection", self.select(q, k, causal=causal, scale=scale, block_size=block_size)
+            )
+        ]
+
+    def combine(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        branches: list[Branch],
+        outputs: list[BranchOutput],
+        *,
+        causal: bool,
+        scale: float | None = None,
+        state: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The output ``[batch, heads, q_len, d_head]`` from the branches' outputs (default: the one
+        branch's, through `correct`)."""
+        (branch,), (output,) = branches, outputs
+        return self.correct(q, k, v, output.out, branch.layout, causal=causal, scale=scale)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+        impl: Impl = "auto",
+        state: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, Layout]:
+        """``(out, layout)``: the method's attention output ``[batch, heads, q_len, d_head]`` and its
+        token-level selection (the union of its branches over the call's keys, `coverage`).
+        ``state``: the attached state (None: `default_state`)."""
+        if state is None:
+            state = self.default_state(q)
+        branches = self.branches(
+            q, k, v, causal=causal, scale=scale, block_size=block_size, state=state
+        )
+        outputs = [run_branch(q, k, v, branch, scale=scale, impl=impl) for branch in branches]
+        out = self.combine(q, k, v, branches, outputs, causal=causal, scale=scale, state=state)
+        return out, coverage(branches)
 
     def hyper_parameters(self) -> dict[str, Any]:
         """The hyper-parameters as a dict (nested methods by their own dicts)."""

@@ -1,10 +1,12 @@
-"""Corrections: methods that run a base selection and then fix its output.
+"""Corrections: methods that run a base selection and then fix its output, as combiners of branches
+(`workbench.sparse.branches`): the first branch is the base selection over every query.
 
 * **Delta attention** (arXiv 2505.11254; code jeffwillette/delta-attention): dense causal attention
   is recomputed for every ``gamma``-th query and for the last ``cut = (N mod gamma) +
   max(min_tail, gamma)`` queries. With ``delta_j = O_dense[j gamma] - O_sparse[j gamma]``, rows
   ``j gamma .. (j+1) gamma - 1`` become ``O_sparse + delta_j`` and the last ``cut`` rows take the
-  dense output. Applied per head, before the output projection.
+  dense output. Applied per head, before the output projection. Branches: the base selection and
+  ``dense_rows`` (dense attention of the anchor and tail rows); `delta_combine` mixes them.
 * **Re-ttention-style rescaling** (arXiv 2505.22918): the sparse softmax renormalises over the
   selected keys only. With the dense and sparse log-normalisers ``lse_dense``, ``lse_sparse`` of a
   reference step, ``r = exp(lse_sparse - lse_dense)`` is the dense attention mass inside the
@@ -13,6 +15,7 @@
   reference step and a later step is corrected as ``r_ref * O_sparse + R_ref`` (the paper reuses
   softmax statistics and a residual from earlier diffusion steps; this is that idea stated
   per query row). With the statistics of the same inputs the correction reproduces dense attention.
+  One branch (the base selection); the combination is the rescaling with the remembered statistics.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from kernels import api
 from kernels.layout import Layout, causal_token_mask
 from workbench.sparse.base import SparseMethod, check_int
+from workbench.sparse.branches import Branch, BranchOutput, run_branch
 from workbench.sparse.registry import as_method, register_method
 from workbench.sparse.sink_window import SinkWindow
 
@@ -33,6 +38,19 @@ def delta_rows(q_len: int, gamma: int, min_tail: int) -> tuple[torch.Tensor, int
     """``(anchors, cut)``: the rows ``j * gamma`` before the dense tail, and the tail length."""
     cut = min(q_len, q_len % gamma + max(min_tail, gamma))
     return torch.arange(0, q_len - cut, gamma), cut
+
+
+def dense_rows_layout(
+    rows: torch.Tensor, q_len: int, kv_len: int, *, causal: bool, device: torch.device
+) -> Layout:
+    """Dense layout of the query ``rows`` only, over ``len(rows)`` queries (the causal mask keeps
+    each row's end-aligned position)."""
+    rows = rows.to(device)
+    if causal:
+        mask = causal_token_mask(q_len, kv_len, device)[rows]
+    else:
+        mask = torch.ones(len(rows), kv_len, dtype=torch.bool, device=device)
+    return Layout.from_token_mask(mask[None, None], block_q=16, block_k=16)
 
 
 def dense_rows(
@@ -44,16 +62,36 @@ def dense_rows(
     causal: bool,
     scale: float | None,
 ) -> torch.Tensor:
-    """Dense attention output of the query ``rows`` only: ``[batch, heads, len(rows), d_head]``
-    (the causal mask keeps each row's end-aligned position)."""
-    q_len, kv_len = q.shape[2], k.shape[2]
-    rows = rows.to(q.device)
-    if causal:
-        mask = causal_token_mask(q_len, kv_len, q.device)[rows]
-    else:
-        mask = torch.ones(len(rows), kv_len, dtype=torch.bool, device=q.device)
-    layout = Layout.from_token_mask(mask[None, None], block_q=16, block_k=16)
-    return api.sparse_attention(q[:, :, rows], k, v, layout, scale=scale)
+    """Dense attention output of the query ``rows`` only: ``[batch, heads, len(rows), d_head]``."""
+    layout = dense_rows_layout(rows, q.shape[2], k.shape[2], causal=causal, device=q.device)
+    return api.sparse_attention(q[:, :, rows.to(q.device)], k, v, layout, scale=scale)
+
+
+def delta_branch(
+    q_len: int, kv_len: int, gamma: int, min_tail: int, *, causal: bool, device: torch.device
+) -> Branch:
+    """The ``dense_rows`` branch of Delta attention: the anchors, then the tail."""
+    anchors, cut = delta_rows(q_len, gamma, min_tail)
+    rows = torch.cat([anchors, torch.arange(q_len - cut, q_len)])
+    layout = dense_rows_layout(rows, q_len, kv_len, causal=causal, device=device)
+    return Branch("dense_rows", layout, rows=rows)
+
+
+def delta_combine(
+    out_sparse: torch.Tensor, dense: torch.Tensor, *, gamma: int, min_tail: int
+) -> torch.Tensor:
+    """Delta attention's mix of ``out_sparse`` ``[batch, heads, q_len, d_head]`` and the dense
+    outputs ``[batch, heads, n_anchors + cut, d_head]`` of `delta_branch`'s rows."""
+    q_len = out_sparse.shape[2]
+    anchors, cut = delta_rows(q_len, gamma, min_tail)
+    anchor_dense, tail_dense = dense[:, :, : len(anchors)], dense[:, :, len(anchors) :]
+    corrected = out_sparse.clone()
+    if len(anchors):
+        delta = anchor_dense - out_sparse[:, :, anchors.to(out_sparse.device)]
+        head = q_len - cut
+        corrected[:, :, :head] += delta.repeat_interleave(gamma, dim=2)[:, :, :head]
+    corrected[:, :, q_len - cut :] = tail_dense
+    return corrected
 
 
 def delta_correction(
@@ -68,18 +106,9 @@ def delta_correction(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Delta attention's correction of ``out_sparse`` ``[batch, heads, q_len, d_head]``."""
-    q_len = q.shape[2]
-    anchors, cut = delta_rows(q_len, gamma, min_tail)
-    tail = torch.arange(q_len - cut, q_len)
-    dense = dense_rows(q, k, v, torch.cat([anchors, tail]), causal=causal, scale=scale)
-    anchor_dense, tail_dense = dense[:, :, : len(anchors)], dense[:, :, len(anchors) :]
-    corrected = out_sparse.clone()
-    if len(anchors):
-        delta = anchor_dense - out_sparse[:, :, anchors.to(q.device)]
-        head = q_len - cut
-        corrected[:, :, :head] += delta.repeat_interleave(gamma, dim=2)[:, :, :head]
-    corrected[:, :, q_len - cut :] = tail_dense
-    return corrected
+    branch = delta_branch(q.shape[2], k.shape[2], gamma, min_tail, causal=causal, device=q.device)
+    dense = run_branch(q, k, v, branch, scale=scale).out
+    return delta_combine(out_sparse, dense, gamma=gamma, min_tail=min_tail)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +154,38 @@ class Delta(CorrectedMethod):
     def validate(self) -> None:
         check_int("gamma", self.gamma, 1)
         check_int("min_tail", self.min_tail, 0)
+
+    def branches(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool,
+        scale: float | None = None,
+        block_size: int = 64,
+        state: nn.Module | None = None,
+    ) -> list[Branch]:
+        selection = self.select(q, k, causal=causal, scale=scale, block_size=block_size)
+        dense = delta_branch(
+            q.shape[2], k.shape[2], self.gamma, self.min_tail, causal=causal, device=q.device
+        )
+        return [Branch("selection", selection), dense]
+
+    def combine(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        branches: list[Branch],
+        outputs: list[BranchOutput],
+        *,
+        causal: bool,
+        scale: float | None = None,
+        state: nn.Module | None = None,
+    ) -> torch.Tensor:
+        sparse, dense = outputs
+        return delta_combine(sparse.out, dense.out, gamma=self.gamma, min_tail=self.min_tail)
 
     def correct(
         self,

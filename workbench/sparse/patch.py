@@ -5,11 +5,18 @@
     record.densities()  # {1: 0.31}: fraction of the visible entries the layer attended to
 
 Inside the block the chosen layers run through `workbench.attention.route_attention` with
-`SparseCore`: per attention call, ``method.select`` gives a `Layout` on the call's q and k, the key
-padding is added to it (`with_key_padding`), `kernels.api.sparse_attention` computes the output and
-``method.correct`` fixes it. Heads not chosen keep exact dense attention. Everything outside the core
-is the model's own code, so ``hook_q`` / ``hook_z`` and the other hooks still fire, and on exit the
-model is restored exactly (outputs bitwise identical to before the block).
+`SparseCore`: per attention call, ``method.attend`` runs the method's branches through
+`kernels.api.sparse_attention` and combines them (a single-branch method: ``method.select`` gives a
+`Layout` on the call's q and k, the key padding is added to it (`with_key_padding`), and
+``method.correct`` fixes the output). Heads not chosen keep exact dense attention. Everything outside
+the core is the model's own code, so ``hook_q`` / ``hook_z`` and the other hooks still fire, and on
+exit the model is restored exactly (outputs bitwise identical to before the block).
+
+Methods with a learned state (`SparseMethod.state_module`): on entry each chosen layer's attention
+module gets the submodule ``sparse_state`` (`workbench.sparse.state`), found again there by every
+call; ``record.states`` lists them (e.g. for an optimiser). On exit they are removed, unless
+``keep_state=True``: then they stay part of the model (trained, saved with it) and a later
+``sparsify`` with a method of the same name reuses them.
 
 Limits:
 
@@ -18,7 +25,8 @@ Limits:
 * Key padding is applied on top of the selection: the method selects on the padded sequence
   (position-based methods count padded positions: the sinks of a left-padded example are padding)
   and the padded keys are then dropped.
-* Methods with a correction refuse padded inputs (``correct`` does not see the padding), and
+* Methods with a correction or several branches refuse padded inputs (``correct`` and pooled
+  branches do not see the padding), and
   ``rettention`` needs statistics calibrated on the very call it corrects, so it raises here.
 """
 
@@ -40,11 +48,16 @@ from kernels.reference import repeat_kv, scaled_scores
 from workbench.attention import (
     AttentionCall,
     AttentionInputs,
+    attention_module,
+    check_layers,
     dense_layout,
     full_mask,
+    hf_num_layers,
+    is_transformer_lens,
     route_attention,
 )
 from workbench.sparse.base import SparseMethod
+from workbench.sparse.state import STATE_NAME
 
 
 def with_key_padding(layout: Layout, key_padding: torch.Tensor | None) -> Layout:
@@ -84,8 +97,18 @@ def kept_fraction(layout: Layout, call: AttentionInputs, q: torch.Tensor, k: tor
 
 
 def has_correction(method: SparseMethod) -> bool:
-    """True when ``method`` overrides `SparseMethod.correct`."""
-    return type(method).correct is not SparseMethod.correct
+    """True when ``method`` overrides `SparseMethod.correct`, `SparseMethod.branches` or
+    `SparseMethod.combine` (its output is more than attention over one selection)."""
+    return any(
+        getattr(type(method), name) is not getattr(SparseMethod, name)
+        for name in ("correct", "branches", "combine")
+    )
+
+
+def call_state(call: AttentionInputs) -> nn.Module | None:
+    """The state attached to the call's attention module (None: none, or a capture)."""
+    module = getattr(call, "module", None)
+    return None if module is None else getattr(module, STATE_NAME, None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,12 +176,23 @@ class SparseCore:
                 "inputs one example at a time without padding"
             )
         q, k, v = self._chosen(call)
-        layout = self.method.select(
-            q, k, causal=call.causal, scale=call.scale, block_size=self.block_size
-        )
-        layout = with_key_padding(layout, call.key_padding)
-        out = api.sparse_attention(q, k, v, layout, scale=call.scale, impl=self.impl)
-        out = self.method.correct(q, k, v, out, layout, causal=call.causal, scale=call.scale)
+        if has_correction(self.method):
+            out, layout = self.method.attend(
+                q,
+                k,
+                v,
+                causal=call.causal,
+                scale=call.scale,
+                block_size=self.block_size,
+                impl=self.impl,
+                state=call_state(call),
+            )
+        else:
+            layout = self.method.select(
+                q, k, causal=call.causal, scale=call.scale, block_size=self.block_size
+            )
+            layout = with_key_padding(layout, call.key_padding)
+            out = api.sparse_attention(q, k, v, layout, scale=call.scale, impl=self.impl)
         if self.heads is None:
             return SparseResult(out, layout, q, k)
         dense = api.sparse_attention(
@@ -183,9 +217,11 @@ class SparseCore:
 
 @dataclass
 class SparsifyRecord:
-    """What `sparsify` yields: ``calls`` holds one dict per routed attention call."""
+    """What `sparsify` yields: ``calls`` holds one dict per routed attention call, ``states`` the
+    method's state per layer (empty for methods without one)."""
 
     calls: list[dict[str, Any]]
+    states: dict[int, nn.Module] = field(default_factory=dict)
 
     def densities(self, key: str = "density") -> dict[int, float]:
         """Mean ``key`` (``"density"`` or ``"block_density"``) per layer over the recorded calls."""
@@ -205,6 +241,66 @@ def check_heads(heads: Sequence[int] | None) -> tuple[int, ...] | None:
     return chosen
 
 
+def layers_and_head_dim(model: nn.Module) -> tuple[int, int]:
+    """``(n_layers, d_head)`` of a TransformerLens or Hugging Face model."""
+    if is_transformer_lens(model):
+        return model.cfg.n_layers, model.cfg.d_head
+    config = model.config.get_text_config()
+    d_head = getattr(config, "head_dim", None)
+    return hf_num_layers(model), int(d_head or config.hidden_size // config.num_attention_heads)
+
+
+def attach_states(
+    model: nn.Module,
+    method: SparseMethod,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+) -> tuple[dict[int, nn.Module], list[int]]:
+    """Attach ``method``'s state (`SparseMethod.state_module`) to the attention module of every
+    layer of ``layers`` (None: all) that has none yet, on that module's device. Returns ``(states
+    by layer, the layers attached now)``; a layer already holding a state of another method raises
+    ``ValueError``. Nothing is attached for methods without a state."""
+    n_layers, d_head = layers_and_head_dim(model)
+    chosen_heads = check_heads(heads)
+    n_heads = len(chosen_heads) if chosen_heads else model_heads(model)
+    states: dict[int, nn.Module] = {}
+    added: list[int] = []
+    for layer in check_layers(layers, n_layers):
+        module = attention_module(model, layer)
+        existing = getattr(module, STATE_NAME, None)
+        if existing is not None:
+            if getattr(existing, "method", None) != method.name:
+                raise ValueError(
+                    f"layer {layer} already holds the state of {existing.method!r}, not of "
+                    f"{method.name!r}"
+                )
+            states[layer] = existing
+            continue
+        state = method.state_module(layer=layer, heads=n_heads, d_head=d_head)
+        if state is None:
+            return {}, []
+        device = next(module.parameters()).device
+        module.add_module(STATE_NAME, state.to(device))
+        states[layer] = state
+        added.append(layer)
+    return states, added
+
+
+def model_heads(model: nn.Module) -> int:
+    """Attention heads per layer of a TransformerLens or Hugging Face model."""
+    if is_transformer_lens(model):
+        return model.cfg.n_heads
+    return int(model.config.get_text_config().num_attention_heads)
+
+
+def detach_states(model: nn.Module, layers: Sequence[int]) -> None:
+    """Remove the states attached to the attention modules of ``layers``."""
+    for layer in layers:
+        module = attention_module(model, layer)
+        if STATE_NAME in module._modules:
+            delattr(module, STATE_NAME)
+
+
 @contextmanager
 def sparsify(
     model: nn.Module,
@@ -215,13 +311,20 @@ def sparsify(
     block_size: int = 64,
     impl: Impl = "auto",
     record: bool = True,
+    keep_state: bool = False,
 ) -> Iterator[SparsifyRecord]:
     """Run the attention of ``layers`` (None = all) of ``model`` through ``method`` inside the block.
 
     ``heads`` (None = all) attend sparsely, the other heads densely. ``record`` keeps per-call
     densities in the yielded `SparsifyRecord` (``density`` materialises ``q_len x kv_len`` per
-    call; pass False for long inputs). Models: as `workbench.attention.route_attention`.
+    call; pass False for long inputs). ``keep_state``: leave the method's state attached on exit
+    (see the module docstring). Models: as `workbench.attention.route_attention`.
     """
     core = SparseCore(method, check_heads(heads), block_size, impl, record)
-    with route_attention(model, core, layers):
-        yield SparsifyRecord(core.calls)
+    states, added = attach_states(model, method, layers, heads)
+    try:
+        with route_attention(model, core, layers):
+            yield SparsifyRecord(core.calls, states)
+    finally:
+        if not keep_state:
+            detach_states(model, added)

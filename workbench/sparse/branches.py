@@ -1,0 +1,128 @@
+"""Branches of a composite method: several attentions of the same queries, combined afterwards.
+
+A single-branch method attends over its selection (`SparseMethod.select`). A composite method
+(`SparseMethod.branches`) returns several `Branch` es, each an attention of (some of) the queries
+over the call's keys or over keys and values of its own (pooled blocks, summaries): every branch
+runs through `kernels.api.sparse_attention`, which also gives its logsumexp, and the method's
+`SparseMethod.combine` mixes the outputs:
+
+* `merge_by_lse`: the exact softmax over the union of disjoint key sets, ``o = sum_c exp(lse_c -
+  L) o_c`` with ``L = logsumexp_c lse_c`` (optionally times gates);
+* `gated_sum`: separately normalised branches mixed by gates, ``o = sum_c g_c o_c`` (NSA).
+
+The Triton kernels mark ``lse`` non-differentiable, so a merge by logsumexp cannot carry gradients
+through it there: `merge_by_lse` raises when it would have to (train such methods with
+``impl="reference"``); `gated_sum` needs no logsumexp gradient.
+
+Shapes: ``q: [batch, heads, q_len, d_head]``; a branch's ``k, v: [batch, kv_heads, n_keys, d_head]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kernels import api
+from kernels.api import Impl
+from kernels.layout import Layout
+
+
+@dataclass(frozen=True, eq=False)
+class Branch:
+    """One attention of a composite method.
+
+    Attributes:
+        name: what the branch is (``"selection"``, ``"compressed"``, ``"window"``, ...).
+        layout: the entries kept, over (the branch's queries, the branch's keys).
+        k, v: ``[batch, kv_heads, n_keys, d_head]`` keys and values of the branch (pooled blocks,
+            summaries); None: the call's own.
+        rows: ``[n_rows]`` int64 query rows the branch computes (None: every row); the layout is
+            then over ``n_rows`` queries.
+        tokens: True when the layout is over the call's own keys (``k`` None): such branches make
+            up the method's token-level selection (`coverage`).
+    """
+
+    name: str
+    layout: Layout
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+
+    @property
+    def tokens(self) -> bool:
+        return self.k is None and self.rows is None
+
+
+@dataclass(frozen=True, eq=False)
+class BranchOutput:
+    """``out`` ``[batch, heads, n_rows, d_head]`` (q's dtype) and ``lse`` ``[batch, heads,
+    n_rows]`` float32 of one branch (-inf and 0 for rows that keep no key)."""
+
+    out: torch.Tensor
+    lse: torch.Tensor
+
+
+def run_branch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    branch: Branch,
+    *,
+    scale: float | None,
+    impl: Impl = "auto",
+) -> BranchOutput:
+    """Attention of ``branch`` (its keys and values, else ``k``, ``v``; its rows, else every query
+    of ``q``) through `kernels.api.sparse_attention`."""
+    queries = q if branch.rows is None else q[:, :, branch.rows.to(q.device)]
+    keys = k if branch.k is None else branch.k
+    values = v if branch.v is None else branch.v
+    out, lse = api.sparse_attention(
+        queries, keys, values, branch.layout, scale=scale, return_lse=True, impl=impl
+    )
+    return BranchOutput(out, lse)
+
+
+def merge_by_lse(
+    outputs: Sequence[BranchOutput], gates: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``sum_c w_c o_c`` with ``w_c = exp(lse_c - logsumexp_c lse_c)`` (times ``gates`` ``[batch,
+    heads, q_len, n_branches]`` when given): over disjoint key sets, the softmax over their union.
+    Rows that keep no key in any branch give 0."""
+    lse = torch.stack([output.lse for output in outputs], dim=-1)  # [b, h, q, c]
+    if torch.is_grad_enabled() and any(
+        output.out.requires_grad and not output.lse.requires_grad for output in outputs
+    ):
+        raise RuntimeError(
+            "merging branches by their logsumexps needs the logsumexp's gradient, which the "
+            "Triton kernels do not give (kernels.triton.autograd marks it non-differentiable): "
+            "train this method with impl='reference'"
+        )
+    total = torch.logsumexp(lse, dim=-1, keepdim=True)
+    weights = torch.exp(lse - torch.where(torch.isinf(total), 0.0, total))  # 0 on empty rows
+    if gates is not None:
+        weights = weights * gates
+    return gated_sum(outputs, weights)
+
+
+def gated_sum(outputs: Sequence[BranchOutput], gates: torch.Tensor) -> torch.Tensor:
+    """``sum_c g_c o_c`` for ``gates`` ``[batch|1, heads|1, q_len, n_branches]``, in the outputs'
+    dtype."""
+    if gates.shape[-1] != len(outputs):
+        raise ValueError(f"gates must have {len(outputs)} branches, got {gates.shape[-1]}")
+    stacked = torch.stack([output.out.float() for output in outputs], dim=-1)  # [b, h, q, d, c]
+    mixed = (stacked * gates.float().unsqueeze(-2)).sum(-1)
+    return mixed.to(outputs[0].out.dtype)
+
+
+def coverage(branches: Sequence[Branch], scores: torch.Tensor | None = None) -> Layout:
+    """The union (`Layout.union`) of the token-level branches (`Branch.tokens`): the call's keys
+    the method attends to individually; branches over pooled keys or some rows are left out."""
+    layouts = [branch.layout for branch in branches if branch.tokens]
+    if not layouts:
+        raise ValueError("no branch attends over the call's own keys")
+    union = layouts[0]
+    for layout in layouts[1:]:
+        union = union.union(layout, scores)
+    return union
