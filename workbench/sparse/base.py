@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +35,13 @@ from kernels.api import Impl
 from kernels.layout import MAX_LEN, Layout, causal_token_mask
 from kernels.reference import attention_mask, default_scale, scaled_scores
 from toy_tasks.base import is_finite
-from workbench.sparse.branches import Branch, BranchOutput, coverage, run_branch
+from workbench.sparse.branches import (
+    Branch,
+    BranchOutput,
+    coverage,
+    run_branch,
+    with_key_padding,
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -126,9 +133,10 @@ class SparseMethod(ABC):
         causal: bool,
         scale: float | None = None,
         state: nn.Module | None = None,
+        impl: Impl = "auto",
     ) -> torch.Tensor:
         """The output ``[batch, heads, q_len, d_head]`` from the branches' outputs (default: the one
-        branch's, through `correct`)."""
+        branch's, through `correct`); ``impl``: for attentions the combination runs itself."""
         (branch,), (output,) = branches, outputs
         return self.correct(q, k, v, output.out, branch.layout, causal=causal, scale=scale)
 
@@ -143,17 +151,26 @@ class SparseMethod(ABC):
         block_size: int = 64,
         impl: Impl = "auto",
         state: nn.Module | None = None,
+        key_padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Layout]:
         """``(out, layout)``: the method's attention output ``[batch, heads, q_len, d_head]`` and its
         token-level selection (the union of its branches over the call's keys, `coverage`).
-        ``state``: the attached state (None: `default_state`)."""
+        ``state``: the attached state (None: `default_state`); ``key_padding`` ``[batch, kv_len]``
+        (True = real key) is added to the token-level branches (`with_key_padding`)."""
         if state is None:
             state = self.default_state(q)
-        branches = self.branches(
-            q, k, v, causal=causal, scale=scale, block_size=block_size, state=state
-        )
+        branches = [
+            replace(branch, layout=with_key_padding(branch.layout, key_padding))
+            if branch.tokens
+            else branch
+            for branch in self.branches(
+                q, k, v, causal=causal, scale=scale, block_size=block_size, state=state
+            )
+        ]
         outputs = [run_branch(q, k, v, branch, scale=scale, impl=impl) for branch in branches]
-        out = self.combine(q, k, v, branches, outputs, causal=causal, scale=scale, state=state)
+        out = self.combine(
+            q, k, v, branches, outputs, causal=causal, scale=scale, state=state, impl=impl
+        )
         return out, coverage(branches)
 
     def hyper_parameters(self) -> dict[str, Any]:

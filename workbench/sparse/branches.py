@@ -20,7 +20,7 @@ Shapes: ``q: [batch, heads, q_len, d_head]``; a branch's ``k, v: [batch, kv_head
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -126,3 +126,18 @@ def coverage(branches: Sequence[Branch], scores: torch.Tensor | None = None) -> 
     for layout in layouts[1:]:
         union = union.union(layout, scores)
     return union
+
+
+def with_key_padding(layout: Layout, key_padding: torch.Tensor | None) -> Layout:
+    """``layout`` restricted to real keys (``key_padding`` ``[batch, kv_len]``, True = real).
+
+    The padding becomes (part of) the token mask: ANDed with the layout's own token mask, or added
+    beside its ``row_threshold``, which is kept. The result has an explicit batch dimension.
+    """
+    if key_padding is None:
+        return layout
+    batch, kv_len = key_padding.shape
+    padding = key_padding[:, None, None, :].expand(batch, 1, layout.q_len, kv_len)
+    layout = layout.expand(batch, layout.heads)
+    token_mask = padding if layout.token_mask is None else layout.token_mask & padding
+    return replace(layout, token_mask=token_mask)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kernels import api
+from kernels.api import Impl
 from kernels.layout import Layout, causal_token_mask
 from workbench.sparse.base import SparseMethod, check_int
 from workbench.sparse.branches import Branch, BranchOutput, run_branch
@@ -183,6 +184,7 @@ class Delta(CorrectedMethod):
         causal: bool,
         scale: float | None = None,
         state: nn.Module | None = None,
+        impl: Impl = "auto",
     ) -> torch.Tensor:
         sparse, dense = outputs
         return delta_combine(sparse.out, dense.out, gamma=self.gamma, min_tail=self.min_tail)

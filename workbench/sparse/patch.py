@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,22 +57,8 @@ from workbench.attention import (
     route_attention,
 )
 from workbench.sparse.base import SparseMethod
+from workbench.sparse.branches import with_key_padding  # noqa: F401 (part of this module's API)
 from workbench.sparse.state import STATE_NAME
-
-
-def with_key_padding(layout: Layout, key_padding: torch.Tensor | None) -> Layout:
-    """``layout`` restricted to real keys (``key_padding`` ``[batch, kv_len]``, True = real).
-
-    The padding becomes (part of) the token mask: ANDed with the layout's own token mask, or added
-    beside its ``row_threshold``, which is kept. The result has an explicit batch dimension.
-    """
-    if key_padding is None:
-        return layout
-    batch, kv_len = key_padding.shape
-    padding = key_padding[:, None, None, :].expand(batch, 1, layout.q_len, kv_len)
-    layout = layout.expand(batch, layout.heads)
-    token_mask = padding if layout.token_mask is None else layout.token_mask & padding
-    return replace(layout, token_mask=token_mask)
 
 
 def real_queries(call: AttentionInputs) -> torch.Tensor:
@@ -97,11 +83,11 @@ def kept_fraction(layout: Layout, call: AttentionInputs, q: torch.Tensor, k: tor
 
 
 def has_correction(method: SparseMethod) -> bool:
-    """True when ``method`` overrides `SparseMethod.correct`, `SparseMethod.branches` or
-    `SparseMethod.combine` (its output is more than attention over one selection)."""
+    """True when ``method`` overrides `SparseMethod.correct` or `SparseMethod.combine` (its output
+    is more than attention over its token-level branches, which alone see the key padding)."""
     return any(
         getattr(type(method), name) is not getattr(SparseMethod, name)
-        for name in ("correct", "branches", "combine")
+        for name in ("correct", "combine")
     )
 
 
@@ -176,23 +162,17 @@ class SparseCore:
                 "inputs one example at a time without padding"
             )
         q, k, v = self._chosen(call)
-        if has_correction(self.method):
-            out, layout = self.method.attend(
-                q,
-                k,
-                v,
-                causal=call.causal,
-                scale=call.scale,
-                block_size=self.block_size,
-                impl=self.impl,
-                state=call_state(call),
-            )
-        else:
-            layout = self.method.select(
-                q, k, causal=call.causal, scale=call.scale, block_size=self.block_size
-            )
-            layout = with_key_padding(layout, call.key_padding)
-            out = api.sparse_attention(q, k, v, layout, scale=call.scale, impl=self.impl)
+        out, layout = self.method.attend(
+            q,
+            k,
+            v,
+            causal=call.causal,
+            scale=call.scale,
+            block_size=self.block_size,
+            impl=self.impl,
+            state=call_state(call),
+            key_padding=call.key_padding,
+        )
         if self.heads is None:
             return SparseResult(out, layout, q, k)
         dense = api.sparse_attention(
