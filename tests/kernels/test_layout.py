@@ -183,3 +183,29 @@ def test_true_positions_lists_each_rows_true_entries(seed, rows, n, density, fil
     for row, listed in zip(mask, positions.tolist(), strict=True):
         expected = row.nonzero().flatten().tolist()
         assert listed == expected + [fill] * (width - len(expected))
+
+
+@pytest.mark.parametrize("causal", [(True, True), (True, False), (False, False)])
+def test_union_and_intersect_keep_exactly_the_combined_entries(causal):
+    generator = torch.Generator().manual_seed(5)
+    masks = [torch.rand(1, 2, 40, 50, generator=generator) < 0.3 for _ in range(2)]
+    scores = torch.randn(1, 2, 40, 50, generator=generator)
+    a = Layout.from_token_mask(masks[0], block_q=16, block_k=16, causal=causal[0])
+    b = Layout.from_row_threshold(
+        scores, torch.full((1, 1, 40), 0.5), block_q=16, block_k=16, causal=causal[1]
+    )
+    for combined, expected in (
+        (a.union(b, scores), a.to_dense() | b.to_dense(scores)),
+        (a.intersect(b, scores), a.to_dense() & b.to_dense(scores)),
+    ):
+        assert torch.equal(combined.to_dense(), expected)
+    blocks = Layout.from_block_mask(
+        masks[1][..., ::16, ::16][..., :3, :4], 40, 50, block_q=16, block_k=16
+    )
+    dense = Layout.dense(40, 50, block_q=16, block_k=16)
+    assert torch.equal(blocks.union(dense).to_dense(), dense.to_dense().expand(1, 2, 40, 50))
+    assert blocks.intersect(dense).token_mask is None  # block level: no token mask
+    with pytest.raises(ValueError, match="pass the scaled scores"):
+        a.union(b)
+    with pytest.raises(ValueError, match="must share"):
+        a.union(Layout.dense(40, 40, block_q=16, block_k=16))

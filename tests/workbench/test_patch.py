@@ -133,3 +133,35 @@ def test_with_key_padding_ands_token_masks_and_keeps_thresholds() -> None:
     expected = (scores >= 0) & padding[:, None, None, :]
     assert torch.equal(masked.to_dense(scores.expand(2, 2, 20, 20)), expected)
     assert with_key_padding(layout, None) is layout
+
+
+def test_sparsify_attaches_the_state_and_restores_the_model_bitwise():
+    model = tl_model("standard")
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    x = tokens()
+    with torch.no_grad():
+        reference = model(x)
+    method = workbench.sparse.get("nsa", window=4)
+    with sparsify(model, method, layers=[1], block_size=16) as record:
+        names = [name for name in model.state_dict() if "sparse_state" in name]
+        assert names and all(name.startswith("blocks.1.attn.sparse_state.") for name in names)
+        assert set(map(id, record.states[1].parameters())) <= set(map(id, model.parameters()))
+        loss = model(x).sum()
+        loss.backward()
+        assert record.states[1].gate_bias.grad is not None
+    model.zero_grad(set_to_none=True)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
+    with torch.no_grad():
+        assert torch.equal(model(x), reference)
+    with sparsify(model, method, layers=[1], keep_state=True) as record:
+        kept = record.states[1]
+    assert model.blocks[1].attn.sparse_state is kept
+    with sparsify(model, method, layers=[1]) as record:
+        assert record.states[1] is kept  # reused, and still kept afterwards
+    assert model.blocks[1].attn.sparse_state is kept
+    with (
+        pytest.raises(ValueError, match="already holds the state of 'nsa'"),
+        sparsify(model, workbench.sparse.get("hax"), layers=[1]),
+    ):
+        pass

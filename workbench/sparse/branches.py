@@ -89,7 +89,8 @@ def merge_by_lse(
 ) -> torch.Tensor:
     """``sum_c w_c o_c`` with ``w_c = exp(lse_c - logsumexp_c lse_c)`` (times ``gates`` ``[batch,
     heads, q_len, n_branches]`` when given): over disjoint key sets, the softmax over their union.
-    Rows that keep no key in any branch give 0."""
+    Rows that keep no key in any branch give 0. The weights carry the float32 precision of the
+    kernels' logsumexps."""
     lse = torch.stack([output.lse for output in outputs], dim=-1)  # [b, h, q, c]
     if torch.is_grad_enabled() and any(
         output.out.requires_grad and not output.lse.requires_grad for output in outputs
@@ -111,8 +112,9 @@ def gated_sum(outputs: Sequence[BranchOutput], gates: torch.Tensor) -> torch.Ten
     dtype."""
     if gates.shape[-1] != len(outputs):
         raise ValueError(f"gates must have {len(outputs)} branches, got {gates.shape[-1]}")
-    stacked = torch.stack([output.out.float() for output in outputs], dim=-1)  # [b, h, q, d, c]
-    mixed = (stacked * gates.float().unsqueeze(-2)).sum(-1)
+    dtype = torch.promote_types(outputs[0].out.dtype, torch.float32)  # float64 stays float64
+    stacked = torch.stack([output.out.to(dtype) for output in outputs], dim=-1)  # [b, h, q, d, c]
+    mixed = (stacked * gates.to(dtype).unsqueeze(-2)).sum(-1)
     return mixed.to(outputs[0].out.dtype)
 
 

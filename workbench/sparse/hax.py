@@ -28,7 +28,7 @@ from kernels.reference import repeat_kv
 from workbench.sparse.base import SparseMethod, check_int, distances, visible
 from workbench.sparse.branches import Branch
 from workbench.sparse.registry import register_method
-from workbench.sparse.state import SparseState
+from workbench.sparse.state import SparseState, common_dtype
 
 
 class KeySelector(SparseState):
@@ -43,14 +43,17 @@ class KeySelector(SparseState):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def key_scores(self, k: torch.Tensor) -> torch.Tensor:
-        """``[batch, kv_heads, kv_len]`` float32 scores of ``k`` ``[batch, kv_heads, kv_len, d]``."""
-        return k.float() @ self.weight + self.bias
+        """``[batch, kv_heads, kv_len]`` scores (`common_dtype`) of ``k`` ``[batch, kv_heads,
+        kv_len, d]``."""
+        dtype = common_dtype(k, self.weight)
+        return k.to(dtype) @ self.weight.to(dtype) + self.bias.to(dtype)
 
 
 def buckets(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
     """``[..., len]`` int64 bucket of each vector of ``x`` ``[..., len, d]``: the sign bits of its
     projections read as a binary number."""
-    bits = (x.float() @ projections.to(x.device)) > 0
+    dtype = common_dtype(x, projections)
+    bits = (x.to(dtype) @ projections.to(x.device, dtype)) > 0
     weights = 2 ** torch.arange(projections.shape[1], device=x.device)
     return (bits.long() * weights).sum(-1)
 

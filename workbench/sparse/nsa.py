@@ -38,7 +38,7 @@ from kernels.reference import masked_softmax, scaled_scores
 from workbench.sparse.base import SparseMethod, check_int, distances
 from workbench.sparse.branches import Branch, BranchOutput, coverage, gated_sum
 from workbench.sparse.registry import register_method
-from workbench.sparse.state import SparseState
+from workbench.sparse.state import SparseState, common_dtype
 
 BRANCHES = ("compressed", "selected", "window")
 
@@ -64,8 +64,9 @@ class NSAState(SparseState):
 
     def gates(self, q: torch.Tensor) -> torch.Tensor:
         """``[batch, heads, q_len, 3]`` gates of ``q`` ``[batch, heads, q_len, d_head]``."""
-        logits = torch.einsum("bhqd,hdc->bhqc", q.float(), self.gate_weight)
-        return torch.sigmoid(logits + self.gate_bias[:, None, :])
+        dtype = common_dtype(q, self.gate_weight)
+        logits = torch.einsum("bhqd,hdc->bhqc", q.to(dtype), self.gate_weight.to(dtype))
+        return torch.sigmoid(logits + self.gate_bias[:, None, :].to(dtype))
 
 
 def compress(
@@ -73,10 +74,11 @@ def compress(
 ) -> torch.Tensor:
     """Pooled blocks ``[batch, kv_heads, n_blocks, d_head]`` of ``x`` ``[batch, kv_heads, len,
     d_head]``: block ``c`` holds positions ``c * stride .. c * stride + l - 1`` (``l =
-    weight.shape[0]``, whole blocks only). In ``x``'s dtype, computed in float32."""
-    block = weight.shape[0]
-    blocks = x.float().unfold(2, block, stride)  # [b, h, n, d, l]
-    return (torch.einsum("bhndp,pde->bhne", blocks, weight) + bias).to(x.dtype)
+    weight.shape[0]``, whole blocks only). In ``x``'s dtype, computed in `common_dtype`."""
+    block, dtype = weight.shape[0], common_dtype(x, weight)
+    blocks = x.to(dtype).unfold(2, block, stride)  # [b, h, n, d, l]
+    pooled = torch.einsum("bhndp,pde->bhne", blocks, weight.to(dtype)) + bias.to(dtype)
+    return pooled.to(x.dtype)
 
 
 def compressed_count(kv_len: int, block: int, stride: int) -> int:

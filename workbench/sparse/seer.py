@@ -26,7 +26,7 @@ from kernels.reference import masked_softmax, mean_pool, repeat_kv, select_top_k
 from workbench.sparse.base import SparseMethod, block_layout, check_int, scores_for, visible
 from workbench.sparse.branches import Branch
 from workbench.sparse.registry import register_method
-from workbench.sparse.state import SparseState
+from workbench.sparse.state import SparseState, common_dtype
 
 LOSS = "seer_distillation"
 
@@ -59,13 +59,14 @@ class BlockGate(SparseState):
         """``[batch, heads, n_q_blocks, n_kv_blocks]`` gate logits (-inf on blocks with no visible
         entry) of detached ``q`` ``[batch, heads, q_len, d]`` and ``k`` ``[batch, kv_heads, kv_len,
         d]``."""
-        q = q.detach().float()
-        k = repeat_kv(k.detach().float(), q.shape[1])
+        dtype = common_dtype(q, self.q_proj)
+        q = q.detach().to(dtype)
+        k = repeat_kv(k.detach().to(dtype), q.shape[1])
         pooled_k = torch.cat(
             [block_extreme(k, block, True), block_extreme(k, block, False), mean_pool(k, block)], -1
         )
-        gate_q = torch.einsum("bhnd,hde->bhne", mean_pool(q, block), self.q_proj)
-        gate_k = torch.einsum("bhnd,hde->bhne", pooled_k, self.k_proj)
+        gate_q = torch.einsum("bhnd,hde->bhne", mean_pool(q, block), self.q_proj.to(dtype))
+        gate_k = torch.einsum("bhnd,hde->bhne", pooled_k, self.k_proj.to(dtype))
         logits = gate_q @ gate_k.transpose(-1, -2) / math.sqrt(gate_q.shape[-1])
         if causal:
             seen = causal_block_mask(q.shape[2], k.shape[2], block, block).to(q.device)
@@ -136,11 +137,10 @@ class LearnedBlockGate(SparseMethod):
         if torch.is_grad_enabled():
             target = block_max_target(q, k, block_size, causal=causal, scale=scale)
             state.losses[LOSS] = distillation_loss(logits, target)
-        ranking = logits.detach().clone()
+        ranking = logits.detach().clone()  # the diagonal block first, by the largest finite score
         rows = torch.arange(logits.shape[2], device=q.device)
-        ranking[..., rows, diagonal_blocks(q.shape[2], k.shape[2], block_size, q.device)] = float(
-            "inf"
-        )
+        diagonal = diagonal_blocks(q.shape[2], k.shape[2], block_size, q.device)
+        ranking[..., rows, diagonal] = torch.finfo(ranking.dtype).max
         chosen = select_top_k_blocks(ranking, self.k)
         return [
             Branch("selection", block_layout(chosen, q, k, causal=causal, block_size=block_size))

@@ -33,6 +33,14 @@ class SparseState(nn.Module):
         return f"method={self.method!r}"
 
 
+def common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a state computes in: float32 at least, float64 when an input or parameter is."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 def attached_states(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(qualified name, state)`` of every state attached to ``model``."""
     for name, module in model.named_modules():

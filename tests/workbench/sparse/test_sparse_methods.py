@@ -323,7 +323,8 @@ def test_registry_lists_every_method_with_description_and_paper():
     assert len(set(sparse.names())) == len(sparse.names()) >= 15
     cited = ("arXiv", "openreview.net")  # a paper without an arXiv version: its OpenReview page
     assert all(
-        description and any(where in paper for where in cited) for _, description, paper in described
+        description and any(where in paper for where in cited)
+        for _, description, paper in described
     )
     assert sparse.names() == sorted(sparse.names())
     assert all(sparse.method_class(name).name == name for name in ALL)
