@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import toy_tasks
+import workbench.sparse
 from toy_tasks.baselines import averaging_curve, error_curve
 from workbench import checkpoint
 from workbench.models import ModelConfig
@@ -424,3 +425,45 @@ def test_config_round_trips_through_yaml(task) -> None:
     assert TrainConfig.from_dict(yaml.safe_load(text)) == config
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({**config.to_dict(), "epochs": 3})
+
+
+@pytest.mark.parametrize(
+    ("method", "hparams"),
+    [("nsa", {"window": 4, "top_n": 3}), ("seer_gate", {"k": 1, "d_gate": 4})],
+)
+def test_learned_sparse_state_is_trained_checkpointed_and_loaded(
+    tmp_path: Path, method: str, hparams: dict
+) -> None:
+    """A method's learned state is part of the trained model: in the optimiser (it changes), in
+    the checkpoints (and loaded back), and its auxiliary losses are logged."""
+    config = recall_config(
+        task_overrides={"vocab_size": 64, "n_pairs": 8, "seq_len": 48},  # 3 blocks of 16
+        steps=4,
+        eval_every=4,
+        metrics_every=2,
+        checkpoint_every=4,
+        eval_batch_size=32,
+        sparse={"method": method, "hparams": hparams, "layers": [1], "block_size": 16},
+    )
+    result = train(config, tmp_path, progress=False)
+    state = {
+        name: value
+        for name, value in result.model.state_dict().items()
+        if name.startswith("blocks.1.attn.sparse_state.")
+    }
+    assert state and not any("blocks.0.attn.sparse_state" in n for n in result.model.state_dict())
+    fresh = workbench.sparse.get(method, **hparams).state_module(layer=1, heads=2, d_head=32)
+    assert any(
+        not torch.equal(state[f"blocks.1.attn.sparse_state.{n}"], v)
+        for n, v in fresh.state_dict().items()
+    )
+    loaded, _, _ = load_model(tmp_path)
+    for name, value in state.items():
+        assert torch.equal(loaded.state_dict()[name], value.cpu())
+    logged = read_metrics(result.metrics_path)[1]
+    if method == "seer_gate":
+        assert logged["sparse_losses"]["seer_distillation"] > 0
+    else:
+        assert "sparse_losses" not in logged
+    resumed = train(config.replace(steps=6), tmp_path, progress=False)  # resumes with its state
+    assert resumed.resumed_from == 4

@@ -20,6 +20,7 @@ from workbench.train.config import (
     EarlyStop,
     SparseConfig,
     TrainConfig,
+    attach_sparse_state,
     migrate_config,
 )
 from workbench.train.optim import learning_rate
@@ -119,5 +120,6 @@ def load_model(
         raise FileNotFoundError(f"no checkpoint in {out_dir}")
     config = TrainConfig.from_dict(found.state["config"])
     model = build_model(config.resolved_task(), config.model_config())
+    attach_sparse_state(model, config)
     model.load_state_dict(_model_tensors(found.tensors))
     return model.to(torch.device(device), print_details=False).eval(), config, found.step

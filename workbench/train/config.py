@@ -362,6 +362,16 @@ def sparse_plan(config: TrainConfig) -> SparsePlan | None:
     return SparsePlan(sparse.build(), layers=sparse.layers, block_size=sparse.block_size)
 
 
+def attach_sparse_state(model: Any, config: TrainConfig) -> None:
+    """Attach the learned state of ``config``'s sparse method (if it has one) to ``model``'s
+    sparse layers for good: trained with the model and saved in its checkpoints."""
+    from workbench.sparse.patch import attach_states
+
+    plan = sparse_plan(config)
+    if plan is not None:
+        attach_states(model, plan.method, plan.layers, plan.heads)
+
+
 def _name_tuple(name: str, value: Any) -> tuple[str, ...]:
     """``value`` (a sequence of strings) as a tuple; ``ValueError`` naming ``name`` otherwise."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):

@@ -22,9 +22,10 @@ from workbench.io import atomic_write_text
 from workbench.models import build_model, check_compatible
 from workbench.runs import TRACES, Run, read_metrics
 from workbench.sparse.patch import SparseCore
+from workbench.sparse.state import sparse_losses
 from workbench.termination import Terminated, termination_requests
 from workbench.train.checkpoint import TrainState, check_resumable, restore, save_checkpoint
-from workbench.train.config import EarlyStop, TrainConfig, sparse_plan
+from workbench.train.config import EarlyStop, TrainConfig, attach_sparse_state, sparse_plan
 from workbench.train.data import EVAL_SEED_OFFSET, TrainingData
 from workbench.train.evaluation import (
     FINAL_TRACE,
@@ -134,6 +135,7 @@ def train(
     model = build_model(task, config.model_config())
     check_compatible(model, task)
     model.to(device, print_details=False).train()
+    attach_sparse_state(model, config)  # before the optimiser: its parameters are trained
     state = TrainState(
         model, make_optimizer(config, model), torch.Generator().manual_seed(config.seed)
     )
@@ -238,8 +240,9 @@ def _train_step(
     batch = data.batch(state.step, state.generator)
     with training_forward(state.model, sparse, config, data.device):
         loss = task_loss(data.task, state.model(batch.inputs), batch)
+    extra = sparse_losses(state.model)  # e.g. a learned gate's distillation loss
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss + sum(extra.values())).backward()
     max_norm = math.inf if config.grad_clip is None else config.grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(
         [p for group in state.optimizer.param_groups for p in group["params"]], max_norm
@@ -252,6 +255,8 @@ def _train_step(
     if not logged:
         return None
     record = {"step": state.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
+    if extra:
+        record["sparse_losses"] = {name: value.item() for name, value in sorted(extra.items())}
     if not math.isfinite(record["loss"]):
         raise FloatingPointError(f"the training loss is {record['loss']} at step {state.step}")
     return record
