@@ -141,11 +141,17 @@ def test_load_spec_errors_name_the_file(tmp_path):
 
 
 def test_bundled_specs_load_and_quick_variants_are_small():
-    assert spec_names() == ["attention_saes", "emergence", "icl_linreg", "semantic_focus"]
+    assert spec_names() == [
+        "attention_saes",
+        "emergence",
+        "icl_linreg",
+        "semantic_focus",
+        "trainable_sparse",
+    ]
     for name in spec_names():
         spec = load_spec(name)
         quick = spec.quick_variant()
-        assert len(quick.configs()) <= 6
+        assert len(quick.configs()) <= 12
         assert all(config["steps"] <= 500 for config in quick.configs())
 
 

@@ -9,6 +9,7 @@ Options come from the spec's ``analysis`` mapping; unknown options raise ``Value
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -461,6 +462,30 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
         results["stability_by_kind"] = by_kind
     headline = semantic_focus_headline(summary, key, options["thresholds"])
     return AnalysisOutput(results=results, figures=figures, headline=headline)
+
+
+@analysis("trainable_sparse")
+def trainable_sparse_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
+    """`semantic_focus_analysis` (steps to each accuracy, final held-out accuracy per task and
+    method, accuracy / loss curves, summary table), with each run's last logged auxiliary losses
+    of its learned method (``final_sparse_losses``, e.g. the gate's distillation loss)."""
+    output = semantic_focus_analysis(spec, runs)
+    losses = {run.config_hash: _last_sparse_losses(run) for run in runs}
+    for row in output.results["runs"]:
+        if losses[row["config_hash"]]:
+            row["final_sparse_losses"] = losses[row["config_hash"]]
+    headline = output.headline
+    if headline is not None:
+        headline = dataclasses.replace(
+            headline, title="trainable sparse attention: accuracy per task and method"
+        )
+    return dataclasses.replace(output, headline=headline)
+
+
+def _last_sparse_losses(run: RunRecord) -> dict[str, float]:
+    """The ``sparse_losses`` of the run's last training record that has them (empty: none)."""
+    logged = [record["sparse_losses"] for record in run.metrics() if "sparse_losses" in record]
+    return logged[-1] if logged else {}
 
 
 def semantic_focus_headline(
