@@ -9,7 +9,7 @@ context-dependent sparse attention", arXiv 2507.00449; code DeepGraphLearning/HA
 
 One softmax over the union, as one branch through `kernels.api.sparse_attention`. The top-n choice
 is not differentiable; the scorer learns through a straight-through value gate: the values enter as
-``v_j * sigmoid(s_j) / sigmoid(s_j).detach()``, exactly ``v_j`` in the forward pass, with the
+``v_j * exp(log sigmoid(s_j) - [log sigmoid(s_j)]_detached)``, exactly ``v_j`` in the forward pass, with the
 gradient of a sigmoid gate on each key's value in the backward pass (our choice: the paper's code
 was not read for how its key selection is trained). HAX adds this attention inside an SSM layer;
 here it replaces a transformer layer's attention."""
@@ -123,8 +123,8 @@ class HAX(SparseMethod):
         layout = Layout.from_token_mask(
             lsh | selected, block_q=block_size, block_k=block_size, causal=causal
         )
-        gate = torch.sigmoid(state.key_scores(k))
-        gated_v = v * (gate / gate.detach()).unsqueeze(-1).to(v.dtype)
+        log_gate = nn.functional.logsigmoid(state.key_scores(k))  # finite where sigmoid is 0
+        gated_v = v * torch.exp(log_gate - log_gate.detach()).unsqueeze(-1).to(v.dtype)
         return [Branch("lsh+selection", layout, v=gated_v)]
 
     def select(
