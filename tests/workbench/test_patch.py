@@ -8,7 +8,7 @@ from test_attention import SEQ, hf_forward, hf_model, padding_mask, tl_forward, 
 
 import workbench.sparse
 from kernels.layout import Layout
-from workbench.sparse.patch import sparsify, with_key_padding
+from workbench.sparse.patch import detach_states, sparsify, with_key_padding
 
 KEEP_ALL = {
     "sink_window": workbench.sparse.get("sink_window", window=SEQ),
@@ -165,3 +165,7 @@ def test_sparsify_attaches_the_state_and_restores_the_model_bitwise():
         sparsify(model, workbench.sparse.get("hax"), layers=[1]),
     ):
         pass
+    with sparsify(model, workbench.sparse.get("top_k"), layers=[1], block_size=16):
+        pass  # a method without a state ignores it
+    detach_states(model, [1])  # the model is shared with other tests
+    assert "sparse_state" not in model.blocks[1].attn._modules

@@ -246,6 +246,9 @@ def attach_states(
     states: dict[int, nn.Module] = {}
     added: list[int] = []
     for layer in check_layers(layers, n_layers):
+        state = method.state_module(layer=layer, heads=n_heads, d_head=d_head)
+        if state is None:
+            return {}, []
         module = attention_module(model, layer)
         existing = getattr(module, STATE_NAME, None)
         if existing is not None:
@@ -256,9 +259,6 @@ def attach_states(
                 )
             states[layer] = existing
             continue
-        state = method.state_module(layer=layer, heads=n_heads, d_head=d_head)
-        if state is None:
-            return {}, []
         device = next(module.parameters()).device
         module.add_module(STATE_NAME, state.to(device))
         states[layer] = state
