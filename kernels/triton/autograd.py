@@ -4,10 +4,11 @@
 made differentiable by a ``torch.autograd.Function`` around the forward op.
 
 The ops take the `Layout` as its tensors and scalar fields (a dataclass is no op argument); the
-forward returns ``(out, lse)``, and ``lse`` is marked non-differentiable (the backward kernels give
-no gradient through it). Autograd lives outside the ops, in `BlockSparseAttention`: short calls are
-host-bound, and this costs less host time per forward+backward than ``torch.library.custom_op``
-with its ``register_autograd`` (measured: `bench/NOTES.md`, "Autograd outside the ops").
+forward returns ``(out, lse)``, both differentiable (the logsumexp's gradient enters the backward
+kernels through ``delta``; a composite method merging branches by logsumexp needs it). Autograd
+lives outside the ops, in `BlockSparseAttention`: short calls are host-bound, and this costs less
+host time per forward+backward than ``torch.library.custom_op`` with its ``register_autograd``
+(measured: `bench/NOTES.md`, "Autograd outside the ops").
 """
 
 from collections.abc import Callable
@@ -44,7 +45,7 @@ def triton_sparse_attention(
 
     Returns:
         ``out`` ``[batch, heads, q_len, d_head]`` in q's dtype, ``lse`` ``[batch, heads, q_len]``
-        float32 (no gradient).
+        float32.
     """
     check_variant(loads, grid)
     return BlockSparseAttention.apply(
@@ -120,6 +121,7 @@ def block_sparse_attention_backward(
     out: torch.Tensor,
     lse: torch.Tensor,
     grad_out: torch.Tensor,
+    grad_lse: torch.Tensor | None,
     kv_indices: torch.Tensor,
     kv_counts: torch.Tensor,
     token_mask: torch.Tensor | None,
@@ -131,13 +133,14 @@ def block_sparse_attention_backward(
     loads: str,
     grid: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` of block-sparse attention (an op of its own, so that AOT autograd traces
-    the backward graph with fake tensors too)."""
+    """``(dq, dk, dv)`` of block-sparse attention given the gradients of ``out`` and (optional)
+    ``lse`` (an op of its own, so that AOT autograd traces the backward graph with fake tensors
+    too)."""
     layout = _layout(
         q, k, kv_indices, kv_counts, token_mask, row_threshold, block_q, block_k, causal
     )
     variant = variants.choose(q, k, v, layout, loads, grid)
-    return kernels.backward(q, k, v, out, lse, grad_out, layout, scale, variant)
+    return kernels.backward(q, k, v, out, lse, grad_out, layout, scale, variant, grad_lse)
 
 
 def _forward_fake(
@@ -170,18 +173,21 @@ backward_op = _register(BACKWARD_OP, block_sparse_attention_backward, _backward_
 
 class BlockSparseAttention(torch.autograd.Function):
     """Autograd of `forward_op`: the backward runs `backward_op` on the saved inputs, output and
-    logsumexp (the Triton backward kernels recompute the probabilities)."""
+    logsumexp (the Triton backward kernels recompute the probabilities). Gradients are not
+    materialised: an unused ``lse`` costs nothing, an unused ``out`` gets zeros."""
 
     @staticmethod
     def forward(ctx, q, k, v, kv_indices, kv_counts, token_mask, row_threshold, *scalars):
         out, lse = forward_op(q, k, v, kv_indices, kv_counts, token_mask, row_threshold, *scalars)
         ctx.save_for_backward(q, k, v, out, lse, kv_indices, kv_counts, token_mask, row_threshold)
         ctx.scalars = scalars  # block_q, block_k, causal, scale, loads, grid
-        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor, grad_lse: torch.Tensor | None) -> tuple:
+    def backward(ctx, grad_out: torch.Tensor | None, grad_lse: torch.Tensor | None) -> tuple:
         q, k, v, out, lse, *layout_tensors = ctx.saved_tensors
-        grads = backward_op(q, k, v, out, lse, grad_out, *layout_tensors, *ctx.scalars)
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        grads = backward_op(q, k, v, out, lse, grad_out, grad_lse, *layout_tensors, *ctx.scalars)
         return *grads, *(None for _ in range(len(layout_tensors) + len(ctx.scalars)))

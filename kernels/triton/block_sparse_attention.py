@@ -6,12 +6,13 @@ Same function as `kernels.reference.attention` (the oracle), FlashAttention-2 st
   the key blocks its query block lists (``kv_indices``), each in ``block_k // BLOCK_N`` tiles, with
   an online softmax in fp32 and base-2 exponentials (``scale * log2(e)`` folded into the scores).
   It writes the output in the input dtype and the row logsumexp (natural log, fp32).
-* **backward**: `_delta_kernel` computes ``delta = rowsum(dO * O)``; `_dq_kernel` walks the same key
-  tiles as the forward and accumulates dQ; `_dkdv_kernel` owns ``BLOCK_N`` key rows of one kv head
-  and walks the query blocks that list the key block (``layout.transpose()``), recomputing the
-  probabilities from the saved logsumexp. With grouped-query attention a dK/dV program loops over
-  the query heads of its group and accumulates their contributions in fp32 registers, so dK/dV are
-  written once, with no atomics and no per-query-head buffer.
+* **backward**: `_delta_kernel` computes ``delta = rowsum(dO * O)`` (less the logsumexp's gradient
+  when it has one); `_dq_kernel` walks the same key tiles as the forward and accumulates dQ;
+  `_dkdv_kernel` owns ``BLOCK_N`` key rows of one kv head and walks the query blocks that list the
+  key block (``layout.transpose()``), recomputing the probabilities from the saved logsumexp. With
+  grouped-query attention a dK/dV program loops over the query heads of its group and accumulates
+  their contributions in fp32 registers, so dK/dV are written once, with no atomics and no per-
+  query-head buffer.
 
 Masking: a tile is masked (`_mask_scores`) only when it may drop an entry: when it crosses the end of
 the keys or the causal diagonal, and on every tile when the layout has a ``token_mask`` or a
@@ -1227,10 +1228,13 @@ def backward(
     layout: Layout,
     scale: float,
     variant: Variant = variants.PLAIN,
+    grad_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``(dq, dk, dv)`` of block-sparse attention (shapes and dtypes of q, k, v), given
     the forward's ``out`` and ``lse`` and the output gradient ``grad_out`` (shape of ``out``, any
-    strides; copied when descriptor loads cannot address it). The logsumexp gets no gradient.
+    strides; copied when descriptor loads cannot address it), and optionally the logsumexp's
+    gradient ``grad_lse`` ``[batch, heads, q_len]``: since ``d lse_i / d s_ij = p_ij``, it enters
+    as ``delta_i - grad_lse_i`` in ``ds = p * (dp - delta)``.
     ``variant.loads`` applies to the dQ and dK/dV kernels (their grids are per tile)."""
     _check_inputs(q, k, v)
     if variant.loads == "descriptors":
@@ -1256,6 +1260,8 @@ def backward(
         BLOCK_D=constexprs["BLOCK_D"],
         BLOCK_M=delta_rows,
     )
+    if grad_lse is not None:
+        delta -= grad_lse.to(torch.float32)
 
     grad_q = _empty(q)
     tensors, strides = _layout_args(layout, (layout.kv_indices, layout.kv_counts), batch, heads)

@@ -109,8 +109,9 @@ def check_attention(
     loads: str = "auto",
     grid: str = "auto",
 ) -> None:
-    """Forward (out, lse) and backward (dq, dk, dv) through the custom op (in the kernel variant
-    ``loads`` / ``grid``) against autograd through the float64 reference."""
+    """Forward (out, lse) and backward (dq, dk, dv from gradients of both out and lse) through the
+    custom op (in the kernel variant ``loads`` / ``grid``) against autograd through the float64
+    reference."""
     tolerance = TOLERANCE[q.dtype]
     inputs = [x.detach().requires_grad_() for x in (q, k, v)]
     out, lse = api.sparse_attention(
@@ -118,13 +119,16 @@ def check_attention(
     )
     generator = torch.Generator().manual_seed(seed)
     grad_out = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
-    out.backward(grad_out)
+    grad_lse = torch.randn(lse.shape, generator=generator).to(lse.device)
+    torch.autograd.backward([out, finite_part(lse)], [grad_out, grad_lse])
 
     exact = [x.detach().double().requires_grad_() for x in (q, k, v)]
     expected_out, expected_lse = reference.attention(
         *exact, layout, scale=scale, compute_dtype=torch.float64
     )
-    expected_out.backward(grad_out.double())
+    torch.autograd.backward(
+        [expected_out, finite_part(expected_lse)], [grad_out.double(), grad_lse.double()]
+    )
 
     assert out.dtype == q.dtype and out.shape == q.shape
     assert relative_error(out, expected_out) < tolerance
@@ -137,6 +141,11 @@ def check_attention(
     for actual, reference_input in zip(inputs, exact, strict=True):
         assert actual.grad.dtype == q.dtype and actual.grad.shape == actual.shape
         assert relative_error(actual.grad, reference_input.grad) < tolerance
+
+
+def finite_part(lse: torch.Tensor) -> torch.Tensor:
+    """``lse`` with the rows that keep no key (-inf) set to 0, so that a gradient can flow."""
+    return torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
 
 def midpoint_thresholds(q: torch.Tensor, k: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
@@ -381,11 +390,20 @@ def test_empty_layout_gives_zeros_and_no_nan():
 
 
 # ---------------------------------------------------------------------------- op and API plumbing
-def test_lse_has_no_gradient():
-    q, k, v = random_qkv(12, (1, 1, 1, 32, 32, 16))
-    layout = Layout.dense(32, 32, block_q=16, block_k=16, device=DEVICE)
-    out, lse = autograd.triton_sparse_attention(q.requires_grad_(), k, v, layout, 0.25)
-    assert out.requires_grad and not lse.requires_grad
+def test_a_loss_on_the_logsumexp_alone_matches_autograd_of_the_reference():
+    q, k, v = random_qkv(12, (1, 2, 1, 40, 48, 16))
+    layout = random_layout(15, 1, 2, 40, 48, block_q=16, block_k=16, causal=True)
+    inputs = [x.detach().requires_grad_() for x in (q, k, v)]
+    out, lse = autograd.triton_sparse_attention(*inputs, layout, 0.25)
+    assert out.requires_grad and lse.requires_grad
+    finite_part(lse).square().sum().backward()  # out unused: its gradient is never formed
+    exact = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    _, expected_lse = reference.attention(*exact, layout, scale=0.25, compute_dtype=torch.float64)
+    finite_part(expected_lse).square().sum().backward()
+    for actual, expected in zip(inputs[:2], exact[:2], strict=True):
+        assert relative_error(actual.grad, expected.grad) < TOLERANCE[q.dtype]
+    assert exact[2].grad is None  # v does not enter the logsumexp
+    assert torch.equal(inputs[2].grad, torch.zeros_like(v))
 
 
 def test_opcheck():
@@ -405,7 +423,11 @@ def test_opcheck():
     )
     out, lse = autograd.forward_op(q, k, v, *fields)
     torch.library.opcheck(autograd.forward_op, (q, k, v, *fields))
-    torch.library.opcheck(autograd.backward_op, (q, k, v, out, lse, torch.randn_like(q), *fields))
+    grad_out, grad_lse = torch.randn_like(q), torch.randn_like(lse)
+    for lse_grad in (None, grad_lse):
+        torch.library.opcheck(
+            autograd.backward_op, (q, k, v, out, lse, grad_out, lse_grad, *fields)
+        )
 
 
 def test_compiled_forward_and_backward_trace_the_ops():

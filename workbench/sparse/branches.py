@@ -10,9 +10,7 @@ runs through `kernels.api.sparse_attention`, which also gives its logsumexp, and
   L) o_c`` with ``L = logsumexp_c lse_c`` (optionally times gates);
 * `gated_sum`: separately normalised branches mixed by gates, ``o = sum_c g_c o_c`` (NSA).
 
-The Triton kernels mark ``lse`` non-differentiable, so a merge by logsumexp cannot carry gradients
-through it there: `merge_by_lse` raises when it would have to (train such methods with
-``impl="reference"``); `gated_sum` needs no logsumexp gradient.
+Both backends differentiate the logsumexp, so either merge trains on either backend.
 
 Shapes: ``q: [batch, heads, q_len, d_head]``; a branch's ``k, v: [batch, kv_heads, n_keys, d_head]``.
 """
@@ -92,14 +90,6 @@ def merge_by_lse(
     Rows that keep no key in any branch give 0. The weights carry the float32 precision of the
     kernels' logsumexps."""
     lse = torch.stack([output.lse for output in outputs], dim=-1)  # [b, h, q, c]
-    if torch.is_grad_enabled() and any(
-        output.out.requires_grad and not output.lse.requires_grad for output in outputs
-    ):
-        raise RuntimeError(
-            "merging branches by their logsumexps needs the logsumexp's gradient, which the "
-            "Triton kernels do not give (kernels.triton.autograd marks it non-differentiable): "
-            "train this method with impl='reference'"
-        )
     total = torch.logsumexp(lse, dim=-1, keepdim=True)
     weights = torch.exp(lse - torch.where(torch.isinf(total), 0.0, total))  # 0 on empty rows
     if gates is not None:
