@@ -175,15 +175,11 @@ def sequence_labels(batch: Batch) -> torch.Tensor:
     return batch.targets[:, -1]
 
 
-def positions_of(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` ``[batch, n]`` bool -> ``[batch, max count]`` int64: the True positions of each
-    row in increasing order, ``NO_POSITION`` padded (at least one column)."""
-    counts = mask.sum(dim=1)
-    width = max(int(counts.max().item()) if mask.numel() else 0, 1)
-    index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    keyed = torch.where(mask, index, mask.shape[1])  # unselected sort last
-    ordered = keyed.sort(dim=1).values[:, :width]
-    return torch.where(ordered < mask.shape[1], ordered, NO_POSITION)
+def sequence_relevance(batch: Batch) -> torch.Tensor:
+    """``[batch, seq_len, R]``: the relevant positions of the label at every query position (a
+    reader of the whole sequence, e.g. a mean-pooled classifier, answers from all of them)."""
+    last = batch.relevant_positions[:, -1:]
+    return last.expand(-1, batch.seq_len, -1)
 
 
 def numpy_generator(generator: torch.Generator) -> np.random.Generator:

@@ -24,6 +24,7 @@ Limits:
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels import api
 from kernels.api import Impl
 from kernels.layout import Layout
 from kernels.reference import repeat_kv, scaled_scores
@@ -42,6 +42,7 @@ from workbench.attention import (
     AttentionInputs,
     dense_layout,
     full_mask,
+    layout_attention,
     route_attention,
 )
 from workbench.sparse.base import SparseMethod
@@ -157,13 +158,14 @@ class SparseCore:
             q, k, causal=call.causal, scale=call.scale, block_size=self.block_size
         )
         layout = with_key_padding(layout, call.key_padding)
-        out = api.sparse_attention(q, k, v, layout, scale=call.scale, impl=self.impl)
+        attend = functools.partial(
+            layout_attention, scale=call.scale, dropout=call.dropout, impl=self.impl
+        )
+        out = attend(q, k, v, layout)
         out = self.method.correct(q, k, v, out, layout, causal=call.causal, scale=call.scale)
         if self.heads is None:
             return SparseResult(out, layout, q, k)
-        dense = api.sparse_attention(
-            call.q, call.k, call.v, dense_layout(call), scale=call.scale, impl=self.impl
-        )
+        dense = attend(call.q, call.k, call.v, dense_layout(call))
         chosen = torch.tensor(self.heads, device=dense.device)
         return SparseResult(dense.index_copy(1, chosen, out.to(dense.dtype)), layout, q, k)
 
