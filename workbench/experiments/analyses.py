@@ -367,15 +367,18 @@ def _fit_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
 
 
 def method_label(config: Mapping[str, Any]) -> str:
-    """``"dense"`` or e.g. ``"top_k(k=5)"`` from a run config's ``sparse`` entry."""
+    """``"dense"`` or e.g. ``"top_k(k=5)"`` from a run config's ``sparse`` entry, with
+    ``" layers 0,1"`` where the method runs on some layers only."""
     sparse = sparse_setting(config)
     if sparse is None:
         return "dense"
     hparams = sorted((sparse.get("hparams") or {}).items())
-    return f"{sparse['method']}({', '.join(f'{key}={value}' for key, value in hparams)})"
+    label = f"{sparse['method']}({', '.join(f'{key}={value}' for key, value in hparams)})"
+    layers = sparse.get("layers")
+    return label if layers is None else f"{label} layers {','.join(map(str, layers))}"
 
 
-@analysis("semantic_focus")
+@analysis("semantic_focus_recall")
 def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
     """Per task and sparse method: steps to reach each accuracy in ``thresholds``
     (`threshold_time`; "at chance" instead where the accuracy starts at or above the threshold:
