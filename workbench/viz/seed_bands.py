@@ -105,6 +105,7 @@ def _band_traces(band: SeedBand, group: str, style: Style, legend: bool) -> list
         go.Scatter(
             x=x + x[::-1],
             y=list(band.high) + list(band.low)[::-1],
+            mode="lines",
             fill="toself",
             fillcolor=rgba(style.colour, BAND_ALPHA),
             line={"width": 0},
