@@ -196,3 +196,35 @@ def test_a_tiny_encoder_learns_parity_of_a_short_sequence(tmp_path) -> None:
     result = train(config, tmp_path, progress=False)
     accuracies = [r["eval_accuracy"] for r in read_metrics(result.metrics_path) if "eval_loss" in r]
     assert accuracies[0] < 0.6 and result.metrics["eval_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    "sparse", [None, {"method": "top_k", "hparams": {"k": 3}}], ids=["full", "top-k"]
+)
+def test_focus_and_stability_metrics_on_an_encoder(tmp_path, sparse) -> None:
+    """The paper's stability quantities log per layer and as pooled percentiles while an encoder
+    trains, dense or through top-k; the top-k run's selection is the top of every row."""
+    config = TrainConfig(
+        task="even_pairs",
+        task_overrides={"length": 8},
+        model=ENCODER.replace(parametrization="semantic_focus", dropout=0.01),
+        steps=2,
+        batch_size=4,
+        eval_every=2,
+        eval_batch_size=16,
+        checkpoint_every=2,
+        optimizer="sgd",
+        lr=0.1,
+        grad_clip=0.5,
+        eval_metrics=("focus", "stability"),
+        sparse=sparse,
+        device="cpu",
+    )
+    record = train(config, tmp_path, progress=False).metrics
+    focus, quantiles = record["focus"], record["focus_quantiles"]
+    assert len(focus["c1"]) == 2 and len(focus["c1"][0]) == 2  # [layer][head]
+    assert set(quantiles) == {"delta_full", "delta_sparse", "separation", "beta"}
+    assert quantiles["separation"]["q0"] >= 0  # top-k of the scores: the top of every row
+    assert quantiles["delta_sparse"]["q100"] <= quantiles["delta_full"]["q100"] + 1e-6
+    assert quantiles["beta"]["q100"] <= 8  # at most every query selects a key
+    assert len(record["stability"]["jacobian_norm"]) == 2
