@@ -127,14 +127,16 @@ class ToyTask:
 
     Attributes:
         name: registry name.
-        kind: ``"tokens"`` (int64 token ids in and out) or ``"continuous"`` (float vectors).
+        kind: ``"tokens"`` (int64 token ids in and out), ``"continuous"`` (float vectors) or
+            ``"classification"`` (token ids in, one class label per sequence out:
+            `toy_tasks.classification`).
         description: one line: the task and what a model predicts.
         relevance: one line: the ground-truth relevant positions of a prediction.
         paper: the paper the task comes from.
     """
 
     name: ClassVar[str]
-    kind: ClassVar[Literal["tokens", "continuous"]]
+    kind: ClassVar[Literal["tokens", "continuous", "classification"]]
     description: ClassVar[str]
     relevance: ClassVar[str]
     paper: ClassVar[str]

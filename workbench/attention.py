@@ -94,6 +94,8 @@ from torch import nn
 
 from kernels import api
 from kernels.layout import Layout, causal_token_mask
+from kernels.reference import masked_softmax, repeat_kv, scaled_scores
+from workbench.dropout import attention_dropout
 
 ROUTE_PREFIX = "workbench_routed_"
 """Prefix of the private attention-implementation names registered with transformers."""
@@ -116,6 +118,7 @@ class AttentionInputs(Protocol):
     scale: float
     causal: bool
     key_padding: torch.Tensor | None
+    dropout: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +138,9 @@ class AttentionCall:
             ``[batch, heads, q_len, d_head]``; ``pattern`` ``[batch, heads, q_len, kv_len]`` is TL's
             (``hook_attn_scores`` / ``hook_pattern`` fire) or, for Hugging Face models, the eager
             softmax when ``with_pattern=True`` (else None).
+        dropout: dropout probability the model applies to this call's attention probabilities
+            (`workbench.dropout.attention_dropout`; 0 in eval mode and for models without it).
+            Cores that compute the output themselves apply it (`layout_attention`).
     """
 
     layer: int
@@ -146,6 +152,7 @@ class AttentionCall:
     key_padding: torch.Tensor | None
     module: nn.Module
     model_attention: ModelAttention
+    dropout: float = 0.0
 
 
 def padding_token_mask(key_padding: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
@@ -189,8 +196,45 @@ def dense_layout(call: AttentionInputs) -> Layout:
 
 
 def dense_core(call: AttentionInputs) -> torch.Tensor:
-    """Exact dense attention through `kernels.api.sparse_attention` (rows without a key give 0)."""
-    return api.sparse_attention(call.q, call.k, call.v, dense_layout(call), scale=call.scale)
+    """Exact dense attention through `kernels.api.sparse_attention` (rows without a key give 0;
+    `layout_attention`: with the call's dropout, through the materialised pattern)."""
+    return layout_attention(
+        call.q, call.k, call.v, dense_layout(call), scale=call.scale, dropout=call.dropout
+    )
+
+
+def layout_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    *,
+    scale: float | None,
+    dropout: float = 0.0,
+    impl: api.Impl = "auto",
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``q`` ``[batch, heads, q_len, d_head]`` over the keys ``layout`` keeps (``k``,
+    ``v`` ``[batch, kv_heads, kv_len, d_head]``) -> ``[batch, heads, q_len, d_head]``, with
+    ``dropout`` on the attention probabilities (and the rows' logsumexp ``[batch, heads, q_len]``
+    float32 with ``return_lse``, before dropout).
+
+    Without dropout: `kernels.api.sparse_attention` (``impl``). With dropout the kernels cannot
+    run (they never form the probabilities): the pattern is materialised (`kernels.reference`
+    scores and masked softmax, float32), dropped out from torch's default generator and applied
+    to ``v``; ``impl="triton"`` then raises ``NotImplementedError``."""
+    if dropout == 0.0:
+        return api.sparse_attention(q, k, v, layout, scale=scale, impl=impl, return_lse=return_lse)
+    if impl == "triton":
+        raise NotImplementedError(
+            "the Triton kernels have no attention dropout: use impl 'auto' or 'reference' "
+            "(the pattern is then materialised)"
+        )
+    scores = scaled_scores(q, k, scale)
+    probs, lse = masked_softmax(scores, layout.to_dense(scores))
+    probs = F.dropout(probs, dropout, training=True)
+    out = torch.einsum("bhij,bhjd->bhid", probs, repeat_kv(v, q.shape[1]).float()).to(q.dtype)
+    return (out, lse) if return_lse else out
 
 
 @contextmanager
@@ -376,6 +420,7 @@ def _tl_routed_forward(
         model_attention=functools.partial(
             _tl_model_attention, attn, q, k, v, causal, attention_mask, additive_attention_mask
         ),
+        dropout=attention_dropout(attn),
     )
     z = attn.hook_z(core(call).transpose(1, 2))  # [batch, pos, head_index, d_head]
     return _tl_output_projection(attn, z)

@@ -100,7 +100,10 @@ def build_bridge(task: ToyTask, config: ModelConfig) -> Any:
         fields = native_config(config, task.seq_len, task.d_input, task.d_output, seed)
         model = _continuous_bridge(fields, task.d_input)
     else:
-        raise ValueError(f"unknown task kind {task.kind!r} of {task.name}")
+        raise ValueError(
+            f"backend 'bridge' builds token and continuous models; {task.name} is a {task.kind} "
+            "task (use backend 'hooked')"
+        )
     if config.positional == "sinusoidal":
         fix_sinusoidal_positions(model.pos_embed.original_component, "weight")
     return model.train()

@@ -34,14 +34,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kernels import api
 from kernels.api import Impl
 from kernels.layout import Layout
 from kernels.reference import masked_softmax, scaled_scores
 from workbench.attention import (
     AttentionCall,
     check_layers,
-    dense_layout,
+    dense_core,
     full_mask,
     model_size,
     route_attention,
@@ -103,6 +102,7 @@ class LayerCapture:
             head dimension runs over ``sparse_heads`` (or is 1: shared).
         sparse_heads: the heads that ran the method (None: all of them).
         pattern: ``[batch, heads, q_len, kv_len]`` the model's own attention pattern (opt-in).
+        dropout: the dropout the layer applied to its attention probabilities (0 in eval mode).
     """
 
     layer: int
@@ -116,6 +116,7 @@ class LayerCapture:
     layout: Layout | None = None
     sparse_heads: tuple[int, ...] | None = None
     pattern: torch.Tensor | None = None
+    dropout: float = 0.0
 
     @property
     def sparse(self) -> bool:
@@ -215,7 +216,7 @@ class _CaptureCore:
             result = self.sparse.compute(call)
             z, layout = result.z, result.layout
         elif self.attention == "kernels" and not (captured and self.patterns):
-            z = api.sparse_attention(call.q, call.k, call.v, dense_layout(call), scale=call.scale)
+            z = dense_core(call)
         else:
             want = captured and self.patterns
             if want and self.pattern_guard is not None:
@@ -236,6 +237,7 @@ class _CaptureCore:
                     layout=layout,
                     sparse_heads=self.sparse.heads if layout is not None else None,
                     pattern=None if pattern is None else pattern.detach(),
+                    dropout=call.dropout,
                 )
             )
         return z

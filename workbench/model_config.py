@@ -8,10 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from toy_tasks.base import TORCH_SEED_MAX, check_int
+from toy_tasks.base import TORCH_SEED_MAX, check_float, check_int
 
 POSITIONALS = ("standard", "sinusoidal", "rotary")
-NORMALIZATIONS = ("LN", None)
+NORMALIZATIONS = ("LN", "LNPre", None)
+ATTENTIONS = ("causal", "bidirectional")
+PARAMETRIZATIONS = ("transformer_lens", "semantic_focus")
 ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu")
 BACKENDS = ("hooked", "bridge")
 BRIDGE_ACT_FNS = ("relu", "gelu", "gelu_new", "silu")
@@ -52,8 +54,9 @@ class ModelConfig:
         act_fn: MLP activation, one of `ACT_FNS`.
         positional: ``"standard"`` (learned absolute), ``"sinusoidal"`` (fixed absolute, Vaswani
             et al.; not trained) or ``"rotary"``.
-        normalization: ``"LN"`` (pre-LayerNorm) or None (no normalisation, as in the emergence
-            paper's transformer).
+        normalization: ``"LN"`` (pre-LayerNorm), ``"LNPre"`` (pre-LayerNorm without the affine
+            weights, as the semantic-focus paper's encoder) or None (no normalisation, as in the
+            emergence paper's transformer).
         attn_only: blocks without MLPs.
         seed: seed of the weight initialisation (None: 0 here; `workbench.train` uses its own
             seed).
@@ -74,6 +77,9 @@ class ModelConfig:
     attn_only: bool = False
     seed: int | None = None
     backend: Literal["hooked", "bridge"] = "hooked"
+    attention: Literal["causal", "bidirectional"] = "causal"
+    dropout: float = 0.0
+    parametrization: Literal["transformer_lens", "semantic_focus"] = "transformer_lens"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +114,24 @@ class ModelConfig:
                 f"act_fn must be one of {BRIDGE_ACT_FNS} with backend 'bridge' (TL-native MLPs), "
                 f"got {self.act_fn!r}"
             )
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        check_float("dropout", self.dropout, 0.0, 1.0)
+        if self.dropout == 1.0:
+            raise ValueError("dropout must be in [0, 1), got 1.0")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(
+                f"parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}"
+            )
+        if self.backend == "bridge":
+            for name in HOOKED_ONLY:
+                if getattr(self, name) != DEFAULTS[name]:
+                    raise ValueError(
+                        f"{name} must be {DEFAULTS[name]!r} with backend 'bridge', got "
+                        f"{getattr(self, name)!r}"
+                    )
+            if self.normalization == "LNPre":
+                raise ValueError("normalization 'LNPre' needs backend 'hooked'")
 
     @property
     def mlp_width(self) -> int:
@@ -119,11 +143,19 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if self.backend == "hooked":  # the default is left out: hashes of older configs hold
-            del data["backend"]
+        for name in OMITTED_AT_DEFAULT:  # hashes of configs from before these fields hold
+            if data[name] == DEFAULTS[name]:
+                del data[name]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         check_known_fields(cls, data)
         return cls(**data)
+
+
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+HOOKED_ONLY = ("attention", "dropout", "parametrization")
+"""Fields that need ``backend="hooked"`` away from their defaults."""
+OMITTED_AT_DEFAULT = ("backend", *HOOKED_ONLY)
+"""Fields `ModelConfig.to_dict` leaves out at their defaults."""

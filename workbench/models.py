@@ -4,8 +4,11 @@
   Token tasks get TransformerLens' own token embedding and unembedding; continuous tasks get a
   `ContinuousTransformer`: a ``HookedTransformer`` subclass whose embedding is a linear input
   projection ``d_input -> d_model`` (`LinearEmbed`) and whose unembedding is a linear readout
-  ``d_model -> d_output``. Both are ``HookedTransformer`` s, so `workbench.trace` and
-  `workbench.sparse.patch.sparsify` work on them unchanged, hooks included.
+  ``d_model -> d_output``; classification tasks get a `workbench.classifier.SequenceClassifier`
+  (mean pooling and a linear classifier). All are ``HookedTransformer`` s, so `workbench.trace`
+  and `workbench.sparse.patch.sparsify` work on them unchanged, hooks included. The config's
+  ``attention``, ``dropout`` (`workbench.dropout`) and ``parametrization``
+  (`workbench.parametrization`) apply to each.
 * ``ModelConfig(backend="bridge")``: the same architecture as a TransformerLens
   ``TransformerBridge`` around a TL-native model (`workbench.bridge`: ``boot_native``, offline,
   the same hook names; TL 4 removes ``HookedTransformer``). Tracing and sparse methods route it
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from toy_tasks.base import ToyTask
+from workbench.classifier import is_classifier
 from workbench.model_config import (  # noqa: F401  (re-exported: the public names)
     ACT_FNS,
     BACKENDS,
@@ -67,6 +71,7 @@ def _hooked_config(config: ModelConfig, n_ctx: int, d_vocab: int, d_vocab_out: i
         act_fn=config.act_fn,
         attn_only=config.attn_only,
         normalization_type=config.normalization,
+        attention_dir=config.attention,
         positional_embedding_type="rotary" if config.positional == "rotary" else "standard",
         rotary_dim=config.d_head if config.positional == "rotary" else None,
         n_ctx=n_ctx,
@@ -132,36 +137,60 @@ def __getattr__(name: str) -> Any:
 
 
 def build_model(task: ToyTask, config: ModelConfig) -> Any:
-    """A causal transformer for ``task`` (on CPU, train mode), weights from ``config.seed``.
+    """A transformer for ``task`` (on CPU, train mode), weights from ``config.seed``.
 
     Token tasks: a ``HookedTransformer`` with ``d_vocab = task.vocab_size`` taking ``[batch, pos]``
     tokens and returning logits ``[batch, pos, vocab]``. Continuous tasks: a `ContinuousTransformer`
-    taking ``[batch, pos, task.d_input]`` and returning ``[batch, pos, task.d_output]``. In both,
-    ``n_ctx = task.seq_len``. With ``config.backend == "bridge"`` the same architecture as a
-    ``TransformerBridge`` (`workbench.bridge.build_bridge`: same inputs and outputs, other initial
-    weights). The global random state is left as it was.
+    taking ``[batch, pos, task.d_input]`` and returning ``[batch, pos, task.d_output]``.
+    Classification tasks: a `workbench.classifier.SequenceClassifier` taking ``[batch, pos]``
+    tokens and returning ``[batch, task.n_classes]``. In all, ``n_ctx = task.seq_len``; causal or
+    bidirectional as ``config.attention`` says. With ``config.backend == "bridge"`` the same
+    architecture as a ``TransformerBridge`` (`workbench.bridge.build_bridge`: same inputs and
+    outputs, other initial weights). The global random state is left as it was.
     """
     if config.backend == "bridge":
         from workbench.bridge import build_bridge
 
         return build_bridge(task, config)
-    from transformer_lens import HookedTransformer
-
+    if config.parametrization == "semantic_focus" and task.kind == "continuous":
+        raise ValueError(
+            f"parametrization 'semantic_focus' needs token inputs; {task.name} is continuous"
+        )
     seed = 0 if config.seed is None else config.seed
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "HookedTransformer is deprecated", DeprecationWarning)
         torch.manual_seed(seed)
-        if task.kind == "tokens":
-            cfg = _hooked_config(config, task.seq_len, task.vocab_size, task.vocab_size)
-            model = HookedTransformer(cfg, move_to_device=False)
-        elif task.kind == "continuous":
-            cfg = _hooked_config(config, task.seq_len, task.d_input, task.d_output)
-            model = _continuous_class()(cfg, task.d_input)
-        else:
-            raise ValueError(f"unknown task kind {task.kind!r} of {task.name}")
+        model = _hooked_model(task, config)
+        if config.parametrization == "semantic_focus":
+            from workbench.parametrization import apply_semantic_focus_parametrization
+
+            apply_semantic_focus_parametrization(model)
     if config.positional == "sinusoidal":
         fix_sinusoidal_positions(model.pos_embed, "W_pos")
+    if config.dropout > 0:
+        from workbench.dropout import install_dropout
+
+        install_dropout(model, config.dropout)
     return model
+
+
+def _hooked_model(task: ToyTask, config: ModelConfig) -> Any:
+    """The ``HookedTransformer`` (or subclass) of ``task``'s kind, initialised by TransformerLens
+    from torch's default generator."""
+    from transformer_lens import HookedTransformer
+
+    if task.kind == "tokens":
+        cfg = _hooked_config(config, task.seq_len, task.vocab_size, task.vocab_size)
+        return HookedTransformer(cfg, move_to_device=False)
+    if task.kind == "continuous":
+        cfg = _hooked_config(config, task.seq_len, task.d_input, task.d_output)
+        return _continuous_class()(cfg, task.d_input)
+    if task.kind == "classification":
+        from workbench.classifier import SequenceClassifier
+
+        cfg = _hooked_config(config, task.seq_len, task.vocab_size, task.n_classes)
+        return SequenceClassifier(cfg)
+    raise ValueError(f"unknown task kind {task.kind!r} of {task.name}")
 
 
 def check_compatible(model: nn.Module, task: ToyTask) -> None:
@@ -169,6 +198,9 @@ def check_compatible(model: nn.Module, task: ToyTask) -> None:
     from workbench.attention import is_transformer_bridge
 
     cfg = model.cfg
+    if (task.kind == "classification") != is_classifier(model):
+        kind = "sequence-classifier" if is_classifier(model) else "per-position"
+        raise ValueError(f"{task.name} is a {task.kind} task but the model is a {kind} model")
     if is_transformer_bridge(model):
         from workbench.bridge import is_continuous_bridge
 
@@ -184,6 +216,11 @@ def check_compatible(model: nn.Module, task: ToyTask) -> None:
         raise ValueError(f"{task.name} has seq_len {task.seq_len} > the model's n_ctx {cfg.n_ctx}")
     if task.kind == "tokens":
         sizes = {"vocab_size": (task.vocab_size, cfg.d_vocab)}
+    elif task.kind == "classification":
+        sizes = {
+            "vocab_size": (task.vocab_size, cfg.d_vocab),
+            "n_classes": (task.n_classes, cfg.d_vocab_out),
+        }
     else:
         sizes = {
             "d_input": (task.d_input, d_input),

@@ -406,6 +406,21 @@ def test_a_loss_on_the_logsumexp_alone_matches_autograd_of_the_reference():
     assert torch.equal(inputs[2].grad, torch.zeros_like(v))
 
 
+def test_a_merge_by_logsumexp_trains_on_the_kernels_as_on_the_reference():
+    """dusa merges two branches by their logsumexps: its gradients through the kernels equal
+    those through the reference."""
+    method = workbench.sparse.get("dusa", block=8)
+    q, k, v = random_qkv(16, (1, 2, 1, 40, 40, 16))
+    grads = {}
+    for impl in ("reference", "triton"):
+        inputs = [x.detach().requires_grad_() for x in (q, k, v)]
+        out, _ = method.attend(*inputs, causal=True, block_size=16, impl=impl)
+        out.square().sum().backward()
+        grads[impl] = [x.grad for x in inputs]
+    for triton_grad, reference_grad in zip(grads["triton"], grads["reference"], strict=True):
+        assert relative_error(triton_grad, reference_grad) < TOLERANCE[q.dtype]
+
+
 def test_opcheck():
     q, k, v = random_qkv(13, (1, 2, 1, 24, 40, 16))
     layout = random_layout(14, 1, 2, 24, 40, block_q=16, block_k=16, causal=True, density=0.8)

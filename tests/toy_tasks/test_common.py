@@ -42,7 +42,7 @@ def test_registry_describes_every_task():
     for name, description, paper in described:
         cls = toy_tasks.task_class(name)
         assert description == cls.description and paper == cls.paper
-        assert cls.relevance and cls.kind in ("tokens", "continuous")
+        assert cls.relevance and cls.kind in ("tokens", "continuous", "classification")
         assert "``" not in description + paper + cls.relevance  # plain text, not reStructuredText
 
 
@@ -92,12 +92,16 @@ def test_shapes_dtypes_and_relevance_invariants(name):
     assert batch.loss_mask.shape == (b, t) and batch.loss_mask.dtype == torch.bool
     assert batch.relevant_positions.shape[:2] == (b, t)
     assert batch.relevant_positions.dtype == torch.int64
-    if task.kind == "tokens":
+    if task.kind in ("tokens", "classification"):
         assert batch.inputs.shape == (b, t) and batch.inputs.dtype == torch.int64
         assert batch.targets.shape == (b, t) and batch.targets.dtype == torch.int64
         assert batch.inputs.min() >= 0 and batch.inputs.max() < task.vocab_size
         assert torch.equal(batch.targets != IGNORE_INDEX, batch.loss_mask)
-    else:
+    if task.kind == "classification":  # one label per sequence, at the last position
+        assert batch.loss_mask[:, -1].all() and batch.loss_mask.sum() == b
+        labels = batch.targets[:, -1]
+        assert labels.min() >= 0 and labels.max() < task.n_classes
+    if task.kind == "continuous":
         assert batch.inputs.shape == (b, t, task.d_input) and batch.inputs.dtype == torch.float32
         assert batch.targets.shape == (b, t, task.d_output)
         assert batch.targets.dtype == torch.float32

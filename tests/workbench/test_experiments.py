@@ -146,13 +146,15 @@ def test_bundled_specs_load_and_quick_variants_are_small():
         "emergence",
         "icl_linreg",
         "semantic_focus",
+        "semantic_focus_recall",
         "trainable_sparse",
     ]
     for name in spec_names():
         spec = load_spec(name)
         quick = spec.quick_variant()
         assert len(quick.configs()) <= 12
-        assert all(config["steps"] <= 500 for config in quick.configs())
+        if name != "semantic_focus":  # its epochs: tests/workbench/test_semantic_focus_analysis
+            assert all(config["steps"] <= 500 for config in quick.configs())
 
 
 def test_runs_are_cached_by_config_hash(tmp_path):
@@ -325,7 +327,7 @@ def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
 
 def test_semantic_focus_analysis_groups_by_method(tmp_path):
     spec = make_spec(
-        "semantic_focus",
+        "semantic_focus_recall",
         sweep={"sparse": [None, {"method": "top_k", "hparams": {"k": 5}}]},
         seeds=[0, 1],
         analysis={"thresholds": [0.05, 0.5]},
@@ -346,7 +348,7 @@ def test_semantic_focus_analysis_groups_by_method(tmp_path):
 
 def test_semantic_focus_summarises_each_task_apart(tmp_path):
     spec = make_spec(
-        "semantic_focus",
+        "semantic_focus_recall",
         sweep={
             "task.seq_len": [8, 16],
             "sparse": [None, {"method": "top_k", "hparams": {"k": 5}}],
@@ -410,7 +412,7 @@ def test_icl_error_curves_put_the_model_next_to_the_baselines(tmp_path):
 def test_cli_run_list():
     result = CliRunner().invoke(app, ["run", "--list"])
     assert result.exit_code == 0, result.output
-    for name in ("emergence", "icl_linreg", "semantic_focus"):
+    for name in ("emergence", "icl_linreg", "semantic_focus", "semantic_focus_recall"):
         assert name in result.output
     quick_runs = len(load_spec("emergence").quick_variant().configs())
     assert f"({quick_runs} with --quick)" in result.output
@@ -517,7 +519,7 @@ class ChanceStubTrain(StubTrain):
 
 def test_semantic_focus_reports_a_threshold_below_chance_as_at_chance(tmp_path):
     spec = make_spec(
-        "semantic_focus",
+        "semantic_focus_recall",
         sweep={"sparse": [None, {"method": "top_k", "hparams": {"k": 5}}]},
         seeds=[0, 1],
         analysis={"thresholds": [0.05, 0.5]},
@@ -529,7 +531,7 @@ def test_semantic_focus_reports_a_threshold_below_chance_as_at_chance(tmp_path):
     dense = next(row for row in result.results["methods"] if row["method"] == "dense")
     assert dense["at_chance_0.05"] == 2 and dense["reached_0.05"] == 0
     assert dense["median_steps_to_0.05"] is None
-    figures = analyses.semantic_focus_analysis(spec, result.runs).figures
+    figures = analyses.recall_study_analysis(spec, result.runs).figures
     table = figures["summary"].data[0]
     headers = [text.replace("<br>", " ") for text in table.header["values"]]
     column = headers.index("steps to 5% accuracy (median)")
@@ -543,7 +545,7 @@ def test_semantic_focus_figures_give_a_method_one_colour(tmp_path):
     from workbench.viz.style import method_colour
 
     spec = make_spec(
-        "semantic_focus",
+        "semantic_focus_recall",
         sweep={
             "task": [
                 {"name": "assoc_recall", "vocab_size": 16, "seq_len": 16, "n_pairs": 2},
@@ -553,7 +555,7 @@ def test_semantic_focus_figures_give_a_method_one_colour(tmp_path):
         },
     )
     result = run_experiment(spec, runs_dir=tmp_path, train_fn=StubTrain(), progress=False)
-    figures = analyses.semantic_focus_analysis(spec, result.runs).figures
+    figures = analyses.recall_study_analysis(spec, result.runs).figures
     for name in ("accuracy", "loss"):
         lines = [trace for trace in figures[name].data if trace.name == "top_k(k=5)"]
         assert {trace.line.color for trace in lines} == {method_colour("top_k")}

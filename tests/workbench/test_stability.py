@@ -33,6 +33,7 @@ from workbench.metrics.stability import (
     top_k_margin,
     top_p_margin,
     topk_stability_conditions,
+    topk_stability_ratios,
 )
 from workbench.models import ModelConfig, build_model
 from workbench.runs import read_metrics
@@ -302,6 +303,11 @@ def test_topk_stability_conditions_match_the_scalar_formulas() -> None:
     # one point by hand: d = 16, c1 = 0.1, c2 = 0.5: 0.1 + ln(2 (1 + 1/8)) / 16 = 0.1506 < 1
     assert topk_stability_conditions(16.0, 0.1, 0.5, 1.0)["w"].item()
     assert not topk_stability_conditions(0.25, 0.9, 0.1, 1.0)["w"].item()
+    ratios = topk_stability_ratios(16.0, 0.1, 0.5, 1.0)
+    assert ratios["w"].item() == pytest.approx(0.1 + math.log(2.25) / 16)
+    assert ratios["x"].item() == pytest.approx(
+        0.1 + (math.log(16 * 2 * 1.125 + 1) - math.log(17)) / 16
+    )
 
 
 @pytest.mark.parametrize(

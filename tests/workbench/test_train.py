@@ -28,6 +28,7 @@ from workbench.train import (
     train,
 )
 from workbench.train import evaluation as evaluation_module
+from workbench.train.data import evaluation_generator, stream_seed
 from workbench.train.evaluation import FINAL_TRACE_EXAMPLES
 
 RECALL = {"vocab_size": 32, "n_pairs": 4, "seq_len": 16}
@@ -153,12 +154,16 @@ def test_linear_regression_beats_the_averaging_baseline(tmp_path: Path) -> None:
         {"optimizer": "adamw", "weight_decay": 0.1, "schedule": "cosine", "warmup_steps": 5},
         {"optimizer": "sgd", "momentum": 0.9, "schedule": "step", "step_every": 10, "gamma": 0.5},
         {"train_samples": 44},  # a fixed set: 5 batches of 8 per epoch, 4 examples left out
+        {  # forwards that draw: dropout and keys drawn anew at every call
+            "model": TINY.replace(dropout=0.2),
+            "sparse": {"method": "random_per_call", "hparams": {"k": 3}},
+        },
     ],
-    ids=["adamw-cosine", "sgd-step", "fixed-set"],
+    ids=["adamw-cosine", "sgd-step", "fixed-set", "random-forward"],
 )
 def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None:
     config = recall_config(
-        model=TINY,
+        **{"model": TINY, **changes},
         steps=30,
         batch_size=8,
         eval_every=10,
@@ -167,7 +172,6 @@ def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None
         checkpoint_every=10,
         grad_clip=0.5,
         eval_metrics=("attention",),
-        **changes,
     )
     uninterrupted = train(config, tmp_path / "a", progress=False)
 
@@ -238,6 +242,25 @@ def test_fixed_training_set_epochs_and_generalisation_metrics(tmp_path: Path) ->
     assert all({"eval_loss_train", "eval_accuracy_train"} <= set(r) for r in evaluations)
     with pytest.raises(ValueError, match="train_samples"):
         config.replace(train_samples=4)
+
+
+def test_evaluation_set_training_set_and_batches_are_different_draws() -> None:
+    """CPU generators use the low 32 bits of a seed: streams told apart by offsets of 2**32 drew
+    the same numbers, and the held-out batch was the head of the fixed training set."""
+    config = TrainConfig(
+        task="parity", task_overrides={"length": 30}, steps=1, batch_size=8, train_samples=64,
+        eval_batch_size=32,
+    )  # fmt: skip
+    task = config.resolved_task()
+    held_out = task.sample(32, evaluation_generator(config)).inputs
+    data = TrainingData(task, config, torch.device("cpu"))
+    fresh = TrainingData(task, config.replace(train_samples=None), torch.device("cpu"))
+    first_fresh = fresh.batch(0, torch.Generator().manual_seed(config.seed)).inputs
+    training = {tuple(row) for row in data.fixed.inputs.tolist() + first_fresh.tolist()}
+    assert not training & {tuple(row) for row in held_out.tolist()}
+    assert len({stream_seed(0, name) for name in ("evaluation", "training set", "epoch")}) == 3
+    assert stream_seed(0, "forward", 3) != stream_seed(0, "evaluation forward", 3)
+    assert stream_seed(0, "evaluation") != stream_seed(2**32, "evaluation")
 
 
 def test_resume_refuses_another_config_and_torn_checkpoints(tmp_path: Path) -> None:

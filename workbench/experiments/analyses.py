@@ -368,16 +368,19 @@ def _fit_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
 
 
 def method_label(config: Mapping[str, Any]) -> str:
-    """``"dense"`` or e.g. ``"top_k(k=5)"`` from a run config's ``sparse`` entry."""
+    """``"dense"`` or e.g. ``"top_k(k=5)"`` from a run config's ``sparse`` entry, with
+    ``" layers 0,1"`` where the method runs on some layers only."""
     sparse = sparse_setting(config)
     if sparse is None:
         return "dense"
     hparams = sorted((sparse.get("hparams") or {}).items())
-    return f"{sparse['method']}({', '.join(f'{key}={value}' for key, value in hparams)})"
+    label = f"{sparse['method']}({', '.join(f'{key}={value}' for key, value in hparams)})"
+    layers = sparse.get("layers")
+    return label if layers is None else f"{label} layers {','.join(map(str, layers))}"
 
 
-@analysis("semantic_focus")
-def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
+@analysis("semantic_focus_recall")
+def recall_study_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
     """Per task and sparse method: steps to reach each accuracy in ``thresholds``
     (`threshold_time`; "at chance" instead where the accuracy starts at or above the threshold:
     ``steps_to_<t>`` None and ``at_chance_<t>`` true), final accuracy, and the final value of
@@ -466,10 +469,10 @@ def semantic_focus_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Anal
 
 @analysis("trainable_sparse")
 def trainable_sparse_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
-    """`semantic_focus_analysis` (steps to each accuracy, final held-out accuracy per task and
+    """`recall_study_analysis` (steps to each accuracy, final held-out accuracy per task and
     method, accuracy / loss curves, summary table), with each run's last logged auxiliary losses
     of its learned method (``final_sparse_losses``, e.g. the gate's distillation loss)."""
-    output = semantic_focus_analysis(spec, runs)
+    output = recall_study_analysis(spec, runs)
     losses = {run.config_hash: _last_sparse_losses(run) for run in runs}
     for row in output.results["runs"]:
         if losses[row["config_hash"]]:

@@ -423,10 +423,24 @@ def topk_stability_conditions(
     logged statistics (high ones of ``delta``, ``beta``, low ones of ``Delta``), not row by row.
     ``c2 <= 0`` (a selection that is not the top of the row) gives a NaN or negative log argument:
     False."""
+    sides = topk_stability_ratios(delta_full, c1, c2, beta)
+    return {name: value < 1.0 for name, value in sides.items()}
+
+
+def topk_stability_ratios(
+    delta_full: torch.Tensor | float,
+    c1: torch.Tensor | float,
+    c2: torch.Tensor | float,
+    beta: torch.Tensor | float,
+) -> dict[str, torch.Tensor]:
+    """The left-hand sides of `topk_stability_conditions` (float64), each a condition when ``< 1``:
+    ``"w"`` = ``c1 + ln(2 (1 + 1 / (d c2))) / d`` and ``"x"`` = ``c1 + ln(d (1 + beta) (1 + 1 /
+    (d c2)) + beta) / d - ln(d + 1) / d`` (spartan's ``wratio`` and ``xratio``, ``d =
+    delta_full``)."""
     d, c1, c2, beta = (torch.as_tensor(v, dtype=torch.float64) for v in (delta_full, c1, c2, beta))
     spread = 1.0 + 1.0 / (d * c2)
-    w = c1 + torch.log(2.0 * spread) / d < 1.0
-    x = c1 + torch.log(d * (1.0 + beta) * spread + beta) / d < 1.0 + torch.log(d + 1.0) / d
+    w = c1 + torch.log(2.0 * spread) / d
+    x = c1 + torch.log(d * (1.0 + beta) * spread + beta) / d - torch.log(d + 1.0) / d
     return {"w": w, "x": x}
 
 

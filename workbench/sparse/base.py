@@ -152,11 +152,13 @@ class SparseMethod(ABC):
         impl: Impl = "auto",
         state: nn.Module | None = None,
         key_padding: torch.Tensor | None = None,
+        dropout: float = 0.0,
     ) -> tuple[torch.Tensor, Layout]:
         """``(out, layout)``: the method's attention output ``[batch, heads, q_len, d_head]`` and its
         token-level selection (the union of its branches over the call's keys, `coverage`).
         ``state``: the attached state (None: `default_state`); ``key_padding`` ``[batch, kv_len]``
-        (True = real key) is added to the token-level branches (`with_key_padding`)."""
+        (True = real key) is added to the token-level branches (`with_key_padding`); ``dropout``:
+        on each branch's attention probabilities (`run_branch`)."""
         if state is None:
             state = self.default_state(q)
         branches = [
@@ -167,7 +169,10 @@ class SparseMethod(ABC):
                 q, k, v, causal=causal, scale=scale, block_size=block_size, state=state
             )
         ]
-        outputs = [run_branch(q, k, v, branch, scale=scale, impl=impl) for branch in branches]
+        outputs = [
+            run_branch(q, k, v, branch, scale=scale, impl=impl, dropout=dropout)
+            for branch in branches
+        ]
         out = self.combine(
             q, k, v, branches, outputs, causal=causal, scale=scale, state=state, impl=impl
         )

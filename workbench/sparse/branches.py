@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from kernels import api
 from kernels.api import Impl
 from kernels.layout import Layout
+from workbench.attention import layout_attention
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,14 +70,23 @@ def run_branch(
     *,
     scale: float | None,
     impl: Impl = "auto",
+    dropout: float = 0.0,
 ) -> BranchOutput:
     """Attention of ``branch`` (its keys and values, else ``k``, ``v``; its rows, else every query
-    of ``q``) through `kernels.api.sparse_attention`."""
+    of ``q``) through `kernels.api.sparse_attention`, or with ``dropout`` on its probabilities
+    through `workbench.attention.layout_attention`."""
     queries = q if branch.rows is None else q[:, :, branch.rows.to(q.device)]
     keys = k if branch.k is None else branch.k
     values = v if branch.v is None else branch.v
-    out, lse = api.sparse_attention(
-        queries, keys, values, branch.layout, scale=scale, return_lse=True, impl=impl
+    out, lse = layout_attention(
+        queries,
+        keys,
+        values,
+        branch.layout,
+        scale=scale,
+        dropout=dropout,
+        impl=impl,
+        return_lse=True,
     )
     return BranchOutput(out, lse)
 

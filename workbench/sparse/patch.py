@@ -41,7 +41,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels import api
 from kernels.api import Impl
 from kernels.layout import Layout
 from kernels.reference import repeat_kv, scaled_scores
@@ -54,6 +53,7 @@ from workbench.attention import (
     full_mask,
     hf_num_layers,
     is_transformer_lens,
+    layout_attention,
     route_attention,
 )
 from workbench.sparse.base import SparseMethod
@@ -172,11 +172,18 @@ class SparseCore:
             impl=self.impl,
             state=call_state(call),
             key_padding=call.key_padding,
+            dropout=call.dropout,
         )
         if self.heads is None:
             return SparseResult(out, layout, q, k)
-        dense = api.sparse_attention(
-            call.q, call.k, call.v, dense_layout(call), scale=call.scale, impl=self.impl
+        dense = layout_attention(
+            call.q,
+            call.k,
+            call.v,
+            dense_layout(call),
+            scale=call.scale,
+            dropout=call.dropout,
+            impl=self.impl,
         )
         chosen = torch.tensor(self.heads, device=dense.device)
         return SparseResult(dense.index_copy(1, chosen, out.to(dense.dtype)), layout, q, k)

@@ -2,9 +2,12 @@
 random keys, strided keys, a banded window of exactly ``k`` keys, block-local ``k x k`` blocks,
 the last two optionally with global tokens. One layout is shared by every batch element and head.
 
-Global tokens: spartan appends them as extra tokens at the end of the sequence; here they are the
-first ``global_tokens`` positions (so that causal models can see them). Global rows attend to every
-key and every row attends to the global keys.
+Global tokens: spartan appends them as extra tokens after the sequence (`toy_tasks.classification`
+tasks do the same with their ``global_tokens``); ``global_at="end"`` takes the last
+``global_tokens`` positions as global and lays the local pattern over the others, as spartan's
+``mask_window`` / ``mask_block_local`` do. ``global_at="start"`` (the default) takes the first
+positions instead, so that causal models can see them. Global rows attend to every key and every
+row attends to the global keys.
 """
 
 from __future__ import annotations
@@ -25,12 +28,28 @@ def _query_positions(q_len: int, kv_len: int, device: torch.device) -> torch.Ten
     return torch.arange(q_len, device=device).unsqueeze(1) + (kv_len - q_len)
 
 
+GLOBAL_PLACES = ("start", "end")
+
+
 def _with_global_tokens(mask: torch.Tensor, global_tokens: int) -> torch.Tensor:
     """``mask`` ``[q_len, kv_len]`` plus the global rows and columns (first positions)."""
     q_len, kv_len = mask.shape
     keys = torch.arange(kv_len, device=mask.device).unsqueeze(0)
     queries = _query_positions(q_len, kv_len, mask.device)
     return mask | (keys < global_tokens) | (queries < global_tokens)
+
+
+def _with_trailing_global_tokens(
+    local: torch.Tensor, q_len: int, kv_len: int, global_tokens: int
+) -> torch.Tensor:
+    """``[q_len, kv_len]``: ``local`` (the pattern of the first ``q_len - g`` queries over the first
+    ``kv_len - g`` keys) in the top-left corner, the last ``g = global_tokens`` rows and columns
+    global."""
+    mask = torch.zeros(q_len, kv_len, dtype=torch.bool, device=local.device)
+    mask[: local.shape[0], : local.shape[1]] = local
+    mask[q_len - global_tokens :] = True
+    mask[:, kv_len - global_tokens :] = True
+    return mask
 
 
 @register_method
@@ -86,14 +105,19 @@ class Strided(StaticMethod):
 
 @dataclass(frozen=True, eq=False)
 class _LocalWithGlobalTokens(StaticMethod):
-    """A local pattern of ``k`` keys per query plus ``global_tokens`` global rows and columns."""
+    """A local pattern of ``k`` keys per query plus ``global_tokens`` global rows and columns, the
+    first positions (``global_at="start"``) or the last (``"end"``: the local pattern covers the
+    positions before them)."""
 
     k: int = 5
     global_tokens: int = 0
+    global_at: str = "start"
 
     def validate(self) -> None:
         check_int("k", self.k, 1)
         check_int("global_tokens", self.global_tokens, 0)
+        if self.global_at not in GLOBAL_PLACES:
+            raise ValueError(f"global_at must be one of {GLOBAL_PLACES}, got {self.global_at!r}")
 
     @abstractmethod
     def local_mask(
@@ -104,8 +128,12 @@ class _LocalWithGlobalTokens(StaticMethod):
     def static_mask(
         self, q_len: int, kv_len: int, causal: bool, device: torch.device
     ) -> torch.Tensor:
-        local = self.local_mask(q_len, kv_len, causal, device)
-        return _with_global_tokens(local, self.global_tokens)
+        if self.global_at == "start":
+            local = self.local_mask(q_len, kv_len, causal, device)
+            return _with_global_tokens(local, self.global_tokens)
+        g = min(self.global_tokens, q_len, kv_len)
+        local = self.local_mask(q_len - g, kv_len - g, causal, device)
+        return _with_trailing_global_tokens(local, q_len, kv_len, g)
 
 
 @register_method
@@ -160,7 +188,7 @@ def main() -> None:
     """Write the layout figures of this module's methods."""
     from workbench.viz.methods import write_method_figure
 
-    for method in (RandomKeys(), Strided(), Banded(), BlockLocal(global_tokens=1)):
+    for method in (RandomKeys(), Strided(), Banded(), BlockLocal(global_tokens=1, global_at="end")):
         write_method_figure(method)
 
 

@@ -56,6 +56,7 @@ paper's loss). With ``sparse`` (a `SparseConfig`), every forward (training and e
 `workbench.sparse.patch.sparsify`, so the sparse model is what is trained.
 """
 
+from workbench.train import focus_metric  # noqa: F401  (registers the focus evaluation metric)
 from workbench.train.checkpoint import TrainState, load_model
 from workbench.train.config import EarlyStop, SparseConfig, TrainConfig, migrate_config, sparse_plan
 from workbench.train.data import TrainingData

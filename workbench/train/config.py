@@ -145,8 +145,10 @@ class TrainConfig:
                 f"early_stop must be an EarlyStop, a dict or None, got {self.early_stop!r}"
             )
         check_device(self.device)
-        if task.kind not in ("tokens", "continuous"):
-            raise ValueError(f"task must be a token or continuous task, got kind {task.kind!r}")
+        if task.kind not in ("tokens", "continuous", "classification"):
+            raise ValueError(
+                f"task must be a token, continuous or classification task, got kind {task.kind!r}"
+            )
 
     def _validate_eval_metrics(self) -> None:
         known = eval_metric_names()

@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+from collections.abc import Iterator
+
 import torch
 
 from toy_tasks.base import Batch, ToyTask
 from workbench.train.config import TrainConfig
 
-EVAL_SEED_OFFSET = 2**32
-"""The evaluation generator is seeded with ``seed + EVAL_SEED_OFFSET`` (disjoint from training)."""
-TRAIN_SET_SEED_OFFSET = 2**33
-"""A fixed training set (``train_samples``) is drawn with seed ``seed + TRAIN_SET_SEED_OFFSET``."""
-EPOCH_SEED_BASE = 2**60
-"""Epoch ``e`` of a fixed training set is shuffled with seed ``EPOCH_SEED_BASE + seed * 2**24 + e``
-(a function of the step: resuming needs no shuffling state)."""
+
+def stream_seed(seed: int, stream: str, index: int = 0) -> int:
+    """The seed of one random stream of a run: a 32-bit hash of the run's ``seed``, the stream's
+    name and an ``index`` (an epoch, a step).
+
+    CPU ``torch.Generator`` s (Mersenne Twister) use only the low 32 bits of a seed, so streams
+    told apart by offsets of ``2**32`` or more draw the same numbers; hashed seeds are distinct
+    streams whatever the run's seed. Training batches keep the run's ``seed`` itself."""
+    digest = hashlib.sha256(f"{stream}/{seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def evaluation_generator(config: TrainConfig) -> torch.Generator:
+    """The generator of the run's fixed evaluation batch (stream ``"evaluation"``)."""
+    return torch.Generator().manual_seed(stream_seed(config.seed, "evaluation"))
+
+
+@contextlib.contextmanager
+def forward_random_state(
+    config: TrainConfig, step: int, device: torch.device, *, evaluation: bool = False
+) -> Iterator[None]:
+    """Inside the block, torch's default generators of the CPU and of ``device`` are seeded from
+    ``config.seed`` and ``step`` (`stream_seed`, stream ``"forward"`` or, with ``evaluation``,
+    ``"evaluation forward"``); outside they are as they were. What a forward draws (dropout,
+    `workbench.sparse` methods that draw keys) is then a function of the run's seed and the step:
+    the same in a resumed run as in an uninterrupted one."""
+    seed = stream_seed(config.seed, "evaluation forward" if evaluation else "forward", step)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+        yield
 
 
 class TrainingData:
@@ -24,7 +54,7 @@ class TrainingData:
         self.task, self.config, self.device = task, config, device
         self.fixed: Batch | None = None
         if config.train_samples is not None:
-            generator = torch.Generator().manual_seed(config.seed + TRAIN_SET_SEED_OFFSET)
+            generator = torch.Generator().manual_seed(stream_seed(config.seed, "training set"))
             self.fixed = task.sample(config.train_samples, generator).to(device)
             count = min(config.eval_batch_size, config.train_samples)
             self.fixed_head = self.fixed.take(torch.arange(count, device=device))
@@ -38,7 +68,7 @@ class TrainingData:
             return self.task.sample(size, generator).to(self.device, non_blocking=True)
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            seed = EPOCH_SEED_BASE + self.config.seed * 2**24 + epoch
+            seed = stream_seed(self.config.seed, "epoch", epoch)
             order = torch.randperm(
                 self.fixed.batch_size, generator=torch.Generator().manual_seed(seed)
             )

@@ -8,16 +8,23 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from toy_tasks.base import Batch, ToyTask
+from toy_tasks.classification import sequence_relevance
 from workbench.attention import model_size
 from workbench.capture import LayerCapture, capturing
 from workbench.train.config import TrainConfig, sparse_plan
 from workbench.train.data import TrainingData
 from workbench.train.losses import task_loss, task_metrics
-from workbench.train.registry import EvalRows, eval_metric, get_eval_metric
+from workbench.train.registry import (
+    POOLED_PERCENTILES,
+    EvalRows,
+    eval_metric,
+    get_eval_metric,
+)
 
 TRACE_PS = (0.9,)
 EVAL_CHUNK_TOKENS = 2**15
@@ -38,12 +45,11 @@ def attention_rows(capture: LayerCapture, batch: Batch, config: TrainConfig) -> 
     softmax of the same q and k (equal on the layers that attend densely)."""
     from workbench.trace import TraceConfig, layer_statistics
 
+    relevant = query_rows(config.resolved_task(), batch)[1]
+
     def named(dense: bool) -> dict[str, torch.Tensor]:
         stats = layer_statistics(
-            capture,
-            TraceConfig(ps=TRACE_PS),
-            relevant_positions=batch.relevant_positions,
-            dense=dense,
+            capture, TraceConfig(ps=TRACE_PS), relevant_positions=relevant, dense=dense
         )
         return {
             "relevant_mass": stats["relevant_mass"],
@@ -99,13 +105,25 @@ def evaluate(
             rows.append(chunk_rows)
     outputs = torch.cat(outputs)
     result: dict[str, Any] = {"eval_loss": task_loss(task, outputs, batch).item()}
-    return result | task_metrics(task, outputs, batch) | reduce_rows(rows, batch.loss_mask)
+    weights = query_rows(task, batch)[0]
+    return result | task_metrics(task, outputs, batch) | reduce_rows(rows, weights)
+
+
+def query_rows(task: ToyTask, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query rows the attention metrics average over, ``[batch, seq]`` bool, and the relevant
+    positions of each row ``[batch, seq, R]``: the scored positions and their relevance, or for a
+    classification task every row and the label's relevance (a pooled classifier reads every
+    row; `toy_tasks.classification.sequence_relevance`)."""
+    if task.kind == "classification":
+        return torch.ones_like(batch.loss_mask), sequence_relevance(batch)
+    return batch.loss_mask, batch.relevant_positions
 
 
 def reduce_rows(chunks: list[list[EvalRows]], weights: torch.Tensor) -> dict[str, Any]:
     """``{group: {statistic: [layer][head]}}``: the per-row values of every chunk (each a list of
     per-layer `EvalRows`) concatenated along the batch and averaged over the positions with
-    ``weights`` ``[batch, seq]`` (e.g. a batch's ``loss_mask``), skipping non-finite values."""
+    ``weights`` ``[batch, seq]`` (e.g. a batch's ``loss_mask``), skipping non-finite values; and
+    ``{group: {statistic: {"q<level>": value}}}`` of the pooled values (`pooled_percentiles`)."""
     collected: dict[str, dict[str, dict[int, list[torch.Tensor]]]] = {}
     for chunk in chunks:
         for layer_rows in chunk:
@@ -124,6 +142,33 @@ def reduce_rows(chunks: list[list[EvalRows]], weights: torch.Tensor) -> dict[str
                 total = (values.nan_to_num(posinf=0.0, neginf=0.0) * w).sum(dim=(0, 2))
                 means.append((total / w.sum(dim=(0, 2))).tolist())
             result[group][statistic] = means
+    return result | pooled_percentiles([rows.pooled for chunk in chunks for rows in chunk])
+
+
+def pooled_percentiles(pooled: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, Any]:
+    """``{group: {statistic: {"q<level>": value}}}``: percentiles (`POOLED_PERCENTILES`) of the
+    finite values of every `EvalRows.pooled` entry of the evaluation (None when none is
+    finite)."""
+    collected: dict[str, dict[str, list[torch.Tensor]]] = {}
+    for groups in pooled:
+        for group, statistics in groups.items():
+            for statistic, values in statistics.items():
+                collected.setdefault(group, {}).setdefault(statistic, []).append(values.flatten())
+    result: dict[str, Any] = {}
+    for group, statistics in collected.items():
+        result[group] = {}
+        for statistic, parts in statistics.items():
+            values = torch.cat(parts).double().cpu().numpy()
+            values = values[np.isfinite(values)]
+            levels = np.percentile(values, POOLED_PERCENTILES) if values.size else None
+            result[group][statistic] = {
+                f"q{level}": None if levels is None else float(value)
+                for level, value in zip(
+                    POOLED_PERCENTILES,
+                    levels if levels is not None else POOLED_PERCENTILES,
+                    strict=True,
+                )
+            }
     return result
 
 
@@ -165,7 +210,7 @@ def final_trace(model: nn.Module, batch: Batch, config: TrainConfig) -> Any:
         model,
         head.inputs,
         TraceConfig(patterns=patterns, ps=(0.5, 0.9), max_pattern_bytes=FINAL_TRACE_BYTES),
-        relevant_positions=head.relevant_positions,
+        relevant_positions=query_rows(config.resolved_task(), head)[1],
         sparse=None if plan is None else plan.method,
         sparse_layers=None if plan is None else plan.layers,
         sparse_block_size=64 if plan is None else plan.block_size,

@@ -26,7 +26,7 @@ from workbench.sparse.state import sparse_losses
 from workbench.termination import Terminated, termination_requests
 from workbench.train.checkpoint import TrainState, check_resumable, restore, save_checkpoint
 from workbench.train.config import EarlyStop, TrainConfig, attach_sparse_state, sparse_plan
-from workbench.train.data import EVAL_SEED_OFFSET, TrainingData
+from workbench.train.data import TrainingData, evaluation_generator, forward_random_state
 from workbench.train.evaluation import (
     FINAL_TRACE,
     evaluate,
@@ -145,8 +145,7 @@ def train(
     metrics_path = out / METRICS_FILE
     records = read_metrics(metrics_path)
     hits = _stop_hits(config.early_stop, records)
-    eval_generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
-    eval_batch = task.sample(config.eval_batch_size, eval_generator).to(device)
+    eval_batch = task.sample(config.eval_batch_size, evaluation_generator(config)).to(device)
     data = TrainingData(task, config, device)
     plan = sparse_plan(config)
     sparse = None if plan is None else plan.core()
@@ -177,7 +176,10 @@ def train(
                 callback(state.step, record)
     run = Run(out)
     if not run.trace_path(FINAL_TRACE).with_suffix(".json").exists() or state.step != resumed_from:
-        with evaluation_mode(model):
+        with (
+            evaluation_mode(model),
+            forward_random_state(config, state.step, device, evaluation=True),
+        ):
             final_trace(model, eval_batch, config).save(run.trace_path(FINAL_TRACE))
     last = checkpoint.step_folders(out)[0]
     return TrainResult(
@@ -238,11 +240,12 @@ def _train_step(
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     batch = data.batch(state.step, state.generator)
-    with training_forward(state.model, sparse, config, data.device):
-        loss = task_loss(data.task, state.model(batch.inputs), batch)
-    extra = sparse_losses(state.model)  # e.g. a learned gate's distillation loss
-    state.optimizer.zero_grad(set_to_none=True)
-    (loss + sum(extra.values())).backward()
+    with forward_random_state(config, state.step, data.device):
+        with training_forward(state.model, sparse, config, data.device):
+            loss = task_loss(data.task, state.model(batch.inputs), batch)
+        extra = sparse_losses(state.model)  # e.g. a learned gate's distillation loss
+        state.optimizer.zero_grad(set_to_none=True)
+        (loss + sum(extra.values())).backward()
     max_norm = math.inf if config.grad_clip is None else config.grad_clip
     grad_norm = torch.nn.utils.clip_grad_norm_(
         [p for group in state.optimizer.param_groups for p in group["params"]], max_norm
@@ -268,8 +271,9 @@ def _evaluate_into(
     """Add the evaluation on ``batch`` (and on the fixed training set) to ``record``, and
     ``stopped_early`` when it stops the run; returns the updated `_stop_hits`."""
     config = data.config
-    record |= evaluate(state.model, data.task, batch, config, data.device)
-    record |= training_set_metrics(state.model, data)
+    with forward_random_state(config, state.step, data.device, evaluation=True):
+        record |= evaluate(state.model, data.task, batch, config, data.device)
+        record |= training_set_metrics(state.model, data)
     hits = _stop_hits(config.early_stop, [record], hits)
     if hits is None:
         record["stopped_early"] = True

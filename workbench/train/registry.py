@@ -6,7 +6,7 @@ The bundled ones (``attention``, ``stability``) live in `workbench.train.evaluat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,10 +19,18 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class EvalRows:
     """Per-row values of one captured layer: ``rows[group][statistic]`` ``[batch, heads, seq]``
-    (logged, after averaging over the scored positions, as ``record[group][statistic][layer]``)."""
+    (logged, after averaging over the scored positions, as ``record[group][statistic][layer]``),
+    and ``pooled[group][statistic]`` ``[n]``: values whose distribution over every layer, head and
+    row of the evaluation is logged as percentiles, ``record[group][statistic] = {"q<level>":
+    value}`` (levels `POOLED_PERCENTILES`)."""
 
     layer: int
     rows: dict[str, dict[str, torch.Tensor]]
+    pooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+POOLED_PERCENTILES = (0, 5, 10, 25, 50, 75, 90, 95, 100)
+"""Percentiles logged for `EvalRows.pooled` values (numpy's linear interpolation)."""
 
 
 EvalMetric = Callable[["LayerCapture", "Batch", Any], EvalRows]

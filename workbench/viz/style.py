@@ -71,6 +71,12 @@ SYMBOLS: tuple[str, ...] = (
     "pentagon",
     "hexagon",
     "triangle-down",
+    "triangle-left",
+    "triangle-right",
+    "hexagram",
+    "star-square",
+    "hourglass",
+    "bowtie",
 )
 """Marker symbols, for tasks drawn beside methods (and for categories past the palette)."""
 

@@ -42,8 +42,8 @@ def relevance_figure(task: ToyTask, batch: Batch, index: int = 0) -> go.Figure:
 
 
 def _token_hover(task: ToyTask, batch: Batch, index: int) -> list[str]:
-    """Axis labels ``"pos:token"`` for token tasks and ``"pos"`` for continuous ones."""
-    if task.kind == "tokens":
+    """Axis labels ``"pos:token"`` for token inputs and ``"pos"`` for continuous ones."""
+    if task.kind in ("tokens", "classification"):
         return [f"{pos}:{token}" for pos, token in enumerate(batch.inputs[index].tolist())]
     return [str(pos) for pos in range(batch.seq_len)]
 

@@ -166,6 +166,44 @@ def test_distance_patterns(name, rule):
         }
 
 
+def test_random_per_call_draws_k_visible_keys_anew_at_every_call():
+    q, k, _ = make_qkv(30, 30, batch=2, heads=2, kv_heads=2)
+    method = sparse.get("random_per_call", k=4)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        first, second = (
+            method.select(q, k, causal=True, block_size=16).to_dense(reference.scaled_scores(q, k))
+            for _ in range(2)
+        )
+        torch.manual_seed(0)
+        again = method.select(q, k, causal=True, block_size=16).to_dense(
+            reference.scaled_scores(q, k)
+        )
+    visible_keys = torch.arange(30).clamp(max=3) + 1  # rows 0..2 see fewer than 4 keys
+    assert torch.equal(first.sum(-1), visible_keys.expand(2, 2, 30))
+    assert not (first & ~causal_token_mask(30, 30, "cpu")).any()
+    assert not torch.equal(first, second) and torch.equal(first, again)
+    assert not torch.equal(first[0], first[1]), "drawn per batch element"
+
+
+def test_global_tokens_at_the_end_as_the_papers_code_lays_them():
+    """spartan's ``mask_window`` / ``mask_block_local`` with ``ngtk`` global tokens appended: the
+    local pattern over the other positions, the last rows and columns global."""
+    banded = sparse.get("banded", k=3, global_tokens=2, global_at="end")
+    mask = banded.static_mask(9, 9, False, torch.device("cpu"))
+    assert mask[7:].all() and mask[:, 7:].all()
+    local = mask[:7, :7]
+    assert local.sum(-1).tolist() == [3] * 7
+    assert local[0, :3].all() and local[6, 4:].all() and local[3, 2:5].all()
+    blocks = sparse.get("block_local", k=3, global_tokens=1, global_at="end")
+    mask = blocks.static_mask(8, 8, False, torch.device("cpu"))
+    assert mask[7].all() and mask[:, 7].all()
+    expected = torch.block_diag(torch.ones(3, 3), torch.ones(3, 3), torch.ones(1, 1)).bool()
+    assert torch.equal(mask[:7, :7], expected)
+    with pytest.raises(ValueError, match="global_at must be one of"):
+        sparse.get("banded", global_at="middle")
+
+
 def test_random_keys_are_seeded_and_exactly_k_per_row():
     first = static_kept(sparse.get("random", k=4, seed=3), 30, 30, True)
     again = static_kept(sparse.get("random", k=4, seed=3), 30, 30, True)
@@ -365,12 +403,15 @@ def test_register_method_refuses_duplicates_and_undescribed_classes():
 @pytest.mark.parametrize("name", ALL)
 def test_input_dependent_says_whether_the_selection_reads_q_and_k(name):
     """Input-agnostic methods select the same keys for any q, k of a shape; input-dependent ones
-    select differently for some inputs (at 256 tokens every budget is below the sequence)."""
+    select differently for some inputs (at 256 tokens every budget is below the sequence). Methods
+    that draw keys (``random_per_call``) draw the same ones from the same generator state."""
     method = sparse.get(name)
     kept_sets = []
     for seed in range(2):
         q, k, _ = make_qkv(256, 256, batch=1, heads=1, kv_heads=1, seed=seed)
-        kept_sets.append(kept(method, q, k, causal=True)[0])
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            kept_sets.append(kept(method, q, k, causal=True)[0])
     assert torch.equal(*kept_sets) != method.input_dependent
 
 
