@@ -16,7 +16,9 @@ density being the fraction of causal 128 x 128 blocks a layout keeps.
 with its TMA option where the installed torch has it. `bench/gpu_run.sh` runs the whole set of
 comparisons, one process each.
 
-Correctness is checked before timing (ours vs FlexAttention on the same layout, relative error).
+Correctness is checked before timing (ours vs FlexAttention on the same layout, relative error):
+an error above `WRONG_ABOVE` is marked ``"wrong"`` in the results, printed, and makes the run exit
+with status 1 (after writing its results). `bench/config_check.py` then finds the configuration.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from workbench.io import atomic_write_json
 BLOCK = 128
 LAYOUTS = ("causal_dense", "random_10pct", "sink_window", "top_p_xattention")
 compiled_flex = torch.compile(flex_attention, dynamic=False)
+WRONG_ABOVE = 2e-2
+"""Relative error (Frobenius, bf16) of ours vs FlexAttention above which a result is wrong."""
 FLEX_TMA = {"USE_TMA": True}
 """FlexAttention's TMA option (kernel_options), used where the installed torch accepts it."""
 
@@ -92,6 +96,24 @@ def realistic_qkv(n: int, heads: int, d: int, seed: int = 0) -> tuple[torch.Tens
     q, k = q + drift, k + drift
     k[:, :, :4] *= 4.0  # sink tokens
     return tuple(t.to(torch.bfloat16).contiguous() for t in (q, k, v))
+
+
+def layout_blocks(name: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The ``[1, heads or 1, n_blocks, n_blocks]`` block mask of the layout ``name`` (one of
+    `LAYOUTS`) for ``q, k`` ``[1, heads, n, d]``."""
+    n, heads = q.shape[2], q.shape[1]
+    builders = {
+        "causal_dense": lambda: causal_blocks(n),
+        "random_10pct": lambda: random_blocks(n, heads, 0.1),
+        "sink_window": lambda: sink_window_blocks(n),
+        "top_p_xattention": lambda: top_p_blocks(q, k),
+    }
+    return builders[name]()
+
+
+def causal_layout(blocks: torch.Tensor, n: int) -> Layout:
+    """A causal `Layout` over ``n`` tokens keeping ``blocks`` (`BLOCK` x `BLOCK`)."""
+    return Layout.from_block_mask(blocks, n, n, block_q=BLOCK, block_k=BLOCK, causal=True)
 
 
 # ---------------------------------------------------------------------------- runners
@@ -151,7 +173,7 @@ def bench_layout(
     """Ours (in the kernel ``variant``: loads and grid) vs FlexAttention (compiled, with its
     best options) on one causal block layout; times relative to the ideal."""
     n, heads = inputs[0].shape[2], inputs[0].shape[1]
-    layout = Layout.from_block_mask(blocks, n, n, block_q=BLOCK, block_k=BLOCK, causal=True)
+    layout = causal_layout(blocks, n)
     density = layout.block_mask().sum().item() / (causal_total * layout.heads)
     block_mask = flex_block_mask(layout, n, heads)
     options = flex_options(inputs, block_mask)
@@ -170,6 +192,7 @@ def bench_layout(
         "ours_variant": variant,
         "flex_kernel_options": options,
         "rel_error_vs_flex": error,
+        "wrong": error > WRONG_ABOVE,
         "ours": time_pair(ours, inputs, backward),
         "flex": time_pair(flex, inputs, backward),
     }
@@ -201,21 +224,16 @@ def bench_length(
         backward,
     )
     causal_total = causal_blocks(n).sum().item()
-    builders = {
-        "causal_dense": lambda: causal_blocks(n),
-        "random_10pct": lambda: random_blocks(n, heads, 0.1),
-        "sink_window": lambda: sink_window_blocks(n),
-        "top_p_xattention": lambda: top_p_blocks(q, k),
-    }
     result = {"n": n, "sdpa_causal": sdpa, "layouts": {}}
     for name in layouts:
-        entry = bench_layout(inputs, builders[name](), sdpa, causal_total, backward, variant)
+        blocks = layout_blocks(name, q, k)
+        entry = bench_layout(inputs, blocks, sdpa, causal_total, backward, variant)
         result["layouts"][name] = entry
         print(
             f"N={n:6d} {name:18s} density {entry['density_of_causal']:.3f}  "
             f"ours {entry['ours']['fwd_ms']:8.3f} ms  flex {entry['flex']['fwd_ms']:8.3f} ms  "
             f"ideal {entry['density_of_causal'] * sdpa['fwd_ms']:8.3f} ms  "
-            f"err {entry['rel_error_vs_flex']:.1e}",
+            f"err {entry['rel_error_vs_flex']:.1e}" + ("  WRONG" if entry["wrong"] else ""),
             flush=True,
         )
     if not extras:
@@ -363,6 +381,14 @@ def main() -> None:
         )
         atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
+    wrong = [
+        f"{entry['n']} {name}"
+        for entry in results["lengths"]
+        for name, layout in entry["layouts"].items()
+        if layout["wrong"]
+    ]
+    if wrong:
+        raise SystemExit(f"wrong outputs (error > {WRONG_ABOVE}): {', '.join(wrong)}")
 
 
 if __name__ == "__main__":

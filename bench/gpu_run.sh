@@ -24,6 +24,8 @@ run() {  # name, time limit (s), command...
 }
 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())'
 run compile_check 120 python3 bench/compile_check.py --out "$RESULTS/hopper_compile_check.json"
+run config_check 150 python3 bench/config_check.py --lengths 4096 --warp-specialised \
+    --layouts random_10pct causal_dense --out "$RESULTS/hopper_config_check.json"
 run pointers "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --no-extras \
     --loads pointers --grid tiles --out "$RESULTS/hopper_pointers.json"
 run descriptors "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --no-extras \

@@ -3,14 +3,15 @@ variants need.
 
 Two independent choices, each ``"auto"`` or forced:
 
-* **loads**: ``"pointers"`` (pointer arithmetic, any GPU, any strides) or ``"descriptors"``
-  (device-side tensor descriptors: TMA loads on Hopper, and warp-specialised forward
-  configurations). ``"auto"`` takes descriptors on compute capability 9.x (H100, H200) when every
-  tensor the kernels load has strides a descriptor can take (`descriptor_reason`), pointers
-  otherwise (and with a Triton older than `DESCRIPTOR_TRITON`). A forced ``"descriptors"`` that
-  cannot run raises (no silent fallback); in the Triton interpreter it runs (that is how the tests
-  check it), ``"auto"`` takes pointers there. The warp-specialised configurations serve the
-  per-tile forward grid (Triton's Hopper pass fails on the persistent grid's nested loops).
+* **loads**: ``"pointers"`` (pointer arithmetic, any GPU, any strides) or ``"descriptors"`` (device-
+  side tensor descriptors: TMA loads on Hopper). ``"auto"`` takes descriptors on compute capability
+  9.x (H100, H200) when every tensor the kernels load has strides a descriptor can take
+  (`descriptor_reason`), pointers otherwise (and with a Triton older than `DESCRIPTOR_TRITON`). A
+  forced ``"descriptors"`` that cannot run raises (no silent fallback); in the Triton interpreter it
+  runs (that is how the tests check it), ``"auto"`` takes pointers there. Warp-specialised
+  configurations could serve only the per-tile forward grid (Triton's Hopper pass fails on the
+  persistent grid's nested loops); none is offered at present
+  (`kernels.triton.block_sparse_attention`).
 * **grid** of the forward: ``"tiles"`` (one program per query tile) or ``"persistent"`` (one
   program per resident slot, walking a work list of (batch, head, query block) items ordered
   longest first, `work_list`). ``"auto"`` takes tiles: on an H100 at 64K the persistent grid was
@@ -36,8 +37,9 @@ from kernels.layout import Layout
 logger = logging.getLogger("kernels.api")
 
 DESCRIPTOR_CAPABILITIES = (9,)
-"""Compute capability majors on which ``loads="auto"`` takes tensor descriptors (Hopper: the
-warp-specialised configurations were checked there, `bench/compile_check.py`)."""
+"""Compute capability majors on which ``loads="auto"`` takes tensor descriptors (Hopper: compiled
+there by `bench/compile_check.py`, run against FlexAttention by `bench/attention.py` and checked
+configuration by configuration by `bench/config_check.py`)."""
 DESCRIPTOR_TRITON = (3, 6)
 """Oldest Triton whose descriptor kernels were checked (the device's; CI runs 3.9)."""
 PROGRAMS_PER_SM = 2
