@@ -154,7 +154,7 @@ def run_sweep(
                 config, run = waiting.pop()
                 running[backend.submit(config, run)] = run.path
                 free -= 1
-            bar.set_postfix_str(f"running {len(running)}, failed {len(failures)}")
+            _show(bar, len(running), len(failures))
             done = backend.wait(list(running), POLL_SECONDS)
             if terminated() and not stopped:
                 backend.stop(list(running))
@@ -166,10 +166,17 @@ def run_sweep(
                     logger.error("run %s failed: %s: %s", directory, type(error).__name__, error)
                     failures.append((directory, error))
                 bar.update(1)
-            bar.set_postfix_str(f"running {len(running)}, failed {len(failures)}")
+            _show(bar, len(running), len(failures))
     if terminated():
         raise Terminated(
             f"the runs in training checkpointed and stopped, {len(waiting)} not started"
         )
     if failures:
         raise RunsFailed(failures, len(pending)) from failures[0][1]
+
+
+def _show(bar: Any, running: int, failed: int) -> None:
+    """The bar's ``running N, failed M`` (redrawn only when it changes)."""
+    text = f"running {running}, failed {failed}"
+    if getattr(bar, "postfix", None) != text:
+        bar.set_postfix_str(text)
