@@ -482,8 +482,13 @@ def run_command(
             cpus_per_run=cpus_per_run,
             gpus_per_run=gpus_per_run,
         )
+    except ConnectionError as error:  # --executor ray: no cluster at --address
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from None
     except Terminated as error:
-        typer.echo(f"stopped on SIGTERM ({error}); the same command continues the runs", err=True)
+        typer.echo(
+            f"stopped on SIGTERM or Ctrl-C ({error}); the same command continues the runs", err=True
+        )
         raise typer.Exit(SIGTERM_EXIT_CODE) from None
     except RunsFailed as error:  # the other runs were trained; no analysis is written
         typer.echo(f"{len(error.failures)} of {error.total} runs failed:", err=True)

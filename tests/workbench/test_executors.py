@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from workbench.cli import app
 from workbench.experiments import RunsFailed, run_experiment
 from workbench.experiments.executors.base import run_sweep
-from workbench.experiments.executors.ray import capacity, check_resources
+from workbench.experiments.executors.ray import RayBackend, capacity, check_resources
 from workbench.runs import Run
 from workbench.termination import Terminated
 
@@ -134,3 +134,26 @@ def test_the_sweep_loop_stops_on_sigterm_without_handing_out_more_runs(tmp_path)
         run_sweep(pending, backend, progress=False)
     trigger.join()
     assert backend.submitted == ["run0", "run1"]
+
+
+class FakeRay:
+    """The part of the ``ray`` module `RayBackend.slots` reads: the cluster's resources."""
+
+    def __init__(self, resources: dict[str, float]) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+def test_a_run_larger_than_the_local_cluster_is_refused_and_waits_on_another(caplog) -> None:
+    def backend(local: bool) -> RayBackend:
+        ray = FakeRay({"CPU": 2.0})
+        return RayBackend(None, ray, 1, 1, local, StubTrain(), resume=True, threads=1)
+
+    assert RayBackend(None, FakeRay({"CPU": 2.0}), 1, 0, True, StubTrain(), True, 1).slots() == 2
+    with pytest.raises(ValueError, match=r"gpus_per_run=1, more than the local Ray cluster"):
+        backend(local=True).slots()
+    remote = backend(local=False)
+    assert remote.slots() == remote.slots() == 1  # handed out: a cluster may scale up for it
+    assert caplog.text.count("fewer resources than") == 1

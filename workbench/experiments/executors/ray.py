@@ -22,6 +22,7 @@ import secrets
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workbench.experiments.executors.base import TrainFn, run_in_worker, run_sweep
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 EXTRA = 'the optional extra "ray": pip install -e ".[ray]" (or pip install "ray>=2.52")'
 MAX_RETRIES = 2
 """Times a run is started again after an infrastructure failure (its worker process or node died);
-an error raised by the run itself is never retried. A retried run resumes from its checkpoint."""
+an error raised by the run itself is never retried. A retried run resumes from its checkpoint
+(with ``resume=True``, the default)."""
 AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 _LOCAL_TOKEN = secrets.token_hex(32)
 """The token of the local clusters this process starts (one per process: Ray's token loader in
@@ -90,13 +92,19 @@ def _scoped_environment(values: dict[str, str]) -> Iterator[None]:
 def _local_token_environment() -> dict[str, str]:
     """The variables that give a new local cluster token authentication without a token file:
     none when the user configured authentication (``RAY_AUTH_*`` set, or ``~/.ray/auth_token``)."""
-    from pathlib import Path
-
     if any(name in os.environ for name in AUTH_VARIABLES):
         return {}
     if (Path.home() / ".ray" / "auth_token").exists():
         return {}
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _LOCAL_TOKEN}
+
+
+def _local_code_environment() -> dict[str, str]:
+    """``PYTHONPATH`` led by the folder this package is imported from, so that the workers of a
+    local cluster (started with this environment) run the same code as this process, wherever
+    their working folder is (a source checkout need not be installed)."""
+    root = str(Path(__file__).resolve().parents[3])
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def _refresh_ray_config(ray: Any) -> None:
@@ -119,27 +127,32 @@ def ray_connection(address: str | None, num_cpus: int | None = None) -> Iterator
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     local = address is None
-    environment = _local_token_environment() if local else {}
+    environment = {**_local_token_environment(), **_local_code_environment()} if local else {}
     previous_sigterm = signal.getsignal(signal.SIGTERM)
-    with _scoped_environment(environment):
-        if environment:
-            _refresh_ray_config(ray)
-        try:
-            ray.init(
-                "local" if local else address,
-                num_cpus=num_cpus if local else None,
-                include_dashboard=False if local else None,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-            )
+    try:
+        with _scoped_environment(environment):
+            if "RAY_AUTH_MODE" in environment:
+                _refresh_ray_config(ray)
+            try:
+                ray.init(
+                    "local" if local else address,
+                    num_cpus=num_cpus if local else None,
+                    include_dashboard=False if local else None,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )
+            except ConnectionError as error:
+                raise ConnectionError(
+                    f"executor='ray' found no Ray cluster at address={address!r}: {error}"
+                ) from error
             try:
                 yield local
             finally:
                 ray.shutdown()
-        finally:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-            if environment:
-                _refresh_ray_config(ray)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if "RAY_AUTH_MODE" in environment:
+            _refresh_ray_config(ray)  # the environment as it was again
 
 
 @dataclass
@@ -154,6 +167,7 @@ class RayBackend:
     train_fn: TrainFn
     resume: bool | str
     threads: int
+    warned: bool = False
 
     def slots(self) -> int:
         resources = self.ray.cluster_resources()
@@ -164,12 +178,14 @@ class RayBackend:
                 f"{self.gpus_per_run}, more than the local Ray cluster has "
                 f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)"
             )
-        if fits == 0:  # a cluster that scales up on demand reports the resources later
+        if fits == 0 and not self.warned:  # a cluster that scales up reports them later
+            self.warned = True
             logger.warning(
-                "no node of the Ray cluster has cpus_per_run=%s, gpus_per_run=%s free now; "
-                "one run waits for them",
+                "the Ray cluster has fewer resources than cpus_per_run=%s, gpus_per_run=%s "
+                "(%s): one run is handed out and waits for a node that has them",
                 self.cpus_per_run,
                 self.gpus_per_run,
+                resources,
             )
         return max(1, fits)
 
