@@ -170,41 +170,46 @@ def _logged_steps(run_dir: Path) -> int:
 
 
 def test_sigterm_mid_sweep_checkpoints_and_the_same_command_finishes_it(tmp_path, cluster) -> None:
-    long_runs = {**BASE, "steps": 2000, "metrics_every": 1, "eval_every": 1_000_000}
-    spec = {"name": "long", "description": "runs SIGTERM stops", "base": long_runs}
-    spec["sweep"] = {"task.seq_len": [8, 12, 16]}
+    """Four runs on two slots: the short first one finishes, the next two are in training when
+    SIGTERM comes, the last is not started yet. The same command then reuses the finished run,
+    continues the stopped ones from their checkpoints and trains the last."""
+    logged_every_step = {**BASE, "metrics_every": 1, "eval_every": 1_000_000}
+    spec = {"name": "long", "description": "runs SIGTERM stops", "base": logged_every_step}
+    spec["sweep"] = {"task.seq_len,steps": [[8, 20], [12, 1500], [16, 1500], [20, 1500]]}
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec))
     command = [sys.executable, "-c", "from workbench.cli import app; app()", "run"]
     command += [str(tmp_path / "long.yaml"), "--runs-dir", str(tmp_path / "runs")]
     command += ["--executor", "ray", "--address", cluster]
-    directories = [
+    short, *stopped, queued = [
         tmp_path / "runs" / "long" / config_hash(c)
         for c in load_spec(tmp_path / "long.yaml").configs()
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
-        if min(_logged_steps(d) for d in directories[:2]) >= 3:  # both slots are training
+        if min(_logged_steps(d) for d in stopped) >= 3:  # both slots are training
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=WAIT_SECONDS)
     assert process.returncode == 143, stderr
     assert "stopped on SIGTERM" in stderr and "1 not started" in stderr
+    finished_result = (short / "results.json").read_bytes()
     stopped_at = {}
-    for directory in directories[:2]:  # in training: checkpointed at the step they stopped at
+    for directory in stopped:  # in training: checkpointed at the step they stopped at
         last = json.loads((directory / "metrics.jsonl").read_text().splitlines()[-1])
         stopped_at[directory] = checkpoint.load(directory).step
         assert stopped_at[directory] == last["step"] > 0
         assert not (directory / "results.json").exists()
-    assert not directories[2].exists()  # never started
+    assert not queued.exists()  # never started
     finished = subprocess.run(command, capture_output=True, text=True, timeout=WAIT_SECONDS)
     assert finished.returncode == 0, finished.stderr
-    assert "3 runs (3 trained, 0 reused)" in finished.stdout
-    for directory in directories:  # each continued from its checkpoint: no step trained twice
+    assert "4 runs (3 trained, 1 reused)" in finished.stdout
+    assert (short / "results.json").read_bytes() == finished_result  # not trained again
+    for directory in [*stopped, queued]:  # from their checkpoints: no step trained twice
         result = json.loads((directory / "results.json").read_text())
         assert result["train"]["resumed_from"] == stopped_at.get(directory)
         steps = [record["step"] for record in map(json.loads, (directory / "metrics.jsonl").open())]
-        assert steps == sorted(set(steps)) and steps[-1] == 2000
+        assert steps == list(range(1501))
     again = run_experiment(tmp_path / "long.yaml", runs_dir=tmp_path / "runs", executor="ray")
     assert again.n_trained == 0
