@@ -409,8 +409,32 @@ def run_command(
         int | None,
         typer.Option(
             help="torch CPU threads per training process (default: a quarter of the "
-            "cores per worker, at least 1)."
+            "cores per worker, at least 1; with --executor ray: --cpus-per-run)."
         ),
+    ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where the runs train. process: here, or --workers local processes (nothing "
+            "extra needed). ray: each run a Ray task (the extra ray: pip install -e '.[ray]') on "
+            "--address, or on a local cluster started for the sweep."
+        ),
+    ] = "process",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="--executor ray: the cluster's address (auto: the one `ray start` runs here; "
+            "ray://HOST:10001 through Ray Client). Default: RAY_ADDRESS if set, else a local "
+            "cluster. The runs folder must be on a filesystem every node sees at the same path."
+        ),
+    ] = None,
+    gpus_per_run: Annotated[
+        float | None,
+        typer.Option(help="--executor ray: GPUs per run (default 0; 0.25: four runs per GPU)."),
+    ] = None,
+    cpus_per_run: Annotated[
+        float | None,
+        typer.Option(help="--executor ray: CPUs per run (default 1)."),
     ] = None,
 ) -> None:
     """Train every run of an experiment (finished runs are reused) and write its analysis:
@@ -418,6 +442,7 @@ def run_command(
     import logging
 
     from workbench.experiments import RunsFailed, load_spec, run_experiment, spec_names
+    from workbench.experiments.runner import check_executor
     from workbench.termination import Terminated
 
     if list_:
@@ -437,6 +462,13 @@ def run_command(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="NAME") from None
     try:
+        check_executor(executor, workers, address, cpus_per_run, gpus_per_run)
+    except (ValueError, TypeError) as error:
+        raise typer.BadParameter(str(error)) from None
+    except ModuleNotFoundError as error:  # --executor ray without Ray: say which extra
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from None
+    try:
         result = run_experiment(
             spec,
             quick=quick,
@@ -445,9 +477,18 @@ def run_command(
             train=train,
             resume=RESUME_CHOICES[resume],
             threads=threads,
+            executor=executor,
+            address=address,
+            cpus_per_run=cpus_per_run,
+            gpus_per_run=gpus_per_run,
         )
+    except ConnectionError as error:  # --executor ray: no cluster at --address
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(2) from None
     except Terminated as error:
-        typer.echo(f"stopped on SIGTERM ({error}); the same command continues the runs", err=True)
+        typer.echo(
+            f"stopped on SIGTERM or Ctrl-C ({error}); the same command continues the runs", err=True
+        )
         raise typer.Exit(SIGTERM_EXIT_CODE) from None
     except RunsFailed as error:  # the other runs were trained; no analysis is written
         typer.echo(f"{len(error.failures)} of {error.total} runs failed:", err=True)

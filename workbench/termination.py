@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 
@@ -31,24 +31,42 @@ class Terminated(Exception):
     """A SIGTERM request honoured: the work stopped at a safe point."""
 
 
+_ENCLOSING: list[threading.Event] = []
+"""The requests of the `termination_requests` blocks open in the main thread, innermost last: a
+signal that one block records is recorded by the blocks around it too."""
+
+
 @contextlib.contextmanager
-def termination_requests() -> Iterator[Callable[[], bool]]:
-    """Within the block SIGTERM sets a flag instead of ending the process (the previous handler
-    is restored after); yields a function that tells whether a SIGTERM arrived since the block
-    began (always False outside the main thread, where handlers cannot be set)."""
+def termination_requests(
+    signals: Sequence[signal.Signals] = (signal.SIGTERM,),
+) -> Iterator[Callable[[], bool]]:
+    """Within the block each of ``signals`` (SIGTERM by default) sets a flag instead of ending
+    the process (the previous handlers are restored after); yields a function that tells whether
+    one arrived since the block began, or had arrived in an enclosing block before it began
+    (always False outside the main thread, where handlers cannot be set).
+
+    Blocks nest: a run's worker listens to SIGTERM and SIGINT around the training loop's own
+    SIGTERM block, so that a task cancelled by interrupting its process (Ray's cancellation
+    raises SIGINT's handler) stops training at a safe point as SIGTERM does."""
     received = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield received.is_set
         return
-
-    def record(signum: int, frame: FrameType | None) -> None:
+    if any(event.is_set() for event in _ENCLOSING):
         received.set()
 
-    previous = signal.signal(signal.SIGTERM, record)
+    def record(signum: int, frame: FrameType | None) -> None:
+        for event in _ENCLOSING:
+            event.set()
+
+    previous = {signum: signal.signal(signum, record) for signum in signals}
+    _ENCLOSING.append(received)
     try:
         yield received.is_set
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _ENCLOSING.remove(received)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def forward_termination() -> None:

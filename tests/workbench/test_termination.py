@@ -30,6 +30,26 @@ def test_sigterm_becomes_a_request_within_the_block_only() -> None:
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
+def test_nested_blocks_see_the_requests_of_the_blocks_around_them() -> None:
+    """A worker listens to SIGTERM and SIGINT (Ray's cancellation) around training's own SIGTERM
+    block: a SIGINT during training, or before it began, stops training too."""
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with (
+        termination_requests((signal.SIGTERM, signal.SIGINT)) as outer,
+        termination_requests() as inner,
+    ):
+        assert not inner()
+        os.kill(os.getpid(), signal.SIGINT)  # handled by the outer block
+        time.sleep(0.01)
+        assert inner() and outer()
+    with termination_requests((signal.SIGTERM, signal.SIGINT)):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        with termination_requests() as inner:
+            assert inner()  # the request came before the block began
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == previous
+
+
 def test_outside_the_main_thread_nothing_changes() -> None:
     seen = []
 

@@ -10,60 +10,40 @@ The run folders and analysis folders are those of the run store (`workbench.runs
 A run whose ``results.json`` exists and whose ``config.yaml`` equals its config is reused, not
 retrained; any other run is (re)started with ``resume=True``, so a run interrupted after some
 checkpoints continues from the last one (``resume="previous"`` or False choose what a run with a
-damaged checkpoint does: see `workbench.train.train`). With ``workers > 1`` the runs to train are
-spread over that many processes (small models leave a GPU, or a many-core CPU, mostly idle in one
-process). A run that fails (a damaged checkpoint, a diverged loss) does not stop the others;
-`RunsFailed` names every failed run once all have ended.
+damaged checkpoint does: see `workbench.train.train`).
 
-SIGTERM (a scheduler's time limit) stops training cleanly: every run in training writes a
-checkpoint and `workbench.termination.Terminated` is raised (runs not yet started are cancelled);
-running the experiment again continues from those checkpoints.
+Where the runs train is the executor's business (`workbench.experiments.executors`): ``process``
+(the default) trains them one after the other here, or with ``workers > 1`` spread over that
+many processes (small models leave a GPU, or a many-core CPU, mostly idle in one process);
+``ray`` makes each a Ray task on a local or existing cluster. A run that fails (a damaged
+checkpoint, a diverged loss) does not stop the others; `RunsFailed` names every failed run once
+all have ended.
+
+SIGTERM (a scheduler's time limit), or Ctrl-C in a sweep of several workers or on Ray, stops
+training cleanly: every run in training writes a checkpoint and `workbench.termination.Terminated`
+is raised (runs not yet started are not started); running the experiment again continues from
+those checkpoints.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import logging
-import multiprocessing
-import os
-import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from workbench.experiments.base import Headline, RunRecord, get_analysis
+from workbench.experiments.executors import EXECUTORS, RunsFailed, TrainFn
+from workbench.experiments.executors.process import default_threads, train_in_turn, train_pending
+from workbench.experiments.executors.ray import EXTRA, check_resources, train_on_ray
 from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec
 from workbench.io import write_figure
 from workbench.runs import Run, RunStore
-from workbench.termination import Terminated, forward_termination, termination_requests
 
 logger = logging.getLogger(__name__)
 
-POLL_SECONDS = 1.0
-"""How often the parent of worker processes looks for a SIGTERM while it waits for them."""
-
-
-class TrainFn(Protocol):
-    """``train_fn(config, out_dir, resume=..., progress=...)``: trains one run described by the
-    nested ``config`` dict, writing ``metrics.jsonl`` (and checkpoints) into ``out_dir``; returns
-    a JSON-ready summary dict (stored in the run's ``results.json``) or None. ``resume``: True,
-    ``"previous"`` or False, as `workbench.train.train` takes it."""
-
-    def __call__(
-        self, config: dict[str, Any], out_dir: Path, *, resume: bool | str, progress: bool
-    ) -> Any: ...
-
-
-class RunsFailed(RuntimeError):
-    """Some of the ``total`` runs of an experiment failed (the others were trained);
-    ``failures`` pairs each failed run's folder with its error, the first of which is chained."""
-
-    def __init__(self, failures: list[tuple[Path, BaseException]], total: int) -> None:
-        listed = "; ".join(f"{directory.name}: {error!r}" for directory, error in failures)
-        super().__init__(f"{len(failures)} of {total} runs failed ({listed})")
-        self.failures, self.total = failures, total
+__all__ = ["ExperimentResult", "RunsFailed", "TrainFn", "run_experiment", "train_with_workbench"]
 
 
 def train_with_workbench(
@@ -108,27 +88,6 @@ class ExperimentResult:
         return sum(not run.cached for run in self.runs)
 
 
-def run_config(
-    config: dict[str, Any],
-    run: Run,
-    train_fn: TrainFn,
-    *,
-    progress: bool,
-    resume: bool | str = True,
-) -> RunRecord:
-    """Train one config into its ``run`` folder (passing ``resume`` on) unless it is finished."""
-    if run.is_finished(config):
-        logger.info("reusing %s (cached)", run.path)
-        return RunRecord(config, run, cached=True)
-    logger.info("training %s", run.path)
-    run.write_config(config)
-    start = time.perf_counter()
-    result = train_fn(config, run.path, resume=resume, progress=progress)
-    seconds = time.perf_counter() - start  # this call's training (a resumed run: the rest of it)
-    run.write_result({"config_hash": run.name, "train": result, "seconds": seconds})
-    return RunRecord(config, run, cached=False)
-
-
 def logged_run(config: dict[str, Any], run: Run) -> RunRecord | None:
     """The run of ``config`` as it stands, finished or not (None: nothing logged there)."""
     if run.is_finished(config):
@@ -139,107 +98,39 @@ def logged_run(config: dict[str, Any], run: Run) -> RunRecord | None:
     return RunRecord(config, run, cached=True, finished=False)
 
 
-def default_threads(workers: int) -> int:
-    """CPU threads per training process: a quarter of the cores per worker, at least one. Toy
-    models gain little from more threads, and a process of many threads slows down badly as soon
-    as anything else runs (the quick emergence sweep on 2 cores: 24 s with 1 thread, 75 s with 2
-    while another process ran)."""
-    return max(1, (os.cpu_count() or 1) // (4 * workers))
-
-
-def _limit_threads(threads: int) -> None:
-    """Worker initialiser: the number of CPU threads of torch in each worker process."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's number of CPU threads set to ``threads`` inside the block (restored after)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def train_in_turn(
-    pending: list[tuple[dict[str, Any], Path]],
-    train_fn: TrainFn,
-    *,
-    progress: bool,
-    resume: bool | str = True,
-) -> list[RunRecord]:
-    """`run_config` for each ``(config, run)`` pair, one after the other in this process. A
-    failed run does not stop the others; once all have ended, `RunsFailed` names every failed run
-    and chains the first error (`Terminated` and ``KeyboardInterrupt`` stop at once)."""
-    runs: list[RunRecord] = []
-    failures: list[tuple[Path, BaseException]] = []
-    for config, run in pending:
-        try:
-            runs.append(run_config(config, run, train_fn, progress=progress, resume=resume))
-        except Terminated:
-            raise
-        except Exception as error:
-            logger.error("run %s failed: %s", run.path, error)
-            failures.append((run.path, error))
-    if failures:
-        raise RunsFailed(failures, len(pending)) from failures[0][1]
-    return runs
-
-
-def train_pending(
-    pending: list[tuple[dict[str, Any], Path]],
-    train_fn: TrainFn,
-    *,
-    workers: int,
-    progress: bool,
-    resume: bool | str = True,
-    threads: int = 1,
+def check_executor(
+    executor: Any,
+    workers: Any,
+    address: Any,
+    cpus_per_run: Any,
+    gpus_per_run: Any,
 ) -> None:
-    """Train ``(config, run)`` pairs in ``workers`` spawned processes (one run each at a
-    time, ``threads`` CPU threads each; a run is handed out only when a worker is free), with
-    one progress bar over the runs. A failed run does not stop the others (a long sweep keeps
-    going); once all have ended, `RunsFailed` names every failed run and chains the first
-    error. SIGTERM is forwarded to the workers (their training checkpoints and stops), no further
-    run starts, and `Terminated` is raised once the workers have stopped."""
-    from tqdm.auto import tqdm
-
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    waiting = list(reversed(pending))
-    running: dict[Future[RunRecord], Path] = {}
-    failures: list[tuple[Path, BaseException]] = []
-    with (
-        termination_requests() as terminated,  # outermost: still active while the pool shuts down
-        ProcessPoolExecutor(workers, context, _limit_threads, (threads,)) as pool,
-        tqdm(total=len(pending), disable=not progress) as bar,
-    ):
-        while running or (waiting and not terminated()):
-            while waiting and len(running) < workers and not terminated():
-                config, run = waiting.pop()
-                future = pool.submit(
-                    run_config, config, run, train_fn, progress=False, resume=resume
-                )
-                running[future] = run.path
-            done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            if terminated() and not done:
-                forward_termination()  # the group may not have had it (``kill <parent pid>``)
-            for future in done:
-                directory = running.pop(future)
-                bar.update(1)
-                if future.exception() is not None and not terminated():
-                    logger.error("run %s failed: %s", directory, future.exception())
-                    failures.append((directory, future.exception()))
-    if terminated():
-        raise Terminated(
-            f"SIGTERM: the runs in training checkpointed and stopped, {len(waiting)} not started"
+    """``ValueError`` / ``TypeError`` naming the parameter for an unknown executor or an option
+    of the other executor; ``ModuleNotFoundError`` naming the extra for ``ray`` without Ray."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if executor == "process":
+        for name, value in (
+            ("address", address),
+            ("cpus_per_run", cpus_per_run),
+            ("gpus_per_run", gpus_per_run),
+        ):
+            if value is not None:
+                raise ValueError(f"{name} is an option of executor='ray', got {value!r}")
+        return
+    if workers != 1:
+        raise ValueError(
+            f"workers is an option of executor='process', got {workers!r}; with executor='ray' "
+            "the cluster's resources and cpus_per_run / gpus_per_run set how many runs train "
+            "at once"
         )
-    if failures:
-        raise RunsFailed(failures, len(pending)) from failures[0][1]
+    if address is not None and (not isinstance(address, str) or not address):
+        raise TypeError(f"address must be a non-empty string or None, got {address!r}")
+    check_resources(1 if cpus_per_run is None else cpus_per_run, gpus_per_run or 0)
+    if importlib.util.find_spec("ray") is None:
+        raise ModuleNotFoundError(f"executor='ray' needs {EXTRA}")
 
 
 def run_experiment(
@@ -253,6 +144,10 @@ def run_experiment(
     train: bool = True,
     resume: bool | str = True,
     threads: int | None = None,
+    executor: str = "process",
+    address: str | None = None,
+    cpus_per_run: float | None = None,
+    gpus_per_run: float | None = None,
 ) -> ExperimentResult:
     """Train every run of ``experiment`` (a name in ``experiments/``, a YAML path or a spec),
     reusing finished runs, then write its analysis.
@@ -262,9 +157,9 @@ def run_experiment(
         quick: apply the spec's ``quick`` overrides (small CPU variant).
         runs_dir: root of the run folders.
         train_fn: the training function (default `train_with_workbench`).
-        progress: passed to ``train_fn`` (progress bars; with ``workers > 1`` one bar over runs).
-        workers: train this many runs at once in separate processes (``train_fn`` must then be
-            picklable: a module-level function).
+        progress: progress bars: ``train_fn``'s in one process, else one bar over the runs.
+        workers: (``executor="process"``) train this many runs at once in separate processes
+            (``train_fn`` must then be picklable: a module-level function).
         train: False analyses what is already there without training: the finished runs and
             the logged part of unfinished ones (``RunRecord.finished`` False); runs that logged
             nothing are left out and named in the results' ``missing``.
@@ -272,7 +167,18 @@ def run_experiment(
             checkpoint; a damaged one fails the run), ``"previous"`` (from the newest checkpoint
             that verifies) or False (afresh, the old files moved aside); see
             `workbench.train.train`.
-        threads: torch's CPU threads per training process (None: `default_threads`).
+        threads: torch's CPU threads per training process (None: `default_threads` with the
+            process executor, ``cpus_per_run`` rounded down (at least 1) with Ray).
+        executor: ``"process"`` (this process, or ``workers`` local processes) or ``"ray"``
+            (each run a Ray task; needs the extra ``ray``): `workbench.experiments.executors`.
+        address: (``executor="ray"``) the Ray cluster's address (``"auto"``: the one ``ray
+            start`` runs on this machine, ``"ray://host:10001"``: through Ray Client); None:
+            ``RAY_ADDRESS`` when set, else a local cluster started for the sweep and shut down
+            after it. The run folders must be on a filesystem every node sees at the same path.
+        cpus_per_run: (``executor="ray"``) CPUs a run asks Ray for (default 1; > 0, fractions
+            only below 1).
+        gpus_per_run: (``executor="ray"``) GPUs a run asks for (default 0; 0.25: four runs share
+            a GPU).
 
     Returns:
         The `ExperimentResult`; the analysis is in ``runs_dir/<name>/<experiment-hash>/``.
@@ -280,9 +186,12 @@ def run_experiment(
     spec = experiment if isinstance(experiment, ExperimentSpec) else load_spec(experiment)
     if quick:
         spec = spec.quick_variant()
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    threads = default_threads(workers) if threads is None else threads
+    check_executor(executor, workers, address, cpus_per_run, gpus_per_run)
+    if executor == "ray":
+        cpus_per_run = 1 if cpus_per_run is None else cpus_per_run
+        gpus_per_run = gpus_per_run or 0
+    if threads is None:
+        threads = default_threads(workers) if executor == "process" else max(1, int(cpus_per_run))
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
     train_fn = train_fn or train_with_workbench
@@ -293,16 +202,32 @@ def run_experiment(
         runs = [logged_run(config, run) for config, run in configs]
         missing = [run.name for record, (_, run) in zip(runs, configs, strict=True) if not record]
         runs = [record for record in runs if record is not None]
-    elif workers > 1:
+    elif executor == "process" and workers == 1:
+        runs = train_in_turn(configs, train_fn, progress=progress, resume=resume, threads=threads)
+    else:
         pending = [(config, run) for config, run in configs if not run.is_finished(config)]
-        train_pending(
-            pending, train_fn, workers=workers, progress=progress, resume=resume, threads=threads
-        )
+        if executor == "ray" and pending:
+            train_on_ray(
+                pending,
+                train_fn,
+                address=address,
+                cpus_per_run=cpus_per_run,
+                gpus_per_run=gpus_per_run,
+                progress=progress,
+                resume=resume,
+                threads=threads,
+            )
+        elif pending:
+            train_pending(
+                pending,
+                train_fn,
+                workers=workers,
+                progress=progress,
+                resume=resume,
+                threads=threads,
+            )
         trained = {run.path for _, run in pending}
         runs = [RunRecord(config, run, cached=run.path not in trained) for config, run in configs]
-    else:
-        with torch_threads(threads):
-            runs = train_in_turn(configs, train_fn, progress=progress, resume=resume)
     analysis_folder = store.analysis(spec.name, spec.experiment_hash())
     output = get_analysis(spec.name)(spec, runs)
     results = {
