@@ -16,6 +16,14 @@ EPOCH_SEED_BASE = 2**60
 (a function of the step: resuming needs no shuffling state)."""
 
 
+def evaluation_batch(task: ToyTask, config: TrainConfig) -> Batch:
+    """The run's fixed evaluation batch (``eval_batch_size`` examples drawn with the seed
+    ``seed + EVAL_SEED_OFFSET``), on the CPU: every evaluation, and the final trace of its first
+    examples, read these."""
+    generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
+    return task.sample(config.eval_batch_size, generator)
+
+
 class TrainingData:
     """Where training batches come from: a fresh sample from the training generator every step,
     or (``train_samples``) shuffled epochs over a fixed set kept on the device."""

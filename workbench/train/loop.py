@@ -25,7 +25,7 @@ from workbench.sparse.patch import SparseCore
 from workbench.termination import Terminated, termination_requests
 from workbench.train.checkpoint import TrainState, check_resumable, restore, save_checkpoint
 from workbench.train.config import EarlyStop, TrainConfig, sparse_plan
-from workbench.train.data import EVAL_SEED_OFFSET, TrainingData
+from workbench.train.data import TrainingData, evaluation_batch
 from workbench.train.evaluation import (
     FINAL_TRACE,
     evaluate,
@@ -143,8 +143,7 @@ def train(
     metrics_path = out / METRICS_FILE
     records = read_metrics(metrics_path)
     hits = _stop_hits(config.early_stop, records)
-    eval_generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
-    eval_batch = task.sample(config.eval_batch_size, eval_generator).to(device)
+    eval_batch = evaluation_batch(task, config).to(device)
     data = TrainingData(task, config, device)
     plan = sparse_plan(config)
     sparse = None if plan is None else plan.core()
