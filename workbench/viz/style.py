@@ -57,6 +57,8 @@ DENSE = "dense"
 DENSE_COLOUR = "#222A2A"
 NEUTRAL_COLOUR = "#7F7F7F"
 """Colour of what has no method or task (references, thresholds)."""
+RELEVANT_COLOUR = "#D62728"
+"""Colour of the ground-truth relevant positions of a toy task (frames around them)."""
 
 DASHES: tuple[str, ...] = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 """Line dash of layer 0, 1, ... (cycled)."""
