@@ -172,11 +172,7 @@ def default_methods() -> list[str]:
     needs no calibration (`workbench.sparse.names()`, less those with ``needs_calibration``)."""
     import workbench.sparse
 
-    return [
-        name
-        for name in workbench.sparse.names()
-        if not workbench.sparse.method_class(name).needs_calibration
-    ]
+    return workbench.sparse.installable()
 
 
 MINILM_TEXT = (
@@ -258,13 +254,7 @@ def sparsify_eval_command(
     hyper_parameters = parse_method_settings(settings or [])
     try:
         chosen = [
-            workbench.sparse.get(
-                name,
-                **{
-                    **workbench.sparse.method_class(name).short_input_hyper_parameters,
-                    **hyper_parameters.get(name, {}),
-                },
-            )
+            workbench.sparse.short_input(name, **hyper_parameters.get(name, {}))
             for name in (default_methods() if methods is None else methods.split(","))
         ]
     except ValueError as error:
