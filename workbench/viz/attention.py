@@ -55,15 +55,19 @@ class Window:
         q_len: int,
         kv_len: int,
     ) -> Window:
-        """The positions inside the axis ranges of a zoomed figure (keys on x, queries on y, in
-        either order), clipped to the pattern's ``q_len x kv_len``."""
+        """The positions whose cells' centres lie inside the axis ranges of a zoomed figure
+        (keys on x, queries on y, in either order; the cell nearest the middle of a range that
+        holds no centre), clipped to the pattern's ``q_len x kv_len``."""
 
         def span(bounds: Sequence[float], size: int, name: str) -> tuple[int, int]:
             if len(bounds) != 2 or not all(math.isfinite(float(value)) for value in bounds):
                 raise ValueError(f"{name} must be two finite numbers, got {list(bounds)}")
             low, high = sorted(float(value) for value in bounds)
-            start = min(max(math.ceil(low - 0.5), 0), size - 1)
-            return start, max(min(math.floor(high + 0.5), size), start + 1)
+            start, end = max(math.ceil(low), 0), min(math.floor(high) + 1, size)
+            if end <= start:
+                start = min(max(round((low + high) / 2), 0), size - 1)
+                end = start + 1
+            return start, end
 
         k0, k1 = span(x_range, kv_len, "x_range")
         q0, q1 = span(y_range, q_len, "y_range")

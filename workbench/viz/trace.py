@@ -26,6 +26,26 @@ def statistic_title(name: str) -> str:
     return TITLES.get(name, name)
 
 
+def head_label(head: int) -> str:
+    return f"head {head}"
+
+
+def layer_label(layer: int) -> str:
+    return f"layer {layer}"
+
+
+def grid_cell(x: str, y: str) -> tuple[int, int]:
+    """``(layer, head)`` of a cell of `trace_figure` from its labels (a click's ``x``, ``y``);
+    ``ValueError`` for other labels."""
+    head, layer = (
+        label.split(" ", 1)[1] if label.startswith(f"{name} ") else ""
+        for label, name in ((str(x), "head"), (str(y), "layer"))
+    )
+    if not (head.isdigit() and layer.isdigit()):
+        raise ValueError(f"not a cell of a trace figure: x={x!r}, y={y!r}")
+    return int(layer), int(head)
+
+
 def trace_figure(
     trace: Trace, statistic: str = "entropy", *, statistics: Sequence[str] | None = None
 ) -> go.Figure:
@@ -33,8 +53,8 @@ def trace_figure(
     queries and rows without relevant positions ignored), one at a time: a menu chooses among
     ``statistics`` (default every statistic of ``trace.statistic_names()``: entropy, max weight,
     logsumexp, sink mass, relevant mass where recorded, the budgets ``k_p``); ``statistic`` is
-    shown first (``figure.data[0]``). Each cell's ``customdata`` is its ``[layer, head]`` (what a
-    click on it selects)."""
+    shown first (``figure.data[0]``). Cells are labelled `head_label` (x) and `layer_label` (y);
+    `grid_cell` reads them back."""
     offered = statistics if statistics is not None else trace.statistic_names()
     names = [statistic, *(name for name in offered if name != statistic)]
     layers = sorted(trace.stats)
@@ -46,10 +66,9 @@ def trace_figure(
         figure.add_trace(
             go.Heatmap(
                 z=means.cpu().numpy(),
-                x=[f"head {head}" for head in trace.heads],
-                y=[f"layer {layer}" for layer in layers],
+                x=[head_label(head) for head in trace.heads],
+                y=[layer_label(layer) for layer in layers],
                 colorbar={"title": {"text": name}},
-                customdata=[[[layer, head] for head in trace.heads] for layer in layers],
                 name=name,
                 visible=index == 0,
                 hovertemplate=f"%{{y}}, %{{x}}<br>{name}: %{{z:.3f}}<extra></extra>",
