@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from workbench.dashboard_commands import dashboard_command, report_command
 from workbench.sae_commands import sae_app
 
 if TYPE_CHECKING:
@@ -561,6 +562,10 @@ def runs_migrate(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="FOLDER / --spec") from None
     typer.echo(("(dry run) " if dry_run else "") + describe(migration))
+
+
+app.command("dashboard")(dashboard_command)
+app.command("report")(report_command)
 
 
 if __name__ == "__main__":  # python -m workbench.cli
