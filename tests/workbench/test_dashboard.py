@@ -214,7 +214,7 @@ def test_methods_tab_compares_the_chosen_methods(catalogue, model_source):
 def test_sae_tab_says_when_no_run_has_an_sae(catalogue):
     panels_shown, note = sae_tab.summary(catalogue, None)
     assert panels_shown == [] and "workbench sae train" in note.children
-    assert sae_tab.features(catalogue, None) == ([], [], None, None)
+    assert sae_tab.features(catalogue, None) == ([], [], None)
 
 
 def dash_post(client: Any, app: Any, output: str, values: dict[str, Any], changed: str) -> dict:

@@ -83,19 +83,21 @@ def summary(catalogue: Catalogue, value: str | None) -> tuple[list[Any], Any]:
     return [html.Div(panel, style=HALF) for panel in panels], None
 
 
-def features(catalogue: Catalogue, value: str | None) -> tuple[list[Any], list[Any], Any, Any]:
-    """``(figures, feature options, feature, message)`` of the SAE's feature report."""
+def features(catalogue: Catalogue, value: str | None) -> tuple[list[Any], list[Any], Any]:
+    """``(figures, feature options, feature)`` of the SAE's feature report (a message in place
+    of the figures when it cannot be made)."""
     if value is None:
-        return [], [], None, None
+        return [], [], None
     try:
         view = catalogue.sae(value)
         figures = sae_feature_figures(view)
     except (*READ_FAILURES, ImportError) as error:
-        return [], [], None, failure(error, f"features of {value}")
+        return [failure(error, f"features of {value}")], [], None
     strongest = view.report.strongest_features(STRONGEST_FEATURES).tolist()
     shown = [html.Div(graph(figure, f"sae-{name}"), style=HALF) for name, figure in figures.items()]
-    note = None if strongest else message("No feature fires on the held-out examples.", "note")
-    return shown, choices(strongest), strongest[0] if strongest else None, note
+    if not strongest:
+        shown.insert(0, message("No feature fires on the held-out examples.", "note"))
+    return shown, choices(strongest), strongest[0] if strongest else None
 
 
 def examples(catalogue: Catalogue, value: str | None, feature: int | None) -> Any:
@@ -123,9 +125,7 @@ def register(app: Dash, catalogue: Catalogue) -> None:
         Output(ids.SAE_FIGURES, "children"),
         Output(ids.SAE_FEATURE, "options"),
         Output(ids.SAE_FEATURE, "value"),
-        Output(ids.SAE_MESSAGE, "children", allow_duplicate=True),
         Input(ids.SAE_CHOICE, "value"),
-        prevent_initial_call="initial_duplicate",
     )
     def _features(value: str | None) -> tuple[Any, ...]:
         return features(catalogue, value)
