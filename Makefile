@@ -52,7 +52,7 @@ $(VENV)/.installed-base: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
-	$(BIN)/python -m pip install -e ".[dev,notebooks,sae]"
+	$(BIN)/python -m pip install -e ".[dev,notebooks,sae,browser]"
 	touch $@ $(VENV)/.installed-base
 
 clean:
