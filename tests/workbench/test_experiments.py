@@ -141,7 +141,7 @@ def test_load_spec_errors_name_the_file(tmp_path):
 
 
 def test_bundled_specs_load_and_quick_variants_are_small():
-    assert spec_names() == ["emergence", "icl_linreg", "semantic_focus"]
+    assert spec_names() == ["attention_saes", "emergence", "icl_linreg", "semantic_focus"]
     for name in spec_names():
         spec = load_spec(name)
         quick = spec.quick_variant()
