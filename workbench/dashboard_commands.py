@@ -80,6 +80,6 @@ def report_command(
     chosen = DEFAULT_METHODS if methods is None else tuple(methods.split(","))
     try:
         path = write_report(run_dir, output, examples=examples, methods=chosen)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--methods") from None
+    except ValueError as error:  # the message names the option
+        raise typer.BadParameter(str(error)) from None
     typer.echo(f"wrote {path}")

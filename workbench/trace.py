@@ -630,6 +630,8 @@ def cache_trace(
     and the analyses that need q, k and v. ``config.layers`` is ignored (the cache's layers are
     traced); ``relevant_positions`` ``[batch, q_len, R]`` and ``tokens`` ``[batch][pos]`` as in
     `trace`."""
+    if not isinstance(cache, AttentionCache):
+        raise ValueError(f"cache must be an AttentionCache, got {type(cache).__name__}")
     config = config or TraceConfig()
     heads = check_layers(config.heads, model_size(model)[1], "heads")
     recorder = TraceRecorder(model, config, tuple(sorted(cache.layers)), heads, relevant_positions)

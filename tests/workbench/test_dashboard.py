@@ -59,8 +59,10 @@ def test_catalogue_lists_every_run_with_its_status(catalogue):
 def test_catalogue_refuses_bad_arguments_and_unknown_keys(dashboard_runs, catalogue):
     with pytest.raises(ValueError, match="examples"):
         Catalogue(dashboard_runs, examples=0)
-    with pytest.raises(TypeError, match="root"):
+    with pytest.raises(ValueError, match="root"):
         Catalogue(3)
+    with pytest.raises(FileNotFoundError, match="root"):
+        Catalogue(dashboard_runs / "missing")
     with pytest.raises(FileNotFoundError, match="traces"):
         Catalogue(dashboard_runs, traces=[dashboard_runs / "nothing"])
     with pytest.raises(KeyError, match="unknown attention source"):
@@ -192,6 +194,12 @@ def test_head_selection_agrees_with_layer_fidelity_on_one_head():
     assert not one.kept.triu(1).any()  # causal
     with pytest.raises(ValueError, match="head must be"):
         head_selection(layer, method, example=0, head=9)
+    with pytest.raises(ValueError, match="example must be an integer"):
+        head_selection(layer, method, example="0", head=0)
+    with pytest.raises(ValueError, match="block_size"):
+        head_selection(layer, method, example=0, head=0, block_size=17)
+    with pytest.raises(ValueError, match="method must be a SparseMethod"):
+        head_selection(layer, "top_k", example=0, head=0)
 
 
 def test_methods_tab_compares_the_chosen_methods(catalogue, model_source):
@@ -342,13 +350,28 @@ def test_report_of_a_folder_lists_its_runs_and_fits(dashboard_runs, tmp_path):
     assert "broken000000" in text and "unreadable" in text
     with pytest.raises(FileNotFoundError, match="folder"):
         write_report(tmp_path / "missing", tmp_path / "x.html")
-    with pytest.raises(ValueError, match="unknown sparse method"):
+    with pytest.raises(ValueError, match="methods: unknown sparse method"):
         write_report(dashboard_runs, tmp_path / "x.html", methods=["nope"])
+    with pytest.raises(ValueError, match="out must be a path"):
+        write_report(dashboard_runs, None)
+    with pytest.raises(ValueError, match="out must be a file"):
+        write_report(dashboard_runs, tmp_path)
 
 
 def test_dashboard_command_refuses_a_missing_folder(tmp_path):
     result = runner.invoke(cli, ["dashboard", str(tmp_path / "missing")], env={"COLUMNS": "200"})
     assert result.exit_code != 0 and "is not a folder" in result.output
+    result = runner.invoke(cli, ["dashboard", str(tmp_path), "--host", ""], env={"COLUMNS": "200"})
+    assert result.exit_code != 0 and "host must be" in result.output
+
+
+def test_serve_names_its_bad_arguments(tmp_path):
+    from workbench.dashboard.app import serve
+
+    with pytest.raises(ValueError, match="host"):
+        serve(tmp_path, host=5)
+    with pytest.raises(ValueError, match="port"):
+        serve(tmp_path, port=70000)
 
 
 def test_window_from_axis_ranges():
@@ -358,5 +381,5 @@ def test_window_from_axis_ranges():
         Window.from_ranges([float("nan"), 1], [0, 1], 4, 4)
     with pytest.raises(ValueError, match="q0 < q1"):
         Window(3, 3, 0, 1)
-    with pytest.raises(TypeError, match="k1"):
+    with pytest.raises(ValueError, match="k1"):
         Window(0, 1, 0, 1.5)

@@ -344,3 +344,5 @@ def test_cache_trace_of_a_capture_equals_the_trace_of_a_forward() -> None:
             torch.testing.assert_close(again.stats[layer][name], values, equal_nan=True)
     with pytest.raises(ValueError, match=r"tokens must be \[batch\]\[pos\]"):
         cache_trace(toy_model(), cache, config, tokens=words[:1])
+    with pytest.raises(ValueError, match="cache must be an AttentionCache"):
+        cache_trace(toy_model(), {}, config)

@@ -279,7 +279,7 @@ def test_attention_figure_pools_long_patterns_and_draws_a_window_at_full_resolut
 def test_attention_figure_names_its_bad_arguments():
     import torch
 
-    from workbench.viz.attention import attention_figure
+    from workbench.viz.attention import Window, attention_figure, pool
 
     weights = torch.rand(4, 6)
     with pytest.raises(ValueError, match="pattern must be"):
@@ -292,6 +292,24 @@ def test_attention_figure_names_its_bad_arguments():
         attention_figure(weights, kept=torch.ones(4, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="max_side"):
         attention_figure(weights, max_side=0)
+    with pytest.raises(ValueError, match=r"pattern must be a torch\.Tensor"):
+        attention_figure(weights.tolist())
+    with pytest.raises(ValueError, match=r"relevant must be a torch\.Tensor"):
+        attention_figure(weights, relevant=[[True] * 6] * 4)
+    with pytest.raises(ValueError, match="tokens must be a sequence"):
+        attention_figure(weights, tokens="abcdef")
+    with pytest.raises(ValueError, match="queries must be in"):
+        attention_figure(weights, queries=[0, 1, 2, -1])
+    with pytest.raises(ValueError, match="window must be a Window"):
+        attention_figure(weights, window=(0, 2, 0, 2))
+    with pytest.raises(ValueError, match="factor"):
+        pool(weights, 0)
+    with pytest.raises(ValueError, match="values must be"):
+        pool(torch.rand(2, 3, 4), 2)
+    with pytest.raises(ValueError, match="kv_len"):
+        Window.from_ranges([0, 1], [0, 1], 4, 0)
+    with pytest.raises(ValueError, match="y_range"):
+        Window.from_ranges([0, 1], None, 4, 4)
 
 
 def test_grid_cells_read_back_from_the_trace_figures_labels():

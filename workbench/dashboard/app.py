@@ -50,7 +50,7 @@ def serve(
 ) -> None:
     """Run the dashboard of `create_app` at ``http://host:port`` until interrupted."""
     if not isinstance(host, str) or not host:
-        raise TypeError(f"host must be a non-empty str, got {host!r}")
+        raise ValueError(f"host must be a non-empty str, got {host!r}")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in [0, 65535], got {port!r}")
     app = create_app(root, traces=traces, examples=examples, sae_examples=sae_examples)

@@ -195,7 +195,7 @@ class Catalogue:
 
     Args:
         root: the root of a `RunStore` (``runs/``), or a folder of results folders
-            (``docs/results``).
+            (``docs/results``); ``FileNotFoundError`` when it is no folder.
         traces: further trace files (``<path>.safetensors`` + ``.json``, as `Trace.save` writes
             them, e.g. ``workbench trace``'s), shown as attention sources.
         examples: evaluation examples a run's model is captured on.
@@ -211,12 +211,14 @@ class Catalogue:
         sae_examples: int = 256,
     ) -> None:
         if not isinstance(root, (str, Path)):
-            raise TypeError(f"root must be a str or a Path, got {type(root).__name__}")
+            raise ValueError(f"root must be a str or a Path, got {type(root).__name__}")
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"root: {root} is not a folder")
         for name, value in (("examples", examples), ("sae_examples", sae_examples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(traces, (str, Path)):
-            raise TypeError("traces must be a sequence of paths, not one path")
+            raise ValueError("traces must be a sequence of paths, not one path")
         self.store = RunStore(root)
         self.examples = examples
         self.sae_examples = sae_examples
@@ -314,7 +316,7 @@ class Catalogue:
         ``KeyError`` (unknown source), ``FileNotFoundError`` / `CheckpointError` (no or a damaged
         checkpoint), ``ValueError`` (unreadable files)."""
         if not isinstance(source, str):
-            raise TypeError(f"source must be a str, got {type(source).__name__}")
+            raise ValueError(f"source must be a str, got {type(source).__name__}")
         kind, _, rest = source.partition(":")
         if kind == MODEL:
             run = self.run(rest)
@@ -356,7 +358,7 @@ class Catalogue:
 
     def _sae_folder(self, value: str) -> Path:
         if not isinstance(value, str):
-            raise TypeError(f"sae must be a str, got {type(value).__name__}")
+            raise ValueError(f"sae must be a str, got {type(value).__name__}")
         key, _, name = value.rpartition("/")
         run = self.run(key)
         if name not in run.sae_names():
@@ -376,7 +378,7 @@ def _trace_base(path: str | Path) -> Path:
     """The base path of a trace file given as ``x``, ``x.json`` or ``x.safetensors``
     (``FileNotFoundError`` naming it when either file is missing)."""
     if not isinstance(path, (str, Path)):
-        raise TypeError(f"traces must hold paths, got {type(path).__name__}")
+        raise ValueError(f"traces must hold paths, got {type(path).__name__}")
     path = Path(path)
     base = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
     for suffix in (".json", ".safetensors"):

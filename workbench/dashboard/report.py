@@ -74,14 +74,20 @@ def write_report(
     atomically) and return its path; see the module docstring. ``examples``: evaluation
     examples the model is captured on; ``methods``: registered methods compared;
     ``sae_examples``: held-out examples of each SAE's feature report."""
-    if not isinstance(folder, (str, Path)) or not isinstance(out, (str, Path)):
-        raise TypeError("folder and out must be paths (str or Path)")
+    for name, value in (("folder", folder), ("out", out)):
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"{name} must be a path (str or Path), got {value!r}")
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder: {folder} is not a folder")
+    if Path(out).is_dir():
+        raise ValueError(f"out must be a file to write, got the folder {out}")
     if isinstance(methods, str) or not methods:
         raise ValueError(f"methods must be a non-empty sequence of method names, got {methods!r}")
-    chosen = [workbench.sparse.short_input(name) for name in methods]
+    try:
+        chosen = [workbench.sparse.short_input(name) for name in methods]
+    except ValueError as error:
+        raise ValueError(f"methods: {error}") from None
     if is_run(folder):
         root = folder.parent.parent
         catalogue = Catalogue(root, examples=examples, sae_examples=sae_examples)

@@ -31,7 +31,9 @@ from torch import nn
 
 from kernels import api
 from kernels.api import Impl
+from kernels.layout import check_block_size
 from kernels.reference import repeat_kv, scaled_scores
+from toy_tasks.base import check_int
 from workbench.attention import dense_layout, full_mask, is_transformer_lens
 from workbench.capture import LayerCapture, capturing
 from workbench.sparse.base import SparseMethod
@@ -162,13 +164,18 @@ def head_selection(
     """The selection of ``method`` for ``head`` of ``example`` of a dense layer capture
     (q ``[batch, heads, q_len, d_head]``), with its density, recall and output error, as
     `layer_fidelity` measures a whole layer: the method runs on that head's q, k, v alone."""
+    if not isinstance(capture, LayerCapture):
+        raise ValueError(f"capture must be a LayerCapture, got {type(capture).__name__}")
+    if not isinstance(method, SparseMethod):
+        raise ValueError(
+            f"method must be a SparseMethod (workbench.sparse.get(name)), got {method!r}"
+        )
     if capture.sparse:
         raise ValueError("head_selection needs a dense capture (the layer ran a sparse method)")
     batch, heads = capture.q.shape[:2]
-    if not 0 <= example < batch:
-        raise ValueError(f"example must be in [0, {batch - 1}], got {example}")
-    if not 0 <= head < heads:
-        raise ValueError(f"head must be in [0, {heads - 1}], got {head}")
+    check_int("example", example, 0, batch - 1)
+    check_int("head", head, 0, heads - 1)
+    check_block_size("block_size", block_size)
     one = replace(
         capture,
         q=capture.q[example : example + 1],

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
+from toy_tasks.base import check_int
 from workbench.viz.style import RELEVANT_COLOUR, method_colour, rgba
 
 MAX_SIDE = 96
@@ -41,9 +42,7 @@ class Window:
 
     def __post_init__(self) -> None:
         for name in ("q0", "q1", "k0", "k1"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
+            check_int(name, getattr(self, name), 0)
         if not (0 <= self.q0 < self.q1 and 0 <= self.k0 < self.k1):
             raise ValueError(f"a window needs 0 <= q0 < q1 and 0 <= k0 < k1, got {self}")
 
@@ -59,9 +58,12 @@ class Window:
         (keys on x, queries on y, in either order; the cell nearest the middle of a range that
         holds no centre), clipped to the pattern's ``q_len x kv_len``."""
 
+        check_int("q_len", q_len, 1)
+        check_int("kv_len", kv_len, 1)
+
         def span(bounds: Sequence[float], size: int, name: str) -> tuple[int, int]:
-            if len(bounds) != 2 or not all(math.isfinite(float(value)) for value in bounds):
-                raise ValueError(f"{name} must be two finite numbers, got {list(bounds)}")
+            if not _finite_pair(bounds):
+                raise ValueError(f"{name} must be two finite numbers, got {bounds!r}")
             low, high = sorted(float(value) for value in bounds)
             start, end = max(math.ceil(low), 0), min(math.floor(high) + 1, size)
             if end <= start:
@@ -74,10 +76,33 @@ class Window:
         return cls(q0, q1, k0, k1)
 
 
+def _finite_pair(bounds: object) -> bool:
+    """``bounds`` is two finite real numbers (an axis range)."""
+    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Sequence) or len(bounds) != 2:
+        return False
+    return all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        for value in bounds
+    )
+
+
+def _check_matrix(name: str, value: object, shape: tuple[int, int] | None = None) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a 2-D tensor (of ``shape`` if given)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != 2 or (shape is not None and tuple(value.shape) != shape):
+        expected = "[rows, columns]" if shape is None else f"[{shape[0]}, {shape[1]}]"
+        raise ValueError(f"{name} must be {expected}, got shape {tuple(value.shape)}")
+
+
 def pool(values: torch.Tensor, factor: int, mode: str = "max") -> torch.Tensor:
     """``values`` ``[rows, columns]`` pooled over ``factor x factor`` cells (the last ones may be
     partial): their ``"max"`` or their ``"mean"``; ``[ceil(rows / factor), ceil(columns /
     factor)]``."""
+    _check_matrix("values", values)
+    check_int("factor", factor, 1)
+    if mode not in ("max", "mean"):
+        raise ValueError(f"mode must be 'max' or 'mean', got {mode!r}")
     if factor == 1:
         return values
     rows, columns = values.shape
@@ -86,11 +111,10 @@ def pool(values: torch.Tensor, factor: int, mode: str = "max") -> torch.Tensor:
     if mode == "max":
         grid = F.pad(grid, (0, padded[1] - columns, 0, padded[0] - rows), value=-math.inf)
         return F.max_pool2d(grid, factor)[0, 0]
-    if mode == "mean":  # over the real cells of each group
-        ones = F.pad(torch.ones_like(grid), (0, padded[1] - columns, 0, padded[0] - rows))
-        grid = F.pad(grid, (0, padded[1] - columns, 0, padded[0] - rows))
-        return (F.avg_pool2d(grid, factor) / F.avg_pool2d(ones, factor))[0, 0]
-    raise ValueError(f"mode must be 'max' or 'mean', got {mode!r}")
+    # "mean": over the real cells of each group
+    ones = F.pad(torch.ones_like(grid), (0, padded[1] - columns, 0, padded[0] - rows))
+    grid = F.pad(grid, (0, padded[1] - columns, 0, padded[0] - rows))
+    return (F.avg_pool2d(grid, factor) / F.avg_pool2d(ones, factor))[0, 0]
 
 
 def pooled_positions(positions: Sequence[int], factor: int) -> list[float]:
@@ -126,21 +150,40 @@ def attention_figure(
         window: the positions drawn (default all); axes keep position units.
         max_side: rows or columns drawn at most: more are pooled (max weight, kept fraction).
     """
-    if pattern.dim() != 2:
-        raise ValueError(f"pattern must be [rows, kv_len], got shape {tuple(pattern.shape)}")
+    _check_matrix("pattern", pattern)
     rows, kv_len = pattern.shape
-    queries = list(range(rows)) if queries is None else [int(q) for q in queries]
+    if rows == 0 or kv_len == 0:
+        raise ValueError(f"pattern must have rows and keys, got shape {tuple(pattern.shape)}")
+    if pattern.is_complex() or pattern.dtype == torch.bool:
+        raise ValueError(f"pattern must hold real weights, got dtype {pattern.dtype}")
+    if queries is None:
+        queries = list(range(rows))
+    else:
+        if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
+            raise ValueError(f"queries must be a sequence of positions, got {queries!r}")
+        for query in queries:
+            check_int("queries", query, 0)
+        queries = list(queries)
     if len(queries) != rows:
         raise ValueError(f"queries has {len(queries)} entries for {rows} pattern rows")
-    if tokens is not None and len(tokens) != kv_len:
-        raise ValueError(f"tokens has {len(tokens)} entries for {kv_len} positions")
+    if tokens is not None:
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+            raise ValueError(f"tokens must be a sequence of strings, got {tokens!r}")
+        if len(tokens) != kv_len:
+            raise ValueError(f"tokens has {len(tokens)} entries for {kv_len} positions")
+        tokens = [str(token) for token in tokens]
     for name, mask in (("relevant", relevant), ("kept", kept)):
-        if mask is not None and tuple(mask.shape) != (rows, kv_len):
-            raise ValueError(f"{name} must be [{rows}, {kv_len}], got {tuple(mask.shape)}")
+        if mask is not None:
+            _check_matrix(name, mask, (rows, kv_len))
     if kept is not None and method is None:
         raise ValueError("kept needs the method it comes from (method=...)")
-    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
-        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    if method is not None and not isinstance(method, str):
+        raise ValueError(f"method must be a method's label (str), got {method!r}")
+    if window is not None and not isinstance(window, Window):
+        raise ValueError(f"window must be a Window, got {window!r}")
+    check_int("max_side", max_side, 1)
+    if not isinstance(title, str):
+        raise ValueError(f"title must be a str, got {title!r}")
 
     window = window or Window(0, max(queries) + 1, 0, kv_len)
     shown_rows = [i for i, q in enumerate(queries) if window.q0 <= q < window.q1]
