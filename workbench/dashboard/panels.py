@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from toy_tasks.base import check_int
 from workbench.analysis import emergence_time
 from workbench.dashboard.data import READ_ERRORS, AttentionSubject, SAEView
 from workbench.experiments.analyses import PAPER_EXPONENTS, emergence_fit_figure, method_label
@@ -179,11 +180,13 @@ def check_head(subject: AttentionSubject, layer: int, head: int, example: int) -
     """``ValueError`` naming the first of ``layer``, ``head``, ``example`` the subject lacks."""
     trace = subject.trace
     if layer not in trace.patterns:
-        raise ValueError(f"layer {layer} has no recorded pattern; layers: {sorted(trace.patterns)}")
+        raise ValueError(
+            f"layer must be one of the layers with a recorded pattern {sorted(trace.patterns)}, "
+            f"got {layer!r}"
+        )
     if head not in trace.heads:
-        raise ValueError(f"head must be one of {trace.heads}, got {head}")
-    if not 0 <= example < subject.examples:
-        raise ValueError(f"example must be in [0, {subject.examples - 1}], got {example}")
+        raise ValueError(f"head must be one of {trace.heads}, got {head!r}")
+    check_int("example", example, 0, subject.examples - 1)
 
 
 def pattern_panel(
