@@ -20,7 +20,7 @@ TABS = (
 
 
 def root_note(catalogue: Catalogue) -> str:
-    return f"{catalogue.root.resolve()}: {len(catalogue.runs)} runs, {len(catalogue.analyses)} analyses"
+    return f"{catalogue.root}: {len(catalogue.runs)} runs, {len(catalogue.analyses)} analyses"
 
 
 def layout(catalogue: Catalogue) -> html.Div:

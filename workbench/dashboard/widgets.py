@@ -33,7 +33,12 @@ def failure(error: BaseException, what: str) -> html.Div:
 
 
 def graph(figure: go.Figure, name: str, **props: Any) -> dcc.Graph:
-    """A graph of ``figure`` (``name``: its ``id`` or a label of the graph's class)."""
+    """A graph of ``figure`` (``name``: its ``id`` or a label of the graph's class) as wide as its
+    place in the page: the width a builder sets for a standalone file is dropped (the figure is
+    not changed)."""
+    if figure.layout.width is not None:
+        figure = go.Figure(figure)
+        figure.layout.width = None
     return dcc.Graph(figure=figure, config=GRAPH_CONFIG, className=f"graph {name}", **props)
 
 
