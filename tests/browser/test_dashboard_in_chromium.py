@@ -5,8 +5,6 @@ the test's temporary folder."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,61 +13,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from workbench.dashboard import ids
-
-TIMEOUT = 60.0
-"""Seconds a figure may take to appear (the first capture of a model, a loaded CI machine)."""
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    """Poll ``condition()`` until it returns something true; fail naming ``what`` after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except Exception:  # an element replaced while it was read: try again
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-DRAWN = """
-const graph = document.querySelector(arguments[0] + ' .js-plotly-plot');
-if (!graph || !graph._fullData) { return 0; }
-const drawn = graph.querySelectorAll('.trace, .hm, image, .table').length;
-return graph._fullData.length > 0 && drawn > 0 ? graph._fullData.length : 0;
-"""
-
-
-def drawn(browser: Any, selector: str) -> int:
-    """How many traces the plotly graph under ``selector`` drew (0: none, or not yet)."""
-    return browser.execute_script(DRAWN, selector)
-
-
-def open_tab(browser: Any, label: str) -> None:
-    tab = next(tab for tab in browser.find_elements(By.CSS_SELECTOR, ".tab") if tab.text == label)
-    tab.click()
-
-
-def choose(browser: Any, dropdown: str, option: str) -> None:
-    """Pick ``option`` (its label) of the Dash dropdown with id ``dropdown``."""
-    browser.find_element(By.ID, dropdown).click()
-    found = wait_for(
-        lambda: [
-            element
-            for element in browser.find_elements(By.CSS_SELECTOR, "[role=option]")
-            if element.text.strip() == option
-        ],
-        f"option {option} of {dropdown}",
-    )
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", found[0])
-    found[0].click()
-
-
-def console_errors(browser: Any) -> list[str]:
-    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+from workbench.devtools.browser import choose, console_errors, drawn, open_tab, wait_for
 
 
 def screenshot(browser: Any, folder: Path, name: str) -> Path:

@@ -5,7 +5,8 @@ screenshots (``docs/make_dashboard_screenshots.py``) share.
 duration of a ``with`` block; `headless_chromium()` starts Chromium through Selenium with the
 browser's console log kept, driven by the ``chromedriver`` of Debian's ``chromium-driver``
 package (Selenium downloads nothing: both programs must be installed; `missing_browser` says
-which is not).
+which is not). `wait_for`, `drawn`, `open_tab`, `choose` and `console_errors` read and drive the
+page.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -85,3 +87,66 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll ``condition()`` until it returns something true and return it; ``TimeoutError``
+    naming ``what`` after ``timeout`` seconds (an exception inside ``condition``, such as an
+    element replaced while it was read, counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except Exception:
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+DRAWN = """
+const graph = document.querySelector(arguments[0] + ' .js-plotly-plot');
+if (!graph || !graph._fullData) { return 0; }
+const drawn = graph.querySelectorAll('.trace, .hm, image, .table').length;
+return graph._fullData.length > 0 && drawn > 0 ? graph._fullData.length : 0;
+"""
+
+
+def drawn(driver: Any, selector: str) -> int:
+    """How many traces the plotly graph under the CSS ``selector`` drew (0: none, or not yet)."""
+    return driver.execute_script(DRAWN, selector)
+
+
+def open_tab(driver: Any, label: str) -> None:
+    """Click the Dash tab labelled ``label``."""
+    from selenium.webdriver.common.by import By
+
+    tabs = driver.find_elements(By.CSS_SELECTOR, ".tab")
+    found = [tab for tab in tabs if tab.text == label]
+    if not found:
+        raise ValueError(f"label must be a tab of the page, got {label!r}")
+    found[0].click()
+
+
+def choose(driver: Any, dropdown: str, option: str, timeout: float = 60.0) -> None:
+    """Pick ``option`` (its label) of the Dash dropdown whose id is ``dropdown``."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, dropdown).click()
+    found = wait_for(
+        lambda: [
+            element
+            for element in driver.find_elements(By.CSS_SELECTOR, "[role=option]")
+            if element.text.strip() == option
+        ],
+        f"option {option} of {dropdown}",
+        timeout,
+    )
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", found[0])
+    found[0].click()
+
+
+def console_errors(driver: Any) -> list[str]:
+    """The error messages of the browser's console since the last call."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
