@@ -101,3 +101,14 @@ def test_sae_tab_says_that_no_run_has_an_sae(page):
     text = wait_for(lambda: page.find_element(By.ID, ids.SAE_MESSAGE).text, "the SAE message")
     assert "workbench sae train" in text
     assert console_errors(page) == []
+
+
+def test_every_tab_drew_with_nothing_fetched_from_another_host(page, dashboard_url):
+    """After every tab has drawn (the tests above), each resource the page fetched (scripts,
+    plotly.js chunks, styles, fonts, callbacks) came from the dashboard's own server."""
+    for label in ("Runs", "Attention", "Methods", "SAE features"):
+        open_tab(page, label)
+    fetched = page.execute_script(
+        "return performance.getEntriesByType('resource').map(entry => entry.name)"
+    )
+    assert fetched and [url for url in fetched if not url.startswith(dashboard_url)] == []
