@@ -10,14 +10,30 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint readme readme-figure notebooks clean
+.PHONY: demo test lint readme readme-figure dashboard-screenshots browser-packages notebooks clean
 
 demo: $(VENV)/.installed-base
 	$(BIN)/workbench run emergence --quick
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Debian's chromium draws the notebooks' static figures (kaleido drives it headless; without it the
+# figures fall back to interactive-only outputs with a note, and the tests check that), and with
+# chromium-driver it runs the dashboard's browser tests (tests/browser, skipped without them).
+# Installed where missing when apt-get can run (as root); otherwise the command is printed.
+browser-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
+			>/dev/null || echo "$$missing not installed: no static notebook figures, no browser tests" >&2; \
+	else \
+		echo "missing:$$missing (Debian: sudo apt-get install chromium chromium-driver); the tests that need them are skipped" >&2; \
+	fi
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -31,6 +47,11 @@ readme: $(VENV)/.installed-base
 # emergence run; the image needs a Chrome or Chromium on PATH (or at BROWSER_PATH) for kaleido.
 readme-figure: $(VENV)/.installed-figures
 	$(BIN)/python docs/make_readme_figure.py
+
+# The README's screenshots of the dashboard's tabs (docs/dashboard_*.png), of the quick emergence
+# and attention_saes runs under runs/ (trained first where missing).
+dashboard-screenshots: $(VENV)/.installed-dev browser-packages
+	$(BIN)/python docs/make_dashboard_screenshots.py
 
 $(VENV)/.installed-figures: pyproject.toml $(VENV)/.installed-base
 	$(BIN)/python -m pip install -e ".[figures]"
@@ -52,7 +73,7 @@ $(VENV)/.installed-base: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
-	$(BIN)/python -m pip install -e ".[dev,notebooks,sae,ray]"
+	$(BIN)/python -m pip install -e ".[dev,notebooks,sae,ray,browser]"
 	touch $@ $(VENV)/.installed-base
 
 clean:

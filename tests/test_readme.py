@@ -77,3 +77,15 @@ def test_readme_caption_is_generated_from_the_numbers_of_its_figure():
         "the quick emergence spec changed: python docs/make_readme_figure.py"
     )
     assert script.IMAGE.stat().st_size > 10_000
+
+
+def test_readme_shows_each_dashboard_tab_and_the_command_to_start_it():
+    """One screenshot per tab (``python docs/make_dashboard_screenshots.py`` takes them)."""
+    from workbench.dashboard.page import TABS
+
+    text = README.read_text(encoding="utf-8")
+    assert "workbench dashboard runs" in text and "workbench report " in text
+    for value, label, _ in TABS:
+        image = f"docs/dashboard_{value}.png"
+        assert f"![{label} tab]({image})" in text
+        assert (README.parent / image).stat().st_size > 10_000

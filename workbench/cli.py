@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from workbench.dashboard_commands import dashboard_command, report_command
 from workbench.sae_commands import sae_app
 
 if TYPE_CHECKING:
@@ -172,11 +173,7 @@ def default_methods() -> list[str]:
     needs no calibration (`workbench.sparse.names()`, less those with ``needs_calibration``)."""
     import workbench.sparse
 
-    return [
-        name
-        for name in workbench.sparse.names()
-        if not workbench.sparse.method_class(name).needs_calibration
-    ]
+    return workbench.sparse.installable()
 
 
 MINILM_TEXT = (
@@ -258,13 +255,7 @@ def sparsify_eval_command(
     hyper_parameters = parse_method_settings(settings or [])
     try:
         chosen = [
-            workbench.sparse.get(
-                name,
-                **{
-                    **workbench.sparse.method_class(name).short_input_hyper_parameters,
-                    **hyper_parameters.get(name, {}),
-                },
-            )
+            workbench.sparse.short_input(name, **hyper_parameters.get(name, {}))
             for name in (default_methods() if methods is None else methods.split(","))
         ]
     except ValueError as error:
@@ -612,6 +603,10 @@ def runs_migrate(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="FOLDER / --spec") from None
     typer.echo(("(dry run) " if dry_run else "") + describe(migration))
+
+
+app.command("dashboard")(dashboard_command)
+app.command("report")(report_command)
 
 
 if __name__ == "__main__":  # python -m workbench.cli

@@ -192,6 +192,34 @@ class Run:
             return "finished"
         return "unfinished" if self.metrics_path.exists() else "empty"
 
+    def summary(self) -> dict[str, Any]:
+        """The run's row of `RunStore.index`: experiment, config hash, status, task, method, seed,
+        last step and the last evaluation metrics (``eval_loss``, ``eval_accuracy`` /
+        ``eval_mse``). Reads ``config.yaml`` and ``metrics.jsonl``: an unreadable one raises
+        (``yaml.YAMLError``, ``json.JSONDecodeError``, ``OSError``; ``ValueError`` for a config
+        that is no mapping)."""
+        config = self.config() or {}
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{self.path / CONFIG} holds no mapping: {config!r}")
+        records = self.metrics()
+        evaluated = [record for record in records if "eval_loss" in record]
+        last = evaluated[-1] if evaluated else {}
+        task = config.get("task")
+        return {
+            "experiment": self.experiment,
+            "config_hash": self.name,
+            "status": self.status(),
+            "task": task.get("name") if isinstance(task, Mapping) else task,
+            "method": (sparse_setting(config) or {}).get("method", "dense"),
+            "seed": config.get("seed"),
+            "last_step": records[-1]["step"] if records else None,
+            **{
+                key: last.get(key)
+                for key in ("eval_loss", "eval_accuracy", "eval_mse")
+                if key in last
+            },
+        }
+
     # -- metrics
     @property
     def metrics_path(self) -> Path:
@@ -217,6 +245,17 @@ class Run:
     def write_result(self, result: Mapping[str, Any]) -> None:
         """Write ``results.json``: marks the run finished."""
         atomic_write_json(self.path / RESULTS, dict(result))
+
+    # -- checkpoints
+    def has_checkpoint(self) -> bool:
+        """Whether a checkpoint was written (a ``checkpoints/step-<n>`` folder of
+        `workbench.checkpoint`, or the older ``checkpoint.json``); `load_model` verifies it."""
+        from workbench import checkpoint
+
+        return (
+            bool(checkpoint.step_folders(self.path))
+            or (self.path / checkpoint.LEGACY_STATE).exists()
+        )
 
     # -- traces and figures
     def trace_path(self, name: str) -> Path:
@@ -330,6 +369,11 @@ class RunStore:
         """The analysis folders of ``experiment``."""
         return analyses_in(self.root / experiment)
 
+    def contents(self, experiment: str) -> tuple[list[Analysis], list[Run]]:
+        """``(analyses, runs)`` of the folder of ``experiment`` (`experiment_contents`: a store's
+        experiment folder, or a results folder with its runs in ``runs/``)."""
+        return experiment_contents(self.root / experiment)
+
     def find(self, prefix: str) -> Run:
         """The run whose config hash starts with ``prefix`` (``KeyError`` when none or several)."""
         matches = [run for run in self.runs() if run.name.startswith(prefix)]
@@ -342,29 +386,7 @@ class RunStore:
         return iter(self.runs())
 
     def index(self) -> list[dict[str, Any]]:
-        """One row per run: experiment, config hash, status, task, method, seed, last step and the
-        last evaluation metrics (``eval_loss``, ``eval_accuracy`` / ``eval_mse``)."""
-        rows = []
-        for run in self.runs():
-            config = run.config() or {}
-            records = run.metrics()
-            evaluated = [record for record in records if "eval_loss" in record]
-            last = evaluated[-1] if evaluated else {}
-            task = config.get("task")
-            rows.append(
-                {
-                    "experiment": run.experiment,
-                    "config_hash": run.name,
-                    "status": run.status(),
-                    "task": task.get("name") if isinstance(task, Mapping) else task,
-                    "method": (sparse_setting(config) or {}).get("method", "dense"),
-                    "seed": config.get("seed"),
-                    "last_step": records[-1]["step"] if records else None,
-                    **{
-                        key: last.get(key)
-                        for key in ("eval_loss", "eval_accuracy", "eval_mse")
-                        if key in last
-                    },
-                }
-            )
-        return rows
+        """One row per run (`Run.summary`): experiment, config hash, status, task, method, seed,
+        last step and the last evaluation metrics (``eval_loss``, ``eval_accuracy`` /
+        ``eval_mse``)."""
+        return [run.summary() for run in self.runs()]

@@ -48,7 +48,7 @@ from kernels.layout import MAX_LEN, Layout
 from kernels.reference import check_ps, repeat_kv
 from toy_tasks.base import check_int
 from workbench.attention import check_layers, is_transformer_lens, model_size
-from workbench.capture import LayerCapture, SparsePlan, capturing, run_model
+from workbench.capture import AttentionCache, LayerCapture, SparsePlan, capturing, run_model
 from workbench.io import atomic_write_json, atomic_write_safetensors
 from workbench.sparse.base import SparseMethod
 
@@ -592,11 +592,7 @@ def trace(
     config = config or TraceConfig()
     input_ids = inputs["input_ids"] if isinstance(inputs, Mapping) else inputs
     batch, length = input_ids.shape[:2]
-    if tokens is not None:
-        tokens = [[str(token) for token in row] for row in tokens]
-        if len(tokens) != batch or any(len(row) != length for row in tokens):
-            shape = [len(tokens), *sorted({len(row) for row in tokens})]
-            raise ValueError(f"tokens must be [batch][pos] = [{batch}][{length}], got {shape}")
+    tokens = _checked_tokens(tokens, batch, length)
     if config.patterns:
         layers, heads = _layers_and_heads(model, config)
         estimate = estimate_pattern_bytes(batch, len(heads), length, length, len(layers), config)
@@ -618,3 +614,45 @@ def trace(
     if tokens is not None:
         result.metadata["tokens"] = tokens
     return result
+
+
+def cache_trace(
+    model: nn.Module,
+    cache: AttentionCache,
+    config: TraceConfig | None = None,
+    *,
+    relevant_positions: torch.Tensor | None = None,
+    tokens: Sequence[Sequence[str]] | None = None,
+) -> Trace:
+    """The `Trace` of an `AttentionCache` already captured (`workbench.capture.capture` of the
+    cache's layers; with ``patterns=True`` for the patterns of dense layers): the statistics and
+    patterns `trace` records, without running the model again, so one forward serves the trace
+    and the analyses that need q, k and v. ``config.layers`` is ignored (the cache's layers are
+    traced); ``relevant_positions`` ``[batch, q_len, R]`` and ``tokens`` ``[batch][pos]`` as in
+    `trace`."""
+    if not isinstance(cache, AttentionCache):
+        raise ValueError(f"cache must be an AttentionCache, got {type(cache).__name__}")
+    config = config or TraceConfig()
+    heads = check_layers(config.heads, model_size(model)[1], "heads")
+    recorder = TraceRecorder(model, config, tuple(sorted(cache.layers)), heads, relevant_positions)
+    for capture in cache:
+        recorder.observe(capture)
+    result = recorder.trace()
+    batch, length = result.metadata["batch_size"], result.metadata["seq_len"]
+    tokens = _checked_tokens(tokens, batch, length)
+    if tokens is not None:
+        result.metadata["tokens"] = tokens
+    return result
+
+
+def _checked_tokens(
+    tokens: Sequence[Sequence[str]] | None, batch: int, length: int
+) -> list[list[str]] | None:
+    """``tokens`` as ``[batch][length]`` strings (``ValueError`` for another shape)."""
+    if tokens is None:
+        return None
+    tokens = [[str(token) for token in row] for row in tokens]
+    if len(tokens) != batch or any(len(row) != length for row in tokens):
+        shape = [len(tokens), *sorted({len(row) for row in tokens})]
+        raise ValueError(f"tokens must be [batch][pos] = [{batch}][{length}], got {shape}")
+    return tokens

@@ -326,3 +326,23 @@ def test_tracing_a_sparse_method_records_the_attention_it_uses() -> None:
     torch.testing.assert_close(stats["relevant_mass"], hit)
     # Layer 0 is dense in both.
     assert 0 not in result.dense_stats and result.statistic(0, "entropy", dense=True) is not None
+
+
+def test_cache_trace_of_a_capture_equals_the_trace_of_a_forward() -> None:
+    from workbench.capture import capture
+    from workbench.trace import cache_trace
+
+    config = TraceConfig(patterns=True, ps=PS)
+    words = [[f"w{i}" for i in range(12)]] * 2
+    direct = trace(toy_model(), tokens(), config, relevant_positions=relevant(), tokens=words)
+    cache = capture(toy_model(), tokens(), patterns=True)
+    again = cache_trace(toy_model(), cache, config, relevant_positions=relevant(), tokens=words)
+    assert again.layers == direct.layers and again.metadata["tokens"] == words
+    for layer in direct.layers:
+        torch.testing.assert_close(again.patterns[layer], direct.patterns[layer])
+        for name, values in direct.stats[layer].items():
+            torch.testing.assert_close(again.stats[layer][name], values, equal_nan=True)
+    with pytest.raises(ValueError, match=r"tokens must be \[batch\]\[pos\]"):
+        cache_trace(toy_model(), cache, config, tokens=words[:1])
+    with pytest.raises(ValueError, match="cache must be an AttentionCache"):
+        cache_trace(toy_model(), {}, config)

@@ -251,3 +251,70 @@ def test_task_baseline_curves_take_distinct_colours_past_ten():
         {f"baseline {i}": [1.0, 0.5] for i in range(12)}, title="", x_title="", y_title=""
     )
     assert len({trace.line.color for trace in figure.data}) == 12
+
+
+def test_attention_figure_pools_long_patterns_and_draws_a_window_at_full_resolution():
+    import torch
+
+    from workbench.viz.attention import Window, attention_figure, pool
+
+    weights = torch.softmax(torch.randn(300, 300, generator=torch.Generator().manual_seed(0)), -1)
+    kept = torch.rand(300, 300, generator=torch.Generator().manual_seed(1)) < 0.25
+    relevant = torch.zeros(300, 300, dtype=torch.bool)
+    relevant[torch.arange(300), torch.arange(300) // 2] = True
+    figure = attention_figure(weights, relevant=relevant, kept=kept, method="top_k(k=4)")
+    heat, selection = figure.data[:2]
+    assert np.asarray(heat.z).shape == (75, 75) and "pooled 4x4" in figure.layout.title.text
+    assert np.asarray(heat.z).max() == pytest.approx(weights.max().item())  # the max of a block
+    assert 0 < np.asarray(selection.z).mean() < 1  # kept fractions
+    assert selection.colorscale[-1][1] == style.rgba(style.method_colour("top_k"), 0.55)
+    assert figure.data[-1].name == "relevant keys (ground truth)" and len(figure.layout.shapes) > 0
+    zoomed = attention_figure(weights, kept=kept, method="top_k", window=Window(10, 50, 0, 40))
+    assert np.asarray(zoomed.data[0].z).shape == (40, 40)
+    assert list(zoomed.layout.xaxis.range) == [-0.5, 39.5]
+    assert "pooled" not in zoomed.layout.title.text
+    assert pool(torch.ones(3, 5), 2, "mean").tolist() == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def test_attention_figure_names_its_bad_arguments():
+    import torch
+
+    from workbench.viz.attention import Window, attention_figure, pool
+
+    weights = torch.rand(4, 6)
+    with pytest.raises(ValueError, match="pattern must be"):
+        attention_figure(torch.rand(6))
+    with pytest.raises(ValueError, match="tokens has 2 entries"):
+        attention_figure(weights, tokens=["a", "b"])
+    with pytest.raises(ValueError, match="kept must be"):
+        attention_figure(weights, kept=torch.ones(4, 4, dtype=torch.bool), method="top_k")
+    with pytest.raises(ValueError, match="method"):
+        attention_figure(weights, kept=torch.ones(4, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="max_side"):
+        attention_figure(weights, max_side=0)
+    with pytest.raises(ValueError, match=r"pattern must be a torch\.Tensor"):
+        attention_figure(weights.tolist())
+    with pytest.raises(ValueError, match=r"relevant must be a torch\.Tensor"):
+        attention_figure(weights, relevant=[[True] * 6] * 4)
+    with pytest.raises(ValueError, match="tokens must be a sequence"):
+        attention_figure(weights, tokens="abcdef")
+    with pytest.raises(ValueError, match="queries must be in"):
+        attention_figure(weights, queries=[0, 1, 2, -1])
+    with pytest.raises(ValueError, match="window must be a Window"):
+        attention_figure(weights, window=(0, 2, 0, 2))
+    with pytest.raises(ValueError, match="factor"):
+        pool(weights, 0)
+    with pytest.raises(ValueError, match="values must be"):
+        pool(torch.rand(2, 3, 4), 2)
+    with pytest.raises(ValueError, match="kv_len"):
+        Window.from_ranges([0, 1], [0, 1], 4, 0)
+    with pytest.raises(ValueError, match="y_range"):
+        Window.from_ranges([0, 1], None, 4, 4)
+
+
+def test_grid_cells_read_back_from_the_trace_figures_labels():
+    from workbench.viz.trace import grid_cell, head_label, layer_label
+
+    assert grid_cell(head_label(3), layer_label(1)) == (1, 3)
+    with pytest.raises(ValueError, match="not a cell"):
+        grid_cell("head x", "layer 0")

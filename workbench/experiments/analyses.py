@@ -33,8 +33,15 @@ from workbench.experiments.base import (
 )
 from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
-from workbench.runs import attention_series, metric_series, sparse_setting
-from workbench.viz.experiments import Level, Mark, curves_figure, power_law_figure, table_figure
+from workbench.runs import metric_series, sparse_setting
+from workbench.viz.experiments import (
+    Level,
+    Mark,
+    curves_figure,
+    power_law_figure,
+    relevant_mass_figure,
+    table_figure,
+)
 from workbench.viz.stability import stability_figures
 from workbench.viz.style import Style, series_style, sweep_styles, task_style
 
@@ -79,30 +86,6 @@ def _figures(**figures: Any) -> dict[str, Any]:
     return {name: figure for name, figure in figures.items() if figure is not None}
 
 
-def _relevant_mass_figure(
-    runs: list[RunRecord], group: Callable[[RunRecord], str], style: Callable[[RunRecord], Style]
-) -> Any | None:
-    """Per run and layer, the largest relevant mass over the heads against the step (None when
-    no run logged attention metrics): the run's style, the layer's dash."""
-    curves, groups, styles = {}, {}, {}
-    for run in runs:
-        steps, values = attention_series(run.metrics(), "relevant_mass")  # [m, layers, heads]
-        for layer in range(values.shape[1] if steps.size else 0):
-            label = f"{run.config_hash} layer {layer}"
-            curves[label] = (steps, values[:, layer].max(axis=-1))
-            groups[label] = f"{group(run)} layer {layer}"
-            styles[groups[label]] = style(run).for_layer(layer)
-    if not curves:
-        return None
-    return curves_figure(
-        curves,
-        groups=groups,
-        styles=styles,
-        title="relevant mass (best head per layer; line dash: layer)",
-        y_title="mass",
-    )
-
-
 @analysis("emergence")
 def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
     """Emergence time of every run (`emergence_time` of ``loss_key``), a power-law fit against
@@ -139,7 +122,11 @@ def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisO
 
     figures = _figures(
         loss=emergence_loss_figure(runs, rows, options, group, style),
-        relevant_mass=_relevant_mass_figure(runs, group, style),
+        relevant_mass=relevant_mass_figure(
+            {run.config_hash: run.metrics() for run in runs},
+            {run.config_hash: group(run) for run in runs},
+            styles={run.config_hash: style(run) for run in runs},
+        ),
         fit=emergence_fit_figure(
             rows, results.get("fit"), paper=paper, paper_name=options["paper"]
         ),

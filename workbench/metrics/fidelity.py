@@ -22,7 +22,7 @@ Means run over the real positions (``attention_mask``, or the one in a tokenizer
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,8 +31,10 @@ from torch import nn
 
 from kernels import api
 from kernels.api import Impl
-from kernels.reference import repeat_kv
-from workbench.attention import dense_layout, is_transformer_lens
+from kernels.layout import check_block_size
+from kernels.reference import repeat_kv, scaled_scores
+from toy_tasks.base import check_int
+from workbench.attention import dense_layout, full_mask, is_transformer_lens
 from workbench.capture import LayerCapture, capturing
 from workbench.sparse.base import SparseMethod
 from workbench.sparse.patch import (
@@ -115,16 +117,87 @@ class FidelityReport:
 def layer_fidelity(capture: LayerCapture, sparse: SparseCore) -> LayerFidelity:
     """Teacher-forced fidelity of one dense layer's capture: ``sparse``'s output on the same q, k,
     v against the output the layer produced."""
-    z_dense = capture.z  # [batch, heads, q_len, d_head]
     result = sparse.compute(capture)
-    rows = real_queries(capture)  # [batch|1, 1, q_len, 1]
-    error = ((result.z.float() - z_dense.float()) * rows).norm()
     return LayerFidelity(
         layer=capture.layer,
         density=kept_fraction(result.layout, capture, result.q, result.k),
         block_density=result.layout.block_density(),
         recall=recall(capture, result, sparse.impl),
-        output_error=(error / (z_dense.float() * rows).norm().clamp_min(1e-30)).item(),
+        output_error=relative_error(result.z, capture.z, real_queries(capture)),
+    )
+
+
+def relative_error(z: torch.Tensor, reference: torch.Tensor, rows: torch.Tensor) -> float:
+    """``||z - reference|| / ||reference||`` (Frobenius) of outputs ``[batch, heads, q_len,
+    d_head]`` over the query ``rows`` ``[batch|1, 1, q_len, 1]`` (bool)."""
+    error = ((z.float() - reference.float()) * rows).norm()
+    return (error / (reference.float() * rows).norm().clamp_min(1e-30)).item()
+
+
+@dataclass(frozen=True, eq=False)
+class HeadSelection:
+    """What a sparse method keeps of one head of one example, teacher-forced on a dense capture.
+
+    Attributes:
+        kept: ``[q_len, kv_len]`` bool, the visible entries the method keeps.
+        density: kept fraction of the visible entries.
+        recall: dense attention mass inside the selection (mean over the real query rows).
+        output_error: relative error of the head's output ``z`` ``[q_len, d_head]``.
+    """
+
+    kept: torch.Tensor
+    density: float
+    recall: float
+    output_error: float
+
+
+@torch.no_grad()
+def head_selection(
+    capture: LayerCapture,
+    method: SparseMethod,
+    *,
+    example: int,
+    head: int,
+    block_size: int = 64,
+    impl: Impl = "auto",
+) -> HeadSelection:
+    """The selection of ``method`` for ``head`` of ``example`` of a dense layer capture
+    (q ``[batch, heads, q_len, d_head]``), with its density, recall and output error, as
+    `layer_fidelity` measures a whole layer: the method runs on that head's q, k, v alone."""
+    if not isinstance(capture, LayerCapture):
+        raise ValueError(f"capture must be a LayerCapture, got {type(capture).__name__}")
+    if not isinstance(method, SparseMethod):
+        raise ValueError(
+            f"method must be a SparseMethod (workbench.sparse.get(name)), got {method!r}"
+        )
+    if capture.sparse:
+        raise ValueError("head_selection needs a dense capture (the layer ran a sparse method)")
+    batch, heads = capture.q.shape[:2]
+    check_int("example", example, 0, batch - 1)
+    check_int("head", head, 0, heads - 1)
+    check_block_size("block_size", block_size)
+    one = replace(
+        capture,
+        q=capture.q[example : example + 1],
+        k=capture.k[example : example + 1],
+        v=capture.v[example : example + 1],
+        z=capture.z[example : example + 1],
+        key_padding=None
+        if capture.key_padding is None
+        else capture.key_padding[example : example + 1],
+        pattern=None,
+    )
+    core = SparseCore(method, (head,), block_size, impl, record=False)
+    result = core.compute(one)  # result.q, result.k: [1, 1, q_len | kv_len, d_head]
+    scores = scaled_scores(result.q, result.k, one.scale)
+    visible = full_mask(scores.shape[2], scores.shape[3], one.causal, one.key_padding)
+    kept = result.layout.to_dense(scores) & visible.to(scores.device)
+    rows = real_queries(one)
+    return HeadSelection(
+        kept=kept[0, 0].cpu(),
+        density=kept_fraction(result.layout, one, result.q, result.k),
+        recall=recall(one, result, impl),
+        output_error=relative_error(result.z[:, [head]], one.z[:, [head]], rows),
     )
 
 

@@ -16,10 +16,27 @@ import importlib
 import pkgutil
 
 from workbench.sparse.base import SparseMethod
-from workbench.sparse.registry import describe, get, method_class, names, register_method
+from workbench.sparse.registry import (
+    describe,
+    get,
+    installable,
+    method_class,
+    names,
+    register_method,
+    short_input,
+)
 
 for _module in sorted(module.name for module in pkgutil.iter_modules(__path__)):
     if not _module.startswith("_"):
         importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["SparseMethod", "describe", "get", "method_class", "names", "register_method"]
+__all__ = [
+    "SparseMethod",
+    "describe",
+    "get",
+    "installable",
+    "method_class",
+    "names",
+    "register_method",
+    "short_input",
+]

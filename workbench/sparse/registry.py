@@ -72,6 +72,20 @@ def get(name: str, **hyper_parameters: object) -> SparseMethod:
     return cls(**hyper_parameters)
 
 
+def installable() -> list[str]:
+    """Names of the methods `workbench.sparse.patch.sparsify` installs as they are: every
+    registered one but those that need calibration (``needs_calibration``), sorted."""
+    return [name for name in names() if not _METHODS[name].needs_calibration]
+
+
+def short_input(name: str, **hyper_parameters: object) -> SparseMethod:
+    """The method ``name`` with its settings for inputs of a few dozen tokens
+    (``short_input_hyper_parameters``, where the defaults would keep every key), overridden by
+    ``hyper_parameters``; errors as `get`."""
+    defaults = dict(method_class(name).short_input_hyper_parameters)
+    return get(name, **{**defaults, **hyper_parameters})
+
+
 def describe() -> list[tuple[str, str, str]]:
     """``(name, description, paper)`` of every registered method, in `names` order."""
     return [(name, _METHODS[name].description, _METHODS[name].paper) for name in names()]

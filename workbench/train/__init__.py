@@ -59,7 +59,7 @@ paper's loss). With ``sparse`` (a `SparseConfig`), every forward (training and e
 from workbench.train import focus_metric  # noqa: F401  (registers the focus evaluation metric)
 from workbench.train.checkpoint import TrainState, load_model
 from workbench.train.config import EarlyStop, SparseConfig, TrainConfig, migrate_config, sparse_plan
-from workbench.train.data import TrainingData
+from workbench.train.data import TrainingData, evaluation_batch
 from workbench.train.evaluation import (
     EVAL_CHUNK_TOKENS,
     evaluate,
@@ -84,6 +84,7 @@ __all__ = [
     "TrainingInterrupted",
     "eval_metric",
     "evaluate",
+    "evaluation_batch",
     "final_trace",
     "get_eval_metric",
     "learning_rate",

@@ -46,6 +46,13 @@ def forward_random_state(
         yield
 
 
+def evaluation_batch(task: ToyTask, config: TrainConfig) -> Batch:
+    """The run's fixed evaluation batch (``eval_batch_size`` examples drawn from
+    `evaluation_generator`), on the CPU: every evaluation, and the final trace of its first
+    examples, read these."""
+    return task.sample(config.eval_batch_size, evaluation_generator(config))
+
+
 class TrainingData:
     """Where training batches come from: a fresh sample from the training generator every step,
     or (``train_samples``) shuffled epochs over a fixed set kept on the device."""

@@ -26,7 +26,7 @@ from workbench.sparse.state import sparse_losses
 from workbench.termination import Terminated, termination_requests
 from workbench.train.checkpoint import TrainState, check_resumable, restore, save_checkpoint
 from workbench.train.config import EarlyStop, TrainConfig, attach_sparse_state, sparse_plan
-from workbench.train.data import TrainingData, evaluation_generator, forward_random_state
+from workbench.train.data import TrainingData, evaluation_batch, forward_random_state
 from workbench.train.evaluation import (
     FINAL_TRACE,
     evaluate,
@@ -145,7 +145,7 @@ def train(
     metrics_path = out / METRICS_FILE
     records = read_metrics(metrics_path)
     hits = _stop_hits(config.early_stop, records)
-    eval_batch = task.sample(config.eval_batch_size, evaluation_generator(config)).to(device)
+    eval_batch = evaluation_batch(task, config).to(device)
     data = TrainingData(task, config, device)
     plan = sparse_plan(config)
     sparse = None if plan is None else plan.core()

@@ -17,10 +17,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.runs import attention_series
 from workbench.viz.style import (
     NEUTRAL_COLOUR,
     Style,
     category_styles,
+    method_style,
     natural_key,
     rgba,
     sweep_styles,
@@ -174,6 +176,38 @@ def curves_figure(
         figure.update_yaxes(title_text=y_title)
     figure.update_layout(title=title, template="plotly_white")
     return figure
+
+
+def relevant_mass_figure(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    groups: Mapping[str, str] | None = None,
+    *,
+    styles: Mapping[str, Style] | None = None,
+) -> go.Figure | None:
+    """Per run (``{label: metrics records}``, `workbench.runs` schema) and layer, the largest
+    ``attention.relevant_mass`` over the heads against the step (None when no run logged it).
+    ``groups`` (``{label: group}``) draws the runs of a group alike under one legend entry per
+    layer; ``styles`` (``{label: Style}``) gives a run's colour (default: `method_style` of its
+    group), the layer its dash."""
+    curves, curve_groups, curve_styles = {}, {}, {}
+    for label, records in runs.items():
+        steps, values = attention_series(records, "relevant_mass")  # [m], [m, layers, heads]
+        group = (groups or {}).get(label, label)
+        style = (styles or {}).get(label) or method_style(group)
+        for layer in range(values.shape[1] if steps.size else 0):
+            curve = f"{label} layer {layer}"
+            curves[curve] = (steps, values[:, layer].max(axis=-1))
+            curve_groups[curve] = f"{group} layer {layer}"
+            curve_styles[f"{group} layer {layer}"] = style.for_layer(layer)
+    if not curves:
+        return None
+    return curves_figure(
+        curves,
+        groups=curve_groups,
+        styles=curve_styles,
+        title="relevant mass (best head per layer; line dash: layer)",
+        y_title="mass",
+    )
 
 
 def _level_lines(

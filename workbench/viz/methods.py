@@ -64,16 +64,30 @@ def methods_figure(
     *,
     block_size: int = 32,
     columns: int = 4,
+    qk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    source: str = "",
 ) -> go.Figure:
     """Grid of the causal layouts (token resolution, 1 = kept) of the given methods on seeded
-    random ``q, k``, each titled by its repr and drawn in its method's colour."""
+    random ``q, k`` (``q_len`` tokens), or on ``qk``: one head's ``(q, k)`` ``[1, 1, q_len,
+    d_head]`` (e.g. of a model's head, named in the title by ``source``), each titled by its repr
+    and drawn in its method's colour."""
     for method in methods:
         if isinstance(method, str):
             raise TypeError(
                 f"methods_figure takes methods, not names: resolve {method!r} first "
                 "(workbench.sparse.get)"
             )
-    q, k = random_qk(q_len, seed)
+    if qk is None:
+        q, k = random_qk(q_len, seed)
+        source = f"seed {seed}"
+    else:
+        q, k = qk
+        if q.dim() != 4 or q.shape[:2] != (1, 1) or k.shape[:2] != (1, 1):
+            raise ValueError(
+                f"qk must be one head's q, k [1, 1, len, d_head], got {tuple(q.shape)} and "
+                f"{tuple(k.shape)}"
+            )
+        q_len = q.shape[2]
     columns = min(columns, len(methods))
     rows = math.ceil(len(methods) / columns)
     figure = make_subplots(
@@ -100,7 +114,7 @@ def methods_figure(
     figure.update_yaxes(autorange="reversed")
     figure.update_annotations(font_size=10)
     figure.update_layout(
-        title=f"sparse-attention layouts (causal, q_len {q_len}, seed {seed})",
+        title=f"sparse-attention layouts (causal, q_len {q_len}, {source})",
         width=320 * columns,
         height=320 * rows + 80,
     )

@@ -12,9 +12,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from workbench.viz.style import method_colour
+from workbench.viz.style import RELEVANT_COLOUR, method_colour
 
-RELEVANT_COLOUR = "#d62728"
 QUERY_COLOUR = "#111111"
 
 

@@ -8,7 +8,8 @@ colours from here.
     series_style(method="dense", layer=1)  # dense's colour, layer 1's dash
     category_styles(["least_squares", "3-NN", ...])  # labels that are no method or task
 
-Colours come from `PALETTE` (22 colours, from plotly's Dark24; dense attention is near-black).
+Colours come from `PALETTE` (30 colours, from plotly's Dark24 and Alphabet; dense attention is
+near-black).
 The registered names (`workbench.sparse.names()`, `toy_tasks.names()`) are placed by a stable hash
 of the name (blake2b, not Python's salted ``hash``) and linear probing, in sorted order, so two
 registered methods never share a colour and adding a method moves at most the few whose slot it
@@ -48,15 +49,27 @@ PALETTE: tuple[str, ...] = (
     "#AF0038",
     "#17BECF",
     "#8DB600",
+    "#85660D",
+    "#1C8356",
+    "#FEAF16",
+    "#325A9B",
+    "#C4451C",
+    "#B10DA1",
+    "#1CBE4F",
+    "#C075A6",
 )
 """Qualitative colours: plotly's Dark24 less its near-black ``#222A2A`` (kept for dense) and three
-near-duplicates (``#FC0080``, ``#DA60CA``, ``#0D2A63``), plus a cyan and a lime."""
+near-duplicates (``#FC0080``, ``#DA60CA``, ``#0D2A63``), plus a cyan and a lime, and eight of
+plotly's Alphabet (no light or grey ones): more slots than registered methods, so that a name
+outside the registry still gets a colour of its own."""
 
 DENSE = "dense"
 """The label of dense attention (no sparse method)."""
 DENSE_COLOUR = "#222A2A"
 NEUTRAL_COLOUR = "#7F7F7F"
 """Colour of what has no method or task (references, thresholds)."""
+RELEVANT_COLOUR = "#D62728"
+"""Colour of the ground-truth relevant positions of a toy task (frames around them)."""
 
 DASHES: tuple[str, ...] = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 """Line dash of layer 0, 1, ... (cycled)."""

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.trace import Trace
+from workbench.viz.attention import Window, attention_figure
 
 TITLES = {
     "entropy": "entropy (nats)",
@@ -25,6 +26,26 @@ def statistic_title(name: str) -> str:
     return TITLES.get(name, name)
 
 
+def head_label(head: int) -> str:
+    return f"head {head}"
+
+
+def layer_label(layer: int) -> str:
+    return f"layer {layer}"
+
+
+def grid_cell(x: str, y: str) -> tuple[int, int]:
+    """``(layer, head)`` of a cell of `trace_figure` from its labels (a click's ``x``, ``y``);
+    ``ValueError`` for other labels."""
+    head, layer = (
+        label.split(" ", 1)[1] if label.startswith(f"{name} ") else ""
+        for label, name in ((str(x), "head"), (str(y), "layer"))
+    )
+    if not (head.isdigit() and layer.isdigit()):
+        raise ValueError(f"not a cell of a trace figure: x={x!r}, y={y!r}")
+    return int(layer), int(head)
+
+
 def trace_figure(
     trace: Trace, statistic: str = "entropy", *, statistics: Sequence[str] | None = None
 ) -> go.Figure:
@@ -32,7 +53,8 @@ def trace_figure(
     queries and rows without relevant positions ignored), one at a time: a menu chooses among
     ``statistics`` (default every statistic of ``trace.statistic_names()``: entropy, max weight,
     logsumexp, sink mass, relevant mass where recorded, the budgets ``k_p``); ``statistic`` is
-    shown first (``figure.data[0]``)."""
+    shown first (``figure.data[0]``). Cells are labelled `head_label` (x) and `layer_label` (y);
+    `grid_cell` reads them back."""
     offered = statistics if statistics is not None else trace.statistic_names()
     names = [statistic, *(name for name in offered if name != statistic)]
     layers = sorted(trace.stats)
@@ -44,8 +66,8 @@ def trace_figure(
         figure.add_trace(
             go.Heatmap(
                 z=means.cpu().numpy(),
-                x=[f"head {head}" for head in trace.heads],
-                y=[f"layer {layer}" for layer in layers],
+                x=[head_label(head) for head in trace.heads],
+                y=[layer_label(layer) for layer in layers],
                 colorbar={"title": {"text": name}},
                 name=name,
                 visible=index == 0,
@@ -95,46 +117,30 @@ def pattern_figure(
     batch: int = 0,
     *,
     tokens: Sequence[str] | None = None,
+    relevant: torch.Tensor | None = None,
+    kept: torch.Tensor | None = None,
+    method: str | None = None,
+    window: Window | None = None,
 ) -> go.Figure:
-    """Heatmap of the recorded pattern of model head ``head`` (query x key) of one example. The
-    axes are labelled with the example's tokens (``tokens``: one string per position, or the
-    trace's ``metadata["tokens"][batch]`` where the trace recorded them), positions otherwise."""
+    """Heatmap of the recorded pattern of model head ``head`` (query x key) of one example
+    (`workbench.viz.attention.attention_figure`). The axes are labelled with the example's tokens
+    (``tokens``: one string per position, or the trace's ``metadata["tokens"][batch]`` where the
+    trace recorded them), positions otherwise. ``relevant`` / ``kept`` ``[kept_q, kv_len]`` bool:
+    the ground-truth relevant keys (framed) and a sparse method's selection (tinted in the colour
+    of ``method``) of the pattern's rows; ``window``: the positions drawn (long patterns are
+    pooled for display)."""
     if layer not in trace.patterns:
         raise KeyError(f"no pattern recorded for layer {layer}: {sorted(trace.patterns)}")
     pattern = trace.patterns[layer][batch, trace.heads.index(head)]  # [kept_q, kv_len]
-    kv_len = pattern.shape[-1]
     if tokens is None and trace.metadata.get("tokens") is not None:
         tokens = trace.metadata["tokens"][batch]
-    if tokens is not None and len(tokens) != kv_len:
-        raise ValueError(f"tokens has {len(tokens)} entries for {kv_len} positions")
-    queries = trace.pattern_queries
-    keys = list(range(kv_len))
-
-    def label(position: int) -> str:
-        return f"{position}" if tokens is None else f"{position} {tokens[position]!r}"
-
-    hover = [[f"query {label(q)}<br>key {label(k)}" for k in keys] for q in queries]
-    figure = go.Figure(
-        go.Heatmap(
-            z=pattern.cpu().numpy(),
-            y=queries,
-            x=keys,
-            text=hover,
-            hovertemplate="%{text}<br>weight %{z:.3f}<extra></extra>",
-            colorscale="Blues",
-            colorbar={"title": {"text": "weight"}},
-        )
-    )
-    axis = "position" if tokens is None else "token"
-    figure.update_layout(
+    return attention_figure(
+        pattern,
+        queries=trace.pattern_queries,
+        tokens=tokens,
+        relevant=relevant,
+        kept=kept,
+        method=method,
+        window=window,
         title=f"attention pattern, layer {layer} head {head}, example {batch}",
-        xaxis_title=f"key {axis}",
-        yaxis_title=f"query {axis}",
-        yaxis_autorange="reversed",
     )
-    if tokens is not None:
-        figure.update_xaxes(tickmode="array", tickvals=keys, ticktext=list(tokens), tickangle=-60)
-        figure.update_yaxes(
-            tickmode="array", tickvals=queries, ticktext=[tokens[q] for q in queries]
-        )
-    return figure

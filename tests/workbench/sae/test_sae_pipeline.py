@@ -222,3 +222,25 @@ def test_attention_saes_experiment_compares_methods_and_reuses_its_saes(tmp_path
     again = run_experiment(spec, runs_dir=tmp_path, progress=False)  # reuses runs and SAEs
     assert [path.stat().st_mtime_ns for path in saved] == stamps
     assert again.results["methods"] == result.results["methods"]
+
+
+def test_dashboard_and_report_show_the_features_of_a_runs_sae(recall_run, recall_sae, tmp_path):
+    from workbench.dashboard import sae_tab
+    from workbench.dashboard.data import Catalogue
+    from workbench.dashboard.report import write_report
+
+    catalogue = Catalogue(recall_run.path.parent.parent, sae_examples=64)
+    value = f"recall/dense/{recall_sae.name}"
+    assert value in [found for found, _ in catalogue.saes()]
+    shown, note = sae_tab.summary(catalogue, value)
+    assert note is None and len(shown) == 2  # metrics table, training curve
+    figures, options, feature = sae_tab.features(catalogue, value)
+    assert feature == options[0]["value"] and len(figures) >= 3  # density, heads, variables
+    examples = sae_tab.examples(catalogue, value, feature)
+    assert f"feature {feature}" in examples.figure.layout.title.text
+    assert "feature must be" in sae_tab.examples(catalogue, value, 10**6).children
+    report = write_report(
+        recall_run.path, tmp_path / "run.html", methods=["top_k"], sae_examples=64
+    )
+    text = report.read_text(encoding="utf-8")
+    assert f"<h2>SAE {value}</h2>" in text and 'class="problem"' not in text
