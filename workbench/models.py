@@ -39,6 +39,12 @@ from workbench.model_config import (  # noqa: F401  (re-exported: the public nam
     ModelConfig,
     check_known_fields,
 )
+from workbench.parametrisation import (
+    DEFAULT_INPUT_INIT,
+    DEFAULT_READOUT_INIT,
+    init_linear,
+    scale_positions,
+)
 from workbench.positions import fix_sinusoidal_positions, sinusoidal_positions  # noqa: F401
 
 
@@ -86,12 +92,17 @@ def _continuous_class() -> type:
         ``[batch, pos, d_output]`` (``d_output = cfg.d_vocab_out``, the unembedding is the linear
         readout). ``embed`` is a `LinearEmbed`, initialised like TransformerLens' weights; positions,
         blocks, hooks and caching are TransformerLens' own. Padding masks and key-value caches are
-        not supported."""
+        not supported. ``input_init``: the projection's initialisation
+        (`workbench.parametrisation`; ``"transformer_lens"``: ``N(0, cfg.initializer_range)``),
+        drawn from the global generator right after TransformerLens' weights."""
 
-        def __init__(self, cfg: Any, d_input: int) -> None:
+        def __init__(self, cfg: Any, d_input: int, input_init: str = DEFAULT_INPUT_INIT) -> None:
             super().__init__(cfg, move_to_device=False)
             self.embed = LinearEmbed(d_input, cfg.d_model)
-            nn.init.normal_(self.embed.W_in, std=cfg.initializer_range)
+            if input_init == "transformer_lens":
+                nn.init.normal_(self.embed.W_in, std=cfg.initializer_range)
+            else:
+                init_linear(self.embed.W_in, self.embed.b_in, input_init, d_input)
             self.setup()  # re-register module names after replacing `embed`
 
         def input_to_embed(
@@ -140,7 +151,14 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
     ``n_ctx = task.seq_len``. With ``config.backend == "bridge"`` the same architecture as a
     ``TransformerBridge`` (`workbench.bridge.build_bridge`: same inputs and outputs, other initial
     weights). The global random state is left as it was.
+
+    Parametrisation (`workbench.parametrisation`): ``config.input_init`` and
+    ``config.readout_init`` initialise a continuous model's input projection and readout (token
+    models take only their defaults: ``ValueError`` naming the field otherwise), and
+    ``config.position_scale`` multiplies the absolute positions.
     """
+    if task.kind == "tokens":
+        check_token_parametrisation(config)
     if config.backend == "bridge":
         from workbench.bridge import build_bridge
 
@@ -156,12 +174,32 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
             model = HookedTransformer(cfg, move_to_device=False)
         elif task.kind == "continuous":
             cfg = _hooked_config(config, task.seq_len, task.d_input, task.d_output)
-            model = _continuous_class()(cfg, task.d_input)
+            model = _continuous_class()(cfg, task.d_input, config.input_init)
+            if config.readout_init != "transformer_lens":
+                unembed = model.unembed
+                init_linear(unembed.W_U, unembed.b_U, config.readout_init, config.d_model)
         else:
             raise ValueError(f"unknown task kind {task.kind!r} of {task.name}")
     if config.positional == "sinusoidal":
         fix_sinusoidal_positions(model.pos_embed, "W_pos")
+    if config.positional != "rotary":
+        scale_positions(model.pos_embed.W_pos, config.position_scale)
     return model
+
+
+def check_token_parametrisation(config: ModelConfig) -> None:
+    """Raise ``ValueError`` naming ``input_init`` / ``readout_init`` when a token model is asked
+    for another than the default (it embeds and unembeds with TransformerLens' tables)."""
+    for name, default in (
+        ("input_init", DEFAULT_INPUT_INIT),
+        ("readout_init", DEFAULT_READOUT_INIT),
+    ):
+        if getattr(config, name) != default:
+            raise ValueError(
+                f"{name} applies to continuous-input models; token models embed and unembed "
+                f"with TransformerLens' tables and take only {default!r}, got "
+                f"{getattr(config, name)!r}"
+            )
 
 
 def check_compatible(model: nn.Module, task: ToyTask) -> None:
