@@ -34,6 +34,7 @@ import toy_tasks
 import workbench.sparse
 from kernels import api
 from kernels.layout import MAX_BLOCK, MAX_LEN, Layout, num_blocks
+from workbench.emergence_toy import REPEAT_LOGITS, EmergenceToyConfig
 from workbench.experiments.spec import ExperimentSpec, config_hash
 from workbench.models import ACT_FNS, ModelConfig, build_model
 from workbench.sae import ActivationStore, SAEConfig, TaskSource, train_sae
@@ -510,6 +511,7 @@ TRAIN_FIELDS = {
             st.builds(
                 lambda positional: TINY_MODEL.replace(positional=positional), st.just("rotary")
             ),
+            st.builds(EmergenceToyConfig, repeat_logits=mostly(st.sampled_from(REPEAT_LOGITS))),
         )
     ),
     "steps": mostly(st.integers(-1, 3)),
@@ -573,6 +575,7 @@ TRAIN_FIELDS = {
 TRAIN_NAMES = {
     *field_names(TrainConfig),
     *field_names(ModelConfig),
+    *field_names(EmergenceToyConfig),
     *(field for task in toy_tasks.names() for field in field_names(toy_tasks.task_class(task))),
     *("metric", "below", "above", "patience", "nope", "method", "hparams", "layers", "block_size"),
 }

@@ -30,6 +30,12 @@ import torch
 from torch import nn
 
 from toy_tasks.base import ToyTask
+from workbench.emergence_toy.model import (
+    EmergenceToy,
+    EmergenceToyConfig,
+    build_emergence_toy,
+    check_task,
+)
 from workbench.model_config import (  # noqa: F401  (re-exported: the public names)
     ACT_FNS,
     BACKENDS,
@@ -142,8 +148,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_model(task: ToyTask, config: ModelConfig) -> Any:
-    """A causal transformer for ``task`` (on CPU, train mode), weights from ``config.seed``.
+def build_model(task: ToyTask, config: ModelConfig | EmergenceToyConfig) -> Any:
+    """A causal transformer for ``task`` (on CPU, train mode), weights from ``config.seed``; for an
+    `EmergenceToyConfig`, the emergence paper's toy model (`workbench.emergence_toy`).
 
     Token tasks: a ``HookedTransformer`` with ``d_vocab = task.vocab_size`` taking ``[batch, pos]``
     tokens and returning logits ``[batch, pos, vocab]``. Continuous tasks: a `ContinuousTransformer`
@@ -157,6 +164,8 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
     models take only their defaults: ``ValueError`` naming the field otherwise), and
     ``config.position_scale`` multiplies the absolute positions.
     """
+    if isinstance(config, EmergenceToyConfig):
+        return build_emergence_toy(task, config)
     if task.kind == "tokens":
         check_token_parametrisation(config)
     if config.backend == "bridge":
@@ -206,6 +215,15 @@ def check_compatible(model: nn.Module, task: ToyTask) -> None:
     """Raise ``ValueError`` when ``model`` (from `build_model`) cannot run ``task``."""
     from workbench.attention import is_transformer_bridge
 
+    if isinstance(model, EmergenceToy):
+        check_task(task)
+        expected = (task.seq_len, task.d_input, task.d_output)
+        actual = (model.seq_len, model.W.shape[1], model.W.shape[0])
+        if expected != actual:
+            raise ValueError(
+                f"{task.name} has (seq_len, d_input, d_output) {expected} but the model {actual}"
+            )
+        return
     cfg = model.cfg
     if is_transformer_bridge(model):
         from workbench.bridge import is_continuous_bridge
@@ -230,6 +248,13 @@ def check_compatible(model: nn.Module, task: ToyTask) -> None:
     for name, (wanted, actual) in sizes.items():
         if wanted != actual:
             raise ValueError(f"{task.name} has {name} {wanted} but the model has {actual}")
+
+
+def to_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` moved to ``device`` (TransformerLens models without their device printout)."""
+    if isinstance(model, EmergenceToy):
+        return model.to(device)
+    return model.to(device, print_details=False)
 
 
 def toy_model(task: ToyTask, *, seed: int = 0, n_layers: int = 2, backend: str = "hooked") -> Any:

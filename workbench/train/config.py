@@ -16,6 +16,7 @@ from kernels.layout import check_block_size
 from toy_tasks.base import ToyTask, check_float, check_int
 from workbench.capture import SparsePlan
 from workbench.devices import check_device, resolve_device
+from workbench.emergence_toy.model import EmergenceToyConfig, check_task
 from workbench.models import ModelConfig, check_known_fields
 from workbench.runs import migrate_config
 from workbench.train.registry import names as eval_metric_names
@@ -39,7 +40,10 @@ class TrainConfig:
         task: a registered task name (with ``task_overrides``) or a task config object (overrides
             are applied to it with ``replace``).
         task_overrides: task parameters replacing the defaults.
-        model: the architecture; ``model.seed`` None means "initialise from ``seed``".
+        model: the architecture (a `ModelConfig`, or an `EmergenceToyConfig`: the emergence
+            paper's toy model, on the single-location task with ``position="last"``, without
+            evaluation metrics or sparse attention; a dict with ``architecture: emergence_toy``
+            is one); ``model.seed`` None means "initialise from ``seed``".
         steps: number of optimisation steps.
         batch_size: training examples per step.
         train_samples: train on a fixed set of this many examples (shuffled every epoch, the last
@@ -77,7 +81,7 @@ class TrainConfig:
 
     task: str | ToyTask = "assoc_recall"
     task_overrides: Mapping[str, Any] = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | EmergenceToyConfig = field(default_factory=ModelConfig)
     steps: int = 1000
     batch_size: int = 32
     train_samples: int | None = None
@@ -115,8 +119,11 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending field and its allowed range."""
         task = self.resolved_task()
-        if not isinstance(self.model, ModelConfig):
-            raise ValueError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        if not isinstance(self.model, (ModelConfig, EmergenceToyConfig)):
+            raise ValueError(
+                f"model must be a ModelConfig or an EmergenceToyConfig, got "
+                f"{type(self.model).__name__}"
+            )
         for name in ("steps", "batch_size", "step_every", "eval_every", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
         for name in ("metrics_every", "checkpoint_every"):
@@ -147,6 +154,20 @@ class TrainConfig:
         check_device(self.device)
         if task.kind not in ("tokens", "continuous"):
             raise ValueError(f"task must be a token or continuous task, got kind {task.kind!r}")
+        if isinstance(self.model, EmergenceToyConfig):
+            self._validate_toy_model(task)
+
+    def _validate_toy_model(self, task: ToyTask) -> None:
+        """The toy model reads the single-location task and has no attention layers to capture
+        or sparsify."""
+        check_task(task)
+        if self.eval_metrics:
+            raise ValueError(
+                "eval_metrics must be empty with the emergence toy model (it has no attention "
+                f"layers to capture), got {list(self.eval_metrics)}"
+            )
+        if self.sparse is not None:
+            raise ValueError("sparse must be None with the emergence toy model")
 
     def _validate_eval_metrics(self) -> None:
         known = eval_metric_names()
@@ -174,9 +195,13 @@ class TrainConfig:
             raise ValueError(f"task must be a task name or a ToyTask, got {self.task!r}")
         return toy_tasks.get(self.task, **self.task_overrides)
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self) -> ModelConfig | EmergenceToyConfig:
         """``model`` with its seed set (``seed`` when ``model.seed`` is None)."""
         return self.model if self.model.seed is not None else self.model.replace(seed=self.seed)
+
+    def has_attention_layers(self) -> bool:
+        """Whether the model is a transformer (traced, captured), not the emergence toy model."""
+        return isinstance(self.model, ModelConfig)
 
     def method(self) -> Any:
         """The `workbench.sparse` method (None when training densely)."""
@@ -213,8 +238,15 @@ class TrainConfig:
             task = dict(values["task"])
             values["task"] = toy_tasks.get(task.pop("name"), **task)
         if isinstance(values.get("model"), Mapping):
-            values["model"] = ModelConfig.from_dict(values["model"])
+            values["model"] = model_from_dict(values["model"])
         return cls(**values)
+
+
+def model_from_dict(data: Mapping[str, Any]) -> ModelConfig | EmergenceToyConfig:
+    """A `ModelConfig`, or an `EmergenceToyConfig` when ``data`` names an ``architecture``."""
+    if "architecture" in data:
+        return EmergenceToyConfig.from_dict(data)
+    return ModelConfig.from_dict(data)
 
 
 @dataclass(frozen=True)

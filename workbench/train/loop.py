@@ -19,7 +19,7 @@ from workbench import checkpoint
 from workbench.attention import route_attention
 from workbench.checkpoint import CheckpointError
 from workbench.io import atomic_write_text
-from workbench.models import build_model, check_compatible
+from workbench.models import build_model, check_compatible, to_device
 from workbench.runs import TRACES, Run, read_metrics
 from workbench.sparse.patch import SparseCore
 from workbench.termination import Terminated, termination_requests
@@ -133,7 +133,7 @@ def train(
     task, device = config.resolved_task(), config.torch_device()
     model = build_model(task, config.model_config())
     check_compatible(model, task)
-    model.to(device, print_details=False).train()
+    to_device(model, device).train()
     state = TrainState(
         model, make_optimizer(config, model), torch.Generator().manual_seed(config.seed)
     )
@@ -174,7 +174,8 @@ def train(
             if callback is not None:
                 callback(state.step, record)
     run = Run(out)
-    if not run.trace_path(FINAL_TRACE).with_suffix(".json").exists() or state.step != resumed_from:
+    traced = run.trace_path(FINAL_TRACE).with_suffix(".json").exists()
+    if config.has_attention_layers() and (not traced or state.step != resumed_from):
         with evaluation_mode(model):
             final_trace(model, eval_batch, config).save(run.trace_path(FINAL_TRACE))
     last = checkpoint.step_folders(out)[0]
