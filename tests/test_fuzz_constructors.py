@@ -571,6 +571,30 @@ TRAIN_FIELDS = {
         )
     ),
     "device": mostly(st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "tpu"])),
+    "curriculum": mostly(
+        st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {
+                    name: st.fixed_dictionaries(
+                        {
+                            "start": mostly(st.integers(0, 3)),
+                            "end": mostly(st.integers(1, 6)),
+                            "increment": mostly(st.integers(-1, 2)),
+                            "interval": mostly(st.integers(0, 2)),
+                        }
+                    )
+                    for name in ("dims", "points")
+                }
+            ),
+        )
+    ),
+    "eval_task_overrides": mostly(
+        st.one_of(
+            st.just({}),
+            st.dictionaries(st.sampled_from(["n_pairs", "nope", "cross_sample_p"]), json_scalars),
+        )
+    ),
 }
 TRAIN_NAMES = {
     *field_names(TrainConfig),
@@ -578,6 +602,7 @@ TRAIN_NAMES = {
     *field_names(EmergenceToyConfig),
     *(field for task in toy_tasks.names() for field in field_names(toy_tasks.task_class(task))),
     *("metric", "below", "above", "patience", "nope", "method", "hparams", "layers", "block_size"),
+    *("dims", "points", "start", "end", "increment", "interval"),
 }
 
 

@@ -14,6 +14,7 @@ import torch
 import toy_tasks
 from kernels.layout import check_block_size
 from toy_tasks.base import ToyTask, check_float, check_int
+from toy_tasks.linear_regression import Curriculum, LinearRegressionICL
 from workbench.capture import SparsePlan
 from workbench.devices import check_device, resolve_device
 from workbench.emergence_toy.model import EmergenceToyConfig, check_task
@@ -77,6 +78,18 @@ class TrainConfig:
             converted). The last record then holds ``"stopped_early": true`` and a checkpoint;
             None: always train ``steps``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:<n>"``.
+        curriculum: Garg et al.'s curriculum (`toy_tasks.Curriculum`; a dict ``{dims: {start,
+            end, increment, interval}, points: {...}}`` is converted) for the linear-regression
+            task: training step ``i`` samples the task with ``d_active`` and ``n_points`` of step
+            ``i`` (ending within the task's ``d`` and ``n_points``); evaluations use the full
+            task; training records add ``d_active`` and ``n_points``. Not with
+            ``train_samples``. None: always the full task.
+        eval_task_overrides: task parameters replacing the training task's for the evaluation
+            batch (e.g. ``{"cross_sample_p": 0}``: test data without repetition, as the emergence
+            paper evaluates); the sizes the model sees must stay those of the training task.
+
+    `to_dict` leaves out ``curriculum`` and ``eval_task_overrides`` at None / empty (configs and
+    checkpoints from before them are unchanged).
     """
 
     task: str | ToyTask = "assoc_recall"
@@ -104,11 +117,20 @@ class TrainConfig:
     mixed_precision: bool = False
     early_stop: EarlyStop | None = None
     device: str = "auto"
+    curriculum: Curriculum | None = None
+    eval_task_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "task_overrides", _keyword_dict("task_overrides", self.task_overrides)
         )
+        object.__setattr__(
+            self,
+            "eval_task_overrides",
+            _keyword_dict("eval_task_overrides", self.eval_task_overrides),
+        )
+        if isinstance(self.curriculum, Mapping):
+            object.__setattr__(self, "curriculum", Curriculum.from_dict(self.curriculum))
         object.__setattr__(self, "eval_metrics", _name_tuple("eval_metrics", self.eval_metrics))
         if isinstance(self.sparse, Mapping):
             object.__setattr__(self, "sparse", SparseConfig.from_dict(self.sparse))
@@ -156,6 +178,30 @@ class TrainConfig:
             raise ValueError(f"task must be a token or continuous task, got kind {task.kind!r}")
         if isinstance(self.model, EmergenceToyConfig):
             self._validate_toy_model(task)
+        self._validate_curriculum(task)
+        self._validate_eval_task(task)
+
+    def _validate_curriculum(self, task: ToyTask) -> None:
+        if self.curriculum is None:
+            return
+        if not isinstance(self.curriculum, Curriculum):
+            raise ValueError(
+                f"curriculum must be a Curriculum, a dict or None, got {self.curriculum!r}"
+            )
+        if not isinstance(task, LinearRegressionICL):
+            raise ValueError(f"curriculum applies to linear_regression, not to {task.name}")
+        if self.train_samples is not None:
+            raise ValueError("curriculum and train_samples exclude each other (a fixed set)")
+        self.curriculum.check_base(task)
+
+    def _validate_eval_task(self, task: ToyTask) -> None:
+        """The evaluation task must have the training task's sizes (the model's)."""
+        evaluated = self.eval_task()
+        if _sizes(evaluated) != _sizes(task):
+            raise ValueError(
+                f"eval_task_overrides must keep the sizes of the training task "
+                f"{_sizes(task)}, got {_sizes(evaluated)}"
+            )
 
     def _validate_toy_model(self, task: ToyTask) -> None:
         """The toy model reads the single-location task and has no attention layers to capture
@@ -195,6 +241,15 @@ class TrainConfig:
             raise ValueError(f"task must be a task name or a ToyTask, got {self.task!r}")
         return toy_tasks.get(self.task, **self.task_overrides)
 
+    def eval_task(self) -> ToyTask:
+        """The task of the evaluation batch: the training task with ``eval_task_overrides``
+        (validated; a bad override raises ``ValueError`` naming it)."""
+        task = self.resolved_task()
+        if not self.eval_task_overrides:
+            return task
+        fields = task.to_dict()
+        return toy_tasks.get(fields.pop("name"), **{**fields, **self.eval_task_overrides})
+
     def model_config(self) -> ModelConfig | EmergenceToyConfig:
         """``model`` with its seed set (``seed`` when ``model.seed`` is None)."""
         return self.model if self.model.seed is not None else self.model.replace(seed=self.seed)
@@ -225,6 +280,11 @@ class TrainConfig:
         data["eval_metrics"] = list(self.eval_metrics)
         data["sparse"] = None if self.sparse is None else self.sparse.to_dict()
         data["early_stop"] = None if self.early_stop is None else self.early_stop.to_dict()
+        data["eval_task_overrides"] = dict(self.eval_task_overrides)
+        data["curriculum"] = None if self.curriculum is None else self.curriculum.to_dict()
+        for name, default in (("curriculum", None), ("eval_task_overrides", {})):
+            if data[name] == default:  # left out: configs from before the field are unchanged
+                del data[name]
         return data
 
     @classmethod
@@ -392,6 +452,13 @@ def sparse_plan(config: TrainConfig) -> SparsePlan | None:
         return None
     sparse = config.sparse
     return SparsePlan(sparse.build(), layers=sparse.layers, block_size=sparse.block_size)
+
+
+def _sizes(task: ToyTask) -> tuple[Any, ...]:
+    """What a model is sized by: the kind, the length and the vocabulary or vector sizes."""
+    if task.kind == "tokens":
+        return (task.kind, task.seq_len, task.vocab_size)
+    return (task.kind, task.seq_len, task.d_input, task.d_output)
 
 
 def _name_tuple(name: str, value: Any) -> tuple[str, ...]:

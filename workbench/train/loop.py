@@ -144,7 +144,7 @@ def train(
     records = read_metrics(metrics_path)
     hits = _stop_hits(config.early_stop, records)
     eval_generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
-    eval_batch = task.sample(config.eval_batch_size, eval_generator).to(device)
+    eval_batch = config.eval_task().sample(config.eval_batch_size, eval_generator).to(device)
     data = TrainingData(task, config, device)
     plan = sparse_plan(config)
     sparse = None if plan is None else plan.core()
@@ -236,7 +236,8 @@ def _train_step(
     lr = learning_rate(config, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    batch = data.batch(state.step, state.generator)
+    step = state.step
+    batch = data.batch(step, state.generator)
     with training_forward(state.model, sparse, config, data.device):
         loss = task_loss(data.task, state.model(batch.inputs), batch)
     state.optimizer.zero_grad(set_to_none=True)
@@ -253,6 +254,7 @@ def _train_step(
     if not logged:
         return None
     record = {"step": state.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
+    record |= data.curriculum_record(step)
     if not math.isfinite(record["loss"]):
         raise FloatingPointError(f"the training loss is {record['loss']} at step {state.step}")
     return record
