@@ -1,0 +1,110 @@
+"""The paper-versus-ours analyses of the emergence experiments, on runs whose logs are written by
+stubs with known laws."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from workbench.experiments import ExperimentSpec, run_experiment
+from workbench.experiments.reproduction import (
+    exponent_rows,
+    geometric_mean_interval,
+    ratio_row,
+    reproduction_headline,
+    value_row,
+)
+
+
+def sigmoid_log(out_dir, drop: float, key: str, *, rising: bool, steps: int = 600) -> None:
+    """A metric crossing its emergence level at ``drop``: a loss from 0.5 to 0.01 (0.1 at
+    ``drop``) or an accuracy from 0.01 to 1 (0.05 at ``drop``)."""
+    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as file:
+        for step in range(0, steps, 2):
+            x = 0.5 * (1 + math.tanh((step - drop) / 4))  # the logistic (step - drop) / 2
+            value = 0.01 + 0.99 * x if rising else 0.5 - 0.8 * x
+            value = max(value, 0.01)
+            file.write(json.dumps({"step": step, "loss": 1.0, key: value}) + "\n")
+
+
+def single_location_stub(config, out_dir, *, resume, progress):
+    """Emergence at ``T sqrt(d) / B / (1 + 2p)`` (loss 0.1 = 0.2 x 0.5 at that step)."""
+    task = config["task"]
+    p = task.get("cross_sample_p", 0.0)
+    drop = task["seq_len"] * math.sqrt(task["d"]) / task["burstiness"] / (1 + 2 * p)
+    sigmoid_log(out_dir, drop + config["seed"], "eval_loss", rising=False)
+
+
+def spec(name: str, base: dict, sweep: dict, **fields) -> ExperimentSpec:
+    return ExperimentSpec.from_dict(
+        {"name": name, "description": "a test", "base": base, "sweep": sweep, **fields}
+    )
+
+
+SINGLE = {
+    "task": {
+        "name": "single_location",
+        "seq_len": 8,
+        "d": 4,
+        "burstiness": 1,
+        "cross_sample_p": 0.0,
+    },
+    "model": {"n_layers": 1, "d_model": 8},
+    "steps": 10,
+}
+
+
+def test_emergence_analysis_fits_at_p_zero_and_measures_cross_sample_speedups(tmp_path) -> None:
+    experiment = spec(
+        "emergence",
+        SINGLE,
+        {
+            "task.seq_len": [16, 32, 64],
+            "task.d": [4, 16],
+            "task.burstiness,task.cross_sample_p": [[1, 0.0], [2, 0.0], [1, 0.5]],
+        },
+        seeds=[0, 1],
+        analysis={"initial_loss": 0.5},
+    )
+    result = run_experiment(
+        experiment, runs_dir=tmp_path, train_fn=single_location_stub, progress=False
+    )
+    results = result.results
+    assert results["n_fitted"] == 24 and results["n_runs"] == 36
+    exponents = results["fit"]["exponents"]
+    assert exponents["T"] == pytest.approx(1.0, abs=0.05)
+    assert exponents["d"] == pytest.approx(0.5, abs=0.05)
+    assert exponents["B"] == pytest.approx(-1.0, abs=0.1)
+    (cross,) = results["cross_sample"]
+    assert cross["p"] == 0.5 and len(cross["ratios"]) == 12
+    assert np.mean(cross["ratios"]) == pytest.approx(2.0, rel=0.05)
+    rows = {row["quantity"]: row for row in results["paper_vs_ours"]}
+    assert rows["transformer: exponent of T"]["paper"] == 0.8
+    assert rows["transformer: exponent of T"]["reproduces"] is False  # T^1 here
+    speedup = rows["transformer: speed-up of cross-sample repetition p=0.5"]
+    assert speedup["ours"] == pytest.approx(2.0, rel=0.05) and speedup["paper"] is None
+    assert "toy-model theory" in speedup["note"]
+    assert any(q.startswith("transformer: emergence time / the paper's law") for q in rows)
+    assert results["headline"]["columns"] == [
+        "quantity",
+        "paper",
+        "ours",
+        "95% interval",
+        "paper inside",
+    ]
+
+
+def test_reproduction_rows_and_headline() -> None:
+    row = value_row("x", 1.0, 1.2, 0.9, 1.5)
+    assert row["reproduces"] is True and value_row("x", 2.0, 1.2, 0.9, 1.5)["reproduces"] is False
+    assert value_row("x", None, 1.2, 0.9, 1.5)["reproduces"] is None
+    centre, low, high = geometric_mean_interval([2.0, 2.0, 2.0])
+    assert centre == pytest.approx(2.0) and low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    assert ratio_row("r", 1.0, [])["ours"] is None
+    assert exponent_rows(None, {"T": 1.0}, "law")[0]["note"] == "not fitted"
+    headline = reproduction_headline("t", [row, value_row("y", None, None)], "note")
+    assert headline.rows[0] == ["x", "1", "1.2", "[0.9, 1.5]", "yes"]
+    assert headline.rows[1] == ["y", "-", "-", "-", "-"] and headline.note == "note"
