@@ -1,5 +1,5 @@
-"""The paper-versus-ours analyses of the emergence experiments, on runs whose logs are written by
-stubs with known laws."""
+"""The paper-versus-ours analyses of the emergence experiments (transformer, toy model), on runs
+whose logs are written by stubs with known laws."""
 
 from __future__ import annotations
 
@@ -95,6 +95,62 @@ def test_emergence_analysis_fits_at_p_zero_and_measures_cross_sample_speedups(tm
         "95% interval",
         "paper inside",
     ]
+
+
+def toy_stub(config, out_dir, *, resume, progress):
+    """Emergence at 1.5 sqrt(d) T / B (shared) or / sqrt(B) (free), cross-sample as its theory."""
+    task, repeat = config["task"], config["model"]["repeat_logits"]
+    p, d, T, B = task["cross_sample_p"], task["d"], task["seq_len"], task["burstiness"]
+    drop = 1.5 * math.sqrt(d) * T / (B if repeat == "shared" else math.sqrt(B))
+    drop /= math.sqrt(p * p * d + (1 - p) ** 2)
+    sigmoid_log(out_dir, drop + config["seed"], "eval_loss", rising=False, steps=800)
+
+
+def test_toy_analysis_fits_free_and_shared_logits_and_draws_gradient_flow(tmp_path) -> None:
+    base = {
+        "task": {
+            "name": "single_location",
+            "seq_len": 8,
+            "d": 4,
+            "burstiness": 1,
+            "cross_sample_p": 0.0,
+            "position": "last",
+        },
+        "model": {"architecture": "emergence_toy", "repeat_logits": "free"},
+        "optimizer": "sgd",
+        "lr": 1.0,
+        "steps": 800,
+        "eval_every": 2,
+        "device": "cpu",
+    }
+    experiment = spec(
+        "emergence_toy",
+        base,
+        {
+            "task.seq_len": [8, 16, 32],
+            "task.d": [4, 16],
+            "task.burstiness,task.cross_sample_p,model.repeat_logits": [
+                [1, 0.0, "free"],
+                [4, 0.0, "free"],
+                [4, 0.0, "shared"],
+                [1, 0.3, "free"],
+            ],
+        },
+        analysis={"paper": "toy_model", "initial_loss": 0.5},
+    )
+    result = run_experiment(experiment, runs_dir=tmp_path, train_fn=toy_stub, progress=False)
+    fits = result.results["fits"]
+    assert fits["free"]["fit"]["exponents"]["B"] == pytest.approx(-0.5, abs=0.05)
+    assert fits["shared"]["fit"]["exponents"]["B"] == pytest.approx(-1.0, abs=0.05)
+    cross = result.results["cross_sample_fit"]["fit"]["exponents"]["X"]
+    assert cross == pytest.approx(1.0, abs=0.05)
+    for row in result.results["runs"]:  # gradient flow of the expected loss, per run
+        assert row["theory_time"] and row["theory_time"] > row["estimate"] * 0.8
+    rows = {row["quantity"]: row for row in result.results["paper_vs_ours"]}
+    assert rows["toy model (shared repeat logits): exponent of B"]["reproduces"] is False
+    assert rows["toy model (shared repeat logits): prefactor"]["paper"] == 1.51
+    assert "toy model: SGD emergence time / gradient flow's" in rows
+    assert {path.name for path in result.figures} >= {"loss.html", "fit_free.html", "theory.html"}
 
 
 def test_reproduction_rows_and_headline() -> None:
