@@ -1,5 +1,5 @@
-"""The paper-versus-ours analyses of the emergence experiments (transformer, toy model), on runs
-whose logs are written by stubs with known laws."""
+"""The paper-versus-ours analyses of the emergence experiments (transformer, toy model, recall)
+and of in-context regression, on runs whose logs are written by stubs with known laws."""
 
 from __future__ import annotations
 
@@ -151,6 +151,53 @@ def test_toy_analysis_fits_free_and_shared_logits_and_draws_gradient_flow(tmp_pa
     assert rows["toy model (shared repeat logits): prefactor"]["paper"] == 1.51
     assert "toy model: SGD emergence time / gradient flow's" in rows
     assert {path.name for path in result.figures} >= {"loss.html", "fit_free.html", "theory.html"}
+
+
+def recall_stub(config, out_dir, *, resume, progress):
+    """Steps to 5% accuracy: 0.5 N_tokens^0.8 N_pairs^2 / B / (1 + 2p), 10 more for seed 1."""
+    task = config["task"]
+    drop = 0.5 * task["n_tokens"] ** 0.8 * task["n_pairs"] ** 2
+    drop /= task["burstiness"] * (1 + 2 * task["cross_sample_p"])
+    # accuracy 0.01 + 0.99 x = 0.05 where the logistic x = 0.04 / 0.99, 2 log(0.95 / 0.04)
+    # steps before its centre
+    centre = drop + 10 * config["seed"] + 2 * math.log(0.95 / 0.04)
+    sigmoid_log(out_dir, centre, "eval_accuracy", rising=True, steps=2000)
+
+
+def test_recall_analysis_fits_the_steps_to_five_percent(tmp_path) -> None:
+    base = {
+        "task": {
+            "name": "in_context_recall",
+            "n_tokens": 32,
+            "n_pairs": 4,
+            "burstiness": 1,
+            "cross_sample_p": 0.0,
+        },
+        "model": {"n_layers": 1, "d_model": 8},
+        "steps": 10,
+    }
+    experiment = spec(
+        "emergence_recall",
+        base,
+        {
+            "task.n_pairs,task.n_tokens,task.burstiness,task.cross_sample_p": [
+                [n, t, 1, 0.0] for n in (4, 6, 8) for t in (32, 64, 128)
+            ]
+            + [[8, 128, 2, 0.0], [8, 128, 1, 0.5]],
+        },
+        seeds=[0, 1],
+    )
+    result = run_experiment(experiment, runs_dir=tmp_path, train_fn=recall_stub, progress=False)
+    exponents = result.results["fit"]["exponents"]
+    assert exponents["N_pairs"] == pytest.approx(2.0, abs=0.1)
+    assert exponents["N_tokens"] == pytest.approx(0.8, abs=0.1)
+    rows = {row["quantity"]: row for row in result.results["paper_vs_ours"]}
+    assert rows["recall, steps to 5%: exponent of N_pairs"]["paper"] == 2.25
+    in_context = rows["recall: speed-up of in-context repetition B=2"]
+    cross = rows["recall: speed-up of cross-sample repetition p=0.5"]
+    assert in_context["paper"] == 4.0 and cross["paper"] == 2.0
+    assert in_context["ours"] == pytest.approx(2.0, rel=0.1)
+    assert cross["ours"] == pytest.approx(2.0, rel=0.1) and cross["reproduces"]
 
 
 def test_reproduction_rows_and_headline() -> None:

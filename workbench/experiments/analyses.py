@@ -8,8 +8,8 @@ Options come from the spec's ``analysis`` mapping; unknown options raise ``Value
 
 This module holds the semantic-focus analysis; the others have their own modules, imported here
 so that importing it registers every analysis: `workbench.experiments.emergence_analysis`
-(``emergence``), `emergence_toy_analysis` (``emergence_toy``) and `icl_analysis`
-(``icl_linreg``).
+(``emergence``), `emergence_toy_analysis` (``emergence_toy``), `recall_analysis`
+(``emergence_recall``) and `icl_analysis` (``icl_linreg``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from workbench.analysis import starts_past, threshold_time
-from workbench.experiments import emergence_toy_analysis  # noqa: F401
+from workbench.experiments import emergence_toy_analysis, recall_analysis  # noqa: F401
 from workbench.experiments.base import (
     AnalysisOutput,
     Headline,
