@@ -140,13 +140,31 @@ def test_load_spec_errors_name_the_file(tmp_path):
         load_spec("missing", tmp_path)
 
 
+QUICK_SIZES = {
+    "emergence": (15, 400),
+    "emergence_toy": (24, 600),  # a second or two per run
+    "emergence_recall": (8, 1200),
+    "icl_linreg": (1, 1500),
+}
+"""At most (runs, steps) of the quick variants (default 6 runs of 500 steps): together they finish
+in minutes on 2 CPU cores."""
+
+
 def test_bundled_specs_load_and_quick_variants_are_small():
-    assert spec_names() == ["emergence", "icl_linreg", "semantic_focus"]
+    assert spec_names() == [
+        "attention_saes",
+        "emergence",
+        "emergence_recall",
+        "emergence_toy",
+        "icl_linreg",
+        "semantic_focus",
+    ]
     for name in spec_names():
         spec = load_spec(name)
         quick = spec.quick_variant()
-        assert len(quick.configs()) <= 6
-        assert all(config["steps"] <= 500 for config in quick.configs())
+        runs, steps = QUICK_SIZES.get(name, (6, 500))
+        assert len(quick.configs()) <= runs
+        assert all(config["steps"] <= steps for config in quick.configs())
 
 
 def test_runs_are_cached_by_config_hash(tmp_path):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from workbench.experiments import ExperimentSpec, run_experiment
+from workbench.experiments import ExperimentSpec, load_spec, run_experiment
 from workbench.experiments.reproduction import (
     exponent_rows,
     geometric_mean_interval,
@@ -211,3 +211,26 @@ def test_reproduction_rows_and_headline() -> None:
     headline = reproduction_headline("t", [row, value_row("y", None, None)], "note")
     assert headline.rows[0] == ["x", "1", "1.2", "[0.9, 1.5]", "yes"]
     assert headline.rows[1] == ["y", "-", "-", "-", "-"] and headline.note == "note"
+
+
+def test_the_full_specs_hold_the_papers_grids() -> None:
+    """The full sweeps (the GPU's job) have the papers' grids: emergence over three d values,
+    repetition in context and across samples, 5 seeds, at most 50k steps; Garg's model and
+    curriculum for in-context regression."""
+    emergence = load_spec("emergence")
+    configs = emergence.configs()
+    assert len({c["task"]["d"] for c in configs}) >= 3
+    assert len({c["task"]["seq_len"] for c in configs}) >= 4
+    assert {c["task"]["burstiness"] for c in configs} >= {1, 4}
+    assert {c["task"]["cross_sample_p"] for c in configs} >= {0.0, 0.5}
+    assert len(emergence.seeds) == 5 and max(c["steps"] for c in configs) == 50000
+    base = emergence.base
+    assert (base["model"]["n_layers"], base["model"]["d_model"], base["lr"]) == (2, 256, 1e-4)
+    icl = load_spec("icl_linreg").base
+    model = icl["model"]
+    assert (model["n_layers"], model["n_heads"], model["d_model"]) == (12, 8, 256)
+    assert (icl["task"]["d"], icl["task"]["n_points"]) == (20, 41)
+    assert icl["curriculum"]["dims"] == {"start": 5, "end": 20, "increment": 1, "interval": 2000}
+    recall = load_spec("emergence_recall")
+    points = {(c["task"]["n_pairs"], c["task"]["n_tokens"]) for c in recall.configs()}
+    assert (32, 256) in points and len(recall.seeds) == 5
