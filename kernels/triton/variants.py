@@ -13,9 +13,9 @@ Two independent choices, each ``"auto"`` or forced:
   per-tile forward grid (Triton's Hopper pass fails on the persistent grid's nested loops).
 * **grid** of the forward: ``"tiles"`` (one program per query tile) or ``"persistent"`` (one
   program per resident slot, walking a work list of (batch, head, query block) items ordered
-  longest first, `work_list`). ``"auto"`` takes the persistent grid for layouts that list at most
-  `PERSISTENT_MAX_BLOCKS` key blocks per query block, where per-program start-up is a large part
-  of each program's work.
+  longest first, `work_list`). ``"auto"`` takes tiles: on an H100 at 64K the persistent grid was
+  no faster on layouts of 4-18 key blocks per query block and slower at ~50 (bench/NOTES.md,
+  2026-12-07).
 
 The choice is logged at debug level (logger ``kernels.api``) with the device capability and the
 Triton version.
@@ -40,8 +40,6 @@ DESCRIPTOR_CAPABILITIES = (9,)
 warp-specialised configurations were checked there, `bench/compile_check.py`)."""
 DESCRIPTOR_TRITON = (3, 6)
 """Oldest Triton whose descriptor kernels were checked (the device's; CI runs 3.9)."""
-PERSISTENT_MAX_BLOCKS = 16
-"""``grid="auto"`` runs the persistent grid when no query block lists more key blocks."""
 PROGRAMS_PER_SM = 2
 """Persistent programs per multiprocessor."""
 INTERPRETER_PROGRAMS = 3
@@ -110,7 +108,7 @@ def choose(
             reason = f"compute capability {capability[0]}.{capability[1]}"
         loads = "pointers" if reason is not None else "descriptors"
     if grid == "auto":
-        grid = "persistent" if layout.kv_indices.shape[-1] <= PERSISTENT_MAX_BLOCKS else "tiles"
+        grid = "tiles"
     logger.debug(
         "sparse_attention(impl='triton') runs %s loads and a %s grid (%s; capability %s, "
         "triton %s)",

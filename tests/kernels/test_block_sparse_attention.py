@@ -233,7 +233,7 @@ def test_descriptors_take_a_broadcast_output_gradient():
 
 def test_variant_choice(caplog: pytest.LogCaptureFixture):
     """Forced descriptors refuse strides they cannot take; "auto" takes pointers there (and in
-    the interpreter) and says why; the persistent grid for layouts listing few blocks."""
+    the interpreter) and says why; the tiled grid (the persistent one only when asked)."""
     q, k, v = random_qkv(34, (1, 2, 2, 32, 32, 16))
     strided = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # last stride != 1
     layout = random_layout(35, 1, 2, 32, 32, block_q=16, block_k=16)
@@ -243,10 +243,9 @@ def test_variant_choice(caplog: pytest.LogCaptureFixture):
         api.sparse_attention(q, k, v, layout, impl="triton", loads="tma")
     with caplog.at_level("DEBUG", logger="kernels.api"):
         variant = variants.choose(strided, k, v, layout)
-    assert variant == variants.Variant("pointers", "persistent")
+    assert variant == variants.Variant("pointers", "tiles")
     assert "stride" in caplog.text and "triton" in caplog.text
-    wide = Layout.dense(32, 32 * (variants.PERSISTENT_MAX_BLOCKS + 1), block_q=16, block_k=16)
-    assert variants.choose(q, k, v, wide).grid == "tiles"
+    assert variants.choose(q, k, v, layout, grid="persistent").grid == "persistent"
 
 
 def test_work_list_puts_the_longest_query_blocks_first():

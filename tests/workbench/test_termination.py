@@ -44,7 +44,13 @@ def test_outside_the_main_thread_nothing_changes() -> None:
     assert seen == [(False, before)]
 
 
-def _terminate_when_training(run_dirs: list[Path], timeout: float = 120.0) -> None:
+WAIT_SECONDS = 600.0
+"""How long a test waits for a process to start training or to stop: a fresh process imports
+torch and TransformerLens first (10-40 s on a loaded 2-core machine), so this is a wide margin
+that only a hang reaches."""
+
+
+def _terminate_when_training(run_dirs: list[Path], timeout: float = WAIT_SECONDS) -> None:
     """SIGTERM this process once every run in ``run_dirs`` has logged a training step."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,14 +87,14 @@ def test_workbench_run_stops_on_sigterm_with_status_143_and_continues(tmp_path) 
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     (config,) = load_spec(tmp_path / "long.yaml").configs()
     run_dir = tmp_path / "runs" / "long" / config_hash(config)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
         log = run_dir / "metrics.jsonl"
         if log.exists() and log.read_text().count("\n") >= 3:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=WAIT_SECONDS)
     assert process.returncode == 143, stderr
     assert "stopped on SIGTERM" in stderr
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])

@@ -130,24 +130,10 @@ def top_examples_figure(
         )
     )
     for row, example in enumerate(examples):
-        position = example["position"]
-        figure.add_shape(
-            type="rect",
-            x0=position - 0.5,
-            x1=position + 0.5,
-            y0=row - 0.5,
-            y1=row + 0.5,
-            line={"color": QUERY_COLOUR, "width": 2},
-        )
-    for row, example in enumerate(examples):
+        _frame(figure, example["position"], row, 0.5, {"color": QUERY_COLOUR, "width": 2})
         for position in example["relevant"]:
-            figure.add_shape(
-                type="rect",
-                x0=position - 0.45,
-                x1=position + 0.45,
-                y0=row - 0.42,
-                y1=row + 0.42,
-                line={"color": RELEVANT_COLOUR, "width": 2, "dash": "dot"},
+            _frame(
+                figure, position, row, 0.42, {"color": RELEVANT_COLOUR, "width": 2, "dash": "dot"}
             )
     figure.update_layout(
         title=title
@@ -158,6 +144,11 @@ def top_examples_figure(
         height=120 + 34 * len(examples),
     )
     return figure
+
+
+def _frame(figure: go.Figure, x: int, row: int, half: float, line: dict[str, Any]) -> None:
+    """A rectangle of half-size ``half`` around heatmap cell (``x``, ``row``)."""
+    figure.add_shape(type="rect", x0=x - half, x1=x + half, y0=row - half, y1=row + half, line=line)
 
 
 def variable_match_figure(match: Any, *, max_values: int = 40) -> go.Figure:
