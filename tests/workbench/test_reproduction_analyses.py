@@ -234,3 +234,23 @@ def test_the_full_specs_hold_the_papers_grids() -> None:
     recall = load_spec("emergence_recall")
     points = {(c["task"]["n_pairs"], c["task"]["n_tokens"]) for c in recall.configs()}
     assert (32, 256) in points and len(recall.seeds) == 5
+
+
+def test_copy_results_keeps_the_analysis_and_the_runs_logs(tmp_path) -> None:
+    from workbench.devtools.results import copy_results
+
+    experiment = spec("emergence", SINGLE, {"task.seq_len": [8, 16, 32]}, seeds=[0])
+    result = run_experiment(
+        experiment, runs_dir=tmp_path / "runs", train_fn=single_location_stub, progress=False
+    )
+    target = copy_results(result.directory, tmp_path / "results" / "emergence_cpu")
+    assert (target / "experiment.yaml").exists() and (target / "results.json").exists()
+    copied = {path.name for path in (target / "runs").iterdir()}
+    assert copied == {run.config_hash for run in result.runs}
+    for run in result.runs:
+        assert (target / "runs" / run.config_hash / "metrics.jsonl").exists()
+    html = (target / "figures" / "fit.html").read_text(encoding="utf-8")
+    assert 'src="../../plotly.min.js"' in html and (tmp_path / "results/plotly.min.js").exists()
+    assert not (target / "figures" / "plotly.min.js").exists()
+    with pytest.raises(ValueError, match="analysis_dir"):
+        copy_results(tmp_path / "runs", tmp_path / "results" / "nothing")

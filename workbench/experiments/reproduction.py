@@ -99,7 +99,7 @@ def ratio_row(
     if not ratios:
         return value_row(quantity, paper, None, note=note or "no pair of runs to compare")
     centre, low, high = geometric_mean_interval(ratios)
-    count = f"{len(ratios)} pairs"
+    count = f"{len(ratios)} pair{'s' if len(ratios) > 1 else ''}"
     return value_row(quantity, paper, centre, low, high, f"{note}; {count}" if note else count)
 
 
