@@ -15,6 +15,7 @@ from workbench.experiments import (
     RunsFailed,
     analyses,
     config_hash,
+    icl_analysis,
     load_spec,
     run_experiment,
     spec_names,
@@ -426,6 +427,8 @@ def test_icl_error_curves_put_the_model_next_to_the_baselines(tmp_path):
         "model seed=0",
     }
     # More steps of gradient descent fit the prompt better, least squares best of all.
+    legend = {icl_analysis.curve_group(label) for label in task_curves}
+    assert legend == set(task_curves) - {"model seed=0"} | {"model"}  # each baseline its own
     gd_1, gd_10 = task_curves["gd steps=1"], task_curves["gd steps=10"]
     assert gd_10[-1] < gd_1[-1] < task_curves["averaging"][-1] + 0.5
     assert all(len(curve) == 10 for curve in task_curves.values())

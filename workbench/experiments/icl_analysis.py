@@ -70,7 +70,7 @@ def icl_linreg_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Analysis
             title=f"in-context regression, {name} (Garg et al.'s figure)",
             x_title="in-context examples k",
             y_title="squared error / d",
-            groups={label: label.split(" ")[0] for label in curves},
+            groups={label: curve_group(label) for label in curves},
         )
         for name, curves in results["curves"].items()
     }
@@ -91,6 +91,12 @@ def icl_linreg_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Analysis
     return AnalysisOutput(
         results=results, figures={**figures, **present_figures(loss=loss)}, headline=headline
     )
+
+
+def curve_group(label: str) -> str:
+    """The legend entry of an error curve: ``"model"`` for every seed's model, else the label
+    (each baseline, e.g. ``"gd steps=1"`` and ``"gd steps=10"``, its own)."""
+    return "model" if label.startswith("model ") else label
 
 
 def icl_reproduction(results: Mapping[str, Any], near_zero: float) -> list[dict[str, Any]]:
