@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint readme readme-figure dashboard-screenshots browser-packages notebooks clean
 
 demo: $(VENV)/.installed-base
-	$(BIN)/workbench run emergence --quick
+	$(BIN)/workbench run emergence --quick --workers 2
 
 test: $(VENV)/.installed-dev browser-packages
 	$(BIN)/ruff check .

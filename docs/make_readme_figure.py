@@ -40,7 +40,16 @@ README = ROOT / "README.md"
 START = "<!-- generated caption: emergence-quick (python docs/make_readme_figure.py) -->"
 END = "<!-- end of generated caption -->"
 
-WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 8: "eight", 12: "twelve"}
+WORDS = {
+    2: "two",
+    3: "three",
+    4: "four",
+    5: "five",
+    6: "six",
+    8: "eight",
+    12: "twelve",
+    15: "fifteen",
+}
 
 
 def _values(runs: Sequence[Mapping[str, Any]], name: str) -> str:
@@ -74,16 +83,21 @@ def caption(quick: Mapping[str, Any], full: Mapping[str, Any]) -> str:
     )
     count = WORDS.get(len(runs), str(len(runs)))
     full_fit = full["fit"]
+    repetition = f"in-context repetition B in {_values(runs, 'B')}"
+    if any(run.get("p") for run in runs):
+        repetition += f", cross-sample repetition p in {_values(runs, 'p')}"
+    fitted = [run for run in runs if not run.get("p")]
     text = (
         f"*`make demo`: {count} small transformers trained on the single-location task of Zucchet "
-        f"et al. (sequence length T in {_values(runs, 'T')}, in-context repetition B in "
-        f"{_values(runs, 'B')}); left, the eval loss plateaus and then drops below the emergence "
+        f"et al. (sequence length T in {_values(runs, 'T')}, dimension d in {_values(runs, 'd')}, "
+        f"{repetition}); left, the eval loss plateaus and then drops below the emergence "
         f"threshold ({quick['fraction']:g} x {quick['initial_loss']:g}, dashed; dots: each run's "
-        "emergence time); right, the emergence time against T and B with the fitted power law "
-        f"(solid, {fit['confidence']:.0%} band) and the paper's slope (dashed). The quick CPU run "
-        f"gives {_law(fit, fit['names'])} ({fit['confidence']:.0%} CIs), {verdict}; the full "
-        f"sweep (`workbench run emergence` on a GPU, {full['n_runs']} runs, results in "
-        f"`docs/results/emergence_h100/`) gives {_law(full_fit, ['T'])}.*"
+        f"emergence time); right, the emergence times of the {len(fitted)} runs without "
+        f"cross-sample repetition against T with the fitted power law (solid, "
+        f"{fit['confidence']:.0%} band) and the paper's slope (dashed). The quick CPU run gives "
+        f"{_law(fit, fit['names'])} ({fit['confidence']:.0%} CIs), {verdict}; an earlier full "
+        f"sweep (TransformerLens's initialisation, {full['n_runs']} runs on a GPU, "
+        f"`docs/results/emergence_h100/`) gave {_law(full_fit, ['T'])}.*"
     )
     return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)
 
@@ -120,7 +134,7 @@ def write_caption() -> bool:
 def quick_numbers(spec: Any, results: Mapping[str, Any]) -> dict[str, Any]:
     """What the caption quotes of the quick run's analysis ``results``."""
     options = {"fraction": 0.2, "initial_loss": None, "paper": "transformer", **spec.analysis}
-    keep = ("config_hash", "T", "d", "B", "emergence_time", "last_step")
+    keep = ("config_hash", "T", "d", "B", "p", "emergence_time", "last_step")
     return {
         "experiment": spec.name,
         "quick": True,

@@ -11,6 +11,7 @@ import pkgutil
 from toy_tasks.assoc_recall import AssociativeRecall
 from toy_tasks.base import IGNORE_INDEX, NO_POSITION, Batch, ToyTask
 from toy_tasks.emergence import SingleLocationRegression
+from toy_tasks.in_context_recall import InContextRecall
 from toy_tasks.joint_recall import JointRecall
 from toy_tasks.linear_regression import Curriculum, LinearRegressionICL, Schedule
 from toy_tasks.registry import describe, get, names, register_task, task_class
@@ -25,6 +26,7 @@ __all__ = [
     "AssociativeRecall",
     "Batch",
     "Curriculum",
+    "InContextRecall",
     "JointRecall",
     "LinearRegressionICL",
     "Schedule",

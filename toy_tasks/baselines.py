@@ -1,4 +1,6 @@
-"""Classical in-context regression baselines on `LinearRegressionICL` batches.
+"""Classical in-context regression baselines on `LinearRegressionICL` batches: Garg et al.'s least
+squares, k-nearest neighbours and averaging, and Akyurek et al.'s ridge regression and steps of
+gradient descent.
 
 Every curve is the error a trained model is evaluated on (Garg et al.): the squared error of the
 prediction of ``y_{k+1}`` from the first ``k`` in-context pairs, for ``k = 0 .. n_points - 1``,
@@ -87,6 +89,34 @@ def knn_predictor(k: int = 3) -> Predictor:
     return predict
 
 
+def gradient_descent_predictor(steps: int = 1, lr: float | None = None) -> Predictor:
+    """Akyurek et al.'s gradient-descent learner: ``steps`` steps of full-batch gradient descent
+    from ``w = 0`` on the prompt's loss ``L(w) = 1/(2k) sum_i (w . x_i - y_i)^2``:
+    ``w <- w - eta X^T (X w - y) / k``. ``lr``: the step ``eta`` (> 0); None takes
+    ``eta = 1 / lambda_max(X^T X / k)`` per prompt (the textbook step of an L-smooth loss: stable
+    for every ``k``). One step with ``eta = 1`` is Garg's averaging."""
+    check_int("steps", steps, 1)
+    if lr is not None:
+        check_float("lr", lr, 0.0)
+        if lr == 0.0:
+            raise ValueError("lr must be > 0 or None (the step 1 / lambda_max)")
+
+    def predict(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        k = x.shape[1]
+        gram = x.transpose(1, 2) @ x / k  # [batch, d, d]
+        if lr is None:
+            eta = 1.0 / torch.linalg.eigvalsh(gram)[:, -1:]  # [batch, 1]
+        else:
+            eta = torch.full((x.shape[0], 1), lr, dtype=x.dtype, device=x.device)
+        moment = (x.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1) / k  # X^T y / k: [batch, d]
+        w = torch.zeros_like(moment)
+        for _ in range(steps):
+            w = w - eta * ((gram @ w.unsqueeze(-1)).squeeze(-1) - moment)
+        return _predict_linear(w, x_query)
+
+    return predict
+
+
 def averaging_predictor(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
     """Garg's "averaging": ``w = mean_i y_i x_i``."""
     return _predict_linear((y.unsqueeze(-1) * x).mean(dim=1), x_query)
@@ -105,6 +135,11 @@ def ridge_curve(batch: Batch, alpha: float) -> torch.Tensor:
 def knn_curve(batch: Batch, k: int = 3) -> torch.Tensor:
     """Error curve ``[n_points]`` of ``k``-nearest-neighbour averaging."""
     return baseline_curve(batch, knn_predictor(k))
+
+
+def gradient_descent_curve(batch: Batch, steps: int = 1, lr: float | None = None) -> torch.Tensor:
+    """Error curve ``[n_points]`` of `gradient_descent_predictor` (Akyurek et al.)."""
+    return baseline_curve(batch, gradient_descent_predictor(steps, lr))
 
 
 def averaging_curve(batch: Batch) -> torch.Tensor:

@@ -9,8 +9,9 @@ x-token of ``x_i`` (position ``2i``), from the ``i`` earlier pairs and ``x_i`` i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -159,13 +160,59 @@ class Schedule:
         check_int("step", step, 0)
         return min(self.end, self.start + self.increment * (step // self.interval))
 
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], name: str = "schedule") -> Schedule:
+        """The schedule of ``{start, end, increment, interval}`` (``ValueError`` naming ``name``
+        for another mapping)."""
+        return cls(**_fields_of(cls, data, name))
+
 
 @dataclass(frozen=True)
 class Curriculum:
-    """Garg's curriculum: the active dimension and the number of points grow with the step."""
+    """Garg's curriculum: the active dimension and the number of points grow with the step.
+
+    Garg et al. (dtsip/in-context-learning, ``src/curriculum.py``, ``conf/base.yaml``): training
+    step ``i`` (0-based) samples ``d_active = min(end, start + increment * (i // interval))`` and
+    the number of points likewise, so the values change at the steps ``interval``,
+    ``2 interval``, ...; inputs beyond ``d_active`` are 0 while ``w`` keeps all ``d``
+    coordinates. `workbench.train.TrainConfig` applies it to the training batches
+    (``curriculum``); evaluations use the full task.
+    """
 
     dims: Schedule
     points: Schedule
+
+    def __post_init__(self) -> None:
+        for name in ("dims", "points"):
+            if not isinstance(getattr(self, name), Schedule):
+                raise ValueError(
+                    f"curriculum.{name} must be a Schedule, got {getattr(self, name)!r}"
+                )
+
+    def check_base(self, base: LinearRegressionICL) -> None:
+        """Raise ``ValueError`` naming ``curriculum`` when the schedules end beyond ``base``'s
+        dimension or number of points (a model is sized for ``base``)."""
+        if self.dims.end > base.d or self.points.end > base.n_points:
+            raise ValueError(
+                f"curriculum must end within the task (dims.end {self.dims.end} <= d {base.d}, "
+                f"points.end {self.points.end} <= n_points {base.n_points})"
+            )
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        return {"dims": self.dims.to_dict(), "points": self.points.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Curriculum:
+        """``{"dims": {start, end, increment, interval}, "points": {...}}`` (``ValueError`` naming
+        ``curriculum``)."""
+        fields = _fields_of(cls, data, "curriculum")
+        return cls(
+            dims=Schedule.from_dict(fields["dims"], "curriculum.dims"),
+            points=Schedule.from_dict(fields["points"], "curriculum.points"),
+        )
 
     @classmethod
     def garg(cls) -> Curriculum:
@@ -177,3 +224,12 @@ class Curriculum:
         return dataclasses.replace(
             base, d_active=self.dims.value_at(step), n_points=self.points.value_at(step)
         )
+
+
+def _fields_of(cls: type, data: Any, name: str) -> dict[str, Any]:
+    """``data`` as keyword arguments of the dataclass ``cls``: exactly its fields (``ValueError``
+    naming ``name`` otherwise)."""
+    fields = [field.name for field in dataclasses.fields(cls)]
+    if not isinstance(data, Mapping) or sorted(data) != sorted(fields):
+        raise ValueError(f"{name} must be a mapping with the keys {fields}, got {data!r}")
+    return dict(data)

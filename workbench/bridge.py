@@ -86,10 +86,13 @@ def native_config(
 
 def build_bridge(task: ToyTask, config: ModelConfig) -> Any:
     """A causal ``TransformerBridge`` for ``task`` (on CPU, train mode) with the architecture of
-    ``config`` (see `workbench.models.build_model`); weights from ``config.seed`` (None: 0). The
-    global random state is left as it was."""
+    ``config`` (see `workbench.models.build_model`); weights from ``config.seed`` (None: 0), the
+    input projection and readout of a continuous model initialised as ``config.input_init`` /
+    ``readout_init`` say (drawn from a generator seeded with the same seed), the positions
+    multiplied by ``config.position_scale``. The global random state is left as it was."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    from workbench.parametrisation import scale_positions
     from workbench.positions import fix_sinusoidal_positions
 
     seed = 0 if config.seed is None else config.seed
@@ -98,7 +101,7 @@ def build_bridge(task: ToyTask, config: ModelConfig) -> Any:
         model = TransformerBridge.boot_native(fields)
     elif task.kind == "continuous":
         fields = native_config(config, task.seq_len, task.d_input, task.d_output, seed)
-        model = _continuous_bridge(fields, task.d_input)
+        model = _continuous_bridge(fields, task.d_input, config)
     else:
         raise ValueError(
             f"backend 'bridge' builds token and continuous models; {task.name} is a {task.kind} "
@@ -106,15 +109,20 @@ def build_bridge(task: ToyTask, config: ModelConfig) -> Any:
         )
     if config.positional == "sinusoidal":
         fix_sinusoidal_positions(model.pos_embed.original_component, "weight")
+    if config.positional != "rotary":
+        scale_positions(model.pos_embed.original_component.weight, config.position_scale)
     return model.train()
 
 
-def _continuous_bridge(fields: dict[str, Any], d_input: int) -> Any:
+def _continuous_bridge(fields: dict[str, Any], d_input: int, config: ModelConfig) -> Any:
     """``boot_native`` for a `ContinuousNativeModel`: the native initialisation (the input
-    projection gets the embedding's), then the bridge around it."""
+    projection gets the embedding's), the input projection and readout re-initialised as
+    ``config`` asks, then the bridge around it."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge.sources import build_bridge_from_module
     from transformer_lens.model_bridge.sources.native import initialize_native_model
+
+    from workbench.parametrisation import init_linear
 
     cfg = TransformerBridgeConfig.from_dict(fields)
     with torch.random.fork_rng(devices=[]):
@@ -124,6 +132,13 @@ def _continuous_bridge(fields: dict[str, Any], d_input: int) -> Any:
     model.tok_embed = LinearInput(d_input, cfg.d_model)
     with torch.no_grad():
         model.tok_embed.weight.copy_(embedding.weight)
+    generator = torch.Generator().manual_seed(fields["seed"])
+    if config.input_init != "transformer_lens":
+        tok_embed = model.tok_embed
+        init_linear(tok_embed.weight, tok_embed.bias, config.input_init, d_input, generator)
+    if config.readout_init != "transformer_lens":
+        head = model.head  # nn.Linear(d_model, d_output)
+        init_linear(head.weight, head.bias, config.readout_init, cfg.d_model, generator)
     return build_bridge_from_module(
         model, architecture="TransformerLensNative", tl_config=cfg, model_name="native"
     )

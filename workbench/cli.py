@@ -590,6 +590,13 @@ def runs_migrate(
         typer.Option(help="The spec the runs belong to (default: the folder's own analyses)."),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Say what would change; change nothing.")] = False,
+    pin_parametrisation: Annotated[
+        bool,
+        typer.Option(
+            help="The runs predate input_init / readout_init: write the TransformerLens "
+            "initialisation they were trained with into their continuous-task configs first."
+        ),
+    ] = False,
 ) -> None:
     """Rename run folders written under the older config schema to their hashes in today's, and
     rewrite the analyses there (old files kept as *.before-migration.*; nothing is deleted)."""
@@ -599,7 +606,12 @@ def runs_migrate(
     if not folder.is_dir():
         raise typer.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
     try:
-        migration = migrate(folder, None if spec is None else load_spec(spec), dry_run=dry_run)
+        migration = migrate(
+            folder,
+            None if spec is None else load_spec(spec),
+            dry_run=dry_run,
+            pin_parametrisation=pin_parametrisation,
+        )
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="FOLDER / --spec") from None
     typer.echo(("(dry run) " if dry_run else "") + describe(migration))

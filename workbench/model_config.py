@@ -9,6 +9,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from toy_tasks.base import TORCH_SEED_MAX, check_float, check_int
+from workbench.parametrisation import (
+    DEFAULT_INPUT_INIT,
+    DEFAULT_READOUT_INIT,
+    INPUT_INITS,
+    MAX_POSITION_SCALE,
+    READOUT_INITS,
+)
 
 POSITIONALS = ("standard", "sinusoidal", "rotary")
 NORMALIZATIONS = ("LN", "LNPre", None)
@@ -41,6 +48,18 @@ def check_known_fields(cls: type, data: Mapping[str, Any], name: str | None = No
         raise ValueError(f"{label} needs the fields {missing}, got {dict(data)!r}")
 
 
+OMITTED_DEFAULTS = {
+    "backend": "hooked",
+    "attention": "causal",
+    "dropout": 0.0,
+    "parametrization": "transformer_lens",
+    "input_init": DEFAULT_INPUT_INIT,
+    "readout_init": DEFAULT_READOUT_INIT,
+    "position_scale": 1.0,
+}
+"""Fields `ModelConfig.to_dict` leaves out at these values (added after configs were hashed)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a toy-task transformer (the sizes of the task come from the task).
@@ -61,9 +80,28 @@ class ModelConfig:
         seed: seed of the weight initialisation (None: 0 here; `workbench.train` uses its own
             seed).
         backend: ``"hooked"`` (TransformerLens ``HookedTransformer``) or ``"bridge"``
-            (``TransformerBridge``, `workbench.bridge`; ``act_fn`` one of `BRIDGE_ACT_FNS`). `to_dict`
-            omits it at its default, so configs and their hashes from before the field are
-            unchanged.
+            (``TransformerBridge``, `workbench.bridge`; ``act_fn`` one of `BRIDGE_ACT_FNS`).
+        attention: ``"causal"`` (decoders) or ``"bidirectional"`` (encoders, e.g. the
+            semantic-focus paper's classifiers); needs backend ``"hooked"`` away from causal.
+        dropout: dropout probability in ``[0, 1)`` where the semantic-focus paper applies it
+            (`workbench.dropout`, attention probabilities included); hooked backend only.
+        parametrization: ``"transformer_lens"`` (the library's initialisation) or
+            ``"semantic_focus"`` (the paper's, `workbench.parametrisation`); hooked only.
+        input_init: initialisation of the input projection of continuous-input models, one of
+            `INPUT_INITS` (`workbench.parametrisation`): ``"fan_in"`` (the default,
+            ``N(0, 1 / d_input)``), ``"torch_linear"`` (Garg et al.'s ``nn.Linear``) or
+            ``"transformer_lens"`` (the library's, as before the option existed). Token models
+            embed with TransformerLens' table and take only the default.
+        readout_init: initialisation of the linear readout of continuous-input models, one of
+            `READOUT_INITS`: ``"fan_in"`` (the default, ``N(0, 1 / d_model)``),
+            ``"torch_linear"``, ``"zero"`` or ``"transformer_lens"``; token models take only
+            the default.
+        position_scale: factor of the absolute positions (the sinusoidal table, or the initial
+            learned table), in ``[0, MAX_POSITION_SCALE]``; 1.0 with rotary positions.
+
+    `to_dict` leaves out the fields of `OMITTED_DEFAULTS` at their defaults, so configs and their
+    hashes from before these fields keep their form (the committed continuous-task runs, trained
+    with TransformerLens' initialisation, say so explicitly: ``docs/results/emergence_h100``).
     """
 
     n_layers: int = 2
@@ -80,6 +118,11 @@ class ModelConfig:
     attention: Literal["causal", "bidirectional"] = "causal"
     dropout: float = 0.0
     parametrization: Literal["transformer_lens", "semantic_focus"] = "transformer_lens"
+    input_init: Literal["fan_in", "torch_linear", "transformer_lens"] = DEFAULT_INPUT_INIT
+    readout_init: Literal["fan_in", "torch_linear", "zero", "transformer_lens"] = (
+        DEFAULT_READOUT_INIT
+    )
+    position_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +175,17 @@ class ModelConfig:
                     )
             if self.normalization == "LNPre":
                 raise ValueError("normalization 'LNPre' needs backend 'hooked'")
+        if self.input_init not in INPUT_INITS:
+            raise ValueError(f"input_init must be one of {INPUT_INITS}, got {self.input_init!r}")
+        if self.readout_init not in READOUT_INITS:
+            raise ValueError(
+                f"readout_init must be one of {READOUT_INITS}, got {self.readout_init!r}"
+            )
+        check_float("position_scale", self.position_scale, 0.0, MAX_POSITION_SCALE)
+        if self.positional == "rotary" and self.position_scale != 1.0:
+            raise ValueError(
+                f"position_scale must be 1.0 with rotary positions, got {self.position_scale}"
+            )
 
     @property
     def mlp_width(self) -> int:
@@ -142,9 +196,11 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, those added later left out at their defaults (`OMITTED_DEFAULTS`):
+        hashes of older configs hold."""
         data = dataclasses.asdict(self)
-        for name in OMITTED_AT_DEFAULT:  # hashes of configs from before these fields hold
-            if data[name] == DEFAULTS[name]:
+        for name, default in OMITTED_DEFAULTS.items():
+            if data[name] == default:
                 del data[name]
         return data
 
@@ -157,5 +213,3 @@ class ModelConfig:
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
 HOOKED_ONLY = ("attention", "dropout", "parametrization")
 """Fields that need ``backend="hooked"`` away from their defaults."""
-OMITTED_AT_DEFAULT = ("backend", *HOOKED_ONLY)
-"""Fields `ModelConfig.to_dict` leaves out at their defaults."""

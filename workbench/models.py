@@ -8,7 +8,7 @@
   (mean pooling and a linear classifier). All are ``HookedTransformer`` s, so `workbench.trace`
   and `workbench.sparse.patch.sparsify` work on them unchanged, hooks included. The config's
   ``attention``, ``dropout`` (`workbench.dropout`) and ``parametrization``
-  (`workbench.parametrization`) apply to each.
+  (`workbench.parametrisation`) apply to each.
 * ``ModelConfig(backend="bridge")``: the same architecture as a TransformerLens
   ``TransformerBridge`` around a TL-native model (`workbench.bridge`: ``boot_native``, offline,
   the same hook names; TL 4 removes ``HookedTransformer``). Tracing and sparse methods route it
@@ -34,6 +34,12 @@ from torch import nn
 
 from toy_tasks.base import ToyTask
 from workbench.classifier import is_classifier
+from workbench.emergence_toy.model import (
+    EmergenceToy,
+    EmergenceToyConfig,
+    build_emergence_toy,
+    check_task,
+)
 from workbench.model_config import (  # noqa: F401  (re-exported: the public names)
     ACT_FNS,
     BACKENDS,
@@ -42,6 +48,12 @@ from workbench.model_config import (  # noqa: F401  (re-exported: the public nam
     POSITIONALS,
     ModelConfig,
     check_known_fields,
+)
+from workbench.parametrisation import (
+    DEFAULT_INPUT_INIT,
+    DEFAULT_READOUT_INIT,
+    init_linear,
+    scale_positions,
 )
 from workbench.positions import fix_sinusoidal_positions, sinusoidal_positions  # noqa: F401
 
@@ -91,12 +103,17 @@ def _continuous_class() -> type:
         ``[batch, pos, d_output]`` (``d_output = cfg.d_vocab_out``, the unembedding is the linear
         readout). ``embed`` is a `LinearEmbed`, initialised like TransformerLens' weights; positions,
         blocks, hooks and caching are TransformerLens' own. Padding masks and key-value caches are
-        not supported."""
+        not supported. ``input_init``: the projection's initialisation
+        (`workbench.parametrisation`; ``"transformer_lens"``: ``N(0, cfg.initializer_range)``),
+        drawn from the global generator right after TransformerLens' weights."""
 
-        def __init__(self, cfg: Any, d_input: int) -> None:
+        def __init__(self, cfg: Any, d_input: int, input_init: str = DEFAULT_INPUT_INIT) -> None:
             super().__init__(cfg, move_to_device=False)
             self.embed = LinearEmbed(d_input, cfg.d_model)
-            nn.init.normal_(self.embed.W_in, std=cfg.initializer_range)
+            if input_init == "transformer_lens":
+                nn.init.normal_(self.embed.W_in, std=cfg.initializer_range)
+            else:
+                init_linear(self.embed.W_in, self.embed.b_in, input_init, d_input)
             self.setup()  # re-register module names after replacing `embed`
 
         def input_to_embed(
@@ -136,8 +153,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_model(task: ToyTask, config: ModelConfig) -> Any:
-    """A transformer for ``task`` (on CPU, train mode), weights from ``config.seed``.
+def build_model(task: ToyTask, config: ModelConfig | EmergenceToyConfig) -> Any:
+    """A transformer for ``task`` (on CPU, train mode), weights from ``config.seed``; for an
+    `EmergenceToyConfig`, the emergence paper's toy model (`workbench.emergence_toy`).
 
     Token tasks: a ``HookedTransformer`` with ``d_vocab = task.vocab_size`` taking ``[batch, pos]``
     tokens and returning logits ``[batch, pos, vocab]``. Continuous tasks: a `ContinuousTransformer`
@@ -147,7 +165,17 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
     bidirectional as ``config.attention`` says. With ``config.backend == "bridge"`` the same
     architecture as a ``TransformerBridge`` (`workbench.bridge.build_bridge`: same inputs and
     outputs, other initial weights). The global random state is left as it was.
+
+    Parametrisation (`workbench.parametrisation`): ``config.input_init`` and
+    ``config.readout_init`` initialise a continuous model's input projection and readout (token
+    models take only their defaults: ``ValueError`` naming the field otherwise),
+    ``config.position_scale`` multiplies the absolute positions, and ``config.parametrization``
+    ``"semantic_focus"`` re-initialises a token model as the semantic-focus paper does.
     """
+    if isinstance(config, EmergenceToyConfig):
+        return build_emergence_toy(task, config)
+    if task.kind in ("tokens", "classification"):
+        check_token_parametrisation(config)
     if config.backend == "bridge":
         from workbench.bridge import build_bridge
 
@@ -162,11 +190,13 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
         torch.manual_seed(seed)
         model = _hooked_model(task, config)
         if config.parametrization == "semantic_focus":
-            from workbench.parametrization import apply_semantic_focus_parametrization
+            from workbench.parametrisation import apply_semantic_focus_parametrization
 
             apply_semantic_focus_parametrization(model)
     if config.positional == "sinusoidal":
         fix_sinusoidal_positions(model.pos_embed, "W_pos")
+    if config.positional != "rotary":
+        scale_positions(model.pos_embed.W_pos, config.position_scale)
     if config.dropout > 0:
         from workbench.dropout import install_dropout
 
@@ -176,7 +206,8 @@ def build_model(task: ToyTask, config: ModelConfig) -> Any:
 
 def _hooked_model(task: ToyTask, config: ModelConfig) -> Any:
     """The ``HookedTransformer`` (or subclass) of ``task``'s kind, initialised by TransformerLens
-    from torch's default generator."""
+    from torch's default generator (a continuous model's input projection and readout then as
+    ``config.input_init`` / ``config.readout_init`` say, from the same generator)."""
     from transformer_lens import HookedTransformer
 
     if task.kind == "tokens":
@@ -184,7 +215,11 @@ def _hooked_model(task: ToyTask, config: ModelConfig) -> Any:
         return HookedTransformer(cfg, move_to_device=False)
     if task.kind == "continuous":
         cfg = _hooked_config(config, task.seq_len, task.d_input, task.d_output)
-        return _continuous_class()(cfg, task.d_input)
+        model = _continuous_class()(cfg, task.d_input, config.input_init)
+        if config.readout_init != "transformer_lens":
+            unembed = model.unembed
+            init_linear(unembed.W_U, unembed.b_U, config.readout_init, config.d_model)
+        return model
     if task.kind == "classification":
         from workbench.classifier import SequenceClassifier
 
@@ -193,10 +228,34 @@ def _hooked_model(task: ToyTask, config: ModelConfig) -> Any:
     raise ValueError(f"unknown task kind {task.kind!r} of {task.name}")
 
 
+def check_token_parametrisation(config: ModelConfig) -> None:
+    """Raise ``ValueError`` naming ``input_init`` / ``readout_init`` when a token model is asked
+    for another than the default (it embeds and unembeds with TransformerLens' tables)."""
+    for name, default in (
+        ("input_init", DEFAULT_INPUT_INIT),
+        ("readout_init", DEFAULT_READOUT_INIT),
+    ):
+        if getattr(config, name) != default:
+            raise ValueError(
+                f"{name} applies to continuous-input models; token models embed and unembed "
+                f"with TransformerLens' tables and take only {default!r}, got "
+                f"{getattr(config, name)!r}"
+            )
+
+
 def check_compatible(model: nn.Module, task: ToyTask) -> None:
     """Raise ``ValueError`` when ``model`` (from `build_model`) cannot run ``task``."""
     from workbench.attention import is_transformer_bridge
 
+    if isinstance(model, EmergenceToy):
+        check_task(task)
+        expected = (task.seq_len, task.d_input, task.d_output)
+        actual = (model.seq_len, model.W.shape[1], model.W.shape[0])
+        if expected != actual:
+            raise ValueError(
+                f"{task.name} has (seq_len, d_input, d_output) {expected} but the model {actual}"
+            )
+        return
     cfg = model.cfg
     if (task.kind == "classification") != is_classifier(model):
         kind = "sequence-classifier" if is_classifier(model) else "per-position"
@@ -229,6 +288,13 @@ def check_compatible(model: nn.Module, task: ToyTask) -> None:
     for name, (wanted, actual) in sizes.items():
         if wanted != actual:
             raise ValueError(f"{task.name} has {name} {wanted} but the model has {actual}")
+
+
+def to_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` moved to ``device`` (TransformerLens models without their device printout)."""
+    if isinstance(model, EmergenceToy):
+        return model.to(device)
+    return model.to(device, print_details=False)
 
 
 def toy_model(task: ToyTask, *, seed: int = 0, n_layers: int = 2, backend: str = "hooked") -> Any:

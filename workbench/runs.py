@@ -15,10 +15,11 @@ training config), every analysis of an experiment in ``<root>/<experiment>/<expe
 
 Metrics series (``metrics.jsonl``, written by `workbench.train`): one JSON object per line with
 ``step``; training lines add ``loss`` (that step's batch), ``lr`` and ``grad_norm`` (before
-clipping) and, with a method that has auxiliary losses (`workbench.sparse.state`), ``sparse_losses``
-``{name: value}`` (summed over layers; ``loss`` is the task loss, the step minimised their sum);
-evaluation lines (step 0, every ``eval_every`` and the last step) add ``eval_loss`` and
-``eval_accuracy`` (token tasks) or ``eval_mse`` (continuous tasks), with a fixed training set
+clipping), with a curriculum ``d_active`` and ``n_points`` (of that batch), and, with a method
+that has auxiliary losses (`workbench.sparse.state`), ``sparse_losses`` ``{name: value}`` (summed
+over layers; ``loss`` is the task loss, the step minimised their sum); evaluation lines (step 0,
+every ``eval_every`` and the last step) add ``eval_loss`` and ``eval_accuracy`` (token tasks) or
+``eval_mse`` (continuous tasks), with a fixed training set
 ``eval_loss_train`` and ``eval_accuracy_train`` / ``eval_mse_train``, and one group per evaluation
 metric, each ``{statistic: [layer][head]}`` (means over the scored positions):
 ``attention`` (``relevant_mass``, ``entropy``, ``k_0.9`` of the attention the model uses),

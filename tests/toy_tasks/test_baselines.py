@@ -12,6 +12,8 @@ from toy_tasks.base import Batch
 from toy_tasks.baselines import (
     averaging_curve,
     error_curve,
+    gradient_descent_curve,
+    gradient_descent_predictor,
     knn_curve,
     knn_predictor,
     least_squares_curve,
@@ -131,3 +133,42 @@ def test_curves_on_cuda_match_cpu() -> None:
     for curve in (least_squares_curve, averaging_curve, knn_curve):
         torch.testing.assert_close(curve(cuda).cpu(), curve(cpu))
     torch.testing.assert_close(ridge_curve(cuda, 0.1).cpu(), ridge_curve(cpu, 0.1))
+
+
+def test_gradient_descent_equals_a_hand_computation() -> None:
+    """Two prompts, d = 2, k = 2: w1 = eta X^T y / k, w2 = w1 - eta (X^T X w1 / k - X^T y / k),
+    eta = 1 / lambda_max(X^T X / k) or a fixed step."""
+    x = torch.tensor([[[1.0, 0.0], [1.0, 2.0]], [[2.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    y = torch.tensor([[1.0, 3.0], [4.0, -1.0]], dtype=torch.float64)
+    query = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    # Prompt 0: X^T X / 2 = [[1, 1], [1, 2]], eigenvalues (3 +- sqrt(5)) / 2; X^T y / 2 = [2, 3].
+    # Prompt 1: X^T X / 2 = diag(2, 0.5), lambda_max 2; X^T y / 2 = [4, -0.5].
+    eta = torch.tensor([2 / (3 + 5**0.5), 0.5], dtype=torch.float64)
+    moment = torch.tensor([[2.0, 3.0], [4.0, -0.5]], dtype=torch.float64)
+    gram = torch.tensor([[[1.0, 1.0], [1.0, 2.0]], [[2.0, 0.0], [0.0, 0.5]]], dtype=torch.float64)
+    w1 = eta[:, None] * moment
+    w2 = w1 - eta[:, None] * (torch.einsum("bij,bj->bi", gram, w1) - moment)
+    one = gradient_descent_predictor(1)(x, y, query)
+    two = gradient_descent_predictor(2)(x, y, query)
+    torch.testing.assert_close(one, (w1 * query).sum(-1))
+    torch.testing.assert_close(two, (w2 * query).sum(-1))
+    # Prompt 1 by hand: w1 = 0.5 [4, -0.5] = [2, -0.25], prediction 2 + 0.25 = 2.25.
+    assert float(one[1]) == pytest.approx(2.25)
+    fixed = gradient_descent_predictor(1, lr=0.1)(x, y, query)
+    torch.testing.assert_close(fixed, 0.1 * (moment * query).sum(-1))
+
+
+def test_one_gradient_step_of_size_one_is_averaging(batch: Batch) -> None:
+    torch.testing.assert_close(gradient_descent_curve(batch, 1, lr=1.0), averaging_curve(batch))
+
+
+def test_gradient_descent_approaches_least_squares_with_more_steps(batch: Batch) -> None:
+    """Past k = d the prompt's loss is strongly convex: more steps, closer to least squares."""
+    many = 3 * D - 1
+    errors = [float(gradient_descent_curve(batch, steps)[many]) for steps in (1, 5, 50)]
+    assert errors[0] > errors[1] > errors[2] > float(least_squares_curve(batch)[many])
+    assert errors[2] < 0.05
+    with pytest.raises(ValueError, match="steps"):
+        gradient_descent_predictor(0)
+    with pytest.raises(ValueError, match="lr"):
+        gradient_descent_predictor(1, lr=0.0)

@@ -89,6 +89,23 @@ def test_bridge_weights_come_from_the_seed_without_global_state() -> None:
     assert not torch.equal(first.blocks[0].attn.W_Q, other.blocks[0].attn.W_Q)
 
 
+def test_bridge_takes_the_parametrisation_of_the_config() -> None:
+    task, config = KINDS["continuous"]
+    config = config.replace(backend="bridge", d_model=256, d_head=64)
+    fan_in = build_model(task, config)
+    projection, readout = fan_in.embed.original_component, fan_in.unembed.original_component
+    assert projection.weight.std().item() == pytest.approx(task.d_input**-0.5, rel=0.1)
+    assert readout.weight.std().item() == pytest.approx(256**-0.5, rel=0.1)
+    assert not projection.bias.any() and not readout.bias.any()
+    zero = build_model(task, config.replace(readout_init="zero", position_scale=0.5))
+    assert not zero.unembed.original_component.weight.any()
+    torch.testing.assert_close(zero.pos_embed.W_pos, 0.5 * fan_in.pos_embed.W_pos)
+    library = build_model(task, config.replace(input_init="transformer_lens"))
+    assert library.embed.original_component.weight.std().item() == pytest.approx(
+        0.8 / 256**0.5, rel=0.1
+    )
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_trace_gives_the_same_statistics(kind: str) -> None:
     _, batch, hooked, bridge = models(kind)
@@ -259,16 +276,25 @@ def test_backend_is_serialised_only_when_not_the_default() -> None:
     assert ModelConfig.from_dict(SMALL.to_dict()) == SMALL
 
 
+TRAINED_BEFORE_PARAMETRISATION = ("emergence_h100", "semantic_focus_h100", "attention_saes_cpu")
+"""Committed results trained before ``input_init`` / ``readout_init`` existed."""
+
+
 def test_committed_run_configs_keep_their_hashes() -> None:
-    """Run folders are keyed by the hash of their config, checkpoints compare normalised configs:
-    neither may change because ``ModelConfig`` grew ``backend``."""
+    """Run folders are keyed by the hash of their config: no committed run's folder may change
+    because ``ModelConfig`` grew ``backend`` (left out of the dicts at its default); the
+    continuous-task runs trained before ``input_init`` / ``readout_init`` existed name the
+    TransformerLens initialisation they were trained with (migrated with
+    ``workbench runs migrate --pin-parametrisation``)."""
     folders = sorted(RESULTS.glob("*/runs/*"))
     assert folders
     for folder in folders:
         config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
         assert config_hash(config) == folder.name
+        if config["model"].get("architecture") == "emergence_toy":
+            continue  # the emergence paper's toy model: no transformer to build
         model = ModelConfig.from_dict(config["model"])
         assert model.backend == "hooked" and "backend" not in model.to_dict()
-    (emergence, *_) = sorted(RESULTS.glob("emergence_h100/runs/*/config.yaml"))
-    model = ModelConfig.from_dict(yaml.safe_load(emergence.read_text(encoding="utf-8"))["model"])
-    assert config_hash(model.to_dict()) == "f8566cfa584d"  # the value before the field existed
+        continuous = toy_tasks.task_class(config["task"]["name"]).kind == "continuous"
+        if continuous and folder.parents[1].name in TRAINED_BEFORE_PARAMETRISATION:
+            assert (model.input_init, model.readout_init) == ("transformer_lens",) * 2

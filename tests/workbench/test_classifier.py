@@ -1,5 +1,5 @@
 """Sequence classifiers (`workbench.classifier`), bidirectional attention, dropout
-(`workbench.dropout`) and the semantic-focus parametrisation (`workbench.parametrization`)."""
+(`workbench.dropout`) and the semantic-focus parametrisation (`workbench.parametrisation`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import workbench.sparse
 from workbench.capture import capture
 from workbench.classifier import is_classifier
 from workbench.models import ModelConfig, build_model, check_compatible
-from workbench.parametrization import ScaledEmbed
+from workbench.parametrisation import ScaledEmbed
 from workbench.runs import read_metrics
 from workbench.sparse.patch import sparsify
 from workbench.trace import TraceConfig, trace, tracing

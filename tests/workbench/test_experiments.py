@@ -15,6 +15,7 @@ from workbench.experiments import (
     RunsFailed,
     analyses,
     config_hash,
+    icl_analysis,
     load_spec,
     run_experiment,
     spec_names,
@@ -140,10 +141,24 @@ def test_load_spec_errors_name_the_file(tmp_path):
         load_spec("missing", tmp_path)
 
 
+QUICK_SIZES = {
+    "emergence": (15, 400),
+    "emergence_toy": (24, 600),  # a second or two per run
+    "emergence_recall": (8, 1200),
+    "icl_linreg": (1, 1500),
+    "semantic_focus": (6, 1600),  # 8 epochs of 200 steps of 25 examples of length 40
+    "trainable_sparse": (12, 500),
+}
+"""At most (runs, steps) of the quick variants (default 6 runs of 500 steps): together they finish
+in minutes on 2 CPU cores."""
+
+
 def test_bundled_specs_load_and_quick_variants_are_small():
     assert spec_names() == [
         "attention_saes",
         "emergence",
+        "emergence_recall",
+        "emergence_toy",
         "icl_linreg",
         "semantic_focus",
         "semantic_focus_recall",
@@ -152,9 +167,9 @@ def test_bundled_specs_load_and_quick_variants_are_small():
     for name in spec_names():
         spec = load_spec(name)
         quick = spec.quick_variant()
-        assert len(quick.configs()) <= 12
-        if name != "semantic_focus":  # its epochs: tests/workbench/test_semantic_focus_analysis
-            assert all(config["steps"] <= 500 for config in quick.configs())
+        runs, steps = QUICK_SIZES.get(name, (6, 500))
+        assert len(quick.configs()) <= runs
+        assert all(config["steps"] <= steps for config in quick.configs())
 
 
 def test_runs_are_cached_by_config_hash(tmp_path):
@@ -318,9 +333,12 @@ def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
     names = sorted(path.name for path in result.figures)
     assert names == ["fit.html", "loss.html", "relevant_mass.html"]
     headline = result.headline  # the fit beside the paper's, also stored in results.json
-    assert headline.columns == ["exponent", "ours", "95% interval", "paper", "paper inside"]
-    assert [row[0] for row in headline.rows] == ["T", "B"] and headline.rows[0][3] == "0.99"
-    assert "8 of 8 runs emerged" in headline.note
+    assert headline.columns == ["quantity", "paper", "ours", "95% interval", "paper inside"]
+    quantities = [row[0] for row in headline.rows]
+    assert quantities[:3] == [f"toy_model: exponent of {name}" for name in ("T", "B", "d")]
+    assert headline.rows[0][1] == "0.99" and headline.rows[2][2] == "-"  # d does not vary
+    assert quantities[3].startswith("toy_model: emergence time / the paper's law")
+    assert "8 of 8 runs at p = 0 emerged" in headline.note
     assert result.results["headline"] == headline.to_dict()
     assert all(path.stat().st_size > 1000 for path in result.figures)
 
@@ -394,16 +412,29 @@ class ZeroModel(torch.nn.Module):
 def test_icl_error_curves_put_the_model_next_to_the_baselines(tmp_path):
     base = {**BASE, "task": {"name": "linear_regression", "d": 4, "n_points": 10}}
     runs = [RunRecord({**base, "seed": 0}, Run(tmp_path / "abc"), cached=False)]
-    options = {"eval_examples": 512, "eval_seed": 0, "ridge_alpha": 0.1, "knn_k": 3}
+    options = {
+        "eval_examples": 512,
+        "eval_seed": 0,
+        "ridge_alpha": 0.1,
+        "knn_k": 3,
+        "gd_steps": [1, 10],
+    }
     curves = analyses.icl_error_curves(runs, options, lambda run_dir: ZeroModel())["curves"]
     (task_curves,) = curves.values()
     assert set(task_curves) == {
         "least_squares",
         "ridge alpha=0.1",
+        "gd steps=1",
+        "gd steps=10",
         "3-NN",
         "averaging",
         "model seed=0",
     }
+    # More steps of gradient descent fit the prompt better, least squares best of all.
+    legend = {icl_analysis.curve_group(label) for label in task_curves}
+    assert legend == set(task_curves) - {"model seed=0"} | {"model"}  # each baseline its own
+    gd_1, gd_10 = task_curves["gd steps=1"], task_curves["gd steps=10"]
+    assert gd_10[-1] < gd_1[-1] < task_curves["averaging"][-1] + 0.5
     assert all(len(curve) == 10 for curve in task_curves.values())
     assert np.mean(task_curves["model seed=0"]) == pytest.approx(1.0, abs=0.1)
     assert task_curves["least_squares"][-1] < 1e-6
@@ -445,7 +476,7 @@ def test_cli_run_prints_the_headline_table(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert "95% interval" in result.output and "paper" in result.output
-    assert "6 of 6 runs emerged" in result.output
+    assert "6 of 6 runs at p = 0 emerged" in result.output
 
 
 def test_cli_run_takes_a_path_to_a_yaml_spec(tmp_path, monkeypatch):

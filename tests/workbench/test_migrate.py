@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from workbench.cli import app
 from workbench.experiments import config_hash
-from workbench.experiments.migrate import migrate, migrate_spec
+from workbench.experiments.migrate import migrate, migrate_spec, pin_parametrisation
 from workbench.experiments.spec import ExperimentSpec
 from workbench.runs import RunStore, migrate_config
 from workbench.train import SparseConfig, TrainConfig
@@ -113,3 +113,55 @@ def test_migrate_renames_the_runs_to_todays_hashes_and_rewrites_the_analysis(tmp
     assert ExperimentSpec.from_dict(analysis.spec()) == new_spec
     assert (analysis.path / "results.before-migration.json").exists()
     assert not migrate(folder).renamed  # a second migration changes nothing
+
+
+CONTINUOUS_SPEC = {
+    "name": "toy",
+    "description": "a continuous-task spec written before the parametrisation options",
+    "base": {
+        "task": {"name": "single_location", "seq_len": 8, "d": 4},
+        "model": {"n_layers": 1, "d_model": 16},
+        "steps": 5,
+    },
+    "sweep": {"task.seq_len": [8, 16]},
+}
+
+
+def test_pin_parametrisation_writes_the_library_initialisation_into_continuous_configs() -> None:
+    continuous = CONTINUOUS_SPEC["base"]
+    pinned = pin_parametrisation(continuous)
+    assert pinned["model"] == {
+        "n_layers": 1,
+        "d_model": 16,
+        "input_init": "transformer_lens",
+        "readout_init": "transformer_lens",
+    }
+    assert pin_parametrisation(pinned) == pinned  # once
+    chosen = {**continuous, "model": {"readout_init": "zero"}}
+    assert pin_parametrisation(chosen) == chosen  # a config that names one is today's
+    assert pin_parametrisation(NEW) == NEW  # token tasks embed with TransformerLens' tables
+
+
+def test_migrate_pins_the_parametrisation_of_older_continuous_runs(tmp_path) -> None:
+    folder = tmp_path / "runs" / "toy"
+    spec = ExperimentSpec.from_dict(CONTINUOUS_SPEC)
+    store = RunStore(folder.parent)
+    old = []
+    for config in spec.configs():
+        run = store.run(folder.name, config_hash(config))
+        run.write_config(config)
+        run.write_result({"config_hash": run.name})
+        old.append(run.name)
+    store.analysis(folder.name, spec.experiment_hash()).write(
+        CONTINUOUS_SPEC, {"runs": [{"config_hash": name} for name in old]}
+    )
+    assert not migrate(folder).renamed  # the same settings in today's schema: nothing to do
+    migration = migrate(folder, pin_parametrisation=True)
+    assert len(migration.renamed) == 2
+    for run in store.runs("toy"):
+        config = run.config()
+        assert config_hash(config) == run.name and run.name not in old
+        assert TrainConfig.from_dict(config).model.input_init == "transformer_lens"
+    (analysis,) = store.analyses("toy")
+    assert analysis.spec()["base"]["model"]["readout_init"] == "transformer_lens"
+    assert sorted(analysis.run_names()) == sorted(run.name for run in store.runs("toy"))

@@ -142,6 +142,11 @@ def test_incompatible_task_and_model_are_named() -> None:
         ({"act_fn": "tanh"}, "act_fn"),
         ({"d_mlp": 0}, "d_mlp"),
         ({"seed": -1}, "seed"),
+        ({"input_init": "zero"}, "input_init"),
+        ({"readout_init": "xavier"}, "readout_init"),
+        ({"position_scale": -0.5}, "position_scale"),
+        ({"position_scale": float("nan")}, "position_scale"),
+        ({"positional": "rotary", "position_scale": 2.0}, "position_scale"),
     ],
 )
 def test_model_config_validation_names_the_field(changes: dict, field: str) -> None:
@@ -154,3 +159,64 @@ def test_model_config_round_trips_through_a_dict() -> None:
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({"width": 3})
+
+
+SINGLE = toy_tasks.get("single_location", seq_len=16, d=16, position="random")
+WIDE = ModelConfig(n_layers=1, d_model=256, n_heads=2, d_head=16, positional="sinusoidal", seed=0)
+
+
+def test_default_parametrisation_is_fan_in_in_and_out() -> None:
+    """The papers' dense layers: input projection N(0, 1/d_input), readout N(0, 1/d_model)."""
+    model = build_model(SINGLE, WIDE)
+    d_input = SINGLE.d_input
+    assert model.embed.W_in.std().item() == pytest.approx(d_input**-0.5, rel=0.05)
+    assert model.unembed.W_U.std().item() == pytest.approx(256**-0.5, rel=0.1)
+    assert not model.embed.b_in.any() and not model.unembed.b_U.any()
+    # The same draws as TransformerLens' initialisation, scaled: every other weight is unchanged.
+    library = build_model(
+        SINGLE, WIDE.replace(input_init="transformer_lens", readout_init="transformer_lens")
+    )
+    ratio = library.cfg.initializer_range * d_input**0.5
+    torch.testing.assert_close(library.embed.W_in, model.embed.W_in * ratio)
+    assert torch.equal(library.W_Q, model.W_Q) and torch.equal(library.W_in, model.W_in)
+    assert library.unembed.W_U.std().item() == pytest.approx(library.cfg.initializer_range, rel=0.1)
+
+
+def test_torch_linear_and_zero_parametrisations() -> None:
+    model = build_model(
+        SINGLE, WIDE.replace(input_init="torch_linear", readout_init="torch_linear")
+    )
+    bound = SINGLE.d_input**-0.5
+    assert model.embed.W_in.abs().max() <= bound and model.embed.b_in.abs().max() <= bound
+    assert model.embed.W_in.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert model.unembed.b_U.any() and model.unembed.b_U.abs().max() <= 256**-0.5
+    zero = build_model(SINGLE, WIDE.replace(readout_init="zero"))
+    assert not zero(sample(SINGLE).inputs).any()  # the zero predictor at initialisation
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "standard"])
+def test_position_scale_multiplies_the_positions(positional: str) -> None:
+    config = WIDE.replace(positional=positional)
+    plain = build_model(SINGLE, config)
+    scaled = build_model(SINGLE, config.replace(position_scale=0.25))
+    torch.testing.assert_close(scaled.pos_embed.W_pos, 0.25 * plain.pos_embed.W_pos)
+    assert torch.equal(scaled.embed.W_in, plain.embed.W_in)
+
+
+def test_token_models_take_only_the_default_parametrisation() -> None:
+    assert build_model(RECALL, SMALL.replace(position_scale=2.0)) is not None
+    for name, value in (("input_init", "torch_linear"), ("readout_init", "zero")):
+        with pytest.raises(ValueError, match=name):
+            build_model(RECALL, SMALL.replace(**{name: value}))
+
+
+def test_parametrisation_is_serialised_only_when_not_the_default() -> None:
+    assert {"input_init", "readout_init", "position_scale"}.isdisjoint(SMALL.to_dict())
+    changed = SMALL.replace(input_init="transformer_lens", readout_init="zero", position_scale=0.5)
+    data = changed.to_dict()
+    assert (data["input_init"], data["readout_init"], data["position_scale"]) == (
+        "transformer_lens",
+        "zero",
+        0.5,
+    )
+    assert ModelConfig.from_dict(data) == changed

@@ -1,4 +1,6 @@
-"""The README's tables of sparse methods and toy tasks, rendered from the registries.
+"""The README's generated tables: sparse methods and toy tasks from the registries, and the
+paper-versus-ours table of each committed reproduction (``docs/results/<name>/results.json``'s
+``paper_vs_ours`` rows, `workbench.experiments.reproduction`).
 
 README.md holds each generated table between two marker lines::
 
@@ -13,6 +15,8 @@ with status 1 when one differs, writing nothing); ``tests/test_readme.py`` fails
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -63,7 +67,33 @@ def tasks_table() -> str:
     return markdown_table(header, rows)
 
 
-TABLES: dict[str, Callable[[], str]] = {"sparse-methods": methods_table, "toy-tasks": tasks_table}
+RESULTS = README.parent / "docs" / "results"
+"""The committed results of a source checkout."""
+REPRODUCTIONS = ("emergence_cpu", "emergence_toy_cpu", "emergence_recall_cpu", "icl_linreg_cpu")
+"""Folders of `RESULTS` whose paper-versus-ours rows the README shows (marker
+``reproduction-<folder>``)."""
+
+
+def reproduction_table(folder: str) -> str:
+    """The ``paper_vs_ours`` rows of ``docs/results/<folder>/results.json``: quantity, paper,
+    ours, 95% interval, whether the paper's number lies inside, note."""
+    from workbench.experiments.reproduction import reproduction_headline
+
+    results = json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))
+    rows = results["paper_vs_ours"]
+    headline = reproduction_headline(folder, rows)
+    cells = [[*cells, row["note"]] for cells, row in zip(headline.rows, rows, strict=True)]
+    return markdown_table([*headline.columns, "note"], cells)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "sparse-methods": methods_table,
+    "toy-tasks": tasks_table,
+    **{
+        f"reproduction-{folder}": functools.partial(reproduction_table, folder)
+        for folder in REPRODUCTIONS
+    },
+}
 """Generated tables by marker name."""
 
 

@@ -5,25 +5,25 @@ They read the runs' configs (`workbench.train.TrainConfig` dicts: ``task`` as
 the runs' ``metrics.jsonl`` records (``step``, ``eval_loss``, ``eval_accuracy`` or ``eval_mse``, and
 with the ``attention`` evaluation metric ``attention = {name: [layer][head]}``).
 Options come from the spec's ``analysis`` mapping; unknown options raise ``ValueError``.
+
+This module holds the recall study (``semantic_focus_recall``, our extension of the semantic-focus
+paper) and ``trainable_sparse``; the others have their own modules, imported here so that importing
+it registers every analysis: `workbench.experiments.emergence_analysis` (``emergence``),
+`emergence_toy_analysis` (``emergence_toy``), `recall_analysis` (``emergence_recall``),
+`icl_analysis` (``icl_linreg``) and `semantic_focus_analysis` (``semantic_focus``, the paper's
+set-up).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workbench.analysis import (
-    PowerLawFit,
-    compare_exponents,
-    emergence_time,
-    fit_power_law,
-    starts_past,
-    threshold_time,
-)
+from workbench.analysis import starts_past, threshold_time
+from workbench.experiments import emergence_toy_analysis, recall_analysis  # noqa: F401
 from workbench.experiments.base import (
     AnalysisOutput,
     Headline,
@@ -31,327 +31,29 @@ from workbench.experiments.base import (
     analysis,
     analysis_options,
 )
-from workbench.experiments.spec import ExperimentSpec, config_hash, get_path
+from workbench.experiments.curves import curve_figure, present_figures, task_settings
+from workbench.experiments.emergence_analysis import (  # noqa: F401  (re-exported)
+    EMERGENCE_COVARIATES,
+    PAPER_EXPONENTS,
+    PAPER_LAWS,
+    emergence_analysis,
+    emergence_fit_figure,
+    emergence_headline,
+    emergence_loss_figure,
+    emergence_styles,
+    emergence_threshold,
+)
+from workbench.experiments.icl_analysis import (  # noqa: F401  (re-exported)
+    icl_error_curves,
+    icl_linreg_analysis,
+    load_model,
+)
+from workbench.experiments.spec import ExperimentSpec
 from workbench.metrics.stability import ROW_STATISTICS, stability_series
 from workbench.runs import metric_series, sparse_setting
-from workbench.viz.experiments import (
-    Level,
-    Mark,
-    curves_figure,
-    power_law_figure,
-    relevant_mass_figure,
-    table_figure,
-)
+from workbench.viz.experiments import Level, Mark, table_figure
 from workbench.viz.stability import stability_figures
-from workbench.viz.style import Style, series_style, sweep_styles, task_style
-
-EMERGENCE_COVARIATES = {"T": "task.seq_len", "d": "task.d", "B": "task.burstiness"}
-"""Covariate name -> config path of the emergence fit."""
-
-PAPER_EXPONENTS = {
-    "toy_model": {"T": 0.99, "B": -0.99, "d": 0.49},  # T_plateau = 1.51 T^0.99 B^-0.99 d^0.49
-    "transformer": {"d": 1.29, "T": 0.80, "B": -0.80},  # T_plateau = 0.76 d^1.29 T^0.80 B^-0.80
-}
-"""Zucchet et al.'s fitted emergence-time exponents (arXiv 2505.17863)."""
-
-
-def _label(config: Mapping[str, Any], paths: Mapping[str, str]) -> str:
-    """``"T=64 B=4"`` from the values at ``paths`` (``{name: config path}``)."""
-    return " ".join(f"{name}={get_path(config, path)}" for name, path in paths.items())
-
-
-def _curve_figure(
-    runs: list[RunRecord],
-    key: str,
-    group: Callable[[RunRecord], str],
-    style: Callable[[RunRecord], Style],
-    *,
-    panel: Callable[[RunRecord], str] | None = None,
-    **layout: Any,
-) -> Any | None:
-    """`curves_figure` of metric ``key`` of every run that logged it (None if none did): one
-    legend entry per ``group(run)`` drawn in ``style(run)``, one subplot per ``panel(run)``."""
-    curves = {run.config_hash: metric_series(run.metrics(), key) for run in runs}
-    curves = {name: curve for name, curve in curves.items() if curve[0].size}
-    if not curves:
-        return None
-    groups = {run.config_hash: group(run) for run in runs}
-    styles = {group(run): style(run) for run in runs}
-    panels = {run.config_hash: panel(run) for run in runs} if panel else None
-    return curves_figure(curves, groups=groups, styles=styles, panels=panels, y_title=key, **layout)
-
-
-def _figures(**figures: Any) -> dict[str, Any]:
-    """The figures that are not None."""
-    return {name: figure for name, figure in figures.items() if figure is not None}
-
-
-@analysis("emergence")
-def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
-    """Emergence time of every run (`emergence_time` of ``loss_key``), a power-law fit against
-    the covariates that vary (of T = seq_len, d, B = burstiness) with 95% intervals, and the
-    comparison with the paper's exponents (``paper``: ``"transformer"`` or ``"toy_model"``).
-    ``initial_loss``: the reference of the 0.2 x threshold (None: each run's loss at step 0; the
-    paper's toy model starts at the zero predictor's loss 0.5, which a randomly initialised
-    transformer does not). Figures: loss curves, relevant-mass curves (with the ``attention`` metric), fit."""
-    options = analysis_options(
-        spec,
-        {
-            "paper": "transformer",
-            "loss_key": "eval_loss",
-            "fraction": 0.2,
-            "initial_loss": None,
-            "smoothing": 5,
-            "persist": 3,
-        },
-    )
-    if options["paper"] not in PAPER_EXPONENTS:
-        raise ValueError(
-            f"paper must be one of {sorted(PAPER_EXPONENTS)}, got {options['paper']!r}"
-        )
-    paper = PAPER_EXPONENTS[options["paper"]]
-    rows = [_emergence_row(run, options) for run in runs]
-    results: dict[str, Any] = {"runs": rows, **_emergence_fit(rows, paper)}
-    styles = emergence_styles(rows)
-
-    def group(run: RunRecord) -> str:
-        return _label(run.config, EMERGENCE_COVARIATES)
-
-    def style(run: RunRecord) -> Style:
-        return styles[run.config_hash]
-
-    figures = _figures(
-        loss=emergence_loss_figure(runs, rows, options, group, style),
-        relevant_mass=relevant_mass_figure(
-            {run.config_hash: run.metrics() for run in runs},
-            {run.config_hash: group(run) for run in runs},
-            styles={run.config_hash: style(run) for run in runs},
-        ),
-        fit=emergence_fit_figure(
-            rows, results.get("fit"), paper=paper, paper_name=options["paper"]
-        ),
-    )
-    headline = emergence_headline(results, options["paper"])
-    return AnalysisOutput(results=results, figures=figures, headline=headline)
-
-
-def emergence_headline(results: Mapping[str, Any], paper: str) -> Headline:
-    """The fitted exponents with their 95% intervals beside the paper's."""
-    fit = results.get("fit")
-    counts = f"{results['n_emerged']} of {results['n_runs']} runs emerged"
-    if fit is None:
-        reason = results.get("fit_error", "no fit")
-        return Headline("emergence time", ["runs", "fit"], [[counts, reason]])
-    rows = [
-        [
-            row["name"],
-            f"{row['ours']:.2f}",
-            f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]",
-            f"{row['paper']:.2f}",
-            "yes" if row["within_ci"] else "no",
-        ]
-        for row in results["comparison"]
-    ]
-    formula = fit["formula"]
-    censored = f", {results['n_censored']} censored" if results["n_censored"] else ""
-    return Headline(
-        f"emergence time = {formula} (95% intervals; paper: Zucchet et al., {paper} fit)",
-        ["exponent", "ours", "95% interval", "paper", "paper inside"],
-        rows,
-        note=f"{counts}{censored}; R^2 {fit['r2']:.3f}",
-    )
-
-
-def emergence_styles(rows: list[dict[str, Any]]) -> dict[str, Style]:
-    """``{config_hash: Style}`` of the emergence runs (``results["runs"]`` rows), the same in the
-    loss, relevant-mass and fit figures: one hue per combination of d and B, shaded by T
-    (`sweep_styles`)."""
-    points = [{name: row[name] for name in EMERGENCE_COVARIATES} for row in rows]
-    styles = sweep_styles(points, "T") if points else []
-    return {row["config_hash"]: style for row, style in zip(rows, styles, strict=True)}
-
-
-def emergence_threshold(
-    steps: np.ndarray, losses: np.ndarray, options: Mapping[str, Any]
-) -> float | None:
-    """The loss a run must reach to have emerged: ``fraction x`` the ``initial_loss`` option, or
-    x the run's first finite logged loss (as `emergence_time`)."""
-    initial = options["initial_loss"]
-    if initial is None:
-        finite = losses[np.isfinite(losses)]
-        if not finite.size:
-            return None
-        initial = float(finite[0])
-    return options["fraction"] * initial
-
-
-def emergence_loss_figure(
-    runs: list[RunRecord],
-    rows: list[dict[str, Any]],
-    options: Mapping[str, Any],
-    group: Callable[[RunRecord], str],
-    style: Callable[[RunRecord], Style],
-) -> Any | None:
-    """Test-loss curves with the emergence threshold (one dashed line where every run shares it,
-    else each run's dotted in its colour), a dot where each run emerged and an open triangle at
-    the last step of the runs that had not (censored)."""
-    key = options["loss_key"]
-    row_of = {row["config_hash"]: row for row in rows}
-    thresholds, marks = {}, []
-    for run in runs:
-        steps, losses = metric_series(run.metrics(), key)
-        if not steps.size:
-            continue
-        threshold = emergence_threshold(steps, losses, options)
-        thresholds[run.config_hash] = threshold
-        time = row_of[run.config_hash]["emergence_time"]
-        if time is not None and threshold is not None:
-            text = f"{group(run)}: emerged at step {time:.0f}"
-            marks.append(Mark(run.config_hash, time, threshold, text, "emergence time"))
-        elif time is None:
-            text = f"{group(run)}: not emerged by step {steps[-1]:.0f}"
-            marks.append(
-                Mark(run.config_hash, steps[-1], losses[-1], text, "not emerged yet", bound=True)
-            )
-    fraction = f"{options['fraction']:g} x"
-    values = {value for value in thresholds.values() if value is not None}
-    if len(values) == 1:
-        value = values.pop()
-        initial = options["initial_loss"]
-        reference = f"{initial:g}" if initial is not None else "the initial loss"
-        levels = [Level(value, f"threshold {fraction} {reference} = {value:.3g}")]
-    else:
-        levels = [
-            Level(value, f"threshold: {fraction} each run's initial loss", curve=label)
-            for label, value in thresholds.items()
-            if value is not None
-        ]
-    return _curve_figure(
-        runs,
-        key,
-        group,
-        style,
-        title="test loss (colour: d and B, darker for longer T)",
-        log_y=True,
-        levels=levels,
-        marks=marks,
-    )
-
-
-def _emergence_row(run: RunRecord, options: Mapping[str, Any]) -> dict[str, Any]:
-    steps, losses = metric_series(run.metrics(), options["loss_key"])
-    time = (
-        emergence_time(
-            steps,
-            losses,
-            initial=options["initial_loss"],
-            fraction=options["fraction"],
-            smoothing=options["smoothing"],
-            persist=options["persist"],
-        )
-        if steps.size
-        else None
-    )
-    covariates = {name: get_path(run.config, path) for name, path in EMERGENCE_COVARIATES.items()}
-    return {
-        "config_hash": run.config_hash,
-        "seed": run.config.get("seed"),
-        **covariates,
-        "emergence_time": time,
-        # An unfinished run without an emergence time: not emerged by `last_step` (censored).
-        "finished": run.finished,
-        "last_step": int(steps[-1]) if steps.size else None,
-    }
-
-
-def _emergence_fit(rows: list[dict[str, Any]], paper: Mapping[str, float]) -> dict[str, Any]:
-    """Power-law fit of the emergence times on the covariates that vary among the runs that
-    emerged. A run without an emergence time is censored at its last logged step (it emerged
-    later, if ever): with such runs the fit is the censored maximum-likelihood one, and
-    ``fit_emerged_only`` (least squares over the emerged runs alone) is given beside it."""
-    emerged = [row for row in rows if row["emergence_time"]]
-    points, times, censored = _fit_points(rows)
-    varying = [name for name in EMERGENCE_COVARIATES if len({row[name] for row in emerged}) > 1]
-    summary: dict[str, Any] = {
-        "n_emerged": len(emerged),
-        "n_censored": int(censored.sum()),
-        "n_runs": len(rows),
-        "fit": None,
-    }
-    if not varying:
-        summary["fit_error"] = "no covariate varies among the runs that emerged"
-        return summary
-    try:
-        fit = fit_power_law(
-            {name: [row[name] for row in points] for name in varying}, times, censored=censored
-        )
-        if censored.any():
-            summary["fit_emerged_only"] = fit_power_law(
-                {name: [row[name] for row in emerged] for name in varying},
-                [row["emergence_time"] for row in emerged],
-            ).to_dict()
-    except ValueError as error:
-        summary["fit_error"] = str(error)
-        return summary
-    summary["fit"] = fit.to_dict()
-    summary["comparison"] = compare_exponents(
-        fit, {name: value for name, value in paper.items() if name in fit.names}
-    )
-    return summary
-
-
-def emergence_fit_figure(
-    rows: list[dict[str, Any]],
-    fit: Mapping[str, Any] | None,
-    *,
-    paper: Mapping[str, float] | None = None,
-    paper_name: str = "transformer",
-) -> Any | None:
-    """`power_law_figure` of an emergence analysis' ``results["runs"]`` rows and
-    ``results["fit"]`` (None without a fit): emerged runs, censored runs as lower bounds, the
-    fit with its confidence band (fits that record their covariance) and the paper's exponent
-    of the x covariate (``paper``, default Zucchet et al.'s ``paper_name`` fit) as a dashed
-    slope."""
-    if fit is None:
-        return None
-    law = PowerLawFit.from_dict(fit)
-    points, times, censored = _fit_points(rows)
-    covariates = {name: [row[name] for row in points] for name in law.names}
-    x_name = "T" if "T" in covariates else law.names[0]
-    paper = PAPER_EXPONENTS[paper_name] if paper is None else paper
-    styles = emergence_styles(rows)
-    return power_law_figure(
-        covariates,
-        times,
-        law.predict(covariates).tolist(),
-        formula=_formula_with_intervals(law),
-        x_name=x_name,
-        censored=censored.tolist(),
-        interval=None if law.covariance is None else law.predict_interval,
-        confidence=law.confidence,
-        reference_exponent=paper.get(x_name),
-        reference_name=f"paper ({paper_name})",
-        styles=[styles[row["config_hash"]] for row in points],
-    )
-
-
-def _formula_with_intervals(fit: PowerLawFit) -> str:
-    """E.g. ``"0.03 T^0.61 [0.31, 0.91] B^-0.50 [-0.99, -0.01]"``."""
-    terms = [
-        f"{name}^{fit.exponents[name]:.2f} [{fit.intervals[name][0]:.2f}, "
-        f"{fit.intervals[name][1]:.2f}]"
-        for name in fit.names
-    ]
-    return " ".join([f"{fit.prefactor:.3g}", *terms])
-
-
-def _fit_points(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float], np.ndarray]:
-    """The rows that enter the emergence fit, their times and which are censored ``[n]`` bool: an
-    emerged run at its emergence time, a run without one at its last logged step (it emerged
-    later, if ever)."""
-    points = [row for row in rows if row["emergence_time"] or row.get("last_step")]
-    times = [row["emergence_time"] or row["last_step"] for row in points]
-    return points, times, np.array([not row["emergence_time"] for row in points], dtype=bool)
+from workbench.viz.style import Style, series_style
 
 
 def method_label(config: Mapping[str, Any]) -> str:
@@ -414,8 +116,8 @@ def recall_study_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Analys
         return tasks[run.config_hash] if len(set(tasks.values())) > 1 else ""
 
     levels, marks = _threshold_levels_and_marks(runs, rows, options["thresholds"], panel)
-    figures = _figures(
-        accuracy=_curve_figure(
+    figures = present_figures(
+        accuracy=curve_figure(
             runs,
             key,
             group,
@@ -425,7 +127,7 @@ def recall_study_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> Analys
             levels=levels,
             marks=marks,
         ),
-        loss=_curve_figure(
+        loss=curve_figure(
             runs,
             "loss",
             group,
@@ -588,7 +290,7 @@ def _mean_header(name: str) -> str:
 def task_labels(runs: list[RunRecord]) -> dict[str, str]:
     """``{config_hash: label}`` of each run's task: its name, or the name and its settings where
     runs have different settings under one name (e.g. ``"assoc_recall(seq_len=64)"``)."""
-    settings = {run.config_hash: _task_settings(run.config["task"]) for run in runs}
+    settings = {run.config_hash: task_settings(run.config["task"]) for run in runs}
     labels = {}
     for digest, mine in settings.items():
         variants = [other for other in settings.values() if other["name"] == mine["name"]]
@@ -600,11 +302,6 @@ def task_labels(runs: list[RunRecord]) -> dict[str, str]:
         values = ", ".join(f"{field}={mine.get(field)}" for field in varying)
         labels[digest] = f"{mine['name']}({values})" if values else mine["name"]
     return labels
-
-
-def _task_settings(task: str | Mapping[str, Any]) -> dict[str, Any]:
-    """A config's ``task`` (a name, or a mapping with ``name``) as a mapping."""
-    return dict(task) if isinstance(task, Mapping) else {"name": task}
 
 
 def _attention_kind(config: Mapping[str, Any]) -> str:
@@ -686,99 +383,3 @@ def _summarise_by(
             )
         summary.append(entry)
     return summary
-
-
-def load_model(run_dir: Path) -> Any:
-    """The trained model of a finished run, in eval mode, from its final checkpoint:
-    `workbench.train.load_model` (on CPU). Contract: a ``torch.nn.Module`` mapping inputs
-    ``[batch, seq_len, d_input]`` to outputs ``[batch, seq_len, d_output]``."""
-    from workbench.train import load_model as load_checkpoint
-
-    model, _, _ = load_checkpoint(run_dir)
-    return model
-
-
-@analysis("icl_linreg")
-def icl_linreg_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisOutput:
-    """Garg et al.'s evaluation: the squared error / d of every trained model's prediction of
-    ``y_{k+1}`` against the number ``k`` of in-context examples, next to least squares, ridge
-    (``ridge_alpha``), ``knn_k``-nearest neighbours and averaging on the same ``eval_examples``
-    prompts (seed ``eval_seed``). Figures: one error curve plot per task config, test loss."""
-    options = analysis_options(
-        spec, {"eval_examples": 1024, "eval_seed": 12345, "ridge_alpha": 0.1, "knn_k": 3}
-    )
-    results = icl_error_curves(runs, options, load_model)
-    figures = {
-        f"error_curves_{name}": curves_figure(
-            {label: (range(len(curve)), curve) for label, curve in curves.items()},
-            title=f"in-context regression, {name}",
-            x_title="in-context examples k",
-            y_title="squared error / d",
-            groups={label: label.split(" ")[0] for label in curves},
-        )
-        for name, curves in results["curves"].items()
-    }
-    loss = _curve_figure(
-        runs,
-        "eval_loss",
-        lambda run: _label(run.config, {"task": "task.name"}),
-        lambda run: task_style(_task_settings(run.config["task"])["name"]),
-        title="test loss",
-        log_y=True,
-    )
-    headline = icl_headline(results["curves"])
-    return AnalysisOutput(
-        results=results, figures={**figures, **_figures(loss=loss)}, headline=headline
-    )
-
-
-def icl_headline(curves: Mapping[str, Mapping[str, list[float]]]) -> Headline:
-    """Per task config and predictor: the squared error / d after a quarter, half and all but one
-    of the prompt's examples (curves index the number of in-context examples k)."""
-    rows, ks = [], []
-    for name, task_curves in curves.items():
-        for label, curve in task_curves.items():
-            ks = [len(curve) // 4, len(curve) // 2, len(curve) - 1]
-            rows.append([name, label, *(f"{curve[k]:.3f}" for k in ks)])
-    return Headline(
-        "in-context regression: squared error / d after k examples",
-        ["task", "predictor", *(f"k={k}" for k in ks)],
-        rows,
-    )
-
-
-def icl_error_curves(
-    runs: list[RunRecord], options: Mapping[str, Any], load: Callable[[Path], Any]
-) -> dict[str, Any]:
-    """``{"curves": {task label: {curve label: [n_points] errors}}}``: each run's model (loaded by
-    ``load(run_dir)``) as ``"model seed=<s>"`` and the baselines, per distinct task config."""
-    import torch
-
-    import toy_tasks
-    from toy_tasks import baselines
-
-    curves: dict[str, dict[str, list[float]]] = {}
-    for run in runs:
-        task = toy_tasks.get(**run.config["task"])
-        name = f"d{task.d}_n{task.n_points}_{config_hash(task.to_dict())[:6]}"
-        batch = task.sample(
-            options["eval_examples"], torch.Generator().manual_seed(options["eval_seed"])
-        )
-        if name not in curves:
-            curves[name] = {
-                "least_squares": baselines.least_squares_curve(batch).tolist(),
-                f"ridge alpha={options['ridge_alpha']}": baselines.ridge_curve(
-                    batch, options["ridge_alpha"]
-                ).tolist(),
-                f"{options['knn_k']}-NN": baselines.knn_curve(batch, options["knn_k"]).tolist(),
-                "averaging": baselines.averaging_curve(batch).tolist(),
-            }
-        model = load(run.directory)
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            outputs = model(batch.inputs.to(device)).cpu()
-        predictions = outputs[:, 0::2, 0]
-        curves[name][f"model seed={run.config.get('seed')}"] = baselines.error_curve(
-            batch, predictions
-        ).tolist()
-    return {"curves": curves}

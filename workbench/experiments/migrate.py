@@ -10,6 +10,14 @@ written differently match), writes today's ``config.yaml`` and keeps the old one
 ``config.before-migration.yaml``; an analysis folder's ``experiment.yaml`` and ``results.json``
 are rewritten with the new spec and hashes (the old files kept beside them likewise). Nothing is
 deleted, and a run whose new folder exists already is left alone and reported.
+
+Configs written before `workbench.models.ModelConfig` had ``input_init`` and ``readout_init`` were
+trained with TransformerLens' initialisation of a continuous model's input projection and readout;
+today's defaults are the papers' (fan-in). Nothing in such a config tells it apart from one of
+today's, so the owner says so: ``migrate(folder, pin_parametrisation=True)`` (``workbench runs
+migrate --pin-parametrisation``) first writes ``input_init: transformer_lens`` and
+``readout_init: transformer_lens`` into every continuous-task config (runs and specs) that names
+neither (`pin_parametrisation`), then migrates as above.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ KEPT_SUFFIX = ".before-migration"
 """Suffix of the files a migration keeps (``config.before-migration.yaml``, ...)."""
 COUPLED_SPARSE_AXIS = "sparse_method,sparse_hparams"
 OLDER_KEYS = ("sparse_", "trace_metrics", "stability_metrics")
+LIBRARY_PARAMETRISATION = {"input_init": "transformer_lens", "readout_init": "transformer_lens"}
+"""What continuous models were initialised with before the parametrisation options existed."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,23 @@ def migrate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         if "sweep" in quick:
             quick["sweep"] = _migrate_sweep(quick["sweep"])
         data["quick"] = quick
+    return data
+
+
+def pin_parametrisation(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config (a run's, or a spec's ``base``) of a continuous task with the initialisation it was
+    trained with before the options existed (`LIBRARY_PARAMETRISATION`) written into ``model``
+    wherever it names neither option; other configs come back unchanged."""
+    import toy_tasks
+
+    data = dict(config)
+    task = data.get("task")
+    name = task.get("name") if isinstance(task, Mapping) else task
+    if not isinstance(name, str) or toy_tasks.task_class(name).kind != "continuous":
+        return data
+    model = dict(data.get("model") or {})
+    if not set(LIBRARY_PARAMETRISATION) & set(model):
+        data["model"] = model | LIBRARY_PARAMETRISATION
     return data
 
 
@@ -95,14 +122,21 @@ def _targets(spec: ExperimentSpec) -> dict[str, dict[str, Any]]:
 
 
 def migrate_runs(
-    runs: list[Run], targets: Mapping[str, dict[str, Any]], *, dry_run: bool = False
+    runs: list[Run],
+    targets: Mapping[str, dict[str, Any]],
+    *,
+    dry_run: bool = False,
+    pin: bool = False,
 ) -> Migration:
     """Rename the ``runs`` whose settings are those of a config of ``targets`` (`_targets`)
-    under another hash (see the module docstring)."""
+    under another hash (see the module docstring); with ``pin``, each run's config is first read
+    through `pin_parametrisation`."""
     renamed: list[tuple[Path, Path]] = []
     skipped: list[tuple[Path, str]] = []
     for run in runs:
         config = run.config()
+        if config is not None and pin:
+            config = pin_parametrisation(config)
         target = None if config is None else targets.get(_canonical(config))
         if target is None:
             skipped.append((run.path, "no config.yaml" if config is None else "not in the spec"))
@@ -122,11 +156,16 @@ def migrate_runs(
 
 
 def migrate_analysis(
-    analysis: Analysis, renamed: list[tuple[Path, Path]], *, dry_run: bool = False
+    analysis: Analysis,
+    renamed: list[tuple[Path, Path]],
+    *,
+    dry_run: bool = False,
+    pin: bool = False,
 ) -> None:
-    """Rewrite an analysis folder's ``experiment.yaml`` (today's schema) and ``results.json`` (new
-    run hashes and configs, new experiment hash); the old files are kept beside them."""
-    spec = ExperimentSpec.from_dict(migrate_spec(analysis.spec()))
+    """Rewrite an analysis folder's ``experiment.yaml`` (today's schema; with ``pin``, its base
+    through `pin_parametrisation`) and ``results.json`` (new run hashes and configs, new
+    experiment hash); the old files are kept beside them."""
+    spec = _analysis_spec(analysis, pin)
     results = analysis.results()
     if dry_run:
         return
@@ -146,24 +185,39 @@ def migrate_analysis(
     analysis.write(spec.to_dict(), results or {})
 
 
+def _analysis_spec(analysis: Analysis, pin: bool) -> ExperimentSpec:
+    """An analysis folder's spec in today's schema (its base pinned with ``pin``)."""
+    data = migrate_spec(analysis.spec())
+    if pin:
+        data["base"] = pin_parametrisation(data["base"])
+    return ExperimentSpec.from_dict(data)
+
+
 def migrate(
-    folder: str | Path, spec: ExperimentSpec | None = None, *, dry_run: bool = False
+    folder: str | Path,
+    spec: ExperimentSpec | None = None,
+    *,
+    dry_run: bool = False,
+    pin_parametrisation: bool = False,
 ) -> Migration:
     """Migrate an experiment folder: its run folders (directly in it, or in its ``runs/``) and its
     analyses (the folder itself when it holds an ``experiment.yaml``, and those in it). The runs
-    are matched against ``spec`` (today's schema), else against each analysis's own spec."""
+    are matched against ``spec`` (today's schema), else against each analysis's own spec. With
+    ``pin_parametrisation`` the runs and the analyses' specs are first read through
+    `pin_parametrisation` (see the module docstring)."""
     folder = Path(folder)
     if is_run(folder):
         raise ValueError(f"{folder} is a run folder: give the experiment folder that holds it")
     analyses, runs = experiment_contents(folder)
+    pin = pin_parametrisation
     specs = [spec] if spec is not None else []
-    specs += [ExperimentSpec.from_dict(migrate_spec(analysis.spec())) for analysis in analyses]
+    specs += [_analysis_spec(analysis, pin) for analysis in analyses]
     if not specs:
         raise ValueError(f"{folder} holds no analysis (experiment.yaml): name the spec")
     targets = {key: config for candidate in specs for key, config in _targets(candidate).items()}
-    migration = migrate_runs(runs, targets, dry_run=dry_run)
+    migration = migrate_runs(runs, targets, dry_run=dry_run, pin=pin)
     for analysis in analyses:
-        migrate_analysis(analysis, migration.renamed, dry_run=dry_run)
+        migrate_analysis(analysis, migration.renamed, dry_run=dry_run, pin=pin)
     return Migration(migration.renamed, migration.skipped, [a.path for a in analyses])
 
 

@@ -50,6 +50,10 @@ with a seed derived from the epoch), the evaluation batch (fixed for the run) fr
 generator. A run resumed from a checkpoint continues bit for bit as the uninterrupted run, and its
 ``metrics.jsonl`` is the same.
 
+Data: with ``curriculum`` (Garg et al.'s, `toy_tasks.Curriculum`) each training batch is drawn from
+the curriculum's task at its step; the evaluation batch comes from the full task, or from the task
+with ``eval_task_overrides`` (e.g. test data without repetition).
+
 Losses: token tasks, cross-entropy on the scored positions; continuous tasks,
 ``1/2 ||y - y*||^2`` summed over ``d_output`` and averaged over the scored positions (the emergence
 paper's loss). With ``sparse`` (a `SparseConfig`), every forward (training and evaluation) runs through

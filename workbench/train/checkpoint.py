@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from workbench import checkpoint
-from workbench.models import build_model
+from workbench.models import build_model, to_device
 from workbench.train.config import (
     RESUMABLE_FIELDS,
     EarlyStop,
@@ -122,4 +122,4 @@ def load_model(
     model = build_model(config.resolved_task(), config.model_config())
     attach_sparse_state(model, config)
     model.load_state_dict(_model_tensors(found.tensors))
-    return model.to(torch.device(device), print_details=False).eval(), config, found.step
+    return to_device(model, torch.device(device)).eval(), config, found.step

@@ -14,8 +14,10 @@ import torch
 import toy_tasks
 from kernels.layout import check_block_size
 from toy_tasks.base import ToyTask, check_float, check_int
+from toy_tasks.linear_regression import Curriculum, LinearRegressionICL
 from workbench.capture import SparsePlan
 from workbench.devices import check_device, resolve_device
+from workbench.emergence_toy.model import EmergenceToyConfig, check_task
 from workbench.models import ModelConfig, check_known_fields
 from workbench.runs import migrate_config
 from workbench.train.registry import names as eval_metric_names
@@ -39,7 +41,10 @@ class TrainConfig:
         task: a registered task name (with ``task_overrides``) or a task config object (overrides
             are applied to it with ``replace``).
         task_overrides: task parameters replacing the defaults.
-        model: the architecture; ``model.seed`` None means "initialise from ``seed``".
+        model: the architecture (a `ModelConfig`, or an `EmergenceToyConfig`: the emergence
+            paper's toy model, on the single-location task with ``position="last"``, without
+            evaluation metrics or sparse attention; a dict with ``architecture: emergence_toy``
+            is one); ``model.seed`` None means "initialise from ``seed``".
         steps: number of optimisation steps.
         batch_size: training examples per step.
         train_samples: train on a fixed set of this many examples (shuffled every epoch, the last
@@ -73,11 +78,23 @@ class TrainConfig:
             converted). The last record then holds ``"stopped_early": true`` and a checkpoint;
             None: always train ``steps``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:<n>"``.
+        curriculum: Garg et al.'s curriculum (`toy_tasks.Curriculum`; a dict ``{dims: {start,
+            end, increment, interval}, points: {...}}`` is converted) for the linear-regression
+            task: training step ``i`` samples the task with ``d_active`` and ``n_points`` of step
+            ``i`` (ending within the task's ``d`` and ``n_points``); evaluations use the full
+            task; training records add ``d_active`` and ``n_points``. Not with
+            ``train_samples``. None: always the full task.
+        eval_task_overrides: task parameters replacing the training task's for the evaluation
+            batch (e.g. ``{"cross_sample_p": 0}``: test data without repetition, as the emergence
+            paper evaluates); the sizes the model sees must stay those of the training task.
+
+    `to_dict` leaves out ``curriculum`` and ``eval_task_overrides`` at None / empty (configs and
+    checkpoints from before them are unchanged).
     """
 
     task: str | ToyTask = "assoc_recall"
     task_overrides: Mapping[str, Any] = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | EmergenceToyConfig = field(default_factory=ModelConfig)
     steps: int = 1000
     batch_size: int = 32
     train_samples: int | None = None
@@ -100,11 +117,20 @@ class TrainConfig:
     mixed_precision: bool = False
     early_stop: EarlyStop | None = None
     device: str = "auto"
+    curriculum: Curriculum | None = None
+    eval_task_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "task_overrides", _keyword_dict("task_overrides", self.task_overrides)
         )
+        object.__setattr__(
+            self,
+            "eval_task_overrides",
+            _keyword_dict("eval_task_overrides", self.eval_task_overrides),
+        )
+        if isinstance(self.curriculum, Mapping):
+            object.__setattr__(self, "curriculum", Curriculum.from_dict(self.curriculum))
         object.__setattr__(self, "eval_metrics", _name_tuple("eval_metrics", self.eval_metrics))
         if isinstance(self.sparse, Mapping):
             object.__setattr__(self, "sparse", SparseConfig.from_dict(self.sparse))
@@ -115,8 +141,11 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending field and its allowed range."""
         task = self.resolved_task()
-        if not isinstance(self.model, ModelConfig):
-            raise ValueError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        if not isinstance(self.model, (ModelConfig, EmergenceToyConfig)):
+            raise ValueError(
+                f"model must be a ModelConfig or an EmergenceToyConfig, got "
+                f"{type(self.model).__name__}"
+            )
         for name in ("steps", "batch_size", "step_every", "eval_every", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
         for name in ("metrics_every", "checkpoint_every"):
@@ -149,6 +178,44 @@ class TrainConfig:
             raise ValueError(
                 f"task must be a token, continuous or classification task, got kind {task.kind!r}"
             )
+        if isinstance(self.model, EmergenceToyConfig):
+            self._validate_toy_model(task)
+        self._validate_curriculum(task)
+        self._validate_eval_task(task)
+
+    def _validate_curriculum(self, task: ToyTask) -> None:
+        if self.curriculum is None:
+            return
+        if not isinstance(self.curriculum, Curriculum):
+            raise ValueError(
+                f"curriculum must be a Curriculum, a dict or None, got {self.curriculum!r}"
+            )
+        if not isinstance(task, LinearRegressionICL):
+            raise ValueError(f"curriculum applies to linear_regression, not to {task.name}")
+        if self.train_samples is not None:
+            raise ValueError("curriculum and train_samples exclude each other (a fixed set)")
+        self.curriculum.check_base(task)
+
+    def _validate_eval_task(self, task: ToyTask) -> None:
+        """The evaluation task must have the training task's sizes (the model's)."""
+        evaluated = self.eval_task()
+        if _sizes(evaluated) != _sizes(task):
+            raise ValueError(
+                f"eval_task_overrides must keep the sizes of the training task "
+                f"{_sizes(task)}, got {_sizes(evaluated)}"
+            )
+
+    def _validate_toy_model(self, task: ToyTask) -> None:
+        """The toy model reads the single-location task and has no attention layers to capture
+        or sparsify."""
+        check_task(task)
+        if self.eval_metrics:
+            raise ValueError(
+                "eval_metrics must be empty with the emergence toy model (it has no attention "
+                f"layers to capture), got {list(self.eval_metrics)}"
+            )
+        if self.sparse is not None:
+            raise ValueError("sparse must be None with the emergence toy model")
 
     def _validate_eval_metrics(self) -> None:
         known = eval_metric_names()
@@ -176,9 +243,22 @@ class TrainConfig:
             raise ValueError(f"task must be a task name or a ToyTask, got {self.task!r}")
         return toy_tasks.get(self.task, **self.task_overrides)
 
-    def model_config(self) -> ModelConfig:
+    def eval_task(self) -> ToyTask:
+        """The task of the evaluation batch: the training task with ``eval_task_overrides``
+        (validated; a bad override raises ``ValueError`` naming it)."""
+        task = self.resolved_task()
+        if not self.eval_task_overrides:
+            return task
+        fields = task.to_dict()
+        return toy_tasks.get(fields.pop("name"), **{**fields, **self.eval_task_overrides})
+
+    def model_config(self) -> ModelConfig | EmergenceToyConfig:
         """``model`` with its seed set (``seed`` when ``model.seed`` is None)."""
         return self.model if self.model.seed is not None else self.model.replace(seed=self.seed)
+
+    def has_attention_layers(self) -> bool:
+        """Whether the model is a transformer (traced, captured), not the emergence toy model."""
+        return isinstance(self.model, ModelConfig)
 
     def method(self) -> Any:
         """The `workbench.sparse` method (None when training densely)."""
@@ -202,6 +282,11 @@ class TrainConfig:
         data["eval_metrics"] = list(self.eval_metrics)
         data["sparse"] = None if self.sparse is None else self.sparse.to_dict()
         data["early_stop"] = None if self.early_stop is None else self.early_stop.to_dict()
+        data["eval_task_overrides"] = dict(self.eval_task_overrides)
+        data["curriculum"] = None if self.curriculum is None else self.curriculum.to_dict()
+        for name, default in (("curriculum", None), ("eval_task_overrides", {})):
+            if data[name] == default:  # left out: configs from before the field are unchanged
+                del data[name]
         return data
 
     @classmethod
@@ -215,8 +300,15 @@ class TrainConfig:
             task = dict(values["task"])
             values["task"] = toy_tasks.get(task.pop("name"), **task)
         if isinstance(values.get("model"), Mapping):
-            values["model"] = ModelConfig.from_dict(values["model"])
+            values["model"] = model_from_dict(values["model"])
         return cls(**values)
+
+
+def model_from_dict(data: Mapping[str, Any]) -> ModelConfig | EmergenceToyConfig:
+    """A `ModelConfig`, or an `EmergenceToyConfig` when ``data`` names an ``architecture``."""
+    if "architecture" in data:
+        return EmergenceToyConfig.from_dict(data)
+    return ModelConfig.from_dict(data)
 
 
 @dataclass(frozen=True)
@@ -372,6 +464,15 @@ def attach_sparse_state(model: Any, config: TrainConfig) -> None:
     plan = sparse_plan(config)
     if plan is not None:
         attach_states(model, plan.method, plan.layers, plan.heads)
+
+
+def _sizes(task: ToyTask) -> tuple[Any, ...]:
+    """What a model is sized by: the kind, the length and the vocabulary or vector sizes."""
+    if task.kind == "tokens":
+        return (task.kind, task.seq_len, task.vocab_size)
+    if task.kind == "classification":
+        return (task.kind, task.seq_len, task.vocab_size, task.n_classes)
+    return (task.kind, task.seq_len, task.d_input, task.d_output)
 
 
 def _name_tuple(name: str, value: Any) -> tuple[str, ...]:

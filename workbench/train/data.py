@@ -46,16 +46,17 @@ def forward_random_state(
         yield
 
 
-def evaluation_batch(task: ToyTask, config: TrainConfig) -> Batch:
+def evaluation_batch(config: TrainConfig) -> Batch:
     """The run's fixed evaluation batch (``eval_batch_size`` examples drawn from
     `evaluation_generator`), on the CPU: every evaluation, and the final trace of its first
     examples, read these."""
-    return task.sample(config.eval_batch_size, evaluation_generator(config))
+    return config.eval_task().sample(config.eval_batch_size, evaluation_generator(config))
 
 
 class TrainingData:
-    """Where training batches come from: a fresh sample from the training generator every step,
-    or (``train_samples``) shuffled epochs over a fixed set kept on the device."""
+    """Where training batches come from: a fresh sample from the training generator every step
+    (of the curriculum's task at that step, with a ``curriculum``), or (``train_samples``)
+    shuffled epochs over a fixed set kept on the device."""
 
     def __init__(self, task: ToyTask, config: TrainConfig, device: torch.device) -> None:
         self.task, self.config, self.device = task, config, device
@@ -72,7 +73,8 @@ class TrainingData:
         """The batch of optimisation step ``step`` (0-based)."""
         size = self.config.batch_size
         if self.fixed is None:
-            return self.task.sample(size, generator).to(self.device, non_blocking=True)
+            task = self.task_at(step)
+            return task.sample(size, generator).to(self.device, non_blocking=True)
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             seed = stream_seed(self.config.seed, "epoch", epoch)
@@ -81,3 +83,16 @@ class TrainingData:
             )
             self._epoch, self._order = epoch, order.to(self.device)
         return self.fixed.take(self._order[index * size : (index + 1) * size])
+
+    def task_at(self, step: int) -> ToyTask:
+        """The task sampled at optimisation step ``step`` (0-based): the curriculum's, else the
+        run's task."""
+        curriculum = self.config.curriculum
+        return self.task if curriculum is None else curriculum.task_at(step, self.task)
+
+    def curriculum_record(self, step: int) -> dict[str, int]:
+        """``{"d_active", "n_points"}`` of step ``step``'s task with a curriculum, else empty."""
+        if self.config.curriculum is None:
+            return {}
+        task = self.task_at(step)
+        return {"d_active": task.active_dims, "n_points": task.n_points}

@@ -92,6 +92,7 @@ def evaluate(
     """``eval_loss``, the task metric and the ``eval_metrics`` of ``config`` on ``batch``: one
     captured forward per chunk (`workbench.capture`) gives the outputs and every metric."""
     metrics = {name: get_eval_metric(name) for name in config.eval_metrics}
+    plan = sparse_plan(config)
     outputs, rows = [], []
     with evaluation_mode(model), torch.no_grad(), precision_context(config, device):
         for chunk in eval_chunks(batch):
@@ -100,7 +101,9 @@ def evaluate(
             def measure(capture: LayerCapture, chunk: Batch = chunk, into=chunk_rows) -> None:
                 into.extend(metric(capture, chunk, config) for metric in metrics.values())
 
-            with capturing(model, sparse=sparse_plan(config), on_layer=measure):
+            with contextlib.ExitStack() as stack:
+                if metrics or plan is not None:  # else the model's own forward, bitwise
+                    stack.enter_context(capturing(model, sparse=plan, on_layer=measure))
                 outputs.append(model(chunk.inputs).float())
             rows.append(chunk_rows)
     outputs = torch.cat(outputs)

@@ -19,7 +19,7 @@ from workbench import checkpoint
 from workbench.attention import route_attention
 from workbench.checkpoint import CheckpointError
 from workbench.io import atomic_write_text
-from workbench.models import build_model, check_compatible
+from workbench.models import build_model, check_compatible, to_device
 from workbench.runs import TRACES, Run, read_metrics
 from workbench.sparse.patch import SparseCore
 from workbench.sparse.state import sparse_losses
@@ -134,7 +134,7 @@ def train(
     task, device = config.resolved_task(), config.torch_device()
     model = build_model(task, config.model_config())
     check_compatible(model, task)
-    model.to(device, print_details=False).train()
+    to_device(model, device).train()
     attach_sparse_state(model, config)  # before the optimiser: its parameters are trained
     state = TrainState(
         model, make_optimizer(config, model), torch.Generator().manual_seed(config.seed)
@@ -145,7 +145,7 @@ def train(
     metrics_path = out / METRICS_FILE
     records = read_metrics(metrics_path)
     hits = _stop_hits(config.early_stop, records)
-    eval_batch = evaluation_batch(task, config).to(device)
+    eval_batch = evaluation_batch(config).to(device)
     data = TrainingData(task, config, device)
     plan = sparse_plan(config)
     sparse = None if plan is None else plan.core()
@@ -175,7 +175,8 @@ def train(
             if callback is not None:
                 callback(state.step, record)
     run = Run(out)
-    if not run.trace_path(FINAL_TRACE).with_suffix(".json").exists() or state.step != resumed_from:
+    traced = run.trace_path(FINAL_TRACE).with_suffix(".json").exists()
+    if config.has_attention_layers() and (not traced or state.step != resumed_from):
         with (
             evaluation_mode(model),
             forward_random_state(config, state.step, device, evaluation=True),
@@ -239,8 +240,9 @@ def _train_step(
     lr = learning_rate(config, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    batch = data.batch(state.step, state.generator)
-    with forward_random_state(config, state.step, data.device):
+    step = state.step
+    batch = data.batch(step, state.generator)
+    with forward_random_state(config, step, data.device):
         with training_forward(state.model, sparse, config, data.device):
             loss = task_loss(data.task, state.model(batch.inputs), batch)
         extra = sparse_losses(state.model)  # e.g. a learned gate's distillation loss
@@ -258,6 +260,7 @@ def _train_step(
     if not logged:
         return None
     record = {"step": state.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item()}
+    record |= data.curriculum_record(step)
     if extra:
         record["sparse_losses"] = {name: value.item() for name, value in sorted(extra.items())}
     if not math.isfinite(record["loss"]):
