@@ -12,7 +12,7 @@ saved with the model). Uncalibrated (``plan=None``), or selecting without a stat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -46,6 +46,14 @@ def sink_window_mask(
     return ((keys < sink) | ((distance >= 0) & (distance < window)))[None]
 
 
+def _lengths(name: str, value: Any) -> tuple[Any, ...]:
+    """``value`` as a tuple; ``TypeError`` naming ``name`` when it is no sequence (a string is
+    none here)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a sequence of window lengths, got {value!r}")
+    return tuple(value)
+
+
 @register_method
 @dataclass(frozen=True, eq=False)
 class MoA(SparseMethod):
@@ -67,9 +75,10 @@ class MoA(SparseMethod):
     plan: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "candidates", tuple(self.candidates))
-        if self.plan is not None and not isinstance(self.plan, (str, bytes)):
-            object.__setattr__(self, "plan", tuple(tuple(layer) for layer in self.plan))
+        object.__setattr__(self, "candidates", _lengths("candidates", self.candidates))
+        if self.plan is not None:
+            plan = tuple(_lengths("plan", layer) for layer in _lengths("plan", self.plan))
+            object.__setattr__(self, "plan", plan)
         super().__post_init__()
 
     def validate(self) -> None:
@@ -81,7 +90,7 @@ class MoA(SparseMethod):
             check_int("candidates", candidate, 1)
         check_fraction("mass", self.mass)
         if self.plan is not None:
-            if isinstance(self.plan, (str, bytes)) or not all(self.plan):
+            if not all(self.plan):
                 raise ValueError(
                     f"plan must be None or window lengths [layer][head], got {self.plan!r}"
                 )
