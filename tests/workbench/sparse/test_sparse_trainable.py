@@ -344,3 +344,23 @@ def test_dusa_is_one_softmax_over_its_block_and_the_earlier_block_summaries():
             logits = torch.cat([k[0, 0][own] @ q[0, h, t], k[0, 0][earlier] @ q[0, h, t]]) * scale
             values = torch.cat([v[0, 0][own], stage1[h, earlier]])
             torch.testing.assert_close(out[0, h, t], torch.softmax(logits, 0) @ values, **CLOSE)
+
+
+def test_attention_dropout_applies_to_every_branch_of_a_composite_method():
+    """With dropout each branch's probabilities are dropped (the pattern materialised): the
+    output changes, the same seed repeats it, and the Triton kernels refuse it."""
+    method = sparse.get("dusa", block=4)
+    q, k, v = make_qkv(q_len=16, heads=2, kv_heads=1)
+    kept, _ = method.attend(q, k, v, causal=True, block_size=16, impl="reference")
+    dropped = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        out, _ = method.attend(q, k, v, causal=True, block_size=16, impl="reference", dropout=0.5)
+        dropped.append(out)
+    torch.testing.assert_close(dropped[0], dropped[1], rtol=0, atol=0)
+    assert not torch.allclose(dropped[0], kept)
+    torch.manual_seed(5)
+    none, _ = method.attend(q, k, v, causal=True, block_size=16, impl="reference", dropout=0.0)
+    torch.testing.assert_close(none, kept, rtol=0, atol=0)
+    with pytest.raises(NotImplementedError, match="dropout"):
+        method.attend(q, k, v, causal=True, block_size=16, impl="triton", dropout=0.5)
