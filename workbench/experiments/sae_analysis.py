@@ -84,7 +84,7 @@ def _row(
     record: RunRecord, metrics: Mapping[str, Any], summary: Mapping[str, Any]
 ) -> dict[str, Any]:
     row = {
-        "run": record.config_hash,
+        "config_hash": record.config_hash,
         "method": method_label(record.config),
         "seed": record.config.get("seed"),
         **{key: metrics[key] for key in ("fvu", "l0", "dead_fraction", "dense_fraction")},

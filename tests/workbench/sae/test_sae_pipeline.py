@@ -195,6 +195,7 @@ def test_cli_refuses_missing_inputs(tmp_path) -> None:
 
 def test_attention_saes_experiment_compares_methods_and_reuses_its_saes(tmp_path) -> None:
     from workbench.experiments import ExperimentSpec, load_spec, run_experiment
+    from workbench.runs import Analysis
 
     bundled = load_spec("attention_saes").to_dict()
     spec = ExperimentSpec.from_dict(
@@ -215,6 +216,8 @@ def test_attention_saes_experiment_compares_methods_and_reuses_its_saes(tmp_path
     assert {"dedicated_query", "dedicated_target", "dedicated_source"} <= set(methods["dense"])
     assert [row[0] for row in result.headline.rows] == ["dense", "top_k(k=4)"]
     assert {path.name for path in result.figures} == {"comparison.html", "dedicated.html"}
+    hashes = [record.config_hash for record in result.runs]
+    assert Analysis(result.directory).run_names() == hashes  # as every analysis names its runs
     name = result.results["sae"]
     saved = sorted(tmp_path.glob(f"attention_saes/*/saes/{name}/workbench.json"))
     assert len(saved) == 2
