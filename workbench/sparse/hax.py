@@ -10,9 +10,18 @@ context-dependent sparse attention", arXiv 2507.00449; code DeepGraphLearning/HA
 One softmax over the union, as one branch through `kernels.api.sparse_attention`. The top-n choice
 is not differentiable; the scorer learns through a straight-through value gate: the values enter as
 ``v_j * exp(log sigmoid(s_j) - [log sigmoid(s_j)]_detached)``, exactly ``v_j`` in the forward pass, with the
-gradient of a sigmoid gate on each key's value in the backward pass (our choice: the paper's code
-was not read for how its key selection is trained). HAX adds this attention inside an SSM layer;
-here it replaces a transformer layer's attention."""
+gradient of a sigmoid gate on each key's value in the backward pass (our choice). HAX adds this
+attention inside an SSM layer; here it replaces a transformer layer's attention.
+
+How the authors' code (DeepGraphLearning/HAX, ``src/modeling_enhanced_mamba2.py``) differs, read
+after this module was written: the key score is a 2-hidden-layer ReLU MLP of the detached key and
+the normalised running sum of the detached queries up to it (ours: linear in the key alone); it is
+trained by an auxiliary pairwise ranking loss (binary cross-entropy on score differences) towards
+the sigmoid attention that a random sample of keys receives from later queries (ours: the
+straight-through value gate); the LSH projections are drawn anew at every forward on mean-centred,
+normalised q and k, and a query keeps only its latest bucket matches; the key budget is split
+evenly between LSH and selection; and the attention sits beside a Mamba/Mamba2 SSM, which carries
+the local and sequential information, instead of replacing a transformer's attention."""
 
 from __future__ import annotations
 
