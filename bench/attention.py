@@ -46,6 +46,14 @@ LAYOUTS = ("causal_dense", "random_10pct", "sink_window", "top_p_xattention")
 compiled_flex = torch.compile(flex_attention, dynamic=False)
 WRONG_ABOVE = 2e-2
 """Relative error (Frobenius, bf16) of ours vs FlexAttention above which a result is wrong."""
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``||got - want|| / ||want||`` (Frobenius, in float32)."""
+    want = want.float()
+    return ((got.float() - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
 FLEX_TMA = {"USE_TMA": True}
 """FlexAttention's TMA option (kernel_options), used where the installed torch accepts it."""
 
@@ -185,8 +193,7 @@ def bench_layout(
         return compiled_flex(*inputs, block_mask=block_mask, kernel_options=options or None)
 
     with torch.no_grad():
-        expected = flex().float()
-        error = ((ours().float() - expected).norm() / expected.norm()).item()
+        error = relative_error(ours(), flex())
     entry = {
         "density_of_causal": density,
         "ours_variant": variant,

@@ -23,14 +23,18 @@ from pathlib import Path
 import torch
 import triton
 
-from bench.attention import LAYOUTS, causal_layout, layout_blocks, realistic_qkv
+from bench.attention import (
+    LAYOUTS,
+    WRONG_ABOVE,
+    causal_layout,
+    layout_blocks,
+    realistic_qkv,
+    relative_error,
+)
 from kernels import api
 from kernels.triton import block_sparse_attention as kernels_module
 from kernels.triton.common import gpu_configs
 from workbench.io import atomic_write_json
-
-TOLERANCE = 2e-2
-"""Relative error (Frobenius) above which a configuration is reported wrong (bf16 inputs)."""
 
 
 @contextmanager
@@ -59,10 +63,6 @@ def withdrawn_forward_configs() -> list[triton.Config]:
     """The forward's warp-specialised configurations withdrawn after wrong outputs on an H100
     (`kernels.triton.block_sparse_attention.WITHDRAWN_FWD_WS_SHAPES`)."""
     return gpu_configs(kernels_module.WITHDRAWN_FWD_WS_SHAPES, WARP_SPECIALIZE=True)
-
-
-def relative(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30))
 
 
 def describe(config: triton.Config) -> str:
@@ -105,7 +105,7 @@ def main() -> None:
                             got = api.sparse_attention(
                                 q, k, v, layout, impl="triton", loads=loads, grid=grid
                             )
-                        error = relative(got, want)
+                        error = relative_error(got, want)
                         rows.append(
                             dict(
                                 n=n,
@@ -120,7 +120,7 @@ def main() -> None:
                         print(
                             f"N={n:6d} {name:17s} {loads:11s} {grid:10s} fwd  "
                             f"{describe(config):22s} err {error:.1e}"
-                            f"{'  WRONG' if error > TOLERANCE else ''}",
+                            f"{'  WRONG' if error > WRONG_ABOVE else ''}",
                             flush=True,
                         )
                     if grid == "persistent":
@@ -137,7 +137,9 @@ def main() -> None:
                             wanted = (
                                 want_grads[:1] if kernel_name == "_dq_kernel" else want_grads[1:]
                             )
-                            error = max(relative(g, w) for g, w in zip(picked, wanted, strict=True))
+                            error = max(
+                                relative_error(g, w) for g, w in zip(picked, wanted, strict=True)
+                            )
                             rows.append(
                                 dict(
                                     n=n,
@@ -152,7 +154,7 @@ def main() -> None:
                             print(
                                 f"N={n:6d} {name:17s} {loads:11s} {grid:10s} "
                                 f"{kernel_name[1:-7]:4s} {describe(config):22s} err {error:.1e}"
-                                f"{'  WRONG' if error > TOLERANCE else ''}",
+                                f"{'  WRONG' if error > WRONG_ABOVE else ''}",
                                 flush=True,
                             )
     result = dict(
@@ -162,7 +164,7 @@ def main() -> None:
         triton=triton.__version__,
         python=platform.python_version(),
         heads=args.heads,
-        tolerance=TOLERANCE,
+        tolerance=WRONG_ABOVE,
         rows=rows,
     )
     if args.out:
