@@ -12,7 +12,7 @@ Runs (or reuses) ``workbench run emergence --quick`` under ``runs/`` of the repo
 - ``docs/emergence_quick.json``: the numbers the caption quotes (the quick run's emergence times,
   fit and comparison with the paper);
 - the README's caption, between its marker lines, from that JSON and the committed full sweep
-  (``docs/results/emergence_h100/results.json``); ``tests/test_readme.py`` checks that they agree.
+  (``docs/results/emergence_fan_in_h100/results.json``); ``tests/test_readme.py`` checks that they agree.
 
 The PNG needs plotly's static export, which the project does not: kaleido >= 1 (the ``figures``
 extra: ``pip install -e ".[figures]"``) and a Chrome or Chromium. Kaleido uses the first
@@ -35,7 +35,7 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 IMAGE = DOCS / "emergence_quick.png"
 NUMBERS = DOCS / "emergence_quick.json"
-FULL_SWEEP = DOCS / "results" / "emergence_h100" / "results.json"
+FULL_SWEEP = DOCS / "results" / "emergence_fan_in_h100" / "results.json"
 README = ROOT / "README.md"
 START = "<!-- generated caption: emergence-quick (python docs/make_readme_figure.py) -->"
 END = "<!-- end of generated caption -->"
@@ -83,6 +83,7 @@ def caption(quick: Mapping[str, Any], full: Mapping[str, Any]) -> str:
     )
     count = WORDS.get(len(runs), str(len(runs)))
     full_fit = full["fit"]
+    planned = full["n_runs"] + len(full.get("missing", []))
     repetition = f"in-context repetition B in {_values(runs, 'B')}"
     if any(run.get("p") for run in runs):
         repetition += f", cross-sample repetition p in {_values(runs, 'p')}"
@@ -95,9 +96,9 @@ def caption(quick: Mapping[str, Any], full: Mapping[str, Any]) -> str:
         f"emergence time); right, the emergence times of the {len(fitted)} runs without "
         f"cross-sample repetition against T with the fitted power law (solid, "
         f"{fit['confidence']:.0%} band) and the paper's slope (dashed). The quick CPU run gives "
-        f"{_law(fit, fit['names'])} ({fit['confidence']:.0%} CIs), {verdict}; an earlier full "
-        f"sweep (TransformerLens's initialisation, {full['n_runs']} runs on a GPU, "
-        f"`docs/results/emergence_h100/`) gave {_law(full_fit, ['T'])}.*"
+        f"{_law(fit, fit['names'])} ({fit['confidence']:.0%} CIs), {verdict}; the full sweep "
+        f"at the paper's size ({full['n_runs']} of its {planned} runs on one GPU, "
+        f"`docs/results/emergence_fan_in_h100/`) gives {_law(full_fit, full_fit['names'])}.*"
     )
     return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)
 

@@ -69,7 +69,13 @@ def tasks_table() -> str:
 
 RESULTS = README.parent / "docs" / "results"
 """The committed results of a source checkout."""
-REPRODUCTIONS = ("emergence_cpu", "emergence_toy_cpu", "emergence_recall_cpu", "icl_linreg_cpu")
+REPRODUCTIONS = (
+    "emergence_fan_in_h100",
+    "emergence_cpu",
+    "emergence_toy_cpu",
+    "emergence_recall_cpu",
+    "icl_linreg_cpu",
+)
 """Folders of `RESULTS` whose paper-versus-ours rows the README shows (marker
 ``reproduction-<folder>``)."""
 
