@@ -374,6 +374,14 @@ def run_command(
         typer.Argument(help="Experiment name (see --list) or path to a YAML spec."),
     ] = None,
     quick: Annotated[bool, typer.Option(help="Run the small CPU variant of the spec.")] = False,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only a slice of the sweep: PATH=VALUES, VALUES comma-separated or a YAML list "
+            "(task.seq_len=64,32; seed=0; sparse=[null]); repeat for several paths. The slice's "
+            "runs are the whole spec's (same hashes); its analysis has a folder of its own."
+        ),
+    ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Root folder of the runs.")] = Path("runs"),
     list_: Annotated[bool, typer.Option("--list", help="List the experiments and exit.")] = False,
     workers: Annotated[
@@ -453,6 +461,11 @@ def run_command(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="NAME") from None
     try:
+        slice_ = parse_where(where or [])
+        (spec.quick_variant() if quick else spec).restricted(slice_)
+    except (ValueError, TypeError) as error:
+        raise typer.BadParameter(str(error), param_hint="--where") from None
+    try:
         check_executor(executor, workers, address, cpus_per_run, gpus_per_run)
     except (ValueError, TypeError) as error:
         raise typer.BadParameter(str(error)) from None
@@ -463,6 +476,7 @@ def run_command(
         result = run_experiment(
             spec,
             quick=quick,
+            where=slice_,
             runs_dir=runs_dir,
             workers=workers,
             train=train,
@@ -497,6 +511,31 @@ def run_command(
     typer.echo(f"results: {result.results_path}")
     for figure in result.figures:
         typer.echo(f"figure: {figure}")
+
+
+def parse_where(items: list[str]) -> dict[str, list[Any]]:
+    """``["task.seq_len=64,32", "sparse=[null]"]`` -> ``{"task.seq_len": [64, 32], "sparse":
+    [None]}``: each value read as YAML (a list in brackets, else comma-separated scalars).
+    ``ValueError`` naming the item when it is not ``PATH=VALUES`` or a path repeats."""
+    import yaml
+
+    where: dict[str, list[Any]] = {}
+    for item in items:
+        path, equals, text = item.partition("=")
+        path, text = path.strip(), text.strip()
+        if not equals or not path or not text:
+            raise ValueError(f"--where takes PATH=VALUES (e.g. task.seq_len=64,32), got {item!r}")
+        if path in where:
+            raise ValueError(f"--where names {path!r} twice")
+        try:
+            if text.startswith("["):
+                values = yaml.safe_load(text)
+            else:
+                values = [yaml.safe_load(part) for part in text.split(",")]
+        except yaml.YAMLError:
+            raise ValueError(f"--where {item!r}: the values are not YAML") from None
+        where[path] = values
+    return where
 
 
 def _print_headline(headline: Any) -> None:

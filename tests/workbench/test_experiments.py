@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -6,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from workbench.cli import app
+from workbench.cli import app, parse_where
 from workbench.experiments import (
     ExperimentSpec,
     RunRecord,
@@ -104,6 +107,109 @@ def test_quick_variant_merges_base_and_replaces_sweeps():
     assert quick.sweep == {"task.seq_len": [4], "task.d": [8, 16]}
     assert len(quick.configs()) == 2
     assert quick.experiment_hash() != spec.experiment_hash()
+
+
+def test_a_slice_is_a_subset_of_the_whole_specs_runs():
+    spec = make_spec(
+        sweep={"task.seq_len": [8, 16, 32], "task.d,task.burstiness": [[4, 1], [8, 1], [8, 2]]},
+        seeds=[0, 1, 2],
+    )
+    whole = {config_hash(config): config for config in spec.configs()}
+    part = spec.restricted({"task.seq_len": [32, 8], "task.d": [8], "seed": [2, 0]})
+    configs = part.configs()
+    assert len(configs) == 2 * 2 * 2  # two lengths, the two coupled tuples with d = 8, two seeds
+    assert all(config_hash(config) in whole for config in configs)
+    assert {(c["task"]["seq_len"], c["task"]["d"], c["task"]["burstiness"]) for c in configs} == {
+        (8, 8, 1),
+        (8, 8, 2),
+        (32, 8, 1),
+        (32, 8, 2),
+    }
+    assert {config["seed"] for config in configs} == {0, 2}
+    assert part.sweep["task.seq_len"] == [8, 32]  # the spec's order, not the slice's
+    assert spec.restricted({}).configs() == spec.configs()
+    assert part.experiment_hash() != spec.experiment_hash()  # its analysis has its own folder
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "message"),
+    [
+        ({"task.name": ["x"]}, ValueError, "'task.name' is not a sweep path of 'toy'"),
+        (
+            {"task.seq_len": [7]},
+            ValueError,
+            "none of \\[7\\] is among its sweep values \\[8, 16\\]",
+        ),
+        ({"task.burstiness": [3]}, ValueError, "where\\['task.burstiness'\\]"),
+        ({"seed": [5]}, ValueError, "none of \\[5\\] is a seed of the spec"),
+        ({"task.seq_len": 8}, TypeError, "must be a list of values"),
+        ({"task.seq_len": "8"}, TypeError, "must be a list of values"),
+        ([("task.seq_len", [8])], ValueError, "where must be a mapping"),
+    ],
+)
+def test_a_slice_names_what_it_cannot_select(where, error, message):
+    spec = make_spec(sweep={"task.seq_len": [8, 16], "task.d,task.burstiness": [[4, 1]]})
+    with pytest.raises(error, match=message):
+        spec.restricted(where)
+
+
+@settings(max_examples=50, deadline=None)
+@given(path=st.text(min_size=1, max_size=20), values=st.lists(st.integers(), max_size=3))
+def test_a_slice_of_anything_else_is_refused_by_name(path, values):
+    spec = make_spec(sweep={"task.seq_len": [8, 16]}, seeds=[0])
+    allowed = {"task.seq_len": {8, 16}, "seed": {0}}
+    if path in allowed and set(values) & allowed[path]:
+        assert spec.restricted({path: values}).configs()
+    else:
+        with pytest.raises(ValueError, match=re.escape(repr(path))):
+            spec.restricted({path: values})
+
+
+def test_cli_run_trains_a_slice_and_the_whole_spec_reuses_it(tmp_path, monkeypatch):
+    spec = make_spec(sweep={"task.seq_len": [8, 16], "task.burstiness": [1, 2]}, seeds=[0, 1])
+    monkeypatch.setattr("workbench.experiments.load_spec", lambda name: spec)
+    monkeypatch.setattr("workbench.experiments.runner.train_with_workbench", StubTrain())
+    args = ["run", "toy", "--runs-dir", str(tmp_path)]
+    part = CliRunner().invoke(app, [*args, "--where", "task.seq_len=16", "--where", "seed=[1]"])
+    assert part.exit_code == 0, part.output
+    assert "2 runs (2 trained, 0 reused)" in part.output
+    whole = CliRunner().invoke(app, args)
+    assert whole.exit_code == 0, whole.output
+    assert "8 runs (6 trained, 2 reused)" in whole.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("task.seq_len", "takes PATH=VALUES"),
+        ("=8", "takes PATH=VALUES"),
+        ("task.seq_len=", "takes PATH=VALUES"),
+        ("task.seq_len=[8", "are not YAML"),
+        ("task.seq_len=99", "none of \\[99\\]"),
+        ("lr=0.1", "'lr' is not a sweep path"),
+    ],
+)
+def test_cli_run_where_errors_name_the_option(tmp_path, monkeypatch, option, message):
+    spec = make_spec(sweep={"task.seq_len": [8, 16]})
+    monkeypatch.setattr("workbench.experiments.load_spec", lambda name: spec)
+    monkeypatch.setattr("workbench.experiments.runner.train_with_workbench", StubTrain())
+    result = CliRunner().invoke(
+        app, ["run", "toy", "--runs-dir", str(tmp_path), "--where", option], terminal_width=200
+    )
+    assert result.exit_code == 2 and "--where" in result.output, result.output
+    text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # the error box's lines
+    assert re.search(message, text), result.output
+    assert not (tmp_path / "toy").exists()  # nothing trained
+
+
+def test_cli_where_reads_values_as_yaml():
+    assert parse_where(["task.seq_len=64, 32", "sparse=[null, {method: top_k}]", "lr=0.001"]) == {
+        "task.seq_len": [64, 32],
+        "sparse": [None, {"method": "top_k"}],
+        "lr": [0.001],
+    }
+    with pytest.raises(ValueError, match="names 'lr' twice"):
+        parse_where(["lr=1", "lr=2"])
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ def run_experiment(
     experiment: str | ExperimentSpec,
     *,
     quick: bool = False,
+    where: Mapping[str, Sequence[Any]] | None = None,
     runs_dir: str | Path = "runs",
     train_fn: TrainFn | None = None,
     progress: bool = True,
@@ -155,6 +157,9 @@ def run_experiment(
     Args:
         experiment: spec name, YAML path or `ExperimentSpec`.
         quick: apply the spec's ``quick`` overrides (small CPU variant).
+        where: train and analyse a slice of the sweep (after ``quick``):
+            `ExperimentSpec.restricted`, e.g. ``{"task.seq_len": [64, 32]}``; the slice's runs
+            are the whole spec's, and its analysis has a folder of its own.
         runs_dir: root of the run folders.
         train_fn: the training function (default `train_with_workbench`).
         progress: progress bars: ``train_fn``'s in one process, else one bar over the runs.
@@ -186,6 +191,8 @@ def run_experiment(
     spec = experiment if isinstance(experiment, ExperimentSpec) else load_spec(experiment)
     if quick:
         spec = spec.quick_variant()
+    if where:
+        spec = spec.restricted(where)
     check_executor(executor, workers, address, cpus_per_run, gpus_per_run)
     if executor == "ray":
         cpus_per_run = 1 if cpus_per_run is None else cpus_per_run

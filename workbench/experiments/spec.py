@@ -255,6 +255,51 @@ class ExperimentSpec:
         seeds = tuple(self.quick.get("seeds", self.seeds))
         return replace(self, base=base, sweep=sweep, seeds=seeds, quick={})
 
+    def restricted(self, where: Mapping[str, Sequence[Any]]) -> ExperimentSpec:
+        """This spec with only the grid points and seeds that ``where`` allows.
+
+        ``where`` maps a sweep path (a key of `sweep`, or one path of a coupled key) or
+        ``"seed"`` to the values to keep: ``{"task.seq_len": [64, 32], "seed": [0]}`` keeps the
+        grid points whose ``task.seq_len`` is 64 or 32, with seed 0; a path of a coupled key
+        keeps the tuples whose value at that path is allowed. A slice's runs are runs of the
+        whole spec (same configs, same hashes): running the whole spec later reuses them.
+        ``ValueError`` naming the path when it is neither a sweep path nor ``"seed"``, or when
+        none of its sweep values is allowed."""
+        _check_mapping(where, "where")
+        sweep, seeds = copy.deepcopy(self.sweep), self.seeds
+        for path, allowed in where.items():
+            if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Sequence):
+                raise TypeError(f"where[{path!r}] must be a list of values, got {allowed!r}")
+            if path == SEED_KEY:
+                seeds = tuple(seed for seed in seeds if seed in allowed)
+                if not seeds:
+                    raise ValueError(
+                        f"where[{path!r}]: none of {list(allowed)} is a seed of the spec "
+                        f"(seeds: {list(self.seeds)})"
+                    )
+                continue
+            key = next((key for key in sweep if path in sweep_paths(key)), None)
+            if key is None:
+                paths = [path for key in self.sweep for path in sweep_paths(key)]
+                raise ValueError(
+                    f"where: {path!r} is not a sweep path of {self.name!r} "
+                    f"(sweep paths: {paths}, or {SEED_KEY!r})"
+                )
+            paths = sweep_paths(key)
+            index = paths.index(path)
+            kept = [
+                value
+                for value in sweep[key]
+                if (value[index] if len(paths) > 1 else value) in list(allowed)
+            ]
+            if not kept:
+                values = [value[index] if len(paths) > 1 else value for value in sweep[key]]
+                raise ValueError(
+                    f"where[{path!r}]: none of {list(allowed)} is among its sweep values {values}"
+                )
+            sweep[key] = kept
+        return replace(self, sweep=sweep, seeds=seeds)
+
     def grid(self) -> list[dict[str, Any]]:
         """The sweep grid: one config per combination of sweep values (first key varies
         slowest), without seeds."""
