@@ -158,8 +158,11 @@ def test_linear_regression_beats_the_averaging_baseline(tmp_path: Path) -> None:
             "model": TINY.replace(dropout=0.2),
             "sparse": {"method": "random_per_call", "hparams": {"k": 3}},
         },
+        {  # a learned state with an auxiliary loss, LSH projections and keys drawn per call
+            "sparse": {"method": "hax_ranking", "hparams": {"keys": 4}, "block_size": 16},
+        },
     ],
-    ids=["adamw-cosine", "sgd-step", "fixed-set", "random-forward"],
+    ids=["adamw-cosine", "sgd-step", "fixed-set", "random-forward", "learned-state"],
 )
 def test_resume_after_a_kill_is_identical(tmp_path: Path, changes: dict) -> None:
     config = recall_config(

@@ -6,11 +6,13 @@ import statistics
 
 import pytest
 import torch
+from torch import nn
 
 import workbench.sparse as sparse
 from kernels import api
 from kernels.layout import Layout
 from workbench.sparse.branches import BranchOutput, merge_by_lse
+from workbench.sparse.hax_ranking import pairwise_ranking_loss, ranking_targets, running_queries
 from workbench.sparse.seer import LOSS, block_max_target, distillation_loss
 from workbench.sparse.spark import statistical_threshold
 
@@ -276,6 +278,121 @@ def test_gradients_reach_the_hax_key_scorer():
         torch.ones(1, 1, 10, 4, dtype=DTYPE),
     )[1]
     torch.testing.assert_close(weight.grad, want, **CLOSE)
+
+
+# ---------------------------------------------------------------------------- HAX, the authors' way
+def naive_key_scores(state, q, k, causal):
+    """Per head and key: the scorer's MLP on [k_j, running sum of the queries that see j]."""
+    _, heads, q_len, d = q.shape
+    kv_len = k.shape[2]
+    scores = torch.zeros(heads, kv_len, dtype=DTYPE)
+    for h in range(heads):
+        for j in range(kv_len):
+            seen = [i for i in range(q_len) if not causal or i + kv_len - q_len <= j]
+            running = sum((q[0, h, i] for i in seen), torch.zeros(d, dtype=DTYPE))
+            norm = running.norm()
+            running = running / norm if norm > 0 else running
+            x = torch.cat([k[0, h * k.shape[1] // heads, j], running])
+            x = torch.relu(state.hidden_1.weight @ x + state.hidden_1.bias)
+            x = torch.relu(state.hidden_2.weight @ x + state.hidden_2.bias)
+            scores[h, j] = state.out.weight[0] @ x + state.out.bias[0]
+    return scores
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_hax_ranking_selection_and_output_from_scratch(causal):
+    method = sparse.get("hax_ranking", keys=6, n_bits=2)
+    q, k, v = make_qkv(q_len=20, heads=2, kv_heads=1)
+    state = method.state_module(layer=0, heads=2, d_head=8).to(DTYPE)
+    torch.manual_seed(5)
+    projections = torch.randn(8, 2)
+    torch.manual_seed(5)  # the call draws the same projections
+    with torch.no_grad():
+        out, layout = method.attend(
+            q, k, v, causal=causal, block_size=16, impl="reference", state=state
+        )
+    bits = lambda x: sum(int(b) << i for i, b in enumerate((x @ projections.double()) > 0))  # noqa: E731
+    scores = naive_key_scores(state, q, k, causal)
+    torch.testing.assert_close(state.key_scores(q, k, causal)[0], scores, rtol=1e-12, atol=1e-12)
+    for h in range(2):
+        for t in range(20):
+            seen = list(range(t + 1)) if causal else list(range(20))
+            bucket = [j for j in seen if bits(k[0, 0, j]) == bits(q[0, h, t])][-3:]  # latest 3
+            best = sorted(seen, key=lambda j: -scores[h, j].item())[:3]
+            kept = torch.zeros(20, dtype=torch.bool)
+            kept[sorted(set(bucket) | set(best))] = True
+            assert torch.equal(layout.to_dense()[0, h, t], kept)
+            assert 1 <= kept.sum() <= 6
+            want = restricted(q[0, h, t], k[0, 0], v[0, 0], kept, 8**-0.5)
+            torch.testing.assert_close(out[0, h, t], want, **CLOSE)
+
+
+def test_hax_ranking_running_sums_are_end_aligned_with_the_keys():
+    q = torch.randn(1, 1, 5, 4, dtype=DTYPE)
+    got = running_queries(q, kv_len=8, causal=True)
+    for j in range(8):
+        want = sum((q[0, 0, i] for i in range(5) if i + 3 <= j), torch.zeros(4, dtype=DTYPE))
+        want = want / want.norm() if want.norm() > 0 else want
+        torch.testing.assert_close(got[0, 0, j], want)
+    everything = q[0, 0].sum(0) / q[0, 0].sum(0).norm()
+    torch.testing.assert_close(running_queries(q, 8, causal=False)[0, 0], everything.expand(8, 4))
+
+
+def test_hax_ranking_loss_is_the_pairwise_cross_entropy_towards_sigmoid_attention():
+    method = sparse.get("hax_ranking", keys=8, n_bits=2)
+    q, k, v = make_qkv(q_len=12, heads=2, kv_heads=1)
+    q.requires_grad_()
+    k.requires_grad_()
+    state = method.state_module(layer=0, heads=2, d_head=8).to(DTYPE)
+    torch.manual_seed(3)
+    sampled = torch.rand(1, 2, 12).topk(4, dim=-1).indices
+    torch.manual_seed(3)  # the call draws the same keys
+    method.branches(q, k, v, causal=True, block_size=16, state=state)
+    scores = naive_key_scores(state, q.detach(), k.detach(), causal=True)
+    total = torch.zeros((), dtype=DTYPE)
+    for h in range(2):
+        keys = sampled[0, h].tolist()
+        target = [
+            sum(torch.sigmoid(q[0, h, i] @ k[0, 0, j] * 8**-0.5) for i in range(j, 12)).item()
+            for j in keys
+        ]
+        for a in range(4):
+            for b in range(4):
+                label = ((target[a] > target[b]) + (target[a] >= target[b])) / 2
+                logit = scores[h, keys[a]] - scores[h, keys[b]]
+                total = total + nn.functional.binary_cross_entropy_with_logits(
+                    logit, torch.tensor(label, dtype=DTYPE)
+                )
+    torch.testing.assert_close(state.losses["hax_ranking"], total / 32)
+    assert pairwise_ranking_loss(torch.zeros(3), torch.tensor([1.0, 1.0, 1.0])).item() == (
+        pytest.approx(math.log(2))
+    )
+    state.losses["hax_ranking"].backward()  # trains the scorer alone
+    assert q.grad is None and k.grad is None
+    assert all(parameter.grad.abs().sum() > 0 for parameter in state.parameters())
+
+
+def test_hax_ranking_scorer_learns_the_order_of_the_attention_keys_receive():
+    method = sparse.get("hax_ranking", keys=16, n_bits=2)
+    q, k, v = make_qkv(q_len=32, heads=1, kv_heads=1, d=8, seed=4)
+    state = method.state_module(layer=0, heads=1, d_head=8).to(DTYPE)
+    every_key = torch.arange(32).view(1, 1, 32)
+    target = ranking_targets(q, k, every_key, causal=True, scale=8**-0.5)
+
+    def agreement():
+        with torch.no_grad():
+            scores = state.key_scores(q, k, causal=True)
+        return pairwise_ranking_loss(scores, target).item()
+
+    before = agreement()
+    optimiser = torch.optim.Adam(state.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(150):
+        optimiser.zero_grad()
+        method.branches(q, k, v, causal=True, block_size=16, state=state)
+        state.losses["hax_ranking"].backward()
+        optimiser.step()
+    assert agreement() < 0.6 * before
 
 
 # ---------------------------------------------------------------------------- Spark, MoA, DuSA
