@@ -253,7 +253,7 @@ QUICK_SIZES = {
     "emergence_recall": (8, 1200),
     "icl_linreg": (1, 1500),
     "semantic_focus": (6, 1600),  # 8 epochs of 200 steps of 25 examples of length 40
-    "trainable_sparse": (12, 500),
+    "trainable_sparse": (14, 500),
 }
 """At most (runs, steps) of the quick variants (default 6 runs of 500 steps): together they finish
 in minutes on 2 CPU cores."""
