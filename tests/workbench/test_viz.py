@@ -235,6 +235,10 @@ def test_fidelity_and_methods_figures_use_the_methods_colours():
     colours = [style.method_colour("top_k"), style.method_colour("sink_window")]
     assert [list(trace.marker.color) for trace in fidelity.data] == [colours] * 3
     assert fidelity.data[1].marker.pattern.shape == "/"  # local bars hatched
+    assert list(fidelity.data[0].text) == ["top_k, sink_window", ""]  # one label, not two drawn
+    apart = fidelity_figure([reports[0], {**reports[1], "mean_density": 1.0, "mean_recall": 1.0}])
+    assert list(apart.data[0].text) == ["top_k", "sink_window"]
+    assert list(apart.data[0].textposition) == ["top center", "top left"]  # inside the plot
     methods = [workbench.sparse.get("sink_window", window=8), workbench.sparse.get("top_k", k=3)]
     gallery = methods_figure(methods, q_len=48, block_size=16)
     assert [trace.colorscale[-1][1] for trace in gallery.data] == colours[::-1]

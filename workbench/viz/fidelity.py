@@ -10,6 +10,23 @@ from plotly.subplots import make_subplots
 
 from workbench.viz.style import method_colour
 
+SAME_POINT = 0.01
+"""Points of the density-recall plot closer than this in both coordinates share one label."""
+
+
+def point_labels(xs: Sequence[float], ys: Sequence[float], names: Sequence[str]) -> list[str]:
+    """One label per point: the names of every point within `SAME_POINT` of it (in order), on the
+    first of them; the others get ``""`` (so that coincident labels are not drawn on each other)."""
+    labels = []
+    for index, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        near = [
+            other
+            for other, (x2, y2) in enumerate(zip(xs, ys, strict=True))
+            if abs(x2 - x) < SAME_POINT and abs(y2 - y) < SAME_POINT
+        ]
+        labels.append(", ".join(names[other] for other in near) if near[0] == index else "")
+    return labels
+
 
 def fidelity_figure(reports: Sequence[Mapping[str, Any]], title: str = "") -> go.Figure:
     """Left: density against attention recall, one point per method; right: local (teacher-forced,
@@ -23,13 +40,15 @@ def fidelity_figure(reports: Sequence[Mapping[str, Any]], title: str = "") -> go
         cols=2,
         subplot_titles=("density vs recall (mean over layers)", "relative output error"),
     )
+    densities = [report["mean_density"] for report in reports]
+    recalls = [report["mean_recall"] for report in reports]
     figure.add_trace(
         go.Scatter(
-            x=[report["mean_density"] for report in reports],
-            y=[report["mean_recall"] for report in reports],
+            x=densities,
+            y=recalls,
             mode="markers+text",
-            text=names,
-            textposition="top center",
+            text=point_labels(densities, recalls, names),
+            textposition=["top left" if x > 0.8 else "top center" for x in densities],
             name="methods",
             showlegend=False,
             marker={"color": colours, "size": 10},
@@ -47,7 +66,7 @@ def fidelity_figure(reports: Sequence[Mapping[str, Any]], title: str = "") -> go
     figure.update_xaxes(
         title_text="density (kept / visible entries)", range=[0, 1.05], row=1, col=1
     )
-    figure.update_yaxes(title_text="recall (dense mass kept)", range=[0, 1.05], row=1, col=1)
+    figure.update_yaxes(title_text="recall (dense mass kept)", range=[0, 1.12], row=1, col=1)
     figure.update_yaxes(title_text="||sparse - dense|| / ||dense||", row=1, col=2)
     figure.update_layout(title=title or "sparse-attention fidelity", barmode="group")
     return figure

@@ -75,8 +75,10 @@ def trace_figure(
             )
         )
 
+    named = f" ({model})" if model and model != "custom" else ""  # TransformerLens: no name
+
     def title(name: str) -> str:
-        return f"mean {statistic_title(name)} per head ({model})"
+        return f"mean {statistic_title(name)} per head{named}"
 
     buttons = [
         {
