@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
+import socket
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -18,7 +20,13 @@ from typer.testing import CliRunner
 from workbench.cli import app
 from workbench.experiments import RunsFailed, run_experiment
 from workbench.experiments.executors.base import run_sweep
-from workbench.experiments.executors.ray import RayBackend, capacity, check_resources
+from workbench.experiments.executors.ray import (
+    RayBackend,
+    address_endpoint,
+    capacity,
+    check_resources,
+    probe_address,
+)
 from workbench.runs import Run
 from workbench.termination import Terminated
 
@@ -37,12 +45,45 @@ from workbench.termination import Terminated
         ({"executor": "ray", "gpus_per_run": float("nan")}, ValueError, "gpus_per_run"),
         ({"executor": "ray", "gpus_per_run": "1"}, TypeError, "gpus_per_run must be a number"),
         ({"executor": "ray", "address": ""}, TypeError, "address must be a non-empty string"),
+        ({"executor": "ray", "address": "headnode"}, ValueError, "address must be 'auto', HOST"),
+        ({"executor": "ray", "address": "h:99999"}, ValueError, "got 'h:99999'"),
     ],
 )
 def test_bad_executor_options_name_the_parameter(tmp_path, options, error, message) -> None:
     with pytest.raises(error, match=message):
         run_experiment(make_spec(), runs_dir=tmp_path, train_fn=StubTrain(), **options)
     assert not (tmp_path / "toy").exists()  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("address", "endpoint"),
+    [
+        ("auto", None),
+        ("10.0.0.1:6379", ("10.0.0.1", 6379)),
+        ("ray://head.cluster:10001", ("head.cluster", 10001)),
+        ("[::1]:6379", ("::1", 6379)),
+    ],
+)
+def test_cluster_addresses_are_read_as_host_and_port(address, endpoint) -> None:
+    assert address_endpoint(address) == endpoint
+
+
+@pytest.mark.parametrize("address", ["head", "head:", ":6379", "ray://head", "h:0", "h:x1", "[]:1"])
+def test_an_address_without_host_and_port_is_refused_by_name(address) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(address))):
+        address_endpoint(address)
+
+
+def test_an_address_where_nothing_listens_fails_at_once_naming_it() -> None:
+    """`ray.init` retries an unreachable address for minutes; the probe asks the port first."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        open_port = listening.getsockname()[1]
+        probe_address(f"127.0.0.1:{open_port}")  # something accepts: no error
+        probe_address(f"ray://127.0.0.1:{open_port}")
+    with pytest.raises(ConnectionError, match=f"address='127.0.0.1:{open_port}'"):
+        probe_address(f"127.0.0.1:{open_port}")  # closed now
 
 
 def test_ray_without_ray_installed_names_the_extra(tmp_path, monkeypatch) -> None:

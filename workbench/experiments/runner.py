@@ -37,7 +37,12 @@ from typing import Any
 from workbench.experiments.base import Headline, RunRecord, get_analysis
 from workbench.experiments.executors import EXECUTORS, RunsFailed, TrainFn
 from workbench.experiments.executors.process import default_threads, train_in_turn, train_pending
-from workbench.experiments.executors.ray import EXTRA, check_resources, train_on_ray
+from workbench.experiments.executors.ray import (
+    EXTRA,
+    address_endpoint,
+    check_resources,
+    train_on_ray,
+)
 from workbench.experiments.spec import ExperimentSpec, config_hash, load_spec
 from workbench.io import write_figure
 from workbench.runs import Run, RunStore
@@ -129,6 +134,8 @@ def check_executor(
         )
     if address is not None and (not isinstance(address, str) or not address):
         raise TypeError(f"address must be a non-empty string or None, got {address!r}")
+    if address is not None:
+        address_endpoint(address)
     check_resources(1 if cpus_per_run is None else cpus_per_run, gpus_per_run or 0)
     if importlib.util.find_spec("ray") is None:
         raise ModuleNotFoundError(f"executor='ray' needs {EXTRA}")

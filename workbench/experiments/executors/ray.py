@@ -20,6 +20,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,38 @@ def _refresh_ray_config(ray: Any) -> None:
     ray._raylet.Config.initialize("")
 
 
+PROBE_SECONDS = 5.0
+"""How long `probe_address` waits for a cluster's port to accept a connection."""
+
+
+def address_endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a cluster address (``HOST:PORT``, ``ray://HOST:PORT``, ``[IPv6]:PORT``);
+    None for ``"auto"``. ``ValueError`` naming ``address`` for anything else."""
+    if address == "auto":
+        return None
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address must be 'auto', HOST:PORT or ray://HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def probe_address(address: str) -> None:
+    """``ConnectionError`` naming ``address`` at once when nothing accepts connections at its
+    ``host:port`` (``ray.init`` would retry for minutes); ``"auto"`` is left to Ray, which
+    fails at once when no cluster runs here."""
+    endpoint = address_endpoint(address)
+    if endpoint is None:
+        return
+    host, port = endpoint
+    try:
+        socket.create_connection(endpoint, timeout=PROBE_SECONDS).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"executor='ray' found no Ray cluster at address={address!r}: nothing accepted a "
+            f"connection at {host}:{port} within {PROBE_SECONDS:g} s ({error})"
+        ) from None
+
+
 @contextlib.contextmanager
 def ray_connection(address: str | None, num_cpus: int | None = None) -> Iterator[bool]:
     """This process connected to Ray for the block; yields whether the cluster is local (started
@@ -127,6 +160,8 @@ def ray_connection(address: str | None, num_cpus: int | None = None) -> Iterator
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     local = address is None
+    if not local:
+        probe_address(address)
     environment = {**_local_token_environment(), **_local_code_environment()} if local else {}
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     try:
