@@ -443,7 +443,8 @@ def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
     quantities = [row[0] for row in headline.rows]
     assert quantities[:3] == [f"toy_model: exponent of {name}" for name in ("T", "B", "d")]
     assert headline.rows[0][1] == "0.99" and headline.rows[2][2] == "-"  # d does not vary
-    assert quantities[3].startswith("toy_model: emergence time / the paper's law")
+    assert quantities[3] == "toy_model: exponent of T over T >= 32"  # the two longest lengths
+    assert quantities[4].startswith("toy_model: emergence time / the paper's law")
     assert "8 of 8 runs at p = 0 emerged" in headline.note
     assert result.results["headline"] == headline.to_dict()
     assert all(path.stat().st_size > 1000 for path in result.figures)

@@ -88,6 +88,11 @@ def test_emergence_analysis_fits_at_p_zero_and_measures_cross_sample_speedups(tm
     assert speedup["ours"] == pytest.approx(2.0, rel=0.05) and speedup["paper"] is None
     assert "toy-model theory" in speedup["note"]
     assert any(q.startswith("transformer: emergence time / the paper's law") for q in rows)
+    (middle,) = results["fits_from_length"]  # T >= 32: the lengths but the shortest and longest
+    assert middle["min_T"] == 32 and middle["n_fitted"] == 16
+    assert middle["fit"]["exponents"]["T"] == pytest.approx(1.0, abs=0.05)
+    tail = rows["transformer: exponent of T over T >= 32"]
+    assert tail["ours"] == middle["fit"]["exponents"]["T"] and tail["paper"] == 0.8
     assert results["headline"]["columns"] == [
         "quantity",
         "paper",
@@ -95,6 +100,29 @@ def test_emergence_analysis_fits_at_p_zero_and_measures_cross_sample_speedups(tm
         "95% interval",
         "paper inside",
     ]
+
+
+def floored_stub(config, out_dir, *, resume, progress):
+    """Emergence at ``200 + 4 T``: a floor of 200 steps under a linear law in T."""
+    sigmoid_log(out_dir, 200 + 4 * config["task"]["seq_len"], "eval_loss", rising=False, steps=4000)
+
+
+def test_a_floor_under_the_short_sequences_shows_in_the_fits_from_longer_lengths(tmp_path):
+    experiment = spec(
+        "emergence",
+        SINGLE,
+        {"task.seq_len": [8, 32, 128, 512]},
+        seeds=[0, 1],
+        analysis={"initial_loss": 0.5},
+    )
+    results = run_experiment(
+        experiment, runs_dir=tmp_path, train_fn=floored_stub, progress=False
+    ).results
+    exponents = [results["fit"]["exponents"]["T"]]
+    exponents += [entry["fit"]["exponents"]["T"] for entry in results["fits_from_length"]]
+    assert [entry["min_T"] for entry in results["fits_from_length"]] == [32, 128]
+    assert exponents == sorted(exponents)  # steeper as the floor's share shrinks
+    assert exponents[0] < 0.6 and exponents[-1] > 0.8  # toward the law's 1 without the floor
 
 
 def toy_stub(config, out_dir, *, resume, progress):

@@ -26,6 +26,7 @@ from workbench.experiments.reproduction import (
     exponent_rows,
     ratio_row,
     reproduction_headline,
+    value_row,
 )
 from workbench.experiments.spec import ExperimentSpec, get_path
 from workbench.runs import metric_series
@@ -107,9 +108,30 @@ def emergence_results(rows: list[dict[str, Any]], paper: str) -> dict[str, Any]:
         fit = PowerLawFit.from_dict(results["fit"])
         exponents = {name: a for name, a in PAPER_EXPONENTS[paper].items() if name in fit.names}
         results["comparison"] = compare_exponents(fit, exponents)
+    results["fits_from_length"] = fits_from_length(baseline)
     results["cross_sample"] = cross_sample_speedups(rows)
     results["paper_vs_ours"] = emergence_reproduction(results, paper)
     return results
+
+
+def fits_from_length(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each sequence length ``t`` of the rows but the shortest and the longest: the fit
+    (`fit_times`) over the rows with ``T >= t``, ``{"min_T", "n_fitted", "fit"}``. How the
+    exponents move as the short sequences are left out shows whether one power law holds over
+    the whole range (a floor under the short sequences' times flattens a single fit)."""
+    lengths = sorted({row["T"] for row in rows})
+    fits = []
+    for shortest in lengths[1:-1]:
+        subset = [row for row in rows if row["T"] >= shortest]
+        try:
+            summary = fit_times(subset, list(EMERGENCE_COVARIATES))
+        except RuntimeError as error:  # a censored fit of few runs that does not converge
+            summary = {"n_fitted": len(subset), "fit": None, "fit_error": str(error)}
+        entry = {"min_T": shortest, "n_fitted": summary["n_fitted"], "fit": summary["fit"]}
+        if "fit_error" in summary:
+            entry["fit_error"] = summary["fit_error"]
+        fits.append(entry)
+    return fits
 
 
 def row_covariates(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,6 +260,13 @@ def emergence_reproduction(results: Mapping[str, Any], paper: str) -> list[dict[
     prefactor, exponents = PAPER_LAWS[paper]
     law = " ".join([f"{prefactor:g}", *(f"{n}^{a:g}" for n, a in exponents.items())])
     rows = exponent_rows(fit, exponents, paper)
+    longest = results.get("fits_from_length", [])[-1:]
+    if longest and longest[0]["fit"] is not None and "T" in longest[0]["fit"]["exponents"]:
+        tail = PowerLawFit.from_dict(longest[0]["fit"])
+        low, high = tail.intervals["T"]
+        quantity = f"{paper}: exponent of T over T >= {longest[0]['min_T']:g}"
+        note = f"the {longest[0]['n_fitted']} runs at the two longest lengths, p = 0"
+        rows.append(value_row(quantity, exponents["T"], tail.exponents["T"], low, high, note))
     rows.append(
         ratio_row(
             f"{paper}: emergence time / the paper's law {law}",
