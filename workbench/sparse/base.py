@@ -157,18 +157,32 @@ class SparseMethod(ABC):
         """``(out, layout)``: the method's attention output ``[batch, heads, q_len, d_head]`` and its
         token-level selection (the union of its branches over the call's keys, `coverage`).
         ``state``: the attached state (None: `default_state`); ``key_padding`` ``[batch, kv_len]``
-        (True = real key) is added to the token-level branches (`with_key_padding`); ``dropout``:
+        (True = real key) is added to every branch (`with_key_padding`; a method with branches over
+        pooled keys or some rows, or its own ``correct`` or ``combine``, raises
+        ``NotImplementedError`` then); ``dropout``:
         on each branch's attention probabilities (`run_branch`)."""
         if state is None:
             state = self.default_state(q)
-        branches = [
-            replace(branch, layout=with_key_padding(branch.layout, key_padding))
-            if branch.tokens
-            else branch
-            for branch in self.branches(
-                q, k, v, causal=causal, scale=scale, block_size=block_size, state=state
-            )
-        ]
+        branches = self.branches(
+            q, k, v, causal=causal, scale=scale, block_size=block_size, state=state
+        )
+        if key_padding is not None:
+            blind = [f"branch {branch.name!r}" for branch in branches if not branch.tokens]
+            blind += [
+                f"its {name}"
+                for name in ("correct", "combine")
+                if getattr(type(self), name) is not getattr(SparseMethod, name)
+            ]
+            if blind:
+                raise NotImplementedError(
+                    f"{self.name}: {', '.join(blind)} (over pooled keys, some rows, or the "
+                    "unmasked call) do not see the key padding; run padded inputs one example at "
+                    "a time without padding"
+                )
+            branches = [
+                replace(branch, layout=with_key_padding(branch.layout, key_padding))
+                for branch in branches
+            ]
         outputs = [
             run_branch(q, k, v, branch, scale=scale, impl=impl, dropout=dropout)
             for branch in branches

@@ -25,8 +25,8 @@ Limits:
 * Key padding is applied on top of the selection: the method selects on the padded sequence
   (position-based methods count padded positions: the sinks of a left-padded example are padding)
   and the padded keys are then dropped.
-* Methods with a correction or several branches refuse padded inputs (``correct`` and pooled
-  branches do not see the padding), and
+* Methods with a correction, their own way of combining branches, or branches over pooled keys
+  refuse padded inputs (``correct``, ``combine`` and pooled branches do not see the padding), and
   ``rettention`` needs statistics calibrated on the very call it corrects, so it raises here.
 """
 
@@ -80,15 +80,6 @@ def kept_fraction(layout: Layout, call: AttentionInputs, q: torch.Tensor, k: tor
     visible = visible.to(q.device).expand(q.shape[0], q.shape[1], -1, -1)
     kept = layout.to_dense(scores) & visible
     return kept.sum().item() / max(visible.sum().item(), 1)
-
-
-def has_correction(method: SparseMethod) -> bool:
-    """True when ``method`` overrides `SparseMethod.correct` or `SparseMethod.combine` (its output
-    is more than attention over its token-level branches, which alone see the key padding)."""
-    return any(
-        getattr(type(method), name) is not getattr(SparseMethod, name)
-        for name in ("correct", "combine")
-    )
 
 
 def call_state(call: AttentionInputs) -> nn.Module | None:
@@ -155,11 +146,6 @@ class SparseCore:
             raise NotImplementedError(
                 f"sparsify supports full-sequence forwards only (q_len == kv_len), got q_len "
                 f"{q_len} and kv_len {kv_len}: decoding with a key-value cache is not supported"
-            )
-        if call.key_padding is not None and has_correction(self.method):
-            raise NotImplementedError(
-                f"{self.method.name}: corrections do not know the key padding; run padded "
-                "inputs one example at a time without padding"
             )
         q, k, v = self._chosen(call)
         out, layout = self.method.attend(

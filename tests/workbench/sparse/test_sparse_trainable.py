@@ -395,6 +395,32 @@ def test_hax_ranking_scorer_learns_the_order_of_the_attention_keys_receive():
     assert agreement() < 0.6 * before
 
 
+# ---------------------------------------------------------------------------- key padding
+def test_key_padding_reaches_every_branch_or_the_method_refuses_it():
+    """Padded keys never change what real queries get: token-level methods drop them from every
+    branch; methods with branches over pooled keys (NSA's compressed blocks, DuSA's summaries)
+    refuse padded inputs instead of pooling the padding in."""
+    q, k, v = make_qkv(q_len=32, heads=2, kv_heads=1, batch=2)
+    padding = torch.ones(2, 32, dtype=torch.bool)
+    padding[1, 24:] = False
+    moved_k, moved_v = k.clone(), v.clone()
+    moved_k[1, :, 24:] += 100  # what the padded positions hold
+    moved_v[1, :, 24:] += 100
+    options = {"causal": True, "block_size": 16, "impl": "reference", "key_padding": padding}
+    for name in ("seer_gate", "moa", "sink_window"):
+        method = sparse.get(name)
+        state = method.state_module(layer=0, heads=2, d_head=8)
+        state = None if state is None else state.to(DTYPE)
+        with torch.no_grad():
+            out, layout = method.attend(q, k, v, state=state, **options)
+            moved, _ = method.attend(q, k, moved_v, state=state, **options)
+        assert not layout.to_dense()[1, :, :, 24:].any(), name
+        torch.testing.assert_close(moved[1, :, :24], out[1, :, :24], msg=name)
+    for name in ("nsa", "dusa"):
+        with pytest.raises(NotImplementedError, match="do not see the key padding"):
+            sparse.get(name).attend(q, moved_k, moved_v, **options)
+
+
 # ---------------------------------------------------------------------------- Spark, MoA, DuSA
 def test_spark_threshold_is_the_normal_quantile_of_each_row():
     q, k, _ = make_qkv(q_len=40)
