@@ -73,11 +73,13 @@ PLOTLY_SCRIPT = "plotly.min.js"
 
 def write_figure(figure: Any, path: str | Path) -> Path:
     """Write a plotly figure as HTML, atomically, that opens offline: it loads plotly.js from a
-    ``plotly.min.js`` written once beside it (not from a CDN, and not embedded in every file)."""
+    ``plotly.min.js`` written once beside it (not from a CDN, and not embedded in every file).
+    The figure's element is named after the file, so the same figure gives the same bytes."""
     from plotly.offline import get_plotlyjs
 
     path = Path(path)
     script = path.parent / PLOTLY_SCRIPT
     if not script.exists():
         atomic_write_text(script, get_plotlyjs())
-    return atomic_write_text(path, figure.to_html(include_plotlyjs=PLOTLY_SCRIPT))
+    html = figure.to_html(include_plotlyjs=PLOTLY_SCRIPT, div_id=f"figure-{path.stem}")
+    return atomic_write_text(path, html)

@@ -48,6 +48,8 @@ def test_write_figure_opens_offline(tmp_path):
     script = tmp_path / PLOTLY_SCRIPT
     assert script.stat().st_size > 1_000_000  # the whole plotly.js, written once for the folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "b.html", PLOTLY_SCRIPT]
+    again = write_figure(figure, tmp_path / "again" / "a.html")  # redrawn: the same bytes
+    assert again.read_bytes() == first.read_bytes()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
