@@ -437,7 +437,7 @@ def test_emergence_analysis_recovers_the_stub_scaling(tmp_path):
     rows = {row["name"]: row for row in result.results["comparison"]}
     assert set(rows) == {"T", "B"} and rows["T"]["paper"] == 0.99
     names = sorted(path.name for path in result.figures)
-    assert names == ["fit.html", "loss.html", "relevant_mass.html"]
+    assert names == ["exponents_by_length.html", "fit.html", "loss.html", "relevant_mass.html"]
     headline = result.headline  # the fit beside the paper's, also stored in results.json
     assert headline.columns == ["quantity", "paper", "ours", "95% interval", "paper inside"]
     quantities = [row[0] for row in headline.rows]

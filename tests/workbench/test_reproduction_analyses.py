@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from workbench.experiments import ExperimentSpec, load_spec, run_experiment
+from workbench.experiments.emergence_analysis import exponents_by_length_figure
 from workbench.experiments.reproduction import (
     exponent_rows,
     geometric_mean_interval,
@@ -115,14 +116,21 @@ def test_a_floor_under_the_short_sequences_shows_in_the_fits_from_longer_lengths
         seeds=[0, 1],
         analysis={"initial_loss": 0.5},
     )
-    results = run_experiment(
-        experiment, runs_dir=tmp_path, train_fn=floored_stub, progress=False
-    ).results
+    result = run_experiment(experiment, runs_dir=tmp_path, train_fn=floored_stub, progress=False)
+    results = result.results
     exponents = [results["fit"]["exponents"]["T"]]
     exponents += [entry["fit"]["exponents"]["T"] for entry in results["fits_from_length"]]
     assert [entry["min_T"] for entry in results["fits_from_length"]] == [32, 128]
     assert exponents == sorted(exponents)  # steeper as the floor's share shrinks
     assert exponents[0] < 0.6 and exponents[-1] > 0.8  # toward the law's 1 without the floor
+    assert "exponents_by_length.html" in {path.name for path in result.figures}
+    figure = exponents_by_length_figure(results["runs"], results, "transformer")
+    (line,) = figure.data  # T alone varies: one exponent, at the shortest length of each fit
+    assert list(line.x) == [8, 32, 128] and list(line.y) == pytest.approx(exponents)
+    low, high = results["fit"]["intervals"]["T"]
+    assert line.error_y.arrayminus[0] == pytest.approx(exponents[0] - low)
+    assert line.error_y.array[0] == pytest.approx(high - exponents[0])
+    assert [shape.y0 for shape in figure.layout.shapes] == [0.8]  # the paper's exponent of T
 
 
 def toy_stub(config, out_dir, *, resume, progress):

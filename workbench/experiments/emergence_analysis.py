@@ -30,7 +30,13 @@ from workbench.experiments.reproduction import (
 )
 from workbench.experiments.spec import ExperimentSpec, get_path
 from workbench.runs import metric_series
-from workbench.viz.experiments import Level, Mark, power_law_figure, relevant_mass_figure
+from workbench.viz.experiments import (
+    Level,
+    Mark,
+    exponents_by_range_figure,
+    power_law_figure,
+    relevant_mass_figure,
+)
 from workbench.viz.style import Style, sweep_styles
 
 EMERGENCE_COVARIATES = {"T": "task.seq_len", "d": "task.d", "B": "task.burstiness"}
@@ -93,6 +99,7 @@ def emergence_analysis(spec: ExperimentSpec, runs: list[RunRecord]) -> AnalysisO
             styles={run.config_hash: style(run) for run in runs},
         ),
         fit=emergence_fit_figure(rows, results.get("fit"), paper_name=options["paper"]),
+        exponents_by_length=exponents_by_length_figure(rows, results, options["paper"]),
     )
     headline = emergence_headline(results, options["paper"])
     return AnalysisOutput(results=results, figures=figures, headline=headline)
@@ -112,6 +119,20 @@ def emergence_results(rows: list[dict[str, Any]], paper: str) -> dict[str, Any]:
     results["cross_sample"] = cross_sample_speedups(rows)
     results["paper_vs_ours"] = emergence_reproduction(results, paper)
     return results
+
+
+def exponents_by_length_figure(
+    rows: list[dict[str, Any]], results: Mapping[str, Any], paper: str
+) -> Any:
+    """The exponents of the fit over all lengths and of `fits_from_length` against the shortest
+    length kept, beside the paper's (None when there is nothing to compare: fewer than three
+    lengths, or no fit)."""
+    if not results.get("fits_from_length") or results.get("fit") is None:
+        return None
+    shortest = min(row["T"] for row in rows if not row["p"])
+    fits = [(shortest, results["fit"])]
+    fits += [(entry["min_T"], entry["fit"]) for entry in results["fits_from_length"]]
+    return exponents_by_range_figure(fits, PAPER_EXPONENTS[paper], paper_name=paper)
 
 
 def fits_from_length(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -408,6 +408,52 @@ def power_law_figure(
     return figure
 
 
+def exponents_by_range_figure(
+    fits: Sequence[tuple[float, Mapping[str, Any] | None]],
+    paper: Mapping[str, float],
+    *,
+    covariate: str = "T",
+    paper_name: str = "paper",
+) -> go.Figure:
+    """The exponents of power-law fits over narrowing ranges of one covariate: ``fits`` ``[(the
+    smallest value of ``covariate`` fitted, fit dict (`PowerLawFit.to_dict`) or None)]``; one
+    line per exponent with its interval as error bars, the ``paper``'s value of each dashed in
+    the same colour. A single power law gives flat lines."""
+    names = sorted({name for _, fit in fits if fit for name in fit["exponents"]}, key=natural_key)
+    styles = category_styles(names)
+    figure = go.Figure()
+    for name in names:
+        points = [(x, fit) for x, fit in fits if fit and name in fit["exponents"]]
+        values = [fit["exponents"][name] for _, fit in points]
+        lows = [fit["exponents"][name] - fit["intervals"][name][0] for _, fit in points]
+        highs = [fit["intervals"][name][1] - fit["exponents"][name] for _, fit in points]
+        figure.add_trace(
+            go.Scatter(
+                x=[x for x, _ in points],
+                y=values,
+                mode="lines+markers",
+                name=f"exponent of {name}",
+                line=styles[name].line(),
+                marker=styles[name].marker(size=8),
+                error_y={"type": "data", "symmetric": False, "array": highs, "arrayminus": lows},
+            )
+        )
+        if name in paper:
+            figure.add_hline(
+                y=paper[name],
+                line={"color": styles[name].colour, "dash": "dash", "width": 1},
+                annotation_text=f"{paper_name}: {name}^{paper[name]:g}",
+                annotation_position="top left",
+            )
+    ticks = sorted({x for x, _ in fits})
+    figure.update_xaxes(title_text=f"shortest {covariate} in the fit", type="log", tickvals=ticks)
+    figure.update_yaxes(title_text="exponent (95% interval)")
+    figure.update_layout(
+        title=f"the fit's exponents over {covariate} >= x: a single power law gives flat lines"
+    )
+    return figure
+
+
 def _band(x: Sequence[float], low: Sequence[float], high: Sequence[float]) -> list[go.Scatter]:
     """The upper edge, then the lower edge filled up to it."""
     return [
