@@ -131,6 +131,31 @@ def test_a_slice_is_a_subset_of_the_whole_specs_runs():
     assert part.experiment_hash() != spec.experiment_hash()  # its analysis has its own folder
 
 
+def test_a_slice_may_select_inside_the_mappings_a_sweep_varies():
+    tasks = [
+        {**BASE["task"], "seq_len": 8},
+        {**BASE["task"], "seq_len": 16},
+        {"name": "assoc_recall", "seq_len": 16},
+    ]
+    methods = [None, {"method": "top_k", "hparams": {"k": 5}}, {"method": "banded"}]
+    spec = make_spec(sweep={"task,steps": [[task, 10] for task in tasks], "sparse": methods})
+    part = spec.restricted({"task.name": ["single_location"], "sparse.method": ["top_k"]})
+    assert [(c["task"]["seq_len"], c["sparse"]["hparams"]["k"]) for c in part.configs()] == [
+        (8, 5),
+        (16, 5),
+    ]
+    deeper = spec.restricted({"sparse.hparams.k": [5], "task.seq_len": [16]})
+    assert [c["task"]["name"] for c in deeper.configs()] == ["single_location", "assoc_recall"]
+    dense = spec.restricted({"sparse": [None]})  # the dense runs: None holds no method
+    assert {c["sparse"] for c in dense.configs()} == {None}
+    with pytest.raises(ValueError, match="none of \\['x'\\] is among its sweep values"):
+        spec.restricted({"sparse.method": ["x"]})
+    with pytest.raises(ValueError, match="no sweep value of 'steps' holds 'x'"):
+        spec.restricted({"steps.x": [1]})
+    with pytest.raises(ValueError, match=r"'model\.d_model' is not a sweep path"):
+        spec.restricted({"model.d_model": [8]})
+
+
 @pytest.mark.parametrize(
     ("where", "error", "message"),
     [

@@ -141,6 +141,36 @@ def _check_sweep(base: Mapping[str, Any], sweep: Any, field_name: str) -> None:
             raise ValueError(f"{field_name}[{key!r}]: every value must be a list of {width} values")
 
 
+_ABSENT = object()
+"""A where-path that a swept mapping does not have (it matches no value)."""
+
+
+def _swept_path(key: str, path: str) -> tuple[int, str] | None:
+    """``(index, rest)``: the path of sweep ``key`` that ``path`` is, or lies inside, and the
+    rest of ``path`` below it (``""`` for the swept path itself); None when it is neither."""
+    for index, swept in enumerate(sweep_paths(key)):
+        if path == swept:
+            return index, ""
+        if path.startswith(swept + "."):
+            return index, path[len(swept) + 1 :]
+    return None
+
+
+def _value_at(key: str, value: Any, path: str) -> Any:
+    """The value at ``path`` of sweep ``key``'s value ``value`` (one value, or one per path of a
+    coupled key); `_ABSENT` when ``path`` goes inside something that does not hold it."""
+    index, rest = _swept_path(key, path)
+    component = value[index] if len(sweep_paths(key)) > 1 else value
+    if not rest:
+        return component
+    if not isinstance(component, Mapping):
+        return _ABSENT
+    try:
+        return get_path(component, rest)
+    except KeyError:
+        return _ABSENT
+
+
 def _check_seeds(seeds: Any, field_name: str) -> tuple[int, ...]:
     """``seeds`` (a non-empty list or tuple of distinct ints >= 0) as a tuple."""
     if (
@@ -258,7 +288,8 @@ class ExperimentSpec:
     def restricted(self, where: Mapping[str, Sequence[Any]]) -> ExperimentSpec:
         """This spec with only the grid points and seeds that ``where`` allows.
 
-        ``where`` maps a sweep path (a key of `sweep`, or one path of a coupled key) or
+        ``where`` maps a sweep path (a key of `sweep`, one path of a coupled key, or a path
+        inside the mappings a path sweeps over, e.g. ``task.name`` when ``task`` is swept) or
         ``"seed"`` to the values to keep: ``{"task.seq_len": [64, 32], "seed": [0]}`` keeps the
         grid points whose ``task.seq_len`` is 64 or 32, with seed 0; a path of a coupled key
         keeps the tuples whose value at that path is allowed. A slice's runs are runs of the
@@ -278,24 +309,24 @@ class ExperimentSpec:
                         f"(seeds: {list(self.seeds)})"
                     )
                 continue
-            key = next((key for key in sweep if path in sweep_paths(key)), None)
+            key = next((key for key in sweep if _swept_path(key, path) is not None), None)
             if key is None:
                 paths = [path for key in self.sweep for path in sweep_paths(key)]
                 raise ValueError(
                     f"where: {path!r} is not a sweep path of {self.name!r} "
-                    f"(sweep paths: {paths}, or {SEED_KEY!r})"
+                    f"(sweep paths: {paths}, paths inside the mappings they sweep, or {SEED_KEY!r})"
                 )
-            paths = sweep_paths(key)
-            index = paths.index(path)
-            kept = [
-                value
-                for value in sweep[key]
-                if (value[index] if len(paths) > 1 else value) in list(allowed)
-            ]
-            if not kept:
-                values = [value[index] if len(paths) > 1 else value for value in sweep[key]]
+            values = [_value_at(key, value, path) for value in sweep[key]]
+            kept = [value for value, at in zip(sweep[key], values, strict=True) if at in allowed]
+            shown = [at for at in values if at is not _ABSENT]
+            if not shown:
+                index, rest = _swept_path(key, path)
                 raise ValueError(
-                    f"where[{path!r}]: none of {list(allowed)} is among its sweep values {values}"
+                    f"where[{path!r}]: no sweep value of {sweep_paths(key)[index]!r} holds {rest!r}"
+                )
+            if not kept:
+                raise ValueError(
+                    f"where[{path!r}]: none of {list(allowed)} is among its sweep values {shown}"
                 )
             sweep[key] = kept
         return replace(self, sweep=sweep, seeds=seeds)
