@@ -379,8 +379,8 @@ def run_command(
         typer.Option(
             help="Only a slice of the sweep: PATH=VALUES, VALUES comma-separated or a YAML list "
             "(task.seq_len=64,32; task.name=even_pairs; seed=0; sparse=[null]); repeat for "
-            "several paths. The slice's "
-            "runs are the whole spec's (same hashes); its analysis has a folder of its own."
+            "several paths. The slice's runs are the whole spec's (same hashes); its analysis "
+            "has a folder of its own."
         ),
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Root folder of the runs.")] = Path("runs"),
