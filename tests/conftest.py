@@ -26,6 +26,7 @@ def dashboard_runs(tmp_path_factory):
     run with only its config (half-written), one whose config is not YAML, and an emergence
     analysis holding a power-law fit."""
     from workbench.analysis import fit_power_law
+    from workbench.experiments.emergence_analysis import fits_from_length
     from workbench.experiments.spec import config_hash
     from workbench.models import ModelConfig
     from workbench.runs import RunStore
@@ -66,6 +67,12 @@ def dashboard_runs(tmp_path_factory):
     fit = fit_power_law({"T": [row["T"] for row in rows]}, [r["emergence_time"] for r in rows])
     store.analysis("emergence", "fit000000000").write(
         {"name": "emergence", "analysis": {"paper": "toy_model"}},
-        {"runs": rows, "fit": fit.to_dict(), "n_runs": 4, "n_emerged": 4},
+        {
+            "runs": rows,
+            "fit": fit.to_dict(),
+            "fits_from_length": fits_from_length(rows),
+            "n_runs": 4,
+            "n_emerged": 4,
+        },
     )
     return store.root

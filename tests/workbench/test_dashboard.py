@@ -92,9 +92,11 @@ def test_runs_tab_filters_the_index_and_draws_the_curves_and_the_fit(catalogue):
     legend = {trace.name for trace in figures["eval_loss"].data}
     assert any(name.startswith("dense ") for name in legend)
     assert any(name.startswith("top_k(k=3) ") for name in legend)
-    fit = runs_tab.fit(catalogue, "emergence/fit000000000")
+    fit, exponents = runs_tab.fit(catalogue, "emergence/fit000000000").children
     assert "emergence time" in fit.figure.layout.title.text
     assert "paper (toy_model)" in {trace.name.split(":")[0] for trace in fit.figure.data}
+    (line,) = exponents.figure.data  # all lengths, then from T = 16 (from 32: two points, no fit)
+    assert list(line.x) == [8, 16] and line.name == "exponent of T"
     assert "no analysis" in runs_tab.fit(catalogue, "emergence/missing").children.lower()
 
 

@@ -18,7 +18,12 @@ import plotly.graph_objects as go
 from toy_tasks.base import check_int
 from workbench.analysis import emergence_time
 from workbench.dashboard.data import READ_ERRORS, AttentionSubject, SAEView
-from workbench.experiments.analyses import PAPER_EXPONENTS, emergence_fit_figure, method_label
+from workbench.experiments.analyses import (
+    PAPER_EXPONENTS,
+    emergence_fit_figure,
+    exponents_by_length_figure,
+    method_label,
+)
 from workbench.metrics.fidelity import HeadSelection, fidelity, head_selection
 from workbench.runs import Analysis, Run, metric_series
 from workbench.sparse.base import SparseMethod
@@ -138,15 +143,29 @@ def emergence_marks(
     return levels, marks
 
 
-def fit_figure(analysis: Analysis) -> go.Figure:
-    """The power-law fit of an emergence analysis (`emergence_fit_figure`: the runs' emergence
-    times, the fit with its band, the paper's slope); ``ValueError`` when it holds no fit."""
+def _fit_results(analysis: Analysis) -> tuple[dict[str, Any], str]:
+    """The results of an emergence analysis and the paper it compares with; ``ValueError`` when
+    it holds no fit or names an unknown paper."""
     results = analysis.results() or {}
     if not results.get("fit") or not results.get("runs"):
         raise ValueError(f"{analysis.path} holds no power-law fit")
     paper = (analysis.spec().get("analysis") or {}).get("paper", "transformer")
     if paper not in PAPER_EXPONENTS:
         raise ValueError(f"{analysis.path}: unknown paper {paper!r} in its analysis options")
+    return results, paper
+
+
+def exponents_figure(analysis: Analysis) -> go.Figure | None:
+    """The fit's exponents against the shortest length fitted (`exponents_by_length_figure`);
+    None when the analysis holds no fits from longer lengths."""
+    results, paper = _fit_results(analysis)
+    return exponents_by_length_figure(results["runs"], results, paper)
+
+
+def fit_figure(analysis: Analysis) -> go.Figure:
+    """The power-law fit of an emergence analysis (`emergence_fit_figure`: the runs' emergence
+    times, the fit with its band, the paper's slope); ``ValueError`` when it holds no fit."""
+    results, paper = _fit_results(analysis)
     figure = emergence_fit_figure(results["runs"], results["fit"], paper_name=paper)
     figure.update_layout(title=f"emergence time: {results['fit'].get('formula', '')}")
     return figure

@@ -215,9 +215,15 @@ def folder_sections(catalogue: Catalogue) -> Iterator[Section]:
 
 def _fit_section(catalogue: Catalogue, key: str) -> Section:
     section = Section(f"Power-law fit: {key}")
-    section.attempt(
-        "fit", lambda: section.figures.append(panels.fit_figure(catalogue.analysis(key)))
-    )
+
+    def draw() -> None:
+        analysis = catalogue.analysis(key)
+        section.figures.append(panels.fit_figure(analysis))
+        exponents = panels.exponents_figure(analysis)
+        if exponents is not None:
+            section.figures.append(exponents)
+
+    section.attempt("fit", draw)
     return section
 
 

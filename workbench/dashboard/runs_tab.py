@@ -10,7 +10,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from workbench.dashboard import ids
 from workbench.dashboard.data import UNREADABLE, Catalogue
-from workbench.dashboard.panels import curves_figures, fit_figure
+from workbench.dashboard.panels import curves_figures, exponents_figure, fit_figure
 from workbench.dashboard.widgets import (
     READ_FAILURES,
     ROW,
@@ -179,7 +179,8 @@ def curves(catalogue: Catalogue, selected: Sequence[str] | None) -> tuple[list[A
 
 
 def fit(catalogue: Catalogue, key: str | None) -> Any:
-    """The fit figure of the analysis ``key`` (a message when there is none or it is broken)."""
+    """The fit figure of the analysis ``key`` and, where it fitted from longer lengths too, its
+    exponents against the shortest length (a message when there is none or it is broken)."""
     if key is None:
         return message(
             "No analysis with a power-law fit under this root (`workbench run emergence` writes "
@@ -187,7 +188,12 @@ def fit(catalogue: Catalogue, key: str | None) -> Any:
             "note",
         )
     try:
-        return graph(fit_figure(catalogue.analysis(key)), "fit")
+        analysis = catalogue.analysis(key)
+        figures = [graph(fit_figure(analysis), "fit")]
+        exponents = exponents_figure(analysis)
+        if exponents is not None:
+            figures.append(graph(exponents, "exponents"))
+        return html.Div(figures)
     except READ_FAILURES as error:
         return failure(error, f"fit of {key}")
 

@@ -42,6 +42,7 @@ from workbench.experiments.emergence_analysis import (  # noqa: F401  (re-export
     emergence_loss_figure,
     emergence_styles,
     emergence_threshold,
+    exponents_by_length_figure,
 )
 from workbench.experiments.icl_analysis import (  # noqa: F401  (re-exported)
     icl_error_curves,

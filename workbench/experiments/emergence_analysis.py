@@ -129,7 +129,7 @@ def exponents_by_length_figure(
     lengths, or no fit)."""
     if not results.get("fits_from_length") or results.get("fit") is None:
         return None
-    shortest = min(row["T"] for row in rows if not row["p"])
+    shortest = min(row["T"] for row in rows if not row.get("p"))
     fits = [(shortest, results["fit"])]
     fits += [(entry["min_T"], entry["fit"]) for entry in results["fits_from_length"]]
     return exponents_by_range_figure(fits, PAPER_EXPONENTS[paper], paper_name=paper)
