@@ -155,20 +155,16 @@ def _fit_results(analysis: Analysis) -> tuple[dict[str, Any], str]:
     return results, paper
 
 
-def exponents_figure(analysis: Analysis) -> go.Figure | None:
-    """The fit's exponents against the shortest length fitted (`exponents_by_length_figure`);
-    None when the analysis holds no fits from longer lengths."""
-    results, paper = _fit_results(analysis)
-    return exponents_by_length_figure(results["runs"], results, paper)
-
-
-def fit_figure(analysis: Analysis) -> go.Figure:
+def fit_figures(analysis: Analysis) -> list[go.Figure]:
     """The power-law fit of an emergence analysis (`emergence_fit_figure`: the runs' emergence
-    times, the fit with its band, the paper's slope); ``ValueError`` when it holds no fit."""
+    times, the fit with its band, the paper's slope) and, where the analysis fitted from longer
+    lengths too, the exponents against the shortest length fitted
+    (`exponents_by_length_figure`); ``ValueError`` when it holds no fit."""
     results, paper = _fit_results(analysis)
     figure = emergence_fit_figure(results["runs"], results["fit"], paper_name=paper)
     figure.update_layout(title=f"emergence time: {results['fit'].get('formula', '')}")
-    return figure
+    exponents = exponents_by_length_figure(results["runs"], results, paper)
+    return [figure] if exponents is None else [figure, exponents]
 
 
 def index_table(rows: Sequence[Mapping[str, Any]]) -> go.Figure:

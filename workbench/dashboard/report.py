@@ -215,15 +215,9 @@ def folder_sections(catalogue: Catalogue) -> Iterator[Section]:
 
 def _fit_section(catalogue: Catalogue, key: str) -> Section:
     section = Section(f"Power-law fit: {key}")
-
-    def draw() -> None:
-        analysis = catalogue.analysis(key)
-        section.figures.append(panels.fit_figure(analysis))
-        exponents = panels.exponents_figure(analysis)
-        if exponents is not None:
-            section.figures.append(exponents)
-
-    section.attempt("fit", draw)
+    section.attempt(
+        "fit", lambda: section.figures.extend(panels.fit_figures(catalogue.analysis(key)))
+    )
     return section
 
 

@@ -10,7 +10,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from workbench.dashboard import ids
 from workbench.dashboard.data import UNREADABLE, Catalogue
-from workbench.dashboard.panels import curves_figures, exponents_figure, fit_figure
+from workbench.dashboard.panels import curves_figures, fit_figures
 from workbench.dashboard.widgets import (
     READ_FAILURES,
     ROW,
@@ -188,12 +188,9 @@ def fit(catalogue: Catalogue, key: str | None) -> Any:
             "note",
         )
     try:
-        analysis = catalogue.analysis(key)
-        figures = [graph(fit_figure(analysis), "fit")]
-        exponents = exponents_figure(analysis)
-        if exponents is not None:
-            figures.append(graph(exponents, "exponents"))
-        return html.Div(figures)
+        figures = fit_figures(catalogue.analysis(key))
+        names = ("fit", "exponents")  # the fit, then its exponents by length where drawn
+        return html.Div([graph(figure, name) for figure, name in zip(figures, names, strict=False)])
     except READ_FAILURES as error:
         return failure(error, f"fit of {key}")
 

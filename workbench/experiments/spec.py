@@ -156,18 +156,14 @@ def _swept_path(key: str, path: str) -> tuple[int, str] | None:
     return None
 
 
-def _value_at(key: str, value: Any, path: str) -> Any:
-    """The value at ``path`` of sweep ``key``'s value ``value`` (one value, or one per path of a
-    coupled key); `_ABSENT` when ``path`` goes inside something that does not hold it."""
-    index, rest = _swept_path(key, path)
-    component = value[index] if len(sweep_paths(key)) > 1 else value
+def _inside(value: Any, rest: str) -> Any:
+    """``value`` itself (``rest`` empty) or the value at the dotted path ``rest`` inside it;
+    `_ABSENT` when ``value`` does not hold ``rest``."""
     if not rest:
-        return component
-    if not isinstance(component, Mapping):
-        return _ABSENT
+        return value
     try:
-        return get_path(component, rest)
-    except KeyError:
+        return get_path(value, rest)
+    except KeyError:  # also a value that is no mapping
         return _ABSENT
 
 
@@ -309,18 +305,21 @@ class ExperimentSpec:
                         f"(seeds: {list(self.seeds)})"
                     )
                 continue
-            key = next((key for key in sweep if _swept_path(key, path) is not None), None)
-            if key is None:
+            found = next(
+                ((key, at) for key in sweep if (at := _swept_path(key, path)) is not None), None
+            )
+            if found is None:
                 paths = [path for key in self.sweep for path in sweep_paths(key)]
                 raise ValueError(
                     f"where: {path!r} is not a sweep path of {self.name!r} "
                     f"(sweep paths: {paths}, paths inside the mappings they sweep, or {SEED_KEY!r})"
                 )
-            values = [_value_at(key, value, path) for value in sweep[key]]
+            key, (index, rest) = found
+            coupled = len(sweep_paths(key)) > 1
+            values = [_inside(value[index] if coupled else value, rest) for value in sweep[key]]
             kept = [value for value, at in zip(sweep[key], values, strict=True) if at in allowed]
             shown = [at for at in values if at is not _ABSENT]
             if not shown:
-                index, rest = _swept_path(key, path)
                 raise ValueError(
                     f"where[{path!r}]: no sweep value of {sweep_paths(key)[index]!r} holds {rest!r}"
                 )
