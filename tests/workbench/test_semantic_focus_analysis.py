@@ -142,7 +142,7 @@ def test_analysis_on_stub_runs(tmp_path):
     names = sorted(path.name for path in result.figures)
     assert names == ["comparison.html", "curves.html", "stability.html", "summary.html"]
     rows = {row[1]: row for row in result.headline.rows}
-    assert rows["full"][2].startswith("7.0 [6.5, 7.5] (3/3 reached)")
+    assert rows["full"][2] == "7.0 [6.5, 7.5] (3/3 reached within 10 epochs)"
     assert rows["top_k(k=5)"][4].startswith("2.33")
     # The stability rows: the paper's even-pairs numbers and ours (full runs' delta_full).
     stability = {(row["source"], row["variant"]): row for row in result.results["stability"]}
@@ -171,9 +171,13 @@ def test_a_variant_that_never_converges_is_a_bound(tmp_path):
     assert comparison["speedup_bound"] == "lower"
     assert comparison["speedup"] == pytest.approx(5 / 3)  # censored at one epoch past the last
     rows = {row[1]: row for row in result.headline.rows}
-    assert "not reached (0/2 reached)" in rows["full"][2]
+    assert rows["full"][2] == "not reached (0/2 reached within 4 epochs)"
     assert rows["top_k(k=5)"][4].startswith(">= 1.67")
     json.dumps(result.results, allow_nan=False)  # strict JSON: no Infinity
+    # Drawn again from the saved results (every variant), as the README's tables are:
+    saved = json.loads(result.results_path.read_text())
+    again = sfa.semantic_focus_headline(saved["variants"], saved["comparisons"], 0.95, compare=None)
+    assert [row[:3] for row in again.rows] == [row[:3] for row in result.headline.rows]
 
 
 def test_bad_accuracy_option(tmp_path):

@@ -78,6 +78,12 @@ REPRODUCTIONS = (
 )
 """Folders of `RESULTS` whose paper-versus-ours rows the README shows (marker
 ``reproduction-<folder>``)."""
+HEADLINES = ("semantic_focus_recall_h100",)
+"""Folders of `RESULTS` whose headline table (the one ``workbench run`` prints) the README
+shows (marker ``headline-<folder>``)."""
+FOCUS_VARIANTS = ("semantic_focus_even_pairs_h100",)
+"""Folders of `RESULTS` holding a ``semantic_focus`` analysis whose every variant the README
+shows against full attention (marker ``variants-<folder>``)."""
 
 
 def reproduction_table(folder: str) -> str:
@@ -92,12 +98,37 @@ def reproduction_table(folder: str) -> str:
     return markdown_table([*headline.columns, "note"], cells)
 
 
+def headline_table(folder: str) -> str:
+    """The ``headline`` table of ``docs/results/<folder>/results.json`` (its columns and rows,
+    as ``workbench run`` prints them)."""
+    results = json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))
+    headline = results["headline"]
+    return markdown_table(headline["columns"], headline["rows"])
+
+
+def focus_variants_table(folder: str) -> str:
+    """Every variant of the ``semantic_focus`` analysis in ``docs/results/<folder>/`` against
+    full attention (the headline's columns, not only its ``compare`` variant)."""
+    from workbench.experiments.semantic_focus_analysis import semantic_focus_headline
+
+    results = json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))
+    headline = semantic_focus_headline(
+        results["variants"], results["comparisons"], results["accuracy"], compare=None
+    )
+    return markdown_table(headline.columns, headline.rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "sparse-methods": methods_table,
     "toy-tasks": tasks_table,
     **{
         f"reproduction-{folder}": functools.partial(reproduction_table, folder)
         for folder in REPRODUCTIONS
+    },
+    **{f"headline-{folder}": functools.partial(headline_table, folder) for folder in HEADLINES},
+    **{
+        f"variants-{folder}": functools.partial(focus_variants_table, folder)
+        for folder in FOCUS_VARIANTS
     },
 }
 """Generated tables by marker name."""

@@ -494,8 +494,16 @@ def _summary_cells(summary: Mapping[str, Any], accuracy: float) -> dict[str, Any
 
 
 def _epochs_cell(summary: Mapping[str, Any]) -> str:
-    cell = _quartile_cell(summary["epochs_to_accuracy"], 1)
-    return f"{cell} ({summary['reached']}/{summary['runs']} reached)"
+    """Median [IQR] epochs to the accuracy, how many runs reached it and within how many
+    epochs (the median run's length: a sweep stopped early says so here). Read back from
+    ``results.json``, a run that never reached it is ``None`` (strict JSON has no infinity)."""
+    epochs = {
+        key: np.inf if value is None else value
+        for key, value in summary["epochs_to_accuracy"].items()
+    }
+    cell = _quartile_cell(epochs, 1)
+    trained = summary["epochs"]["median"]
+    return f"{cell} ({summary['reached']}/{summary['runs']} reached within {trained:g} epochs)"
 
 
 def _interval(values: Sequence[float], digits: int = 2) -> str:
@@ -537,15 +545,15 @@ def semantic_focus_headline(
     summaries: Sequence[Mapping[str, Any]],
     comparisons: Sequence[Mapping[str, Any]],
     accuracy: float,
-    compare: str,
+    compare: str | None,
 ) -> Headline:
-    """Per task: full attention and the ``compare`` variant (median [IQR] epochs to
-    ``accuracy``, final held-out accuracy), the speed-up and the accuracy gain with their
-    bootstrap intervals."""
+    """Per task: full attention and the ``compare`` variant (every variant when ``None``):
+    median [IQR] epochs to ``accuracy``, final held-out accuracy, the speed-up and the
+    accuracy gain with their bootstrap intervals."""
     chosen = {(c["task"], c["variant"]): c for c in comparisons}
     rows = []
     for summary in summaries:
-        if summary["variant"] not in (FULL, compare):
+        if compare is not None and summary["variant"] not in (FULL, compare):
             continue
         comparison = chosen.get((summary["task"], summary["variant"]))
         cells = _comparison_cells(comparison) if comparison else {}
@@ -560,7 +568,7 @@ def semantic_focus_headline(
             ]
         )
     return Headline(
-        f"semantic focus: full attention against {compare}",
+        f"semantic focus: full attention against {compare or 'every variant'}",
         [
             "task",
             "variant",
