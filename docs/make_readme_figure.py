@@ -84,6 +84,9 @@ def caption(quick: Mapping[str, Any], full: Mapping[str, Any]) -> str:
     count = WORDS.get(len(runs), str(len(runs)))
     full_fit = full["fit"]
     planned = full["n_runs"] + len(full.get("missing", []))
+    trained = (
+        f"all {planned}" if full["n_runs"] == planned else f"{full['n_runs']} of its {planned}"
+    )
     repetition = f"in-context repetition B in {_values(runs, 'B')}"
     if any(run.get("p") for run in runs):
         repetition += f", cross-sample repetition p in {_values(runs, 'p')}"
@@ -97,7 +100,7 @@ def caption(quick: Mapping[str, Any], full: Mapping[str, Any]) -> str:
         f"cross-sample repetition against T with the fitted power law (solid, "
         f"{fit['confidence']:.0%} band) and the paper's slope (dashed). The quick CPU run gives "
         f"{_law(fit, fit['names'])} ({fit['confidence']:.0%} CIs), {verdict}; the full sweep "
-        f"at the paper's size ({full['n_runs']} of its {planned} runs on one GPU, "
+        f"at the paper's size ({trained} runs on one GPU, "
         f"`docs/results/emergence_fan_in_h100/`) gives {_law(full_fit, full_fit['names'])}.*"
     )
     return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)
