@@ -243,7 +243,11 @@ class Layout:
                 block_mask.device
             )
         counts = block_mask.sum(-1, dtype=torch.int32)
-        width = max(int(counts.max()) if counts.numel() else 0, 1)
+        # The widest row sets the index tensor's width. With one key block that is 1 whatever
+        # the counts, known without reading them back (on a GPU: no host sync per call, which
+        # short sequences, one block long, would otherwise pay in every layer of every step).
+        one_key_block = block_mask.shape[-1] == 1
+        width = 1 if one_key_block else max(int(counts.max()) if counts.numel() else 0, 1)
         # Selected block indices first (in increasing order), padding (value 0) after them.
         order = torch.sort((~block_mask).to(torch.int8), dim=-1, stable=True).indices
         indices = order[..., :width].to(torch.int32)

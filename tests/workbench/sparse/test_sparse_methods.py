@@ -14,7 +14,7 @@ import workbench.sparse as sparse
 from kernels import api, reference
 from kernels.layout import Layout, causal_token_mask
 from workbench.sparse.quest import page_scores
-from workbench.sparse.top_p import top_p_binary_search
+from workbench.sparse.top_p import CHECK_EVERY, top_p_binary_search
 from workbench.viz.methods import methods_figure
 
 D_HEAD = 16
@@ -70,6 +70,34 @@ def test_binary_search_matches_the_sort_based_reference(p):
     ours = probs > low.unsqueeze(-1)
     theirs = scores >= reference.top_p_threshold(scores, p).unsqueeze(-1)
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("tolerance", [1e-5, 0.0])
+def test_binary_search_looks_at_its_rows_every_few_halvings(tolerance, read_backs):
+    """Same thresholds as looking after every halving (the definition, written out here), with a
+    host sync every `CHECK_EVERY` halvings instead of each."""
+    probs = torch.softmax(
+        torch.randn(4, 6, 200, generator=torch.Generator().manual_seed(1)) * 3, -1
+    )
+    total = probs.sum(-1)
+    target, low, high = torch.clamp(total, max=0.85), torch.zeros_like(total), probs.amax(-1)
+    halvings = 0
+    while True:
+        inside = (probs > low.unsqueeze(-1)) & (probs <= high.unsqueeze(-1))
+        smallest = torch.where(inside, probs, torch.full_like(probs, float("inf"))).amin(-1)
+        largest = torch.where(inside, probs, torch.zeros_like(probs)).amax(-1)
+        active = (high - low > tolerance) & (smallest < largest)
+        if not active.any():
+            break
+        middle = (low + high) / 2
+        enough = (probs * (probs > middle.unsqueeze(-1))).sum(-1) >= target
+        low = torch.where(active & enough, middle, low)
+        high = torch.where(active & ~enough, middle, high)
+        halvings += 1
+    with read_backs() as counted:
+        ours = top_p_binary_search(probs, 0.85, tolerance=tolerance)
+    assert torch.equal(ours, low)
+    assert counted.count == -(-halvings // CHECK_EVERY) + 1 < halvings  # at 0, 8, ...
 
 
 def test_binary_search_with_tolerance_reaches_p_with_few_extra_keys():
