@@ -7,8 +7,6 @@ import os
 import sys
 
 import pytest
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 if (os.cpu_count() or 1) <= 2:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -16,23 +14,13 @@ if (os.cpu_count() or 1) <= 2:
         sys.modules["torch"].set_num_threads(1)
 
 
-class ReadBacks(TorchDispatchMode):
-    """Inside it, ``count`` is the number of tensor values read back to the host (``.item()``,
-    ``int(t)``, ``if t.any()``): a host sync each on a GPU, which is what these count on CPU."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.overloadpacket is torch.ops.aten._local_scalar_dense
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.fixture
-def read_backs() -> type[ReadBacks]:
-    """`ReadBacks`, to count a call's host syncs: ``with read_backs() as counted: ...``."""
-    return ReadBacks
+def op_counter() -> type:
+    """`workbench.devtools.op_counts.OpCounter`, to count a call's launches and host syncs:
+    ``with op_counter() as counted: ...; counted.read_backs``."""
+    from workbench.devtools.op_counts import OpCounter
+
+    return OpCounter
 
 
 DASHBOARD_EXPERIMENT = "recall"

@@ -102,22 +102,22 @@ def test_row_threshold_layout_needs_scores():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_one_key_block_reads_nothing_back(causal, read_backs):
+def test_one_key_block_reads_nothing_back(causal, op_counter):
     """A selection over one key block (a short sequence) builds its layout without reading the
     counts back (a host sync per layer and step on a GPU); longer ones still need the widest row."""
     scores = torch.randn(2, 3, 41, 41, generator=torch.Generator().manual_seed(0))
     threshold = scores.topk(5, dim=-1).values[..., -1]
-    with read_backs() as short:
+    with op_counter() as short:
         layout = Layout.from_row_threshold(scores, threshold, block_q=64, block_k=64, causal=causal)
-    assert short.count == 0
+    assert short.read_backs == 0
     kept = scores >= threshold.unsqueeze(-1)
     if causal:
         kept &= causal_token_mask(41, 41, scores.device)
     assert layout.kv_indices.shape == (2, 3, 1, 1)
     assert torch.equal(layout.to_dense(scores), kept)
-    with read_backs() as long:
+    with op_counter() as long:
         Layout.from_row_threshold(scores, threshold, block_q=16, block_k=16, causal=causal)
-    assert long.count == 1
+    assert long.read_backs == 1
 
 
 def test_expand_broadcasts_without_copy():

@@ -493,3 +493,31 @@ def test_learned_sparse_state_is_trained_checkpointed_and_loaded(
         assert "sparse_losses" not in logged
     resumed = train(config.replace(steps=6), tmp_path, progress=False)  # resumes with its state
     assert resumed.resumed_from == 4
+
+
+@pytest.mark.parametrize(
+    "sparse",
+    [None, {"method": "top_k", "hparams": {"k": 5}}, {"method": "banded", "hparams": {"k": 5}}],
+    ids=["dense", "top_k", "banded"],
+)
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path: Path, sparse, op_counter):
+    """Between its logged steps a training step asks the device for no value (on a GPU: no
+    sync, the launches queue ahead), dense or sparse over one key block: the difference of 8 and
+    4 steps, evaluations and checkpoints pushed past the end (`bench/train_step_ops.py`). With
+    SGD: Adam reads its step counters every step, CPU tensors that are no sync on a GPU but
+    count here."""
+    counts = []
+    for steps in (4, 8):
+        config = recall_config(
+            steps=steps,
+            eval_every=100,
+            metrics_every=100,
+            checkpoint_every=100,
+            sparse=sparse,
+            optimizer="sgd",
+            lr=0.1,
+        )
+        with op_counter() as counted:
+            train(config, tmp_path / f"{steps}", progress=False)
+        counts.append(counted.read_backs)
+    assert counts[1] == counts[0] > 0  # the evaluation at the end reads its metrics back

@@ -73,7 +73,7 @@ def test_binary_search_matches_the_sort_based_reference(p):
 
 
 @pytest.mark.parametrize("tolerance", [1e-5, 0.0])
-def test_binary_search_looks_at_its_rows_every_few_halvings(tolerance, read_backs):
+def test_binary_search_looks_at_its_rows_every_few_halvings(tolerance, op_counter):
     """Same thresholds as looking after every halving (the definition, written out here), with a
     host sync every `CHECK_EVERY` halvings instead of each."""
     probs = torch.softmax(
@@ -94,10 +94,10 @@ def test_binary_search_looks_at_its_rows_every_few_halvings(tolerance, read_back
         low = torch.where(active & enough, middle, low)
         high = torch.where(active & ~enough, middle, high)
         halvings += 1
-    with read_backs() as counted:
+    with op_counter() as counted:
         ours = top_p_binary_search(probs, 0.85, tolerance=tolerance)
     assert torch.equal(ours, low)
-    assert counted.count == -(-halvings // CHECK_EVERY) + 1 < halvings  # at 0, 8, ...
+    assert counted.read_backs == -(-halvings // CHECK_EVERY) + 1 < halvings  # at 0, 8, ...
 
 
 def test_binary_search_with_tolerance_reaches_p_with_few_extra_keys():
