@@ -86,12 +86,17 @@ FOCUS_VARIANTS = ("semantic_focus_even_pairs_h100",)
 shows against full attention (marker ``variants-<folder>``)."""
 
 
+def committed_results(folder: str) -> dict[str, Any]:
+    """``docs/results/<folder>/results.json``, read."""
+    return json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))
+
+
 def reproduction_table(folder: str) -> str:
     """The ``paper_vs_ours`` rows of ``docs/results/<folder>/results.json``: quantity, paper,
     ours, 95% interval, whether the paper's number lies inside, note."""
     from workbench.experiments.reproduction import reproduction_headline
 
-    results = json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))
+    results = committed_results(folder)
     rows = results["paper_vs_ours"]
     headline = reproduction_headline(folder, rows)
     cells = [[*cells, row["note"]] for cells, row in zip(headline.rows, rows, strict=True)]
@@ -101,7 +106,7 @@ def reproduction_table(folder: str) -> str:
 def headline_table(folder: str) -> str:
     """The ``headline`` table of ``docs/results/<folder>/results.json`` (its columns and rows,
     as ``workbench run`` prints them)."""
-    results = json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))
+    results = committed_results(folder)
     headline = results["headline"]
     return markdown_table(headline["columns"], headline["rows"])
 
@@ -111,7 +116,7 @@ def focus_variants_table(folder: str) -> str:
     full attention (the headline's columns, not only its ``compare`` variant)."""
     from workbench.experiments.semantic_focus_analysis import semantic_focus_headline
 
-    results = json.loads((RESULTS / folder / "results.json").read_text(encoding="utf-8"))
+    results = committed_results(folder)
     headline = semantic_focus_headline(
         results["variants"], results["comparisons"], results["accuracy"], compare=None
     )
