@@ -67,6 +67,14 @@ def buckets(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
     return (bits.long() * weights).sum(-1)
 
 
+def same_bucket(q: torch.Tensor, k: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+    """``[batch, heads, q_len, kv_len]`` bool: whether query ``q`` ``[batch, heads, q_len, d]``
+    and key ``k`` ``[batch, kv_heads, kv_len, d]`` fall into the same bucket of ``projections``
+    ``[d, n_bits]``."""
+    keys = repeat_kv(k, q.shape[1])
+    return buckets(q, projections).unsqueeze(-1) == buckets(keys, projections).unsqueeze(-2)
+
+
 def top_keys_mask(scores: torch.Tensor, allowed: torch.Tensor, n: int) -> torch.Tensor:
     """``[batch, heads, q_len, kv_len]`` bool: per query the ``n`` best ``scores`` ``[batch, heads,
     kv_len]`` among its ``allowed`` ``[q_len, kv_len]`` keys (all of them when fewer)."""
@@ -107,10 +115,7 @@ class HAX(SparseMethod):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lsh, selected)`` ``[batch, heads, q_len, kv_len]`` bool masks (visible keys only)."""
         allowed = visible(q, k, causal)
-        keys = repeat_kv(k, q.shape[1])
-        same = buckets(q, state.projections).unsqueeze(-1) == buckets(
-            keys, state.projections
-        ).unsqueeze(-2)
+        same = same_bucket(q, k, state.projections)
         own = distances(q.shape[2], k.shape[2], q.device) == 0
         lsh = (same | own) & allowed
         scores = repeat_kv(state.key_scores(k).detach().unsqueeze(-1), q.shape[1]).squeeze(-1)

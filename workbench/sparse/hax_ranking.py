@@ -40,7 +40,7 @@ from kernels.layout import Layout
 from kernels.reference import repeat_kv
 from workbench.sparse.base import SparseMethod, check_int, visible
 from workbench.sparse.branches import Branch
-from workbench.sparse.hax import buckets, top_keys_mask
+from workbench.sparse.hax import same_bucket, top_keys_mask
 from workbench.sparse.registry import register_method
 from workbench.sparse.state import SparseState, common_dtype
 
@@ -179,8 +179,7 @@ class HAXRanking(SparseMethod):
         if projections is None:
             projections = torch.randn(q.shape[-1], self.n_bits, device=q.device)
         allowed = visible(q, k, causal)
-        keys = repeat_kv(k, q.shape[1])
-        same = buckets(q, projections).unsqueeze(-1) == buckets(keys, projections).unsqueeze(-2)
+        same = same_bucket(q, k, projections)
         half = self.keys // 2
         return latest_keys(same & allowed, half), top_keys_mask(scores.detach(), allowed, half)
 
