@@ -5,7 +5,9 @@ steps with evaluations and checkpoints pushed past the end, counting with
 `workbench.devtools.op_counts.OpCounter`, and reports the difference per step: start-up, the
 final evaluation and the checkpoints cancel out. On a GPU each operation is a kernel launch and
 each read-back a sync, so this says on any machine (a CPU too) what limits the small models'
-step rate there, and where the syncs come from.
+step rate there, and where the syncs come from. A GPU launches somewhat fewer: dropout is one
+fused kernel there (four operations here), and the optimiser's update and the gradient clipping
+take torch's multi-tensor kernels (a few launches, one operation per parameter here).
 
     python bench/train_step_ops.py semantic_focus --where task.name=even_pairs --where seed=0 \\
         --out bench/results/train_step_ops_semantic_focus_cpu.json
@@ -76,7 +78,7 @@ def main() -> None:
     spec = load_spec(args.experiment).restricted(parse_where(args.where))
     torch.set_num_threads(1)
     results: dict[str, Any] = {
-        "device": "cpu (counts, not timings: the same on a GPU)",
+        "device": "cpu (counts, not timings; a GPU fuses dropout and the optimiser's per-parameter updates)",
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "commit": _commit(),

@@ -40,6 +40,7 @@ from workbench.emergence_toy.model import (
     build_emergence_toy,
     check_task,
 )
+from workbench.fused_norms import install_fused_layer_norms
 from workbench.model_config import (  # noqa: F401  (re-exported: the public names)
     ACT_FNS,
     BACKENDS,
@@ -170,7 +171,9 @@ def build_model(task: ToyTask, config: ModelConfig | EmergenceToyConfig) -> Any:
     ``config.readout_init`` initialise a continuous model's input projection and readout (token
     models take only their defaults: ``ValueError`` naming the field otherwise),
     ``config.position_scale`` multiplies the absolute positions, and ``config.parametrization``
-    ``"semantic_focus"`` re-initialises a token model as the semantic-focus paper does.
+    ``"semantic_focus"`` re-initialises a token model as the semantic-focus paper does. Its
+    LayerNorms compute in one fused operation while nothing hooks their scale
+    (`workbench.fused_norms`).
     """
     if isinstance(config, EmergenceToyConfig):
         return build_emergence_toy(task, config)
@@ -197,6 +200,7 @@ def build_model(task: ToyTask, config: ModelConfig | EmergenceToyConfig) -> Any:
         fix_sinusoidal_positions(model.pos_embed, "W_pos")
     if config.positional != "rotary":
         scale_positions(model.pos_embed.W_pos, config.position_scale)
+    install_fused_layer_norms(model)
     if config.dropout > 0:
         from workbench.dropout import install_dropout
 
