@@ -348,6 +348,105 @@ def _resolve(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_
 
 
 # ---------------------------------------------------------------------------- pass 1: statistics
+@triton.jit
+def _stats_tile(
+    q,
+    K,
+    n0,
+    rows,
+    cols,
+    m_i,
+    l_i,
+    e_i,
+    e2_i,
+    sel_i,
+    min_i,
+    stride_kn,
+    stride_kd,
+    blocks,
+    stride_sq,
+    stride_sk,
+    token_mask,
+    stride_tq,
+    stride_tk,
+    threshold,
+    q_len,
+    kv_len,
+    scale,
+    qk_scale,
+    D_HEAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_SELECTION: tl.constexpr,
+    SEL_BLOCK_Q: tl.constexpr,
+    SEL_BLOCK_K: tl.constexpr,
+    SEL_CAUSAL: tl.constexpr,
+    HAS_TOKEN_MASK: tl.constexpr,
+    HAS_THRESHOLD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SPREAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """The statistics of `_stats_kernel` (running max ``m_i``, sum ``l_i``, the entropy and spread
+    sums ``e_i`` / ``e2_i``, selection mass ``sel_i``, min ``min_i``; log2 units) updated with key
+    tile ``[n0, n0 + BLOCK_N)``. Without MASKED the caller guarantees that every row sees every
+    key of the tile, and the scores go unmasked: the max and min are taken on the raw scores
+    (``qk_scale > 0`` commutes with them exactly) and the shifted score is one FMA."""
+    keys = n0 + tl.arange(0, BLOCK_N)
+    qk = _raw_scores(q, K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION)
+    if MASKED or HAS_SELECTION:
+        keep = visible(rows[:, None], keys[None, :], q_len, kv_len, CAUSAL)
+    if MASKED:
+        s = tl.where(keep, qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        tile_min = tl.min(tl.where(keep, s, float("inf")), 1)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        tile_min = tl.min(qk, 1) * qk_scale
+    # A row with no visible key so far keeps m = -inf; shift by 0 instead (exp2(-inf) = 0).
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    shift = tl.where(l_i > 0.0, m_i - m_safe, 0.0)
+    if MASKED:
+        d = s - m_safe[:, None]
+        p = tl.math.exp2(d)  # 0 where not visible
+        d = tl.where(keep, d, 0.0)
+    else:
+        d = qk * qk_scale - m_safe[:, None]
+        p = tl.math.exp2(d)
+    if SPREAD:  # sum w (d + shift)^2 = sum w d^2 + 2 shift sum w d + shift^2 sum w
+        e2_i = alpha * (e2_i + shift * (2.0 * e_i + shift * l_i))
+        e2_i += tl.sum(p * d * d, 1)
+    e_i = alpha * (e_i + shift * l_i) + tl.sum(p * d, 1)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    min_i = tl.minimum(min_i, tile_min)
+    if HAS_SELECTION:
+        chosen = _selected(
+            keep,
+            rows,
+            keys,
+            qk,
+            scale,
+            blocks,
+            stride_sq,
+            stride_sk,
+            token_mask,
+            stride_tq,
+            stride_tk,
+            threshold,
+            q_len,
+            kv_len,
+            SEL_BLOCK_Q,
+            SEL_BLOCK_K,
+            SEL_CAUSAL,
+            HAS_TOKEN_MASK,
+            HAS_THRESHOLD,
+        )
+        sel_i = sel_i * alpha + tl.sum(tl.where(chosen, p, 0.0), 1)
+    return m_new, l_i, e_i, e2_i, sel_i, min_i
+
+
 @_autotune(
     _STATS_CONFIGS,
     key=["D_HEAD", "CAUSAL", "HAS_SELECTION", "len_bucket"],
@@ -442,49 +541,24 @@ def _stats_kernel(
     sel_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     min_i = tl.full([BLOCK_M], float("inf"), dtype=tl.float32)
     last_row = tl.minimum(m0 + BLOCK_M, q_len) - 1
-    for n0 in range(0, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
-        keys = n0 + tl.arange(0, BLOCK_N)
-        qk = _raw_scores(q, K, keys, stride_kn, cols, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION)
-        keep = visible(rows[:, None], keys[None, :], q_len, kv_len, CAUSAL)
-        s = tl.where(keep, qk * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with no visible key so far keeps m = -inf; shift by 0 instead (exp2(-inf) = 0).
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        shift = tl.where(l_i > 0.0, m_i - m_safe, 0.0)
-        d = s - m_safe[:, None]
-        p = tl.math.exp2(d)  # 0 where not visible
-        d_kept = tl.where(keep, d, 0.0)
-        if SPREAD:  # sum w (d + shift)^2 = sum w d^2 + 2 shift sum w d + shift^2 sum w
-            e2_i = alpha * (e2_i + shift * (2.0 * e_i + shift * l_i))
-            e2_i += tl.sum(p * d_kept * d_kept, 1)
-        e_i = alpha * (e_i + shift * l_i) + tl.sum(p * d_kept, 1)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        min_i = tl.minimum(min_i, tl.min(tl.where(keep, s, float("inf")), 1))
-        if HAS_SELECTION:
-            chosen = _selected(
-                keep,
-                rows,
-                keys,
-                qk,
-                scale,
-                blocks,
-                stride_sq,
-                stride_sk,
-                token_mask,
-                stride_tq,
-                stride_tk,
-                threshold,
-                q_len,
-                kv_len,
-                SEL_BLOCK_Q,
-                SEL_BLOCK_K,
-                SEL_CAUSAL,
-                HAS_TOKEN_MASK,
-                HAS_THRESHOLD,
-            )
-            sel_i = sel_i * alpha + tl.sum(tl.where(chosen, p, 0.0), 1)
-        m_i = m_new
+    # Tiles before `interior` hold only keys that every row of the program sees: no mask there.
+    interior = _key_end(m0, q_len, kv_len, CAUSAL) // BLOCK_N * BLOCK_N
+    for n0 in range(0, interior, BLOCK_N):
+        m_i, l_i, e_i, e2_i, sel_i, min_i = _stats_tile(
+            q, K, n0, rows, cols, m_i, l_i, e_i, e2_i, sel_i, min_i,
+            stride_kn, stride_kd, blocks, stride_sq, stride_sk, token_mask, stride_tq,
+            stride_tk, threshold, q_len, kv_len, scale, qk_scale,
+            D_HEAD, BLOCK_D, CAUSAL, HAS_SELECTION, SEL_BLOCK_Q, SEL_BLOCK_K, SEL_CAUSAL,
+            HAS_TOKEN_MASK, HAS_THRESHOLD, PRECISION, SPREAD, BLOCK_N, False,
+        )  # fmt: skip
+    for n0 in range(interior, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
+        m_i, l_i, e_i, e2_i, sel_i, min_i = _stats_tile(
+            q, K, n0, rows, cols, m_i, l_i, e_i, e2_i, sel_i, min_i,
+            stride_kn, stride_kd, blocks, stride_sq, stride_sk, token_mask, stride_tq,
+            stride_tk, threshold, q_len, kv_len, scale, qk_scale,
+            D_HEAD, BLOCK_D, CAUSAL, HAS_SELECTION, SEL_BLOCK_Q, SEL_BLOCK_K, SEL_CAUSAL,
+            HAS_TOKEN_MASK, HAS_THRESHOLD, PRECISION, SPREAD, BLOCK_N, True,
+        )  # fmt: skip
 
     nonempty = l_i > 0.0
     l_safe = tl.where(nonempty, l_i, 1.0)
