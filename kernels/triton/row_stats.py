@@ -541,24 +541,21 @@ def _stats_kernel(
     sel_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     min_i = tl.full([BLOCK_M], float("inf"), dtype=tl.float32)
     last_row = tl.minimum(m0 + BLOCK_M, q_len) - 1
-    # Tiles before `interior` hold only keys that every row of the program sees: no mask there.
+    # Tiles before `interior` hold only keys that every row of the program sees: phase 0 walks
+    # them without masks, phase 1 the rest (the causal diagonal, the last partial key tile).
     interior = _key_end(m0, q_len, kv_len, CAUSAL) // BLOCK_N * BLOCK_N
-    for n0 in range(0, interior, BLOCK_N):
-        m_i, l_i, e_i, e2_i, sel_i, min_i = _stats_tile(
-            q, K, n0, rows, cols, m_i, l_i, e_i, e2_i, sel_i, min_i,
-            stride_kn, stride_kd, blocks, stride_sq, stride_sk, token_mask, stride_tq,
-            stride_tk, threshold, q_len, kv_len, scale, qk_scale,
-            D_HEAD, BLOCK_D, CAUSAL, HAS_SELECTION, SEL_BLOCK_Q, SEL_BLOCK_K, SEL_CAUSAL,
-            HAS_TOKEN_MASK, HAS_THRESHOLD, PRECISION, SPREAD, BLOCK_N, False,
-        )  # fmt: skip
-    for n0 in range(interior, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
-        m_i, l_i, e_i, e2_i, sel_i, min_i = _stats_tile(
-            q, K, n0, rows, cols, m_i, l_i, e_i, e2_i, sel_i, min_i,
-            stride_kn, stride_kd, blocks, stride_sq, stride_sk, token_mask, stride_tq,
-            stride_tk, threshold, q_len, kv_len, scale, qk_scale,
-            D_HEAD, BLOCK_D, CAUSAL, HAS_SELECTION, SEL_BLOCK_Q, SEL_BLOCK_K, SEL_CAUSAL,
-            HAS_TOKEN_MASK, HAS_THRESHOLD, PRECISION, SPREAD, BLOCK_N, True,
-        )  # fmt: skip
+    key_end = _key_end(last_row, q_len, kv_len, CAUSAL)
+    for phase in tl.static_range(2):
+        for n0 in range(
+            0 if phase == 0 else interior, interior if phase == 0 else key_end, BLOCK_N
+        ):
+            m_i, l_i, e_i, e2_i, sel_i, min_i = _stats_tile(
+                q, K, n0, rows, cols, m_i, l_i, e_i, e2_i, sel_i, min_i,
+                stride_kn, stride_kd, blocks, stride_sq, stride_sk, token_mask, stride_tq,
+                stride_tk, threshold, q_len, kv_len, scale, qk_scale,
+                D_HEAD, BLOCK_D, CAUSAL, HAS_SELECTION, SEL_BLOCK_Q, SEL_BLOCK_K, SEL_CAUSAL,
+                HAS_TOKEN_MASK, HAS_THRESHOLD, PRECISION, SPREAD, BLOCK_N, phase == 1,
+            )  # fmt: skip
 
     nonempty = l_i > 0.0
     l_safe = tl.where(nonempty, l_i, 1.0)
