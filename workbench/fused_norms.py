@@ -2,18 +2,19 @@
 
 TransformerLens writes its ``LayerNorm`` and ``LayerNormPre`` out of elementary operations (centre,
 square, mean, add eps, square root, divide; then scale and shift), so that ``hook_scale`` can show
-and replace the normalisation scale. That costs ~7 operations forward and ~40 with their backward
-per norm, each a kernel launch on a GPU: with 11 norms they are more than half of a small
-semantic-focus model's training step (`bench/train_step_ops.py`), whose step rate the launches
-limit. `install_fused_layer_norms` replaces the model's norms by `FusedLayerNorm` / `FusedLayerNormPre`:
-the same parameters (same names, so checkpoints load either way) and the same hook points. While
-``hook_scale`` has no hook and the model computes in float32 or float64, the forward is
-``torch.nn.functional.layer_norm`` (one operation, one for its backward; ``LayerNorm`` then scales
-and shifts in one more), and ``hook_normalized`` fires where it always did. A hook on
-``hook_scale`` (``run_with_cache`` adds one to every hook point) switches that norm back to
-TransformerLens' own computation, so hooks that read or replace the scale see what they always
-did. Both compute ``(x - mean) / sqrt(var + eps)`` with the biased variance; they differ by float
-rounding only (tested).
+and replace the normalisation scale. That costs ~7 operations forward and ~22 with their backward
+per call, each a kernel launch on a GPU: with 20 calls a step (TransformerLens normalises a block's
+query, key and value inputs apart) they are more than half of a small semantic-focus model's
+training step (`bench/train_step_ops.py`), whose step rate the launches limit.
+`install_fused_layer_norms` turns the model's norms into `FusedLayerNorm` / `FusedLayerNormPre`
+(subclasses that only override ``forward``): the same parameters (same names, so checkpoints load
+either way) and the same hook points. While ``hook_scale`` has no hook and the model computes in
+float32 or float64, the forward is ``torch.nn.functional.layer_norm`` (one operation, one for its
+backward; ``LayerNorm`` then scales and shifts in one more), and ``hook_normalized`` fires where it
+always did. A hook on ``hook_scale`` (``run_with_cache`` adds one to every hook point) switches
+that norm back to TransformerLens' own computation, so hooks that read or replace the scale see
+what they always did. Both compute ``(x - mean) / sqrt(var + eps)`` with the biased variance; they
+differ by float rounding only (tested).
 """
 
 from __future__ import annotations
@@ -77,27 +78,14 @@ def __getattr__(name: str) -> Any:
 
 
 def install_fused_layer_norms(model: nn.Module) -> int:
-    """Replace every TransformerLens ``LayerNorm`` / ``LayerNormPre`` of ``model`` (a
-    ``HookedTransformer`` or subclass) by its fused counterpart, in place, keeping parameters and
-    hook names (the model's hook registry is rebuilt); returns how many were replaced."""
+    """Make every TransformerLens ``LayerNorm`` / ``LayerNormPre`` of ``model`` (a
+    ``HookedTransformer`` or subclass) its fused counterpart, in place: the modules keep their
+    identity, parameters, hook points and any hooks already attached (only their class changes,
+    as ``torch.nn.utils.parametrize`` does); returns how many were changed."""
     from transformer_lens.components import LayerNorm, LayerNormPre
 
-    fused_norm, fused_norm_pre = _fused_classes()
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) in (LayerNorm, LayerNormPre)
-    ]
-    for name, module in targets:
-        if type(module) is LayerNorm:
-            replacement = fused_norm(module.cfg, module.length)
-        else:
-            replacement = fused_norm_pre(module.cfg)
-        replacement.load_state_dict(module.state_dict())
-        replacement.to(device=next(module.parameters(), torch.empty(0)).device)
-        replacement.train(module.training)
-        parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attribute, replacement)
-    if targets:
-        model.setup()
-    return len(targets)
+    fused = dict(zip((LayerNorm, LayerNormPre), _fused_classes(), strict=True))
+    norms = [module for module in model.modules() if type(module) in fused]
+    for module in norms:
+        module.__class__ = fused[type(module)]
+    return len(norms)

@@ -153,3 +153,20 @@ def test_a_fused_model_pickles_and_loads_unfused_state_dicts():
         block.ln1 = LayerNorm(twin.cfg)  # TransformerLens' own: same parameter names
     assert twin.state_dict().keys() == model.state_dict().keys()
     model.load_state_dict(twin.state_dict())
+
+
+def test_installing_keeps_the_modules_and_their_attached_hooks():
+    from transformer_lens import HookedTransformer
+
+    model = HookedTransformer(_cfg(torch.float32))
+    norm = model.blocks[0].ln1
+    seen = []
+    model.add_hook("blocks.0.ln1.hook_normalized", lambda value, hook: seen.append(value))
+    tokens = torch.tensor([[1, 2, 3]])
+    model(tokens)
+    calls = len(seen)  # TransformerLens normalises the query, key and value inputs apart
+    assert install_fused_layer_norms(model) == 3  # ln1, ln2, ln_final
+    assert model.blocks[0].ln1 is norm and type(norm) is FusedLayerNorm
+    model(tokens)
+    assert calls > 0 and len(seen) == 2 * calls
+    torch.testing.assert_close(seen[calls:], seen[:calls], rtol=1e-5, atol=1e-5)
