@@ -307,6 +307,18 @@ def _edge_at(lo, hi, step, c, EDGES: tl.constexpr):
 
 
 @triton.jit
+def _count_ones(ones):
+    """``[M]`` int32: the 1.0s in each row of ``ones`` (``[M, N]`` fp32, each 0.0 or 1.0, N < 512).
+
+    One integer sum of the bit patterns instead of a float sum: 1.0f is ``127 << 23``, so the sum
+    wraps to ``(127 n mod 512) << 23`` and 383 inverts 127 modulo 512. The integer adds go three
+    operands at a time (``IADD3``): ~0.5 instructions per element instead of one ``FADD``."""
+    tl.static_assert(ones.shape[1] < 512)
+    bits = tl.sum(ones.to(tl.int32, bitcast=True), 1)
+    return (((bits >> 23) & 511) * 383) & 511
+
+
+@triton.jit
 def _budget_bounds(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi):
     """Bounds ``(lower, upper)`` on the budget from the bracket ``[edge_lo, edge_hi)`` that holds
     the boundary key.
@@ -841,15 +853,15 @@ def _bracket_kernel(
         p = tl.where(keep, tl.math.exp2(u), 0.0)
         total += tl.sum(p, 1).to(tl.float64)
         tile_mass = tl.zeros([BLOCK_M, COLS], dtype=tl.float32)
-        tile_count = tl.zeros([BLOCK_M, COLS], dtype=tl.float32)
+        tile_count = tl.zeros([BLOCK_M, COLS], dtype=tl.int32)
         for c in tl.static_range(EDGES - 1):  # the last candidate lies above every key
             edge = tl.sum(tl.where(cols[None, :] == c, candidates, 0.0), 1)
             below = (u < edge[:, None]).to(tl.float32)  # 0 or 1 as fp32: see `_search_kernel`
             here = cols[None, :] == c
             tile_mass = tl.where(here, tl.sum(below * p, 1)[:, None], tile_mass)
-            tile_count = tl.where(here, tl.sum(below, 1)[:, None], tile_count)
+            tile_count = tl.where(here, _count_ones(below)[:, None], tile_count)
         below_mass += tile_mass.to(tl.float64)
-        below_count += tile_count.to(tl.int32)
+        below_count += tile_count
     last = cols[None, :] == EDGES - 1  # every key lies below it: the row's mass and key count
     below_mass = tl.where(last, total[:, None], below_mass)
     below_count = tl.where(last, n_keys[:, None], below_count)

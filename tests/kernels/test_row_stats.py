@@ -15,6 +15,8 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -319,6 +321,27 @@ def test_bracket_interval_holds_the_exact_budget(
     refined = triton_row_stats.row_stats(q, k, budgets="bracket", budget_rtol=0.0, **kwargs)
     for budgets in (refined.top_p_budget, refined.top_p_budget_low, refined.top_p_budget_high):
         assert torch.equal(budgets, exact)
+
+
+@triton.jit
+def _count_ones_kernel(Ones, Out, N: tl.constexpr, M: tl.constexpr):
+    rows, cols = tl.arange(0, M), tl.arange(0, N)
+    ones = tl.load(Ones + rows[:, None] * N + cols[None, :])
+    tl.store(Out + rows, triton_row_stats._count_ones(ones))
+
+
+@pytest.mark.parametrize("n", [16, 256])
+def test_count_ones_decodes_the_wrapped_bit_sum(n: int) -> None:
+    """The bracket pass's counts (`_count_ones`): every count 0..n, where the integer sum of the
+    bit patterns of 1.0 wraps around int32 many times."""
+    generator = torch.Generator().manual_seed(n)
+    counts = torch.arange(n + 1)
+    ones = (torch.rand(n + 1, n, generator=generator).argsort(1) < counts[:, None]).float()
+    rows = triton.next_power_of_2(n + 1)
+    padded = torch.cat([ones, torch.zeros(rows - n - 1, n)]).to(DEVICE)
+    out = torch.empty(rows, dtype=torch.int32, device=DEVICE)
+    _count_ones_kernel[(1,)](padded, out, N=n, M=rows)
+    assert torch.equal(out[: n + 1].cpu(), counts.to(torch.int32))
 
 
 def test_bracket_mode_on_peaked_rows_is_mostly_exact() -> None:
