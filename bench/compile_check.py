@@ -184,12 +184,18 @@ def compile_config(captured: Captured, config: triton.Config, kernel: str, varia
 
 
 def check(
-    kernel, launch: Callable[[], object], name: str, variant: str, before: tuple = ()
+    kernel,
+    launch: Callable[[], object],
+    name: str,
+    variant: str,
+    before: tuple = (),
+    stubs: dict | None = None,
 ) -> list[Report]:
     """Compile every configuration the autotuner may try for ``launch``'s launch of ``kernel``
-    (the kernels ``before`` it, launched first, are skipped)."""
+    (the kernels ``before`` it, launched first, are skipped, or run their entry of ``stubs`` on
+    their arguments instead)."""
     for other in before:
-        other.run = lambda *args, **kwargs: None
+        other.run = (stubs or {}).get(other, lambda *args, **kwargs: None)
     try:
         captured = capture(kernel, launch)
     finally:
@@ -260,9 +266,21 @@ def row_stats_checks(kernels: set[str]) -> list[Report]:
     }
     for name, (kernel, launch) in launches.items():
         if name in kernels:
-            before = (row_stats._stats_kernel,) if name != "stats" else ()
-            reports += check(kernel, launch, name, "pointers", before)
+            before = {
+                "stats": (),
+                "bracket": (row_stats._stats_kernel,),
+                "search": (row_stats._stats_kernel, row_stats._bracket_kernel),
+            }[name]
+            stubs = {row_stats._bracket_kernel: _open_intervals}
+            reports += check(kernel, launch, name, "pointers", before, stubs)
     return reports
+
+
+def _open_intervals(*args, **kwargs) -> None:
+    """Stands in for the bracket kernel before a search pass: every budget interval
+    ``[BudgetLow, BudgetHigh]`` (its 9th and 10th arguments) open, so that the search launches."""
+    args[8].fill_(0)
+    args[9].fill_(1)
 
 
 KERNELS = ("forward", "dq", "dkdv", "stats", "search", "bracket")

@@ -17,39 +17,38 @@ Passes (all in base 2: ``s = scale * log2(e) * q.k``, ``u = s - lse2`` is the lo
    = that / ``l``). Selection membership of an entry: its (query block, key block) is set in the
    layout's dense block mask (an O(1) lookup), then the layout's own causal mask, token mask and row
    threshold at token level.
-2. **Top-p budgets** (`_search_kernel`, one QK^T per pass, no sort). Twilight's rule as a search on
-   the probability value: with ``B(t)`` = mass of the keys with ``u < t`` and
+2. **Top-p budgets** (one QK^T per pass, no sort). Twilight's rule as a search on the
+   probability value: with ``B(t)`` = mass of the keys with ``u < t`` and
    ``slack_p = 1 - p (1 - 1e-12)`` (the oracle's tolerance), the budget is the number of keys with
-   ``u >= t*``, ``t* = max {t : B(t) <= slack_p}`` (a key value: the boundary key). Instead of ~20
-   bisection passes each pass evaluates ``B`` at ``EDGES`` evenly spaced candidate thresholds of a
-   bracket ``[lo, hi)`` known to hold ``t*``, keeps the sub-interval where ``B`` crosses the slack
-   and so shrinks the bracket ``EDGES - 1`` fold per pass (a T-ary search). The first pass shares
-   ``FIRST_EDGES = 32`` candidates between all ``p`` over ``[max(u_min, log2(slack / n)), u_max]``
-   (below ``log2(slack / n)`` all keys together weigh less than the slack); later passes use
-   ``REFINE_EDGES = 8`` candidates per ``p`` inside its own bracket. Each pass also counts the keys
-   below every candidate, which gives the number ``n_in`` of keys in the bracket and the number of
-   keys above it. A row's budget for ``p`` is settled when the bracket's keys decide it:
-   ``budget = (#keys above the bracket) + r`` where ``r`` keys of the bracket must join to reach the
-   mass. ``r = 1`` when ``n_in = 1``; otherwise ``r`` is bounded by the bracket's mass ``M`` and the
-   needed mass ``X``: ``max(ceil(X / 2^hi), ceil(n_in - (M - X) / 2^lo)) <= r <= ceil(X n_in / M)``
-   (the top keys weigh at least the bracket average), and the row is settled when the bounds meet.
-   Passes repeat (a host loop, one sync per pass) until every row is settled or the bracket is
-   narrower than fp32 resolution (``TIE_WIDTH``); then ``r = ceil(X n_in / M)``, exact for equal
-   probabilities (a uniform row of ``n`` keys gets ``ceil(p n)``). After the first pass only the
-   rows with an unsettled ``p`` are searched: each head's list of them (`true_positions`, read
-   at the pass's sync) is cut into tiles of ``BLOCK_M`` rows, so a pass costs in proportion to the
-   rows left, not to the row tiles that hold one. Masses are compared as
-   ``B(t) <= slack * total`` with ``total`` summed in the same pass (so the rounding of lse cancels)
-   and accumulated across tiles in fp64.
-   **Bracket mode** (``budgets="bracket"``, `_bracket_kernel`): the statistics pass also
-   accumulates ``sum 2^(s - m) (s - m)^2``, which with the entropy gives the mass-weighted mean
-   and spread of ``u``; one pass then evaluates ``B`` at `BRACKET_EDGES` shared candidates per
-   row (the first range's ends, `BRACKET_UNIFORM` evenly spaced ones and ``mean + z spread`` for
-   z in `BRACKET_Z`) and, per p, takes the crossing bracket and its bounds on ``r`` as an interval
-   ``[low, high]`` that holds the budget (equal where they pin it: exact) with an estimate inside
-   it (the bracket's keys taken as spread evenly in ``u``). With ``budget_rtol`` the search's later
-   passes (above) refine the (row, p) whose interval is wider than that fraction of the estimate,
-   starting from their brackets. Measured accuracy: `bench/NOTES.md`.
+   ``u >= t*``, ``t* = max {t : B(t) <= slack_p}`` (a key value: the boundary key). A pass
+   evaluates ``B`` and the count of keys below at candidate thresholds; between the two candidates
+   where ``B`` crosses the slack lies a bracket ``[lo, hi)`` that holds ``t*``, with ``n_in`` keys.
+   ``budget = (#keys above the bracket) + r`` where ``r`` keys of the bracket must join to reach
+   the mass: ``r = 1`` when ``n_in = 1``; otherwise ``r`` is bounded by the bracket's mass ``M``
+   and the needed mass ``X``: ``max(ceil(X / 2^hi), ceil(n_in - (M - X) / 2^lo)) <= r <=
+   ceil(X n_in / M)`` (the top keys weigh at least the bracket average), and (row, p) is settled
+   when the bounds meet.
+   **Bracket pass** (`_bracket_kernel`): the statistics pass also accumulates
+   ``sum 2^(s - m) (s - m)^2``, which with the entropy gives the mass-weighted mean and spread of
+   ``u``; one pass evaluates ``B`` at `BRACKET_EDGES` candidates per row shared by every p (the
+   ends of the range ``[max(u_min, log2(slack / n)), u_max]``, below ``log2(slack / n)`` all keys
+   together weighing less than the slack; `BRACKET_UNIFORM` evenly spaced ones; and
+   ``mean + z spread`` for z in `BRACKET_Z`, near a Gaussian's ``1 - p`` quantiles) and gives per
+   (row, p) its bracket and the interval ``[low, high]`` of the bounds, which holds the budget
+   (equal where they pin it: exact), with an estimate inside it (the bracket's keys taken as
+   spread evenly in ``u``). ``budgets="bracket"`` stops here (or, with ``budget_rtol``, refines
+   the (row, p) whose interval is wider than that fraction of the estimate).
+   **Search passes** (`_search_kernel`): the exact budgets refine every open (row, p) by a T-ary
+   search: a pass evaluates ``B`` at `SEARCH_EDGES` evenly spaced candidates of the entry's own
+   bracket and keeps the sub-interval where it crosses, shrinking the bracket 7-fold. A pass
+   takes only the unsettled entries: each head's list of ``row * len(ps) + p`` (`true_positions`,
+   read at the pass's sync) cut into tiles of ``BLOCK_M`` entries, so a pass costs in proportion
+   to the open (row, p), and a row comes once per open p. Passes repeat (a host loop, one sync per
+   pass) until every entry is settled or its bracket is narrower than fp32 resolution
+   (``TIE_WIDTH``); then ``r = ceil(X n_in / M)``, exact for equal probabilities (a uniform row of
+   ``n`` keys gets ``ceil(p n)``). Masses are compared as ``B(t) <= slack * total`` with
+   ``total`` summed in the same pass (so the rounding of lse cancels) and accumulated across
+   tiles in fp64.
 3. **Relevant mass** (`_relevant_kernel`): ``sum_r 2^(s(i, pos_r) - lse2_i)`` over the given
    positions (causally visible, not -1), one gathered key row per position: O(rows x R x d).
 
@@ -66,12 +65,13 @@ the boundary key``, i.e. ~``n * 1e-7`` for rows of ``n`` similar keys; exact tie
 ``n`` keys: ``ceil(p n)``) are exact.
 
 Cost: pass 1 is about one attention forward (one QK^T, one exp2 and a few more operations per
-score). A search pass recomputes QK^T but also compares every score with every candidate
-threshold and adds it into a count and a mass per candidate (32 columns), so the candidate
-counting on the CUDA cores dominates, not the recomputed QK^T; this is why later passes visit only
-the unsettled rows. Rows of distinct probabilities settle after ``~1 + log_7(range / gap)``
-passes, ``gap`` being the log2-probability distance from the boundary key to its neighbours
-(usually less: the bounds on ``r`` settle a bracket that still holds a few keys). The cost model
+score). The bracket and search passes recompute QK^T but also compare every score with every
+candidate threshold and add it into a count and a mass per candidate (11 counted in the bracket
+pass, 8 per entry in a search pass), so the candidate counting on the CUDA cores dominates, not
+the recomputed QK^T; this is why the search passes visit only the open (row, p). Entries of
+distinct probabilities settle after ``~log_7(width / gap)`` search passes, ``width`` being the
+bracket pass's bracket and ``gap`` the log2-probability distance from the boundary key to its
+neighbours (usually less: the bounds on ``r`` settle a bracket that still holds a few keys). The cost model
 and the measurements are in `bench/NOTES.md` ("Row statistics: cost model and measurements").
 
 Shapes: ``q: [batch, heads, q_len, d_head]``, ``k: [batch, kv_heads, kv_len, d_head]``; query head
@@ -112,13 +112,11 @@ log = logging.getLogger(__name__)
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 
-FIRST_EDGES = 32
-"""Candidate thresholds of the first search pass (shared by every mass p)."""
-REFINE_EDGES = 8
-"""Candidate thresholds per mass p in the later search passes."""
+SEARCH_EDGES = 8
+"""Candidate thresholds per (row, p) in a search pass."""
 MAX_SEARCH_PASSES = 16
-"""Upper bound on search passes; rows settle far earlier (brackets reach fp32 resolution after
-about 1 + log_7(range / 1e-6) <= 10 passes)."""
+"""Upper bound on search passes; entries settle far earlier (brackets reach fp32 resolution after
+about log_7(range / 1e-6) <= 10 passes)."""
 TIE_WIDTH = 2.0**-20
 """Brackets narrower than this (relative to the score magnitude) are not refined further."""
 BRACKET_UNIFORM = 4
@@ -586,7 +584,7 @@ def _stats_kernel(
     tl.store(SelMass + offsets, sel_i / l_safe, mask=in_range)
 
 
-# ---------------------------------------------------------------------------- pass 2+: top-p search
+# ---------------------------------------------------------------------------- top-p search passes
 @_autotune(
     _SEARCH_CONFIGS,
     key=["D_HEAD", "CAUSAL", "NUM_PS", "len_bucket"],
@@ -604,7 +602,7 @@ def _search_kernel(
     Hi,
     Done,
     Budget,
-    RowList,
+    Entries,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -613,8 +611,8 @@ def _search_kernel(
     stride_kh,
     stride_kn,
     stride_kd,
-    stride_list,
-    list_len,
+    stride_entries,
+    n_entries,
     heads,
     group,
     q_len,
@@ -626,37 +624,32 @@ def _search_kernel(
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     NUM_PS: tl.constexpr,
-    PS_PAD: tl.constexpr,
-    SHARED: tl.constexpr,
-    GROUPS: tl.constexpr,
     EDGES: tl.constexpr,
-    COLS: tl.constexpr,
     TIE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One T-ary search pass for every mass p (see the module docstring).
+    """One T-ary search pass over unsettled (row, p) entries (see the module docstring).
 
-    State ``[batch * heads * q_len, NUM_PS]``, updated in place (each program reads and writes
-    only its own rows): bracket ``[Lo, Hi]`` (log2-probabilities, fp32), ``Done`` (int8) and
-    ``Budget`` (int32). With SHARED (first pass) every p starts from the bracket in column 0 and
-    one set of ``EDGES`` candidates serves them all (``GROUPS = 1``); otherwise each p has its own
-    (``GROUPS = NUM_PS``). ``Slack`` ``[NUM_PS]`` fp64. With SHARED program ``i`` takes rows
-    ``[i BLOCK_M, (i + 1) BLOCK_M)``, grid ``(cdiv(q_len, BLOCK_M), batch * heads)``; otherwise
-    it takes entries ``[i BLOCK_M, (i + 1) BLOCK_M)`` of its head's row of ``RowList``
-    (``[batch * heads, list_len]`` int32, increasing row indices padded with ``q_len``: the rows
-    still unsettled), grid ``(cdiv(list_len, BLOCK_M), batch * heads)``.
+    State ``[batch * heads * q_len, NUM_PS]``, updated in place: bracket ``[Lo, Hi]``
+    (log2-probabilities, fp32), ``Done`` (int8) and ``Budget`` (int32). ``Slack`` ``[NUM_PS]``
+    fp64. ``Entries`` ``[batch * heads, n_entries]`` int32: per head, the increasing indices
+    ``row * NUM_PS + p`` of its unsettled entries, padded with ``q_len * NUM_PS``; program ``i``
+    takes entries ``[i BLOCK_M, (i + 1) BLOCK_M)`` of its head (each slot its own row and p, a row
+    may come once per open p), grid ``(cdiv(n_entries, BLOCK_M), batch * heads)``, and evaluates
+    the mass below ``EDGES`` evenly spaced candidates of each entry's bracket.
     """
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
     h = (pid_bh % heads).to(tl.int64)
     slots = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    if SHARED:
-        rows = slots
-    else:
-        rows = tl.load(
-            RowList + pid_bh.to(tl.int64) * stride_list + slots, mask=slots < list_len, other=q_len
-        )
+    entries = tl.load(
+        Entries + pid_bh.to(tl.int64) * stride_entries + slots,
+        mask=slots < n_entries,
+        other=q_len * NUM_PS,
+    )
+    rows = entries // NUM_PS
+    masses = entries % NUM_PS
     cols_d = tl.arange(0, BLOCK_D)
     in_range = rows < q_len
     q = load_rows(
@@ -671,29 +664,20 @@ def _search_kernel(
         NEGATIVE_ROWS=True,
     )
     K += b * stride_kb + (h // group) * stride_kh
-    state = (pid_bh.to(tl.int64) * q_len + rows) * NUM_PS  # [BLOCK_M] offsets of column 0
+    state = pid_bh.to(tl.int64) * q_len * NUM_PS + entries  # [BLOCK_M] offsets into the state
     lse2 = tl.load(Lse2 + pid_bh.to(tl.int64) * q_len + rows, mask=in_range, other=0.0)
     n_keys = _row_key_counts(rows, q_len, kv_len, CAUSAL)
     qk_scale = scale * 1.4426950408889634
-
-    ps = tl.arange(0, PS_PAD)
-    done = (
-        tl.load(
-            Done + state[:, None] + ps[None, :],
-            mask=in_range[:, None] & (ps[None, :] < NUM_PS),
-            other=1,
-        )
-        != 0
-    )
-    # A program whose rows are all settled (or padding) skips the key loop; its state stays.
+    lo = tl.load(Lo + state, mask=in_range, other=0.0)
+    hi = tl.load(Hi + state, mask=in_range, other=0.0)
+    step = (hi - lo) / (EDGES - 1)
     last_row = tl.max(tl.where(in_range, rows, -1))
-    end = tl.where(tl.min(done.to(tl.int32)) != 0, 0, _key_end(last_row, q_len, kv_len, CAUSAL))
 
-    cols = tl.arange(0, COLS)  # column g * EDGES + c: keys below candidate c of group g
-    below_mass = tl.zeros([BLOCK_M, COLS], dtype=tl.float64)
-    below_count = tl.zeros([BLOCK_M, COLS], dtype=tl.int32)
+    cols = tl.arange(0, EDGES)  # column c: keys below candidate c
+    below_mass = tl.zeros([BLOCK_M, EDGES], dtype=tl.float64)
+    below_count = tl.zeros([BLOCK_M, EDGES], dtype=tl.int32)
     total = tl.zeros([BLOCK_M], dtype=tl.float64)
-    for n0 in range(0, end, BLOCK_N):
+    for n0 in range(0, _key_end(last_row, q_len, kv_len, CAUSAL), BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
         qk = _raw_scores(
             q, K, keys, stride_kn, cols_d, stride_kd, kv_len, D_HEAD, BLOCK_D, PRECISION
@@ -702,61 +686,46 @@ def _search_kernel(
         u = tl.where(keep, qk * qk_scale - lse2[:, None], float("inf"))  # +inf: never below
         p = tl.where(keep, tl.math.exp2(u), 0.0)
         total += tl.sum(p, 1).to(tl.float64)
-        tile_mass = tl.zeros([BLOCK_M, COLS], dtype=tl.float32)
-        tile_count = tl.zeros([BLOCK_M, COLS], dtype=tl.float32)
-        for g in tl.static_range(GROUPS):
-            lo = tl.load(Lo + state + g, mask=in_range, other=0.0)
-            hi = tl.load(Hi + state + g, mask=in_range, other=0.0)
-            step = (hi - lo) / (EDGES - 1)
-            for c in tl.static_range(EDGES):
-                # `_edge_at` inlined (a helper call per candidate is slow under the interpreter).
-                edge = hi if c == EDGES - 1 else tl.fma(step, c * 1.0, lo)
-                # 0 or 1 as fp32: one compare, an FMA into the mass (p is finite, so 0 * p = 0 and
-                # 1 * p = p exactly) and an add into the count (exact below 2^24). A boolean
-                # feeding both sums compiled to ~8 instructions per score and candidate, not 3.
-                below = (u < edge[:, None]).to(tl.float32)
-                here = cols[None, :] == g * EDGES + c
-                tile_mass = tl.where(here, tl.sum(below * p, 1)[:, None], tile_mass)
-                tile_count = tl.where(here, tl.sum(below, 1)[:, None], tile_count)
+        tile_mass = tl.zeros([BLOCK_M, EDGES], dtype=tl.float32)
+        tile_count = tl.zeros([BLOCK_M, EDGES], dtype=tl.int32)
+        for c in tl.static_range(EDGES):
+            # `_edge_at` inlined (a helper call per candidate is slow under the interpreter).
+            edge = hi if c == EDGES - 1 else tl.fma(step, c * 1.0, lo)
+            # 0 or 1 as fp32: one compare, an FMA into the mass (p is finite, so 0 * p = 0 and
+            # 1 * p = p exactly) and a count of the ones (`_count_ones`). A boolean feeding
+            # both sums compiled to ~8 instructions per score and candidate.
+            below = (u < edge[:, None]).to(tl.float32)
+            here = cols[None, :] == c
+            tile_mass = tl.where(here, tl.sum(below * p, 1)[:, None], tile_mass)
+            tile_count = tl.where(here, _count_ones(below)[:, None], tile_count)
         below_mass += tile_mass.to(tl.float64)
-        below_count += tile_count.to(tl.int32)
+        below_count += tile_count
 
-    # Settle every p at once: axis 1 runs over the masses, axis 2 over the candidate columns.
-    state_mask = in_range[:, None] & (ps[None, :] < NUM_PS)
-    state_p = state[:, None] + ps[None, :]
-    group = ps * 0 if SHARED else ps  # the bracket (column) each p reads
-    lo = tl.load(Lo + state[:, None] + group[None, :], mask=state_mask, other=0.0)
-    hi = tl.load(Hi + state[:, None] + group[None, :], mask=state_mask, other=0.0)
-    step = (hi - lo) / (EDGES - 1)
-    limit = tl.load(Slack + ps, mask=ps < NUM_PS, other=0.0)[None, :] * total[:, None]
-    mine = (cols // EDGES)[None, None, :] == group[None, :, None]
-    candidate = (cols % EDGES)[None, None, :]
     # Sub-interval [c, c + 1) where the mass below crosses the limit: B(edge 0) <= limit is known
     # and B grows with the edge, so c = number of inner edges with B <= limit.
-    inner = mine & (candidate >= 1) & (candidate <= EDGES - 2)
-    crossing = tl.sum((inner & (below_mass[:, None, :] <= limit[:, :, None])).to(tl.int32), 2)
-    at_lo = mine & (candidate == crossing[:, :, None])
-    at_hi = mine & (candidate == crossing[:, :, None] + 1)
+    limit = tl.load(Slack + masses, mask=in_range, other=0.0) * total
+    inner = (cols >= 1) & (cols <= EDGES - 2)
+    crossing = tl.sum((inner[None, :] & (below_mass <= limit[:, None])).to(tl.int32), 1)
+    at_lo = cols[None, :] == crossing[:, None]
+    at_hi = cols[None, :] == crossing[:, None] + 1
     edge_lo = _edge_at(lo, hi, step, crossing, EDGES)
     edge_hi = _edge_at(lo, hi, step, crossing + 1, EDGES)
     budget, settled = _resolve(
-        tl.sum(tl.where(at_lo, below_mass[:, None, :], 0.0), 2),
-        tl.sum(tl.where(at_hi, below_mass[:, None, :], 0.0), 2),
-        tl.sum(tl.where(at_lo, below_count[:, None, :], 0), 2),
-        tl.sum(tl.where(at_hi, below_count[:, None, :], 0), 2),
-        n_keys[:, None],
+        tl.sum(tl.where(at_lo, below_mass, 0.0), 1),
+        tl.sum(tl.where(at_hi, below_mass, 0.0), 1),
+        tl.sum(tl.where(at_lo, below_count, 0), 1),
+        tl.sum(tl.where(at_hi, below_count, 0), 1),
+        n_keys,
         limit,
         edge_lo,
         edge_hi,
     )
-    resolution = TIE * (1.0 + tl.abs(edge_lo) + tl.abs(lse2)[:, None])
+    resolution = TIE * (1.0 + tl.abs(edge_lo) + tl.abs(lse2))
     settled = settled | (edge_hi - edge_lo <= resolution)
-    # Rows settled before this pass keep their state (in SHARED, every p reads column 0's bracket).
-    write = state_mask & ~done
-    tl.store(Lo + state_p, edge_lo, mask=write)
-    tl.store(Hi + state_p, edge_hi, mask=write)
-    tl.store(Done + state_p, settled.to(tl.int8), mask=write)
-    tl.store(Budget + state_p, budget, mask=write)
+    tl.store(Lo + state, edge_lo, mask=in_range)
+    tl.store(Hi + state, edge_hi, mask=in_range)
+    tl.store(Done + state, settled.to(tl.int8), mask=in_range)
+    tl.store(Budget + state, budget, mask=in_range)
 
 
 # ---------------------------------------------------------------------------- bracket budgets
@@ -1080,9 +1049,9 @@ def _first_bracket(
     lse2: torch.Tensor,
     max2: torch.Tensor,
     min2: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(lo, hi, n_keys)`` per row: ``[max(u_min, log2(min slack / n)), u_max]``, padded, in
-    log2-probabilities ``u = s - lse2`` (``[0, 1]`` for rows without keys), and the key counts."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` per row: ``[max(u_min, log2(min slack / n)), u_max]``, padded, in
+    log2-probabilities ``u = s - lse2`` (``[0, 1]`` for rows without keys)."""
     batch, heads, q_len = q.shape[:3]
     n_keys = _row_key_counts_host(q_len, k.shape[2], causal, q.device).repeat(batch * heads)
     nonempty = n_keys > 0
@@ -1090,7 +1059,7 @@ def _first_bracket(
     lo = torch.maximum(min2 - lse2, torch.log2(min(slack) / n_keys.clamp(min=1).to(torch.float32)))
     lo = torch.where(nonempty, lo - RANGE_PAD * (1.0 + lo.abs()), torch.zeros_like(lo))
     hi = torch.where(nonempty, hi + RANGE_PAD * (1.0 + hi.abs()), torch.ones_like(hi))
-    return lo, hi, n_keys
+    return lo, hi
 
 
 def _search(
@@ -1102,45 +1071,33 @@ def _search(
     lse2: torch.Tensor,
     state: dict[str, torch.Tensor],
     max_passes: int,
-    *,
-    shared_first: bool,
 ) -> int:
     """Search passes on ``state`` (``lo``, ``hi``, ``done``, ``budget``, each
-    ``[rows, len(ps)]``, updated in place) until every (row, p) is settled or ``max_passes`` ran;
-    with ``shared_first`` the first pass shares `FIRST_EDGES` candidates between the masses (the
-    brackets in column 0), otherwise every pass visits only the unsettled rows. Returns the passes
-    run."""
+    ``[rows, len(ps)]``, updated in place) over its unsettled (row, p) entries until every one is
+    settled or ``max_passes`` ran. Returns the passes run."""
     batch, heads, q_len = q.shape[:3]
     n_ps = len(ps)
-    slack_tensor = torch.tensor(_slack(ps), dtype=torch.float64, device=q.device)
-    ps_pad = triton.next_power_of_2(n_ps)
-
-    def unsettled_rows() -> torch.Tensor:
-        unsettled = (state["done"] == 0).any(-1).view(batch * heads, q_len)
-        return true_positions(unsettled, fill=q_len)[0]
-
-    row_list = torch.zeros(1, 1, dtype=torch.int32, device=q.device)  # unused by a shared pass
-    if not shared_first:
-        row_list = unsettled_rows()
+    slack = torch.tensor(_slack(ps), dtype=torch.float64, device=q.device)
     passes = 0
-    while passes < max_passes and ((passes == 0 and shared_first) or row_list.shape[1] > 0):
-        shared = passes == 0 and shared_first
-        edges = FIRST_EDGES if shared else REFINE_EDGES
-        groups = 1 if shared else n_ps
-        _search_kernel[_grid(q_len if shared else row_list.shape[1], batch * heads)](
+    while passes < max_passes:
+        unsettled = (state["done"] == 0).view(batch * heads, q_len * n_ps)
+        entries = true_positions(unsettled, fill=q_len * n_ps)[0]
+        if entries.shape[1] == 0:
+            break
+        _search_kernel[_grid(entries.shape[1], batch * heads)](
             q,
             k,
             lse2,
-            slack_tensor,
+            slack,
             state["lo"],
             state["hi"],
             state["done"],
             state["budget"],
-            row_list,
+            entries,
             *q.stride(),
             *k.stride(),
-            row_list.stride(0),
-            row_list.shape[1],
+            entries.stride(0),
+            entries.shape[1],
             heads,
             heads // k.shape[1],
             q_len,
@@ -1149,42 +1106,12 @@ def _search(
             triton.next_power_of_2(k.shape[2]),
             CAUSAL=causal,
             NUM_PS=n_ps,
-            PS_PAD=ps_pad,
-            SHARED=shared,
-            GROUPS=groups,
-            EDGES=edges,
-            COLS=triton.next_power_of_2(groups) * edges,
+            EDGES=SEARCH_EDGES,
             TIE=TIE_WIDTH,
             **_common_args(q, k),
         )
         passes += 1
-        row_list = unsettled_rows()
     return passes
-
-
-def _top_p_budgets(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: float,
-    causal: bool,
-    ps: tuple[float, ...],
-    lse2: torch.Tensor,
-    max2: torch.Tensor,
-    min2: torch.Tensor,
-    max_passes: int,
-) -> torch.Tensor:
-    """``[batch * heads * q_len, len(ps)]`` int32 budgets by the T-ary search (module docstring)."""
-    n_ps = len(ps)
-    lo, hi, n_keys = _first_bracket(q, k, causal, _slack(ps), lse2, max2, min2)
-    state = dict(
-        lo=lo[:, None].expand(-1, n_ps).contiguous(),
-        hi=hi[:, None].expand(-1, n_ps).contiguous(),
-        done=(n_keys == 0)[:, None].expand(-1, n_ps).to(torch.int8).contiguous(),
-        budget=torch.zeros(lo.shape[0], n_ps, dtype=torch.int32, device=q.device),
-    )
-    passes = _search(q, k, scale, causal, ps, lse2, state, max_passes, shared_first=True)
-    log.debug("top-p search: %d passes", passes)
-    return state["budget"]
 
 
 def bracket_candidates(
@@ -1204,7 +1131,7 @@ def bracket_candidates(
     return torch.cat([lo[:, None], inner, hi[:, None]], dim=1).float().contiguous()
 
 
-def _bracket_budgets(
+def _top_p_budgets(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: float,
@@ -1220,10 +1147,10 @@ def _bracket_budgets(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(estimate, low, high)`` ``[rows, len(ps)]`` int32 by one bracket pass (`_bracket_kernel`),
     then, with ``rtol``, search passes over the (row, p) whose interval is wider than ``rtol``
-    times the estimate, which close (exact) or narrow them."""
+    times the estimate, which close (exact) or narrow them (``rtol = 0``: the exact budgets)."""
     batch, heads, q_len = q.shape[:3]
     n_ps = len(ps)
-    lo, hi, _ = _first_bracket(q, k, causal, _slack(ps), lse2, max2, min2)
+    lo, hi = _first_bracket(q, k, causal, _slack(ps), lse2, max2, min2)
     candidates = bracket_candidates(lo, hi, mean, spread)
     rows = lo.shape[0]
     state = dict(
@@ -1261,8 +1188,8 @@ def _bracket_budgets(
     if rtol is not None:
         wide = (high - low).float() > rtol * state["budget"].float()
         state["done"] = (~wide).to(torch.int8)
-        passes = _search(q, k, scale, causal, ps, lse2, state, max_passes, shared_first=False)
-        log.debug("bracket refinement: %d passes", passes)
+        passes = _search(q, k, scale, causal, ps, lse2, state, max_passes)
+        log.debug("top-p search: %d passes", passes)
         closed = wide & (state["done"] != 0)
         low = torch.where(closed, state["budget"], low)
         high = torch.where(closed, state["budget"], high)
@@ -1348,14 +1275,14 @@ def row_stats(
         selection: a `Layout` whose kept entries' mass is returned (``selection_mass``).
         relevant_positions: ``[batch, q_len, R]`` or ``[batch, heads|1, q_len, R]`` int key
             positions (-1 = padding) whose mass is returned (``relevant_mass``).
-        budgets: ``"exact"`` (the search) or ``"bracket"``: one pass against `BRACKET_EDGES`
-            candidate thresholds per row gives an estimate and an interval
-            ``[top_p_budget_low, top_p_budget_high]`` that holds the exact budget (module
-            docstring, "Bracket mode").
+        budgets: ``"exact"`` (the bracket pass, then search passes) or ``"bracket"``: the one
+            pass against `BRACKET_EDGES` candidate thresholds per row gives an estimate and an
+            interval ``[top_p_budget_low, top_p_budget_high]`` that holds the exact budget
+            (module docstring, "Bracket pass").
         budget_rtol: bracket mode only: search passes refine the (row, p) whose interval is wider
             than this times the estimate (``0``: every open one); ``None`` refines nothing.
-        max_search_passes: cap on top-p search passes (rows unsettled by then get the
-            equal-probability estimate of the last bracket).
+        max_search_passes: cap on top-p search passes ((row, p) unsettled by then get the
+            equal-probability estimate of their last bracket).
     """
     ps = tuple(float(p) for p in ps)
     reference.check_ps(ps)
@@ -1367,7 +1294,6 @@ def row_stats(
     kv_len = k.shape[2]
     scale = reference.resolve_scale(scale, d_head)
     rows = batch * heads * q_len
-    bracket = budgets == "bracket" and bool(ps)
     lse2, max2, min2, entropy, spread, selection_mass = (
         _empty((rows,), torch.float32, q.device) for _ in range(6)
     )
@@ -1392,18 +1318,19 @@ def row_stats(
         scale,
         triton.next_power_of_2(kv_len),
         CAUSAL=causal,
-        SPREAD=bracket,
+        SPREAD=bool(ps),
         **sel_constexprs,
         **_common_args(q, k),
     )
     low = high = None
-    if bracket:
+    if ps:
         mean = -entropy / LN2  # E_p[log2 p]
-        estimate, low, high = _bracket_budgets(
-            q, k, scale, causal, ps, lse2, max2, min2, mean, spread, budget_rtol, max_search_passes
+        rtol = budget_rtol if budgets == "bracket" else 0.0
+        estimate, low, high = _top_p_budgets(
+            q, k, scale, causal, ps, lse2, max2, min2, mean, spread, rtol, max_search_passes
         )
-    elif ps:
-        estimate = _top_p_budgets(q, k, scale, causal, ps, lse2, max2, min2, max_search_passes)
+        if budgets == "exact":
+            low = high = None
     else:
         estimate = _empty((rows, 0), torch.int32, q.device)
     relevant = None
