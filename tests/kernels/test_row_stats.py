@@ -274,6 +274,34 @@ def test_search_passes_visit_only_unsettled_entries(caplog: pytest.LogCaptureFix
     assert (peaked == 1).all()
 
 
+def test_first_search_pass_takes_exactly_the_open_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact budgets: the first search pass after the bracket pass receives, per head, the
+    (row, p) entries whose bracket interval is open, in increasing order, as ``row * len(ps) + p``
+    (padding past them), and the search settles them on the oracle's budgets."""
+    q, k = random_qk(61, 1, 2, 1, 40, 300, 16)
+    bracket = triton_row_stats.row_stats(q, k, causal=True, ps=ALL_PS, budgets="bracket")
+    is_open = (bracket.top_p_budget_low != bracket.top_p_budget_high)[0].flatten(1)  # [heads, .]
+    assert is_open.any(1).all()
+    launches = []
+    search = triton_row_stats._search_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(args[8].clone())  # Entries
+                return search[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(triton_row_stats, "_search_kernel", Spy())
+    out, ref = run_both(q, k, causal=True, ps=ALL_PS)
+    assert torch.equal(out.top_p_budget, ref.top_p_budget.to(q.device))
+    first = launches[0].cpu()
+    for head, wanted in enumerate(is_open.cpu()):
+        listed = first[head][first[head] < wanted.numel()]
+        assert torch.equal(listed, torch.nonzero(wanted).flatten().to(torch.int32))
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),
