@@ -32,8 +32,8 @@ Passes (all in base 2: ``s = scale * log2(e) * q.k``, ``u = s - lse2`` is the lo
    ``sum 2^(s - m) (s - m)^2``, which with the entropy gives the mass-weighted mean and spread of
    ``u``; one pass evaluates ``B`` at `BRACKET_EDGES` candidates per row shared by every p (the
    ends of the range ``[max(u_min, log2(slack / n)), u_max]``, below ``log2(slack / n)`` all keys
-   together weighing less than the slack; `BRACKET_UNIFORM` evenly spaced ones; and
-   ``mean + z spread`` for z in `BRACKET_Z`, near a Gaussian's ``1 - p`` quantiles) and gives per
+   together weighing less than the slack; and ``mean + z spread`` for z in `BRACKET_Z`, close
+   pairs and triples around a Gaussian's ``1 - p`` quantiles) and gives per
    (row, p) its bracket and the interval ``[low, high]`` of the bounds, which holds the budget
    (equal where they pin it: exact), with an estimate inside it (the bracket's keys taken as
    spread evenly in ``u``). ``budgets="bracket"`` stops here (or, with ``budget_rtol``, refines
@@ -119,12 +119,13 @@ MAX_SEARCH_PASSES = 16
 about log_7(range / 1e-6) <= 10 passes)."""
 TIE_WIDTH = 2.0**-20
 """Brackets narrower than this (relative to the score magnitude) are not refined further."""
-BRACKET_UNIFORM = 4
-"""Evenly spaced candidate thresholds of the bracket pass (besides the range's two ends)."""
-BRACKET_Z = (-2.6, -2.0, -1.6, -1.2, -0.6, 0.0)
-"""Candidates of the bracket pass at ``mean + z * spread`` of the row's log2-probabilities: near
-a Gaussian's ``1 - p`` quantiles for p = 0.99, 0.95, 0.9 and 0.5."""
-BRACKET_EDGES = 2 + BRACKET_UNIFORM + len(BRACKET_Z)
+BRACKET_Z = (-3.0, -2.45, -2.2, -1.8, -1.5, -1.4, -1.15, -0.25, 0.0, 0.25)
+"""Candidates of the bracket pass at ``mean + z * spread`` of the row's log2-probabilities, in
+twos and threes around a Gaussian's ``1 - p`` quantiles for p = 0.99, 0.95, 0.9 and 0.5 (z =
+-2.33, -1.64, -1.28, 0), and one further out for heavy lower tails: a boundary key that lands
+between two close candidates has few keys in its bracket, which closes the budget's interval
+(`bench/NOTES.md` compares placements)."""
+BRACKET_EDGES = 2 + len(BRACKET_Z)
 """Candidate thresholds per row in the bracket pass."""
 SLACK_TOLERANCE = 1e-12
 """The oracle's relative tolerance on the target mass (`kernels.reference.top_p_budget`)."""
@@ -1118,17 +1119,13 @@ def bracket_candidates(
     lo: torch.Tensor, hi: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor
 ) -> torch.Tensor:
     """``[rows, BRACKET_EDGES]`` increasing fp32 candidate thresholds (log2-probabilities) of the
-    bracket pass: the row's range ends ``lo`` and ``hi``, `BRACKET_UNIFORM` evenly spaced between
-    them, and one at ``mean + z * spread`` for each z of `BRACKET_Z` (the mass-weighted mean and
-    standard deviation of the row's log2-probabilities; a Gaussian's ``1 - p`` quantiles), kept
-    inside ``(lo, hi)``."""
-    fractions = torch.arange(1, BRACKET_UNIFORM + 1, device=lo.device) / (BRACKET_UNIFORM + 1)
-    uniform = lo[:, None] + (hi - lo)[:, None] * fractions[None, :]
+    bracket pass: the row's range ends ``lo`` and ``hi`` and one at ``mean + z * spread`` for each
+    z of `BRACKET_Z` (the mass-weighted mean and standard deviation of the row's
+    log2-probabilities), kept inside ``[lo, hi]``."""
     z = torch.tensor(BRACKET_Z, device=lo.device)
     placed = mean[:, None] + spread[:, None] * z[None, :]
     placed = torch.minimum(torch.maximum(placed, lo[:, None]), hi[:, None])
-    inner = torch.cat([uniform, placed], dim=1).sort(dim=1).values
-    return torch.cat([lo[:, None], inner, hi[:, None]], dim=1).float().contiguous()
+    return torch.cat([lo[:, None], placed, hi[:, None]], dim=1).float().contiguous()
 
 
 def _top_p_budgets(
