@@ -318,6 +318,39 @@ def _count_ones(ones):
 
 
 @triton.jit
+def _add_below(u, p, edge, column, cols, tile_mass, tile_count):
+    """``(tile_mass, tile_count)`` ``[BLOCK_M, COLS]`` with column ``column`` set to the mass and
+    the number of the tile's keys below ``edge`` ``[BLOCK_M]`` (``u``, ``p``: the tile's
+    log2-probabilities and probabilities). The comparison is 0 or 1 as fp32: one compare, an
+    FMA into the mass (p is finite, so 0 * p = 0 and 1 * p = p exactly) and a count of the ones
+    (`_count_ones`); a boolean feeding both sums compiled to ~8 instructions per score and
+    candidate."""
+    below = (u < edge[:, None]).to(tl.float32)
+    here = cols[None, :] == column
+    tile_mass = tl.where(here, tl.sum(below * p, 1)[:, None], tile_mass)
+    tile_count = tl.where(here, _count_ones(below)[:, None], tile_count)
+    return tile_mass, tile_count
+
+
+@triton.jit
+def _crossing(below_mass, below_count, limit, cols, EDGES: tl.constexpr):
+    """The candidate ``c`` ``[BLOCK_M]`` where the mass below crosses ``limit``, i.e. the bracket
+    ``[edge c, edge c + 1)`` that holds the boundary key, with the masses and counts below its two
+    ends. ``B(edge 0) <= limit`` is known and B grows with the edge, so c = number of inner edges
+    with ``B <= limit``. ``below_mass`` / ``below_count``: ``[BLOCK_M, COLS]``, column c for
+    candidate c < EDGES."""
+    inner = (cols >= 1) & (cols <= EDGES - 2)
+    crossing = tl.sum((inner[None, :] & (below_mass <= limit[:, None])).to(tl.int32), 1)
+    at_lo = cols[None, :] == crossing[:, None]
+    at_hi = cols[None, :] == crossing[:, None] + 1
+    mass_lo = tl.sum(tl.where(at_lo, below_mass, 0.0), 1)
+    mass_hi = tl.sum(tl.where(at_hi, below_mass, 0.0), 1)
+    count_lo = tl.sum(tl.where(at_lo, below_count, 0), 1)
+    count_hi = tl.sum(tl.where(at_hi, below_count, 0), 1)
+    return crossing, mass_lo, mass_hi, count_lo, count_hi
+
+
+@triton.jit
 def _budget_bounds(mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi):
     """Bounds ``(lower, upper)`` on the budget from the bracket ``[edge_lo, edge_hi)`` that holds
     the boundary key.
@@ -692,34 +725,18 @@ def _search_kernel(
         for c in tl.static_range(EDGES):
             # `_edge_at` inlined (a helper call per candidate is slow under the interpreter).
             edge = hi if c == EDGES - 1 else tl.fma(step, c * 1.0, lo)
-            # 0 or 1 as fp32: one compare, an FMA into the mass (p is finite, so 0 * p = 0 and
-            # 1 * p = p exactly) and a count of the ones (`_count_ones`). A boolean feeding
-            # both sums compiled to ~8 instructions per score and candidate.
-            below = (u < edge[:, None]).to(tl.float32)
-            here = cols[None, :] == c
-            tile_mass = tl.where(here, tl.sum(below * p, 1)[:, None], tile_mass)
-            tile_count = tl.where(here, _count_ones(below)[:, None], tile_count)
+            tile_mass, tile_count = _add_below(u, p, edge, c, cols, tile_mass, tile_count)
         below_mass += tile_mass.to(tl.float64)
         below_count += tile_count
 
-    # Sub-interval [c, c + 1) where the mass below crosses the limit: B(edge 0) <= limit is known
-    # and B grows with the edge, so c = number of inner edges with B <= limit.
     limit = tl.load(Slack + masses, mask=in_range, other=0.0) * total
-    inner = (cols >= 1) & (cols <= EDGES - 2)
-    crossing = tl.sum((inner[None, :] & (below_mass <= limit[:, None])).to(tl.int32), 1)
-    at_lo = cols[None, :] == crossing[:, None]
-    at_hi = cols[None, :] == crossing[:, None] + 1
+    crossing, mass_lo, mass_hi, count_lo, count_hi = _crossing(
+        below_mass, below_count, limit, cols, EDGES
+    )
     edge_lo = _edge_at(lo, hi, step, crossing, EDGES)
     edge_hi = _edge_at(lo, hi, step, crossing + 1, EDGES)
     budget, settled = _resolve(
-        tl.sum(tl.where(at_lo, below_mass, 0.0), 1),
-        tl.sum(tl.where(at_hi, below_mass, 0.0), 1),
-        tl.sum(tl.where(at_lo, below_count, 0), 1),
-        tl.sum(tl.where(at_hi, below_count, 0), 1),
-        n_keys,
-        limit,
-        edge_lo,
-        edge_hi,
+        mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi
     )
     resolution = TIE * (1.0 + tl.abs(edge_lo) + tl.abs(lse2))
     settled = settled | (edge_hi - edge_lo <= resolution)
@@ -826,29 +843,20 @@ def _bracket_kernel(
         tile_count = tl.zeros([BLOCK_M, COLS], dtype=tl.int32)
         for c in tl.static_range(EDGES - 1):  # the last candidate lies above every key
             edge = tl.sum(tl.where(cols[None, :] == c, candidates, 0.0), 1)
-            below = (u < edge[:, None]).to(tl.float32)  # 0 or 1 as fp32: see `_search_kernel`
-            here = cols[None, :] == c
-            tile_mass = tl.where(here, tl.sum(below * p, 1)[:, None], tile_mass)
-            tile_count = tl.where(here, _count_ones(below)[:, None], tile_count)
+            tile_mass, tile_count = _add_below(u, p, edge, c, cols, tile_mass, tile_count)
         below_mass += tile_mass.to(tl.float64)
         below_count += tile_count
     last = cols[None, :] == EDGES - 1  # every key lies below it: the row's mass and key count
     below_mass = tl.where(last, total[:, None], below_mass)
     below_count = tl.where(last, n_keys[:, None], below_count)
 
-    inner = (cols >= 1) & (cols <= EDGES - 2)
     for i in tl.static_range(NUM_PS):
-        limit = tl.load(Slack + i) * total
-        # B grows with the candidate and B(first) <= limit < B(last) = total.
-        crossing = tl.sum((inner[None, :] & (below_mass <= limit[:, None])).to(tl.int32), 1)
-        at_lo = cols[None, :] == crossing[:, None]
-        at_hi = cols[None, :] == crossing[:, None] + 1
-        edge_lo = tl.sum(tl.where(at_lo, candidates, 0.0), 1)
-        edge_hi = tl.sum(tl.where(at_hi, candidates, 0.0), 1)
-        mass_lo = tl.sum(tl.where(at_lo, below_mass, 0.0), 1)
-        mass_hi = tl.sum(tl.where(at_hi, below_mass, 0.0), 1)
-        count_lo = tl.sum(tl.where(at_lo, below_count, 0), 1)
-        count_hi = tl.sum(tl.where(at_hi, below_count, 0), 1)
+        limit = tl.load(Slack + i) * total  # B(first) <= limit < B(last) = total
+        crossing, mass_lo, mass_hi, count_lo, count_hi = _crossing(
+            below_mass, below_count, limit, cols, EDGES
+        )
+        edge_lo = tl.sum(tl.where(cols[None, :] == crossing[:, None], candidates, 0.0), 1)
+        edge_hi = tl.sum(tl.where(cols[None, :] == crossing[:, None] + 1, candidates, 0.0), 1)
         low, high = _budget_bounds(
             mass_lo, mass_hi, count_lo, count_hi, n_keys, limit, edge_lo, edge_hi
         )
