@@ -32,8 +32,8 @@ Passes (all in base 2: ``s = scale * log2(e) * q.k``, ``u = s - lse2`` is the lo
    ``sum 2^(s - m) (s - m)^2``, which with the entropy gives the mass-weighted mean and spread of
    ``u``; one pass evaluates ``B`` at `BRACKET_EDGES` candidates per row shared by every p (the
    ends of the range ``[max(u_min, log2(slack / n)), u_max]``, below ``log2(slack / n)`` all keys
-   together weighing less than the slack; and ``mean + z spread`` for z in `BRACKET_Z`, close
-   pairs and triples around a Gaussian's ``1 - p`` quantiles) and gives per
+   together weighing less than the slack; `BRACKET_RANGE_FRACTIONS` of that range; and
+   ``mean + z spread`` for z in `BRACKET_Z`, around a Gaussian's ``1 - p`` quantiles) and gives per
    (row, p) its bracket and the interval ``[low, high]`` of the bounds, which holds the budget
    (equal where they pin it: exact), with an estimate inside it (the bracket's keys taken as
    spread evenly in ``u``). ``budgets="bracket"`` stops here (or, with ``budget_rtol``, refines
@@ -119,13 +119,17 @@ MAX_SEARCH_PASSES = 16
 about log_7(range / 1e-6) <= 10 passes)."""
 TIE_WIDTH = 2.0**-20
 """Brackets narrower than this (relative to the score magnitude) are not refined further."""
-BRACKET_Z = (-3.0, -2.45, -2.2, -1.8, -1.5, -1.4, -1.15, -0.25, 0.0, 0.25)
-"""Candidates of the bracket pass at ``mean + z * spread`` of the row's log2-probabilities, in
-twos and threes around a Gaussian's ``1 - p`` quantiles for p = 0.99, 0.95, 0.9 and 0.5 (z =
--2.33, -1.64, -1.28, 0), and one further out for heavy lower tails: a boundary key that lands
-between two close candidates has few keys in its bracket, which closes the budget's interval
-(`bench/NOTES.md` compares placements)."""
-BRACKET_EDGES = 2 + len(BRACKET_Z)
+BRACKET_Z = (-2.37, -1.77, -1.65, -1.3, -1.27, 0.0)
+"""Candidates of the bracket pass at ``mean + z * spread`` of the row's log2-probabilities, near
+a Gaussian's ``1 - p`` quantiles for p = 0.99, 0.95, 0.9 and 0.5 (z = -2.33, -1.64, -1.28, 0),
+some in close pairs: a boundary key that lands between two close candidates has few keys in its
+bracket, which closes the budget's interval."""
+BRACKET_RANGE_FRACTIONS = (0.3, 0.55, 0.65, 0.95)
+"""Candidates of the bracket pass at these fractions of the row's range ``[lo, hi]``: rows whose
+top keys (sinks) hold much of the mass have their boundaries far from the Gaussian quantiles.
+With `BRACKET_Z`, chosen on `bench/bracket_model.py`'s float64 model of the pass (structured
+inputs at 4K-64K and Gaussian ones at 1K-16K; `bench/NOTES.md`)."""
+BRACKET_EDGES = 2 + len(BRACKET_RANGE_FRACTIONS) + len(BRACKET_Z)
 """Candidate thresholds per row in the bracket pass."""
 SLACK_TOLERANCE = 1e-12
 """The oracle's relative tolerance on the target mass (`kernels.reference.top_p_budget`)."""
@@ -1124,16 +1128,25 @@ def _search(
 
 
 def bracket_candidates(
-    lo: torch.Tensor, hi: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    mean: torch.Tensor,
+    spread: torch.Tensor,
+    fractions: tuple[float, ...] = BRACKET_RANGE_FRACTIONS,
+    z: tuple[float, ...] = BRACKET_Z,
 ) -> torch.Tensor:
-    """``[rows, BRACKET_EDGES]`` increasing fp32 candidate thresholds (log2-probabilities) of the
-    bracket pass: the row's range ends ``lo`` and ``hi`` and one at ``mean + z * spread`` for each
-    z of `BRACKET_Z` (the mass-weighted mean and standard deviation of the row's
-    log2-probabilities), kept inside ``[lo, hi]``."""
-    z = torch.tensor(BRACKET_Z, device=lo.device)
-    placed = mean[:, None] + spread[:, None] * z[None, :]
+    """``[rows, 2 + len(fractions) + len(z)]`` increasing candidate thresholds (log2-probabilities)
+    of the bracket pass, in the dtype of ``lo``: the row's range ends ``lo`` and ``hi``, one at
+    each of ``fractions`` of the range, and one at ``mean + z * spread`` for each of ``z`` (the
+    mass-weighted mean and standard deviation of the row's log2-probabilities), kept inside
+    ``[lo, hi]``. ``lo``, ``hi``, ``mean``, ``spread``: ``[rows]``."""
+    span = torch.tensor(fractions, dtype=lo.dtype, device=lo.device)
+    zs = torch.tensor(z, dtype=lo.dtype, device=lo.device)
+    ranged = lo[:, None] + (hi - lo)[:, None] * span[None, :]
+    placed = mean[:, None] + spread[:, None] * zs[None, :]
     placed = torch.minimum(torch.maximum(placed, lo[:, None]), hi[:, None])
-    return torch.cat([lo[:, None], placed, hi[:, None]], dim=1).float().contiguous()
+    inner = torch.cat([ranged, placed], dim=1).sort(dim=1).values
+    return torch.cat([lo[:, None], inner, hi[:, None]], dim=1).contiguous()
 
 
 def _top_p_budgets(
@@ -1156,7 +1169,7 @@ def _top_p_budgets(
     batch, heads, q_len = q.shape[:3]
     n_ps = len(ps)
     lo, hi = _first_bracket(q, k, causal, _slack(ps), lse2, max2, min2)
-    candidates = bracket_candidates(lo, hi, mean, spread)
+    candidates = bracket_candidates(lo, hi, mean, spread).float()
     rows = lo.shape[0]
     state = dict(
         lo=_empty((rows, n_ps), torch.float32, q.device),
