@@ -209,6 +209,8 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {
         "date": datetime.date.today().isoformat(),
+        "device": "cpu (float64 model)",
+        "torch": torch.__version__,
         "inputs": args.inputs,
         "rows": args.rows,
         "seed": args.seed,
