@@ -117,16 +117,9 @@ def bracket_budgets(u: torch.Tensor, placement: Placement = KERNEL) -> list[tupl
     below = torch.searchsorted(ordered, edges)  # keys with u < edge
     mass = torch.cat([torch.zeros(1, dtype=torch.float64), probs[order].cumsum(0)])[below]
     mass[-1], below[-1] = total, n
-    budgets = []
-    for limit in (value * total for value in slack):
-        c = int((mass[1:-1] <= limit).sum())
-        budgets.append(
-            _bounds(
-                mass[c].item(), mass[c + 1].item(), int(below[c]), int(below[c + 1]), n, limit,
-                edges[c].item(), edges[c + 1].item(),
-            )
-        )  # fmt: skip
-    return budgets
+    return [
+        _bounds(mass.tolist(), below.tolist(), edges.tolist(), value * total) for value in slack
+    ]
 
 
 def bracket_outcome(u: torch.Tensor, placement: Placement) -> list[tuple[bool, bool]]:
@@ -139,16 +132,13 @@ def bracket_outcome(u: torch.Tensor, placement: Placement) -> list[tuple[bool, b
 
 
 def _bounds(
-    mass_lo: float,
-    mass_hi: float,
-    count_lo: int,
-    count_hi: int,
-    n: int,
-    limit: float,
-    edge_lo: float,
-    edge_hi: float,
+    mass: list[float], below: list[int], edges: list[float], limit: float
 ) -> tuple[int, int, int]:
-    """``(low, high, estimate)`` of the budget from the crossing bracket (the kernel's rules)."""
+    """``(low, high, estimate)`` of the budget (the kernel's rules) from the mass and count of the
+    keys below each candidate of ``edges`` (the last: all of them) and the mass ``limit``."""
+    c = sum(1 for value in mass[1:-1] if value <= limit)  # the bracket [edges[c], edges[c + 1])
+    mass_lo, mass_hi, count_lo, count_hi = mass[c], mass[c + 1], below[c], below[c + 1]
+    edge_lo, edge_hi, n = edges[c], edges[c + 1], below[-1]
     n_in, need, bracket = count_hi - count_lo, mass_hi - limit, mass_hi - mass_lo
     upper = 1 if bracket <= 0 else math.ceil(min(max(need / bracket * n_in, 1.0), n_in))
     heavy = math.ceil(min(need / (2.0**edge_hi * (1 + 1e-6)), n_in))
