@@ -66,7 +66,7 @@ the boundary key``, i.e. ~``n * 1e-7`` for rows of ``n`` similar keys; exact tie
 
 Cost: pass 1 is about one attention forward (one QK^T, one exp2 and a few more operations per
 score). The bracket and search passes recompute QK^T but also compare every score with every
-candidate threshold and add it into a count and a mass per candidate (11 counted in the bracket
+candidate threshold and add it into a count and a mass per candidate (10 counted in the bracket
 pass, 8 per entry in a search pass), so the candidate counting on the CUDA cores dominates, not
 the recomputed QK^T; this is why the search passes visit only the open (row, p). Entries of
 distinct probabilities settle after ``~log_7(width / gap)`` search passes, ``width`` being the
@@ -124,7 +124,7 @@ BRACKET_Z = (-2.37, -1.77, -1.65, -1.3, -1.27, 0.0)
 a Gaussian's ``1 - p`` quantiles for p = 0.99, 0.95, 0.9 and 0.5 (z = -2.33, -1.64, -1.28, 0),
 some in close pairs: a boundary key that lands between two close candidates has few keys in its
 bracket, which closes the budget's interval."""
-BRACKET_RANGE_FRACTIONS = (0.3, 0.55, 0.65, 0.95)
+BRACKET_RANGE_FRACTIONS = (0.3, 0.55, 0.65)
 """Candidates of the bracket pass at these fractions of the row's range ``[lo, hi]``: rows whose
 top keys (sinks) hold much of the mass have their boundaries far from the Gaussian quantiles.
 With `BRACKET_Z`, chosen on `bench/bracket_model.py`'s float64 model of the pass (structured
