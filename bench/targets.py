@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +195,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.length <= 0:
         raise SystemExit(f"--length must be a positive number of tokens, got {args.length}")
-    files = [(path, json.loads(path.read_text())) for path in args.files]
+    missing = [path for path in args.files if not path.is_file()]
+    for path in missing:
+        print(f"not found, left out: {path}", file=sys.stderr)
+    files = [(path, json.loads(path.read_text())) for path in args.files if path not in missing]
+    if not files:
+        raise SystemExit("none of the results files exists")
     print(markdown(files, args.length))
 
 
