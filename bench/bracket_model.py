@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
-from kernels.reference import BUDGET_TOLERANCE, top_p_budget
+from kernels.reference import top_p_budget
 from kernels.triton.row_stats import (
     BRACKET_RANGE_FRACTIONS,
     BRACKET_Z,
-    RANGE_PAD,
     bracket_candidates,
+    bracket_range,
+    slack_masses,
 )
 from workbench.io import atomic_write_json
 
@@ -104,14 +105,10 @@ def bracket_budgets(u: torch.Tensor, placement: Placement = KERNEL) -> list[tupl
     n, total = u.numel(), probs.sum().item()
     mean = (probs * u).sum() / total
     spread = (probs * (u - mean) ** 2).sum().div(total).sqrt()
-    slack = [1.0 - p * (1.0 - BUDGET_TOLERANCE) for p in PS]
-    lo = max(u.min().item(), math.log2(min(slack) / n))
-    hi = u.max().item()
-    lo, hi = lo - RANGE_PAD * (1.0 + abs(lo)), hi + RANGE_PAD * (1.0 + abs(hi))
+    slack = slack_masses(PS)
+    lo, hi = bracket_range(u.min()[None], u.max()[None], torch.tensor([n]), slack)
     edges = bracket_candidates(
-        *(torch.tensor([value], dtype=torch.float64) for value in (lo, hi, mean, spread)),
-        fractions=placement.fractions,
-        z=placement.z,
+        lo, hi, mean[None], spread[None], fractions=placement.fractions, z=placement.z
     )[0]
     ordered, order = u.sort()
     below = torch.searchsorted(ordered, edges)  # keys with u < edge

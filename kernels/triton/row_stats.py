@@ -1048,10 +1048,26 @@ def _row_key_counts_host(
     return (torch.arange(q_len, device=device) + (kv_len - q_len) + 1).clamp(0, kv_len)
 
 
-def _slack(ps: tuple[float, ...]) -> list[float]:
+def slack_masses(ps: tuple[float, ...]) -> list[float]:
     """Mass that may stay outside the kept keys for each p (the oracle keeps the fewest keys whose
     mass reaches ``p * (1 - 1e-12)``)."""
     return [1.0 - p * (1.0 - SLACK_TOLERANCE) for p in ps]
+
+
+def bracket_range(
+    u_min: torch.Tensor, u_max: torch.Tensor, n_keys: torch.Tensor, slack: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` ``[rows]``: the range ``[max(u_min, log2(min slack / n)), u_max]`` of the
+    rows' log2-probabilities that holds every boundary key (below ``log2(min slack / n)`` all
+    keys together weigh less than the slack), padded by `RANGE_PAD` against recomputation
+    rounding; ``[0, 1]`` for rows without keys. ``u_min``, ``u_max``: the rows' extreme
+    log2-probabilities; ``n_keys``: their key counts."""
+    nonempty = n_keys > 0
+    floor = torch.log2(min(slack) / n_keys.clamp(min=1).to(u_min.dtype))
+    lo = torch.maximum(u_min, floor)
+    lo = torch.where(nonempty, lo - RANGE_PAD * (1.0 + lo.abs()), torch.zeros_like(lo))
+    hi = torch.where(nonempty, u_max + RANGE_PAD * (1.0 + u_max.abs()), torch.ones_like(u_max))
+    return lo, hi
 
 
 def _first_bracket(
@@ -1063,16 +1079,10 @@ def _first_bracket(
     max2: torch.Tensor,
     min2: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lo, hi)`` per row: ``[max(u_min, log2(min slack / n)), u_max]``, padded, in
-    log2-probabilities ``u = s - lse2`` (``[0, 1]`` for rows without keys)."""
+    """``(lo, hi)`` per row (`bracket_range`) in log2-probabilities ``u = s - lse2``."""
     batch, heads, q_len = q.shape[:3]
     n_keys = _row_key_counts_host(q_len, k.shape[2], causal, q.device).repeat(batch * heads)
-    nonempty = n_keys > 0
-    hi = max2 - lse2
-    lo = torch.maximum(min2 - lse2, torch.log2(min(slack) / n_keys.clamp(min=1).to(torch.float32)))
-    lo = torch.where(nonempty, lo - RANGE_PAD * (1.0 + lo.abs()), torch.zeros_like(lo))
-    hi = torch.where(nonempty, hi + RANGE_PAD * (1.0 + hi.abs()), torch.ones_like(hi))
-    return lo, hi
+    return bracket_range(min2 - lse2, max2 - lse2, n_keys, slack)
 
 
 def _search(
@@ -1090,7 +1100,7 @@ def _search(
     settled or ``max_passes`` ran. Returns the passes run."""
     batch, heads, q_len = q.shape[:3]
     n_ps = len(ps)
-    slack = torch.tensor(_slack(ps), dtype=torch.float64, device=q.device)
+    slack = torch.tensor(slack_masses(ps), dtype=torch.float64, device=q.device)
     passes = 0
     while passes < max_passes:
         unsettled = (state["done"] == 0).view(batch * heads, q_len * n_ps)
@@ -1168,7 +1178,7 @@ def _top_p_budgets(
     times the estimate, which close (exact) or narrow them (``rtol = 0``: the exact budgets)."""
     batch, heads, q_len = q.shape[:3]
     n_ps = len(ps)
-    lo, hi = _first_bracket(q, k, causal, _slack(ps), lse2, max2, min2)
+    lo, hi = _first_bracket(q, k, causal, slack_masses(ps), lse2, max2, min2)
     candidates = bracket_candidates(lo, hi, mean, spread).float()
     rows = lo.shape[0]
     state = dict(
@@ -1182,7 +1192,7 @@ def _top_p_budgets(
         q,
         k,
         lse2,
-        torch.tensor(_slack(ps), dtype=torch.float64, device=q.device),
+        torch.tensor(slack_masses(ps), dtype=torch.float64, device=q.device),
         candidates,
         state["lo"],
         state["hi"],
