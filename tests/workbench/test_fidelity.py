@@ -39,14 +39,14 @@ def test_recall_matches_the_dense_pattern() -> None:
     with torch.no_grad():
         _, cache = model.run_with_cache(x, attention_mask=mask)
     positions = torch.arange(SEQ)
-    selected = (positions[None, :] == 0) | (
-        (positions[:, None] - positions[None, :] >= 0)
-        & (positions[:, None] - positions[None, :] < 3)
-    )  # [query, key]
     real = mask.bool()  # [batch, pos]
+    first_real = real.int().argmax(1)  # [batch]: the sink of each example is its first real token
+    behind = positions[:, None] - positions[None, :]  # [query, key]
+    selected = (positions == first_real[:, None])[:, None, :] | ((behind >= 0) & (behind < 3))
     for layer in report.layers:
         pattern = cache["pattern", layer.layer]  # [batch, head, query, key]
-        inside = (pattern * (selected & real[:, None, None, :])).sum(-1)  # [batch, head, query]
+        kept = (selected & real[:, None, :])[:, None]  # [batch, 1, query, key]
+        inside = (pattern * kept).sum(-1)  # [batch, head, query]
         direct = inside.permute(0, 2, 1)[real].mean()
         assert layer.recall == pytest.approx(direct.item(), abs=1e-5)
         assert layer.recall < 0.95 and layer.density < 0.9 and layer.output_error > 0

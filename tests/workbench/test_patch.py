@@ -96,14 +96,16 @@ def test_decoding_with_a_kv_cache_raises() -> None:
             model(input_ids=x[:, :1], past_key_values=past, use_cache=True)
 
 
-def test_corrections_refuse_padded_inputs() -> None:
-    model = tl_model("standard")
-    with (
-        torch.no_grad(),
-        sparsify(model, workbench.sparse.get("delta"), block_size=16),
-        pytest.raises(NotImplementedError, match="key padding"),
-    ):
-        model(tokens(), attention_mask=padding_mask(left=True))
+@pytest.mark.parametrize("kind", ["standard", "rotary"])
+@pytest.mark.parametrize("name", ["top_k", "delta", "nsa"])
+def test_padded_batch_gives_each_example_its_unpadded_output(kind: str, name: str) -> None:
+    """Left-padded decoders: the padded example's real tokens get exactly the logits the example
+    gets alone, also for a correction (delta) and pooled branches (NSA)."""
+    model, x, mask = tl_model(kind), tokens(), padding_mask(left=True)
+    with torch.no_grad(), sparsify(model, workbench.sparse.get(name), block_size=16):
+        padded = tl_forward(model, x, mask)
+        alone = model(x[1:2, 3:])
+    torch.testing.assert_close(padded[1, 3:], alone[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", workbench.sparse.names())

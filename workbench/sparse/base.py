@@ -23,6 +23,7 @@ query ``i`` iff ``j <= i + kv_len - q_len``).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import replace
@@ -42,6 +43,7 @@ from workbench.sparse.branches import (
     run_branch,
     with_key_padding,
 )
+from workbench.sparse.padding import attend_examples, real_spans
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,13 +158,37 @@ class SparseMethod(ABC):
     ) -> tuple[torch.Tensor, Layout]:
         """``(out, layout)``: the method's attention output ``[batch, heads, q_len, d_head]`` and its
         token-level selection (the union of its branches over the call's keys, `coverage`).
-        ``state``: the attached state (None: `default_state`); ``key_padding`` ``[batch, kv_len]``
-        (True = real key) is added to every branch (`with_key_padding`; a method with branches over
-        pooled keys or some rows, or its own ``correct`` or ``combine``, raises
-        ``NotImplementedError`` then); ``dropout``:
-        on each branch's attention probabilities (`run_branch`)."""
+        ``state``: the attached state (None: `default_state`); ``dropout``: on each branch's
+        attention probabilities (`run_branch`).
+
+        ``key_padding`` ``[batch, kv_len]`` (True = real key): in self-attention (``q_len ==
+        kv_len``) with each example's real tokens in one span, each example is attended alone on
+        its span (`workbench.sparse.padding`: the method selects among real keys only; padded
+        query rows get 0). Otherwise the padding is added to every branch's selection
+        (`with_key_padding`: the method selects on the padded sequence), and a method with
+        branches over pooled keys or some rows, or its own ``correct`` or ``combine``, raises
+        ``NotImplementedError``."""
         if state is None:
             state = self.default_state(q)
+        spans = None
+        if key_padding is not None and q.shape[2] == k.shape[2]:
+            spans = real_spans(key_padding)
+            if spans is not None and all(span == (0, k.shape[2]) for span in spans):
+                spans = key_padding = None  # no padding
+        if spans is not None:
+            options = {"causal": causal, "scale": scale, "block_size": block_size}
+
+            def attend_one(*qkv: torch.Tensor) -> tuple[torch.Tensor, Layout]:
+                return self.attend(*qkv, **options, impl=impl, state=state, dropout=dropout)
+
+            return attend_examples(attend_one, q, k, v, spans, **options)
+        if key_padding is not None:
+            warnings.warn(
+                f"{self.name}: the key padding is not one span of real tokens per example (or "
+                "q_len != kv_len): the method selects on the padded sequence and the padded keys "
+                "are dropped afterwards",
+                stacklevel=2,
+            )
         branches = self.branches(
             q, k, v, causal=causal, scale=scale, block_size=block_size, state=state
         )

@@ -22,12 +22,13 @@ Limits:
 
 * Only full-sequence forwards (training, scoring, prefill): a call whose queries are fewer than
   its keys (decoding with a key-value cache) raises ``NotImplementedError``.
-* Key padding is applied on top of the selection: the method selects on the padded sequence
-  (position-based methods count padded positions: the sinks of a left-padded example are padding)
-  and the padded keys are then dropped.
-* Methods with a correction, their own way of combining branches, or branches over pooled keys
-  refuse padded inputs (``correct``, ``combine`` and pooled branches do not see the padding), and
-  ``rettention`` needs statistics calibrated on the very call it corrects, so it raises here.
+* Padded batches (``attention_mask``) with one span of real tokens per example (right or left
+  padding) are attended example by example (`workbench.sparse.padding`): each example's real
+  tokens get exactly what the example gets alone (the method selects among real keys; the sinks of
+  a left-padded example are its first real tokens), padded query rows get 0. Other masks (real
+  tokens in several spans) are applied on top of the selection, with a warning, and methods whose
+  correction, combination of branches or pooled branches would not see them refuse them.
+* ``rettention`` needs statistics calibrated on the very call it corrects, so it raises here.
 """
 
 from __future__ import annotations

@@ -396,16 +396,18 @@ def test_hax_ranking_scorer_learns_the_order_of_the_attention_keys_receive():
 
 
 # ---------------------------------------------------------------------------- key padding
-def test_key_padding_reaches_every_branch_or_the_method_refuses_it():
-    """Padded keys never change what real queries get: token-level methods drop them from every
-    branch; methods with branches over pooled keys (NSA's compressed blocks, DuSA's summaries)
-    refuse padded inputs instead of pooling the padding in."""
+@pytest.mark.filterwarnings("ignore:.*not one span:UserWarning")
+def test_masked_keys_in_pieces_reach_every_branch_or_the_method_refuses_them():
+    """A key mask whose real tokens lie in several spans (padded batches, one span per example,
+    run example by example: tests/workbench/sparse/test_padding.py) is applied to every branch:
+    masked keys never change what the other queries get; methods with branches over pooled keys
+    (NSA's compressed blocks, DuSA's summaries) refuse such masks instead of pooling them in."""
     q, k, v = make_qkv(q_len=32, heads=2, kv_heads=1, batch=2)
     padding = torch.ones(2, 32, dtype=torch.bool)
     padding[1, 24:] = False
-    moved_k, moved_v = k.clone(), v.clone()
-    moved_k[1, :, 24:] += 100  # what the padded positions hold
-    moved_v[1, :, 24:] += 100
+    padding[1, 8:11] = False
+    masked = ~padding[:, None, :, None]
+    moved_k, moved_v = k + 100 * masked, v + 100 * masked  # what the masked positions hold
     options = {"causal": True, "block_size": 16, "impl": "reference", "key_padding": padding}
     for name in ("seer_gate", "moa", "sink_window"):
         method = sparse.get(name)
@@ -414,7 +416,7 @@ def test_key_padding_reaches_every_branch_or_the_method_refuses_it():
         with torch.no_grad():
             out, layout = method.attend(q, k, v, state=state, **options)
             moved, _ = method.attend(q, k, moved_v, state=state, **options)
-        assert not layout.to_dense()[1, :, :, 24:].any(), name
+        assert not layout.to_dense()[1][..., ~padding[1]].any(), name
         torch.testing.assert_close(moved[1, :, :24], out[1, :, :24], msg=name)
     for name in ("nsa", "dusa"):
         with pytest.raises(NotImplementedError, match="do not see the key padding"):
