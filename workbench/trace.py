@@ -45,7 +45,7 @@ from torch import nn
 
 from kernels import api
 from kernels.layout import MAX_LEN, Layout
-from kernels.reference import check_ps, repeat_kv
+from kernels.reference import check_ps, repeat_kv, scaled_scores
 from toy_tasks.base import check_int
 from workbench.attention import check_layers, is_transformer_lens, model_size
 from workbench.capture import AttentionCache, LayerCapture, SparsePlan, capturing, run_model
@@ -420,8 +420,8 @@ def layer_statistics(
 
     Where the layer ran a sparse method, the attention used is the softmax over its selection;
     ``dense=True`` gives the dense softmax of the same q and k instead. ``relevant_positions``
-    ``[batch, q_len, R]`` (-1 padded) adds ``relevant_mass``. Padded keys are excluded (dense
-    statistics only: the examples are then computed one by one on their real tokens)."""
+    ``[batch, q_len, R]`` (-1 padded) adds ``relevant_mass``. Padded keys are excluded: with key
+    padding the examples are computed one by one on their real tokens (`padded_row_stats`)."""
     heads = list(range(capture.q.shape[1]) if heads is None else heads)
     q = capture.q[:, heads]  # [batch, heads, q_len, d_head]
     k = repeat_kv(capture.k, capture.q.shape[1])[:, heads]  # [batch, heads, kv_len, d_head]
@@ -436,7 +436,10 @@ def layer_statistics(
             )
 
     def compute(
-        q: torch.Tensor, k: torch.Tensor, relevant: torch.Tensor | None
+        q: torch.Tensor,
+        k: torch.Tensor,
+        relevant: torch.Tensor | None,
+        restrict: Layout | None = restrict,
     ) -> dict[str, torch.Tensor]:
         stats = api.row_stats(
             q,
@@ -462,11 +465,11 @@ def layer_statistics(
 
     if capture.key_padding is None:
         return compute(q, k, relevant)
-    if restrict is not None:
-        raise NotImplementedError(
-            "statistics of a sparse method on padded inputs: trace the examples one at a time"
-        )
-    return padded_row_stats(q, k, capture.key_padding, relevant, compute)
+    kept = None
+    if restrict is not None:  # [batch, heads, q_len, kv_len]: what the sparse layer kept
+        scores = None if restrict.row_threshold is None else scaled_scores(q, k, capture.scale)
+        kept = restrict.to_dense(scores).expand(q.shape[0], q.shape[1], -1, -1)
+    return padded_row_stats(q, k, capture.key_padding, relevant, compute, kept=kept)
 
 
 def sink_layout(q_len: int, kv_len: int, sink_tokens: int, device: torch.device) -> Layout:
@@ -481,13 +484,16 @@ def padded_row_stats(
     key_padding: torch.Tensor,
     relevant: torch.Tensor | None,
     compute: Callable[..., dict[str, torch.Tensor]],
+    *,
+    kept: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Row statistics of padded inputs, example by example on the real tokens.
 
     ``q`` ``[batch, heads, q_len, d]``, ``k`` ``[batch, heads, kv_len, d]``, ``key_padding``
     ``[batch, kv_len]`` (True = real). Self-attention only (``q_len == kv_len``): query ``i`` is
-    token ``i``. Relevant positions are remapped to the real tokens. Padded query rows: NaN
-    (budgets 0).
+    token ``i``. Relevant positions are remapped to the real tokens. ``kept`` ``[batch, heads,
+    q_len, kv_len]`` bool: the entries a sparse layer kept (its statistics are those of the
+    softmax over them; ``compute`` gets them as ``restrict``). Padded query rows: NaN (budgets 0).
     """
     if q.shape[2] != k.shape[2]:
         raise NotImplementedError("row statistics with key padding need q_len == kv_len")
@@ -501,7 +507,12 @@ def padded_row_stats(
             new_index[real] = torch.arange(real.numel(), device=q.device)
             rows = relevant[b : b + 1, real]  # [1, n_real, R]
             example_relevant = new_index[torch.where(rows >= 0, rows, length)]
-        stats = compute(q[b : b + 1, :, real], k[b : b + 1, :, real], example_relevant)
+        example = (q[b : b + 1, :, real], k[b : b + 1, :, real], example_relevant)
+        if kept is None:
+            stats = compute(*example)
+        else:
+            restrict = Layout.from_token_mask(kept[b : b + 1, :, real][..., real])
+            stats = compute(*example, restrict=restrict)
         for name, values in stats.items():
             if name not in result:
                 fill = 0 if name == "top_p_budget" else math.nan

@@ -328,6 +328,34 @@ def test_tracing_a_sparse_method_records_the_attention_it_uses() -> None:
     assert 0 not in result.dense_stats and result.statistic(0, "entropy", dense=True) is not None
 
 
+def test_tracing_a_sparse_method_on_a_padded_batch_equals_each_example_alone() -> None:
+    """MiniLM on a right-padded batch under top-k: every example's real rows get the statistics
+    (sparse and dense) of tracing that example alone; padded rows are NaN."""
+    import workbench.sparse
+
+    model, tokenizer = minilm()
+    inputs = minilm_inputs()
+    config = TraceConfig(ps=PS, layers=[1])
+    options = {"sparse": workbench.sparse.get("top_k", k=3), "sparse_block_size": 16}
+    padded = trace(model, inputs, config, **options)
+    real = inputs["attention_mask"].bool()
+    assert not real.all()
+    texts = ["attention is all you need", "sparse attention keeps the few keys that matter most"]
+    for example, text in enumerate(texts):
+        alone = trace(model, dict(tokenizer([text], return_tensors="pt")), config, **options)
+        length = int(real[example].sum())
+        for padded_stats, alone_stats in [
+            (padded.stats[1], alone.stats[1]),
+            (padded.dense_stats[1], alone.dense_stats[1]),
+        ]:
+            for name, values in alone_stats.items():
+                ours = padded_stats[name][example : example + 1, :, :length]
+                torch.testing.assert_close(ours, values, rtol=1e-5, atol=1e-5, msg=name)
+                if values.is_floating_point():
+                    assert padded_stats[name][example, :, length:].isnan().all(), name
+    assert (padded.stats[1]["top_p_budget"] <= 3).all()
+
+
 def test_cache_trace_of_a_capture_equals_the_trace_of_a_forward() -> None:
     from workbench.capture import capture
     from workbench.trace import cache_trace
