@@ -21,7 +21,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -148,6 +150,8 @@ class Delta(CorrectedMethod):
     name = "delta"
     description = "base selection + dense recompute every gamma-th query, deltas shared (Delta)"
     paper = "Delta attention: fast and accurate sparse attention inference, arXiv 2505.11254"
+
+    short_input_hyper_parameters: ClassVar[Mapping[str, Any]] = {"gamma": 8, "min_tail": 16}
 
     gamma: int = 64
     min_tail: int = 128
