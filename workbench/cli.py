@@ -14,7 +14,12 @@ from workbench.sae_commands import sae_app
 if TYPE_CHECKING:
     from workbench.runs import Run
 
-app = typer.Typer(help="Sparse-attention workbench.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Sparse-attention workbench.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # help texts show brackets as typed: sparse=[null], .[ray]
+)
 tasks_app = typer.Typer(help="Toy tasks with ground-truth relevance.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 runs_app = typer.Typer(help="The run store: list and migrate run folders.", no_args_is_help=True)

@@ -17,6 +17,17 @@ HEAVY = ("sae_lens", "transformer_lens", "transformers")
 """Packages that take seconds to import: ``workbench --help`` must not load them."""
 
 
+@pytest.mark.parametrize(
+    ("command", "text"),
+    [(["stability"], "eval_metrics: [stability]"), (["run"], "sparse=[null]")],
+)
+def test_help_shows_brackets_as_written(command: list[str], text: str) -> None:
+    """Help texts are not read as markup (where ``[null]`` would vanish as a tag)."""
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert text in " ".join(result.output.split())
+
+
 def test_help_imports_no_heavy_package():
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "workbench.cli", "--help"],
