@@ -127,7 +127,31 @@ def trace_command(
     text: Annotated[
         str, typer.Option(help="Text for --model minilm.")
     ] = "Sparse attention keeps the keys that matter.",
+    text_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --text: a UTF-8 file with one text per line (blank lines skipped), "
+            "traced as one padded batch."
+        ),
+    ] = None,
     task: Annotated[str, typer.Option(help="Toy task for --model toy.")] = "assoc_recall",
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Trace the model while this registered sparse method runs (statistics of the "
+            "attention it uses, beside the dense softmax of the same q and k); its settings for "
+            "short inputs (short_input_hyper_parameters) apply."
+        ),
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Hyper-parameter of --method, METHOD.KEY=VALUE (repeatable)."),
+    ] = None,
+    sparse_layers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated layers where --method runs (default: every layer)."),
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="Block size of --method's layouts.")] = 16,
     out: Annotated[
         Path, typer.Option(help="Output root: files go to OUT/minilm or OUT/toy-<task>.")
     ] = Path("runs/trace"),
@@ -147,14 +171,26 @@ def trace_command(
     out = _output_folder(out, model, task)
     if not overwrite:
         _refuse_to_overwrite(out, ["trace.safetensors", "trace.json", "trace.html"])
+    sparse = _sparse_options(method, settings, sparse_layers, block_size)
     if model == "minilm":
-        inputs, tokens, network = _minilm_tokens(text)
+        texts = [text] if text_file is None else _read_texts(text_file)
+        inputs, tokens, network = _minilm_tokens(texts)
         relevant = None
     else:
         inputs, relevant, network = _toy_inputs(task, seed)
         tokens = [[str(token) for token in row] for row in inputs.tolist()]  # token ids
-    result = trace(network, inputs, TraceConfig(), relevant_positions=relevant, tokens=tokens)
-    table = Table("layer", "head", "entropy", "max weight", "k_0.9", "relevant mass")
+    try:
+        result = trace(
+            network, inputs, TraceConfig(), relevant_positions=relevant, tokens=tokens, **sparse
+        )
+    except (ValueError, NotImplementedError) as error:
+        raise typer.BadParameter(
+            str(error), param_hint="--method / --set / --sparse-layers"
+        ) from None
+    title = "attention used"
+    if sparse:
+        title += f" under {method} {sparse['sparse'].hyper_parameters()}"
+    table = Table("layer", "head", "entropy", "max weight", "k_0.9", "relevant mass", title=title)
     for layer in sorted(result.stats):
         means = {
             name: result.statistic(layer, name).nanmean(dim=(0, 2))
@@ -332,18 +368,55 @@ def _refuse_to_overwrite(folder: Path, names: list[str]) -> None:
         )
 
 
+def _sparse_options(
+    method: str | None, settings: list[str] | None, layers: str | None, block_size: int
+) -> dict[str, Any]:
+    """`workbench.trace.trace`'s sparse arguments from the trace command's options (none without
+    ``--method``)."""
+    import workbench.sparse
+
+    if method is None:
+        if settings or layers is not None:
+            raise typer.BadParameter("needs --method", param_hint="--set / --sparse-layers")
+        return {}
+    hyper_parameters = parse_method_settings(settings or [])
+    unknown = sorted(set(hyper_parameters) - {method})
+    if unknown:
+        raise typer.BadParameter(f"--method is {method!r}, not {unknown}", param_hint="--set")
+    try:
+        chosen = workbench.sparse.short_input(method, **hyper_parameters.get(method, {}))
+        layer_list = None if layers is None else [int(layer) for layer in layers.split(",")]
+    except ValueError as error:
+        raise typer.BadParameter(
+            str(error), param_hint="--method / --set / --sparse-layers"
+        ) from None
+    return {"sparse": chosen, "sparse_layers": layer_list, "sparse_block_size": block_size}
+
+
+def _read_texts(path: Path) -> list[str]:
+    """The non-blank lines of ``path``; ``BadParameter`` when there are none."""
+    try:
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise typer.BadParameter(str(error), param_hint="--text-file") from None
+    texts = [text for text in texts if text]
+    if not texts:
+        raise typer.BadParameter(f"{path} holds no text", param_hint="--text-file")
+    return texts
+
+
 def _minilm_inputs(text: str) -> tuple[Any, None, Any]:
-    inputs, _, network = _minilm_tokens(text)
+    inputs, _, network = _minilm_tokens([text])
     return inputs, None, network
 
 
-def _minilm_tokens(text: str) -> tuple[Any, list[list[str]], Any]:
-    """The bundled MiniLM's inputs for ``text``, their tokens (``[1][pos]`` strings, as the
-    tokenizer spells them) and the model."""
+def _minilm_tokens(texts: list[str]) -> tuple[Any, list[list[str]], Any]:
+    """The bundled MiniLM's inputs for ``texts`` (one padded batch), their tokens (``[batch][pos]``
+    strings, as the tokenizer spells them, ``[PAD]`` included) and the model."""
     from workbench.models import minilm
 
     network, tokenizer = minilm()
-    inputs = dict(tokenizer([text], return_tensors="pt"))
+    inputs = dict(tokenizer(texts, return_tensors="pt", padding=True))
     tokens = [tokenizer.convert_ids_to_tokens(row) for row in inputs["input_ids"].tolist()]
     return inputs, tokens, network
 

@@ -221,12 +221,14 @@ class Trace:
         return list(self.metadata["pattern_queries"])
 
     def statistic(self, layer: int, name: str, *, dense: bool = False) -> torch.Tensor:
-        """``[batch, heads, q_len]`` for a name of `STATISTICS` or ``"k_<p>"`` (budget of mass p);
+        """``[batch, heads, q_len]`` for a name of `STATISTICS` or ``"k_<p>"`` (budget of mass p,
+        as floats: NaN on padded query rows, like the other statistics there);
         ``dense``: of the dense softmax where the layer ran a sparse method (`dense_stats`)."""
         stats = self.dense_stats.get(layer, self.stats[layer]) if dense else self.stats[layer]
         if name.startswith("k_"):
             index = self.ps.index(float(name[2:]))
-            return stats["top_p_budget"][..., index].float()
+            budgets = stats["top_p_budget"][..., index].float()
+            return budgets.masked_fill(stats["entropy"].isnan(), math.nan)  # NaN: padded rows
         if name not in stats:
             raise KeyError(f"no statistic {name!r} in layer {layer}: {sorted(stats)}")
         return stats[name]

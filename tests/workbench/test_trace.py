@@ -270,6 +270,38 @@ def test_cli_trace_writes_files(tmp_path, model: str) -> None:
     assert CliRunner().invoke(app, [*arguments, "--overwrite"]).exit_code == 0
 
 
+def test_cli_trace_of_a_text_file_under_a_sparse_method(tmp_path) -> None:
+    """``--text-file`` traces its lines as one padded batch; ``--method`` / ``--set`` /
+    ``--sparse-layers`` trace the model while the method runs there; bad options name themselves."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text(
+        "attention is all you need\n\nsparse attention keeps the few keys that matter\n"
+    )
+    arguments = ["trace", "--model", "minilm", "--text-file", str(texts), "--out", str(tmp_path)]
+    sparse = ["--method", "top_k", "--set", "top_k.k=2", "--sparse-layers", "1"]
+    result = CliRunner().invoke(app, [*arguments, *sparse], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "under top_k {'k': 2}" in result.output
+    traced = Trace.load(tmp_path / "minilm" / "trace")
+    assert traced.metadata["batch_size"] == 2 and len(traced.metadata["tokens"]) == 2
+    assert traced.metadata["sparse"]["method"] == {"name": "top_k", "k": 2}
+    assert set(traced.dense_stats) == {1}
+    assert (traced.stats[1]["top_p_budget"] <= 2).all()
+    assert traced.statistic(1, "k_0.9").isnan().any()  # the shorter text's padded rows
+    for options, hint in [
+        (["--set", "top_k.k=2"], "needs --method"),
+        (["--method", "top_k", "--set", "top_p.p=0.5"], "not ['top_p']"),
+        (["--method", "top_k", "--set", "top_k.k=0"], "k must be"),
+        (["--method", "nope"], "unknown sparse method"),
+    ]:
+        bad = CliRunner().invoke(app, [*arguments, "--overwrite", *options], terminal_width=200)
+        assert bad.exit_code != 0 and hint in " ".join(bad.output.split()), (options, bad.output)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    bad = CliRunner().invoke(app, ["trace", "--model", "minilm", "--text-file", str(empty)])
+    assert bad.exit_code != 0 and "holds no text" in bad.output
+
+
 # ---------------------------------------------------------------------------- sparse models
 def test_tracing_a_sparse_method_records_the_attention_it_uses() -> None:
     """``trace(sparse=...)``: the forward is the sparsified model's; on its sparse layer the
@@ -354,6 +386,8 @@ def test_tracing_a_sparse_method_on_a_padded_batch_equals_each_example_alone() -
                 if values.is_floating_point():
                     assert padded_stats[name][example, :, length:].isnan().all(), name
     assert (padded.stats[1]["top_p_budget"] <= 3).all()
+    budgets = padded.statistic(1, f"k_{PS[0]}")  # [batch, heads, q_len]: NaN on padded rows
+    assert torch.equal(budgets.isnan(), ~real[:, None, :].expand_as(budgets))
 
 
 def test_cache_trace_of_a_capture_equals_the_trace_of_a_forward() -> None:
