@@ -271,6 +271,13 @@ def sparsify_eval_command(
     text: Annotated[
         str, typer.Option(help="Text for --model minilm (default: a paragraph of ~170 tokens).")
     ] = MINILM_TEXT,
+    text_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --text: a UTF-8 file with one text per line (blank lines skipped), "
+            "one padded batch (each example attended as if alone)."
+        ),
+    ] = None,
     out: Annotated[
         Path, typer.Option(help="Output root: files go to OUT/minilm or OUT/toy-<task>.")
     ] = Path("runs/sparsify-eval"),
@@ -306,7 +313,8 @@ def sparsify_eval_command(
         batch, network = _toy_batch(task, seed)
         inputs, extra = batch.inputs, {"targets": batch.targets, "loss_mask": batch.loss_mask}
     else:
-        inputs, _, network = _minilm_inputs(text)
+        texts = [text] if text_file is None else _read_texts(text_file)
+        inputs, _, network = _minilm_tokens(texts)
     try:
         layer_list = None if layers is None else [int(layer) for layer in layers.split(",")]
         reports = [
@@ -403,11 +411,6 @@ def _read_texts(path: Path) -> list[str]:
     if not texts:
         raise typer.BadParameter(f"{path} holds no text", param_hint="--text-file")
     return texts
-
-
-def _minilm_inputs(text: str) -> tuple[Any, None, Any]:
-    inputs, _, network = _minilm_tokens([text])
-    return inputs, None, network
 
 
 def _minilm_tokens(texts: list[str]) -> tuple[Any, list[list[str]], Any]:

@@ -113,6 +113,21 @@ def test_sparsify_eval_command_writes_results_and_figure(tmp_path, model: str) -
     assert "sink_window" in result.output
 
 
+def test_sparsify_eval_of_a_text_file_measures_the_padded_batch(tmp_path) -> None:
+    """``--text-file``: its lines are one padded batch; NSA and delta (which select among real
+    keys only because each example is attended alone) run on it."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a short line\n" + "a much longer line of text to pad the other one " * 3)
+    arguments = ["sparsify-eval", "--model", "minilm", "--text-file", str(texts)]
+    result = CliRunner().invoke(
+        app, [*arguments, "--methods", "top_k,nsa,delta", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    reports = json.loads((tmp_path / "minilm" / "results.json").read_text())["reports"]
+    assert [report["method"] for report in reports] == ["top_k", "nsa", "delta"]
+    assert all(0 < report["mean_recall"] < 1 for report in reports)
+
+
 def test_sparsify_eval_compares_the_registered_methods_by_default(tmp_path, monkeypatch) -> None:
     import workbench.cli
 
