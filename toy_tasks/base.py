@@ -173,6 +173,24 @@ TORCH_SEED_MAX = 2**64 - 1
 """Largest seed a ``torch.Generator`` takes (seeds are unsigned 64-bit)."""
 
 
+def token_name(task: ToyTask, token: int) -> str:
+    """The task's name of ``token`` (``token_name`` / ``token_names`` where it has one, e.g.
+    ``K3``, ``V17``), else the id."""
+    if hasattr(task, "token_name"):
+        return task.token_name(token)
+    if hasattr(task, "token_names"):
+        return task.token_names()[token]
+    return str(token)
+
+
+def token_labels(task: ToyTask, inputs: torch.Tensor) -> list[list[str]] | None:
+    """``[batch][pos]`` names of the tokens ``inputs`` ``[batch, pos]`` of a token task
+    (`token_name`); None for continuous inputs (figures then show positions)."""
+    if task.kind != "tokens":
+        return None
+    return [[token_name(task, token) for token in row] for row in inputs.tolist()]
+
+
 def check_int(name: str, value: int, low: int, high: int | None = None) -> None:
     """Raise ``ValueError`` unless ``value`` is an int (not a bool) with ``low <= value <= high``
     (``high=None``: no upper bound)."""

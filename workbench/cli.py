@@ -135,6 +135,19 @@ def trace_command(
         ),
     ] = None,
     task: Annotated[str, typer.Option(help="Toy task for --model toy.")] = "assoc_recall",
+    run: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --model: a trained run (its folder, or a config-hash prefix under "
+            "--runs), its newest checkpoint on its first --examples evaluation examples, with "
+            "their relevant positions, under the run's own sparse method if it trained with one."
+        ),
+    ] = None,
+    runs: Annotated[Path, typer.Option(help="Root of the run store (for --run).")] = Path("runs"),
+    examples: Annotated[int, typer.Option(min=1, help="Evaluation examples of --run traced.")] = 8,
+    dense: Annotated[
+        bool, typer.Option(help="Trace a sparse run's model with dense attention.")
+    ] = False,
     method: Annotated[
         str | None,
         typer.Option(
@@ -153,7 +166,10 @@ def trace_command(
     ] = None,
     block_size: Annotated[int, typer.Option(help="Block size of --method's layouts.")] = 16,
     out: Annotated[
-        Path, typer.Option(help="Output root: files go to OUT/minilm or OUT/toy-<task>.")
+        Path,
+        typer.Option(
+            help="Output root: files go to OUT/minilm, OUT/toy-<task> or OUT/<experiment>-<hash>."
+        ),
     ] = Path("runs/trace"),
     seed: Annotated[int, typer.Option(help="Seed of the toy model and task sample.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier trace.")] = False,
@@ -168,17 +184,22 @@ def trace_command(
 
     if model not in ("minilm", "toy"):
         raise typer.BadParameter("expected 'minilm' or 'toy'", param_hint="--model")
-    out = _output_folder(out, model, task)
-    if not overwrite:
-        _refuse_to_overwrite(out, ["trace.safetensors", "trace.json", "trace.html"])
     sparse = _sparse_options(method, settings, sparse_layers, block_size)
-    if model == "minilm":
-        texts = [text] if text_file is None else _read_texts(text_file)
-        inputs, tokens, network = _minilm_tokens(texts)
-        relevant = None
+    if run is not None:
+        network, inputs, relevant, tokens, own_method, found = _run_inputs(run, runs, examples)
+        folder = out / f"{found.experiment}-{found.name}"
+        sparse = {} if dense else sparse or own_method
     else:
-        inputs, relevant, network = _toy_inputs(task, seed)
-        tokens = [[str(token) for token in row] for row in inputs.tolist()]  # token ids
+        folder = _output_folder(out, model, task)
+        if model == "minilm":
+            texts = [text] if text_file is None else _read_texts(text_file)
+            inputs, tokens, network = _minilm_tokens(texts)
+            relevant = None
+        else:
+            inputs, relevant, network = _toy_inputs(task, seed)
+            tokens = [[str(token) for token in row] for row in inputs.tolist()]  # token ids
+    if not overwrite:
+        _refuse_to_overwrite(folder, ["trace.safetensors", "trace.json", "trace.html"])
     try:
         result = trace(
             network, inputs, TraceConfig(), relevant_positions=relevant, tokens=tokens, **sparse
@@ -189,7 +210,7 @@ def trace_command(
         ) from None
     title = "attention used"
     if sparse:
-        title += f" under {method} {sparse['sparse'].hyper_parameters()}"
+        title += f" under {sparse['sparse'].name} {sparse['sparse'].hyper_parameters()}"
     table = Table("layer", "head", "entropy", "max weight", "k_0.9", "relevant mass", title=title)
     for layer in sorted(result.stats):
         means = {
@@ -204,9 +225,11 @@ def trace_command(
             cells = [f"{means[name][index]:.3f}" for name in means]
             table.add_row(str(layer), str(head), *cells, *["-"] * (4 - len(cells)))
     Console().print(table)
-    result.save(out / "trace")
-    write_figure(trace_figure(result), out / "trace.html")
-    typer.echo(f"wrote {out / 'trace.safetensors'}, {out / 'trace.json'} and {out / 'trace.html'}")
+    result.save(folder / "trace")
+    write_figure(trace_figure(result), folder / "trace.html")
+    typer.echo(
+        f"wrote {folder / 'trace.safetensors'}, {folder / 'trace.json'} and {folder / 'trace.html'}"
+    )
 
 
 def default_methods() -> list[str]:
@@ -399,6 +422,37 @@ def _sparse_options(
             str(error), param_hint="--method / --set / --sparse-layers"
         ) from None
     return {"sparse": chosen, "sparse_layers": layer_list, "sparse_block_size": block_size}
+
+
+def _run_inputs(run: str, root: Path, examples: int) -> tuple[Any, ...]:
+    """``(model, inputs, relevant positions, tokens, sparse, run)`` of a trained run: its newest
+    checkpoint's model on the first ``examples`` of its evaluation examples (tokens named as the
+    task names them; None for continuous inputs) and `workbench.trace.trace`'s arguments for the
+    sparse method it trained with (``{}`` when it trained densely)."""
+    import torch
+
+    import workbench.sparse
+    from toy_tasks.base import token_labels
+    from workbench.runs import resolve_run
+    from workbench.train.checkpoint import load_model
+    from workbench.train.data import evaluation_batch
+
+    try:
+        found = resolve_run(run, root)
+        network, config, _ = load_model(found.path)
+    except (ValueError, OSError) as error:
+        raise typer.BadParameter(str(error), param_hint="--run") from None
+    batch = evaluation_batch(config)
+    batch = batch.take(torch.arange(min(examples, batch.batch_size)))
+    tokens = token_labels(config.resolved_task(), batch.inputs)
+    own = {}
+    if config.sparse is not None:
+        own = {
+            "sparse": workbench.sparse.get(config.sparse.method, **config.sparse.hparams),
+            "sparse_layers": config.sparse.layers,
+            "sparse_block_size": config.sparse.block_size,
+        }
+    return network, batch.inputs, batch.relevant_positions, tokens, own, found
 
 
 def _read_texts(path: Path) -> list[str]:

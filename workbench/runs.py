@@ -297,6 +297,19 @@ def is_run(folder: str | Path) -> bool:
     return any((Path(folder) / name).exists() for name in (CONFIG, METRICS))
 
 
+def resolve_run(run: str | Path, root: str | Path) -> Run:
+    """The run ``run`` names: a run folder, or a config-hash prefix of one run under the store
+    ``root``; ``ValueError`` saying why not."""
+    if Path(run).is_dir():
+        if not is_run(run):
+            raise ValueError(f"{run} is not a run folder (no {CONFIG} or {METRICS})")
+        return Run(Path(run))
+    try:
+        return RunStore(root).find(str(run))
+    except (KeyError, LookupError) as error:
+        raise ValueError(error.args[0] if error.args else str(error)) from None
+
+
 @dataclass(frozen=True)
 class Analysis:
     """An analysis folder of an experiment: ``experiment.yaml``, ``results.json``, ``figures/``."""

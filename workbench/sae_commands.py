@@ -178,15 +178,11 @@ def _checked(make: Any) -> Any:
 
 
 def _find_run(run: str, root: Path) -> Any:
-    from workbench.runs import Run, RunStore, is_run
+    from workbench.runs import resolve_run
 
-    if Path(run).is_dir():
-        if not is_run(run):
-            raise typer.BadParameter(f"{run} is not a run folder", param_hint="RUN")
-        return Run(Path(run))
     try:
-        return RunStore(root).find(run)
-    except (KeyError, ValueError, LookupError) as error:
+        return resolve_run(run, root)
+    except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="RUN") from None
 
 

@@ -302,6 +302,34 @@ def test_cli_trace_of_a_text_file_under_a_sparse_method(tmp_path) -> None:
     assert bad.exit_code != 0 and "holds no text" in bad.output
 
 
+def test_cli_trace_of_a_trained_run(dashboard_runs, tmp_path) -> None:
+    """``--run``: the run's model on its evaluation examples, with relevant positions and the
+    task's token names, under the sparse method it trained with (top-k, k = 3, layer 1) unless
+    ``--dense``; a run without a checkpoint is a usage error naming ``--run``."""
+    from workbench.runs import RunStore
+
+    runs = RunStore(dashboard_runs).runs()
+    sparse_run = next(run for run in runs if (run.config() or {}).get("sparse"))
+    arguments = ["trace", "--run", sparse_run.name[:8], "--runs", str(dashboard_runs)]
+    arguments += ["--examples", "3", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, arguments, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "under top_k {'k': 3}" in result.output
+    folder = tmp_path / f"{sparse_run.experiment}-{sparse_run.name}"
+    traced = Trace.load(folder / "trace")
+    assert traced.metadata["batch_size"] == 3 and set(traced.dense_stats) == {1}
+    assert traced.metadata["sparse"]["method"] == {"name": "top_k", "k": 3}
+    assert (traced.stats[1]["top_p_budget"] <= 3).all()
+    assert "relevant_mass" in traced.stats[0]
+    assert traced.metadata["tokens"][0][0][0] in "KV"  # the task's names (K3, V17, ...)
+    dense = CliRunner().invoke(app, [*arguments, "--dense", "--overwrite"])
+    assert dense.exit_code == 0, dense.output
+    assert Trace.load(folder / "trace").metadata["sparse"] is None
+    unfinished = ["trace", "--run", "half0000", "--runs", str(dashboard_runs)]
+    bad = CliRunner().invoke(app, [*unfinished, "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--run" in bad.output
+
+
 # ---------------------------------------------------------------------------- sparse models
 def test_tracing_a_sparse_method_records_the_attention_it_uses() -> None:
     """``trace(sparse=...)``: the forward is the sparsified model's; on its sparse layer the

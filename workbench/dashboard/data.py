@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import nn
 
-from toy_tasks.base import Batch, ToyTask
+from toy_tasks.base import Batch, token_labels
 from workbench.capture import AttentionCache
 from workbench.runs import Analysis, Run, RunStore
 from workbench.trace import Trace
@@ -114,16 +114,6 @@ class SAEView:
             n=n,
             sparse=self.subject.sparse,
         )
-
-
-def token_labels(task: ToyTask, inputs: torch.Tensor) -> list[list[str]] | None:
-    """``[batch][pos]`` names of the tokens of a token task (``K3``, ``V17``, ...); None for
-    continuous inputs (their figures show positions)."""
-    from workbench.sae.sources import token_name
-
-    if task.kind != "tokens":
-        return None
-    return [[token_name(task, token) for token in row] for row in inputs.tolist()]
 
 
 def model_subject(run: Run, examples: int) -> AttentionSubject:

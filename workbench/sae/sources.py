@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from toy_tasks.base import NO_POSITION, Batch, ToyTask, check_int
+from toy_tasks.base import NO_POSITION, Batch, ToyTask, check_int, token_name
 
 
 class Source(Protocol):
@@ -136,15 +136,6 @@ class TaskSource:
             "seed": self.seed,
             "positions": self.positions,
         }
-
-
-def token_name(task: ToyTask, token: int) -> str:
-    """The task's name of ``token`` (``token_name`` / ``token_names`` where it has one)."""
-    if hasattr(task, "token_name"):
-        return task.token_name(token)
-    if hasattr(task, "token_names"):
-        return task.token_names()[token]
-    return str(token)
 
 
 def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
