@@ -86,14 +86,78 @@ def test_heads_restrict_sparsity_to_the_chosen_heads() -> None:
     assert not torch.allclose(sparse[:, :, [1, 3]], dense[:, :, [1, 3]], atol=1e-3)
 
 
-def test_decoding_with_a_kv_cache_raises() -> None:
-    model = hf_model("gpt2")
-    x = tokens()
-    method = KEEP_ALL["sink_window"]
-    with torch.no_grad(), sparsify(model, method, block_size=16):
-        past = model(input_ids=x, use_cache=True).past_key_values
-        with pytest.raises(NotImplementedError, match="key-value cache"):
-            model(input_ids=x[:, :1], past_key_values=past, use_cache=True)
+def decode(model, x: torch.Tensor, mask: torch.Tensor, new: int) -> tuple[torch.Tensor, ...]:
+    """``(full, decoded)`` logits of the last ``new`` tokens of ``x`` ``[batch, seq]``: from one
+    forward of the whole sequence, and from a prefill of the rest followed by one cached forward
+    per token (as ``generate`` runs)."""
+    full = model(input_ids=x, attention_mask=mask).logits[:, -new:]
+    past = model(input_ids=x[:, :-new], attention_mask=mask[:, :-new], use_cache=True)
+    past, steps = past.past_key_values, []
+    for t in range(x.shape[1] - new, x.shape[1]):
+        step = model(
+            input_ids=x[:, t : t + 1],
+            attention_mask=mask[:, : t + 1],
+            past_key_values=past,
+            use_cache=True,
+        )
+        past = step.past_key_values
+        steps.append(step.logits[:, -1])
+    return full, torch.stack(steps, dim=1)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [("top_k", {"k": 3}), ("top_p", {"p": 0.7}), ("sink_window", {"sink": 1, "window": 3})],
+)
+def test_decoding_with_a_kv_cache_gives_each_token_its_full_forward_row(
+    kind: str, name: str, settings: dict
+) -> None:
+    """Generating with a key-value cache (left-padded batch): a method whose selection of a row
+    depends on that row alone gives each new token the logits of the full forward's row, and
+    those differ from dense attention's."""
+    model, x, mask = hf_model(kind), tokens(), padding_mask(left=True)
+    method = workbench.sparse.get(name, **settings)
+    with torch.no_grad():
+        dense, _ = decode(model, x, mask, new=3)
+        with sparsify(model, method, block_size=16) as record:
+            full, decoded = decode(model, x, mask, new=3)
+    torch.testing.assert_close(decoded, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full, dense, atol=1e-3)
+    queries = {call["q_len"] for call in record.calls}
+    assert 1 in queries and max(queries) == SEQ  # cached calls routed, beside full forwards
+    assert all(0 < call["density"] < 1 for call in record.calls if call["q_len"] == 1)
+
+
+def test_quest_selects_pages_for_each_decoded_token() -> None:
+    """Quest is a decoding method: a cached forward of one query keeps at most its budget of
+    pages of the cached keys (2 pages of 2 keys, of the 2 x kv_len - 3 real keys of the
+    batch)."""
+    model, x, mask = hf_model("gpt2"), tokens(), padding_mask(left=True)
+    method = workbench.sparse.get("quest", page_size=2, budget=2)
+    with torch.no_grad(), sparsify(model, method, block_size=16) as record:
+        decode(model, x, mask, new=2)
+    decoding = [call for call in record.calls if call["q_len"] == 1]
+    assert len(decoding) == 4  # 2 tokens x 2 layers
+    for call in decoding:
+        assert call["density"] <= 2 * 4 / (2 * call["kv_len"] - 3) + 1e-6, call
+
+
+def test_cross_attention_and_transformer_lens_caches_are_refused() -> None:
+    from workbench.attention import AttentionCall
+    from workbench.sparse.patch import SparseCore
+
+    q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 7, 8)
+    call = AttentionCall(0, q, k, k, 0.35, False, None, module=None, model_attention=None)
+    with pytest.raises(NotImplementedError, match="without a causal mask"):
+        SparseCore(workbench.sparse.get("top_k")).compute(call)
+    model = tl_model("standard")
+    with (
+        torch.no_grad(),
+        sparsify(model, workbench.sparse.get("top_k"), block_size=16),
+        pytest.raises(NotImplementedError, match="kv cache"),
+    ):
+        model.generate(tokens()[:, :4], max_new_tokens=2, stop_at_eos=False, verbose=False)
 
 
 @pytest.mark.parametrize("kind", ["standard", "rotary"])

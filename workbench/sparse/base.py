@@ -162,16 +162,17 @@ class SparseMethod(ABC):
         attention probabilities (`run_branch`).
 
         ``key_padding`` ``[batch, kv_len]`` (True = real key): in self-attention (``q_len ==
-        kv_len``) with each example's real tokens in one span, each example is attended alone on
-        its span (`workbench.sparse.padding`: the method selects among real keys only; padded
-        query rows get 0). Otherwise the padding is added to every branch's selection
+        kv_len``, or causal with the queries the last ``q_len`` tokens, as when decoding) with
+        each example's real tokens in one span, each example is attended alone on its span
+        (`workbench.sparse.padding`: the method selects among real keys only; padded query rows
+        get 0). Otherwise the padding is added to every branch's selection
         (`with_key_padding`: the method selects on the padded sequence), and a method with
         branches over pooled keys or some rows, or its own ``correct`` or ``combine``, raises
         ``NotImplementedError``."""
         if state is None:
             state = self.default_state(q)
         spans = None
-        if key_padding is not None and q.shape[2] == k.shape[2]:
+        if key_padding is not None and (q.shape[2] == k.shape[2] or causal):
             spans = real_spans(key_padding)
             if spans is not None and all(span == (0, k.shape[2]) for span in spans):
                 spans = key_padding = None  # no padding
@@ -185,8 +186,8 @@ class SparseMethod(ABC):
         if key_padding is not None:
             warnings.warn(
                 f"{self.name}: the key padding is not one span of real tokens per example (or "
-                "q_len != kv_len): the method selects on the padded sequence and the padded keys "
-                "are dropped afterwards",
+                "the queries are not the last tokens): the method selects on the padded "
+                "sequence and the padded keys are dropped afterwards",
                 stacklevel=2,
             )
         branches = self.branches(

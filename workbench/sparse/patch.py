@@ -18,10 +18,17 @@ call; ``record.states`` lists them (e.g. for an optimiser). On exit they are rem
 ``keep_state=True``: then they stay part of the model (trained, saved with it) and a later
 ``sparsify`` with a method of the same name reuses them.
 
+Decoding: a causal call with fewer queries than keys (Hugging Face models generating with a
+key-value cache: the queries are the last tokens) runs the method on the new queries against every
+cached key, so methods made for decoding (``quest``'s pages per query) select there. A method
+whose selection of a row depends only on that row (``top_k``, ``top_p``, ``sink_window``) then
+gives each generated token what the full forward gives its row.
+
 Limits:
 
-* Only full-sequence forwards (training, scoring, prefill): a call whose queries are fewer than
-  its keys (decoding with a key-value cache) raises ``NotImplementedError``.
+* TransformerLens' own key-value cache (``past_kv_cache_entry``) is not routed
+  (``NotImplementedError``); cross-attention (non-causal calls with fewer queries than keys)
+  raises too.
 * Padded batches (``attention_mask``) with one span of real tokens per example (right or left
   padding) are attended example by example (`workbench.sparse.padding`): each example's real
   tokens get exactly what the example gets alone (the method selects among real keys; the sinks of
@@ -63,11 +70,12 @@ from workbench.sparse.state import STATE_NAME
 
 
 def real_queries(call: AttentionInputs) -> torch.Tensor:
-    """``[batch|1, 1, q_len, 1]`` bool: query rows of real tokens (self-attention: ``q_len ==
-    kv_len``, so query ``i`` is token ``i``)."""
+    """``[batch|1, 1, q_len, 1]`` bool: query rows of real tokens (self-attention: query ``i`` is
+    token ``kv_len - q_len + i``, the last tokens when decoding with a key-value cache)."""
+    q_len = call.q.shape[2]
     if call.key_padding is None:
-        return torch.ones(1, 1, call.q.shape[2], 1, dtype=torch.bool, device=call.q.device)
-    return call.key_padding[:, None, :, None]
+        return torch.ones(1, 1, q_len, 1, dtype=torch.bool, device=call.q.device)
+    return call.key_padding[:, None, call.key_padding.shape[1] - q_len :, None]
 
 
 def kept_fraction(layout: Layout, call: AttentionInputs, q: torch.Tensor, k: torch.Tensor) -> float:
@@ -143,10 +151,11 @@ class SparseCore:
     def compute(self, call: AttentionInputs) -> SparseResult:
         """Sparse attention of the chosen heads, dense attention of the others."""
         q_len, kv_len = call.q.shape[2], call.k.shape[2]
-        if q_len != kv_len:
+        if q_len != kv_len and not (call.causal and q_len < kv_len):
             raise NotImplementedError(
-                f"sparsify supports full-sequence forwards only (q_len == kv_len), got q_len "
-                f"{q_len} and kv_len {kv_len}: decoding with a key-value cache is not supported"
+                f"sparsify takes self-attention: q_len == kv_len, or fewer queries than keys in "
+                f"causal attention (decoding with a key-value cache); got q_len {q_len} and "
+                f"kv_len {kv_len}{'' if call.causal else ' without a causal mask'}"
             )
         q, k, v = self._chosen(call)
         out, layout = self.method.attend(

@@ -11,15 +11,20 @@ from hypothesis import strategies as st
 import workbench.sparse as sparse
 from workbench.sparse.padding import real_spans
 
-BATCH, HEADS, KV_HEADS, LENGTH, D_HEAD = 4, 2, 1, 40, 8
-SPANS = [(0, LENGTH), (0, 29), (7, LENGTH), (0, 0)]
-"""Per example of the padded batch: unpadded, right-padded, left-padded, all padding."""
+BATCH, HEADS, KV_HEADS, LENGTH, D_HEAD = 5, 2, 1, 40, 8
+SPANS = [(0, LENGTH), (0, 29), (7, LENGTH), (0, 0), (LENGTH - 3, LENGTH)]
+"""Per example of the padded batch: unpadded, right-padded, left-padded, all padding, and left-
+padded up to the last 3 tokens (shorter than the decoded queries)."""
+SELF_ATTENTION_ONLY = {"dusa"}
+"""Methods that take no decoding call (and say so)."""
+DECODED = 6
+"""Queries of a decoding call: the last 6 tokens."""
 OPTIONS = {"block_size": 16, "impl": "reference"}
 METHODS = [name for name in sparse.names() if not sparse.method_class(name).needs_calibration]
 
 
 def padded_batch(seed: int = 0):
-    """q, k, v ``[4, heads, 40, 8]`` float64 whose padded positions hold large values (a method
+    """q, k, v ``[5, heads, 40, 8]`` float64 whose padded positions hold large values (a method
     that selected among them would pick them) and the key padding of `SPANS`."""
     generator = torch.Generator().manual_seed(seed)
     q, k, v = (
@@ -40,36 +45,48 @@ def attend(method, q, k, v, state, seed, **options):
     return method.attend(q, k, v, state=state, **OPTIONS, **options)
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("causal", "queries"), [(False, LENGTH), (True, LENGTH), (True, DECODED)])
 @pytest.mark.parametrize("name", METHODS)
-def test_padded_batch_gives_each_example_what_it_gets_alone(name: str, causal: bool) -> None:
+def test_padded_batch_gives_each_example_what_it_gets_alone(
+    name: str, causal: bool, queries: int
+) -> None:
+    """Full forwards (``queries == kv_len``) and decoding (the last `DECODED` tokens' queries
+    against every key, causal)."""
     method = sparse.short_input(name)
     state = method.state_module(layer=0, heads=HEADS, d_head=D_HEAD)
     state = None if state is None else state.to(torch.float64)
     q, k, v, padding = padded_batch()
+    q = q[:, :, LENGTH - queries :]
+    if queries < LENGTH and name in SELF_ATTENTION_ONLY:
+        with pytest.raises(ValueError, match="needs self-attention"):
+            attend(method, q, k, v, state, 1, causal=causal, key_padding=padding)
+        return
     with torch.no_grad():
         out, layout = attend(method, q, k, v, state, 1, causal=causal, key_padding=padding)
         kept = layout.to_dense()
         torch.manual_seed(1)
         for example, (start, end) in enumerate(SPANS):
-            rows = slice(start, end)
-            padded_rows = torch.ones(LENGTH, dtype=torch.bool)
+            # the query rows of the example's tokens (query i is token LENGTH - queries + i)
+            rows = slice(max(start - LENGTH + queries, 0), max(end - LENGTH + queries, 0))
+            keys = slice(start, end)
+            padded_rows = torch.ones(queries, dtype=torch.bool)
             padded_rows[rows] = False
+            padded_keys = torch.ones(LENGTH, dtype=torch.bool)
+            padded_keys[keys] = False
             assert not out[example, :, padded_rows].any(), (name, example)
-            assert (
-                not kept[example, :, padded_rows].any()
-                and not kept[example][..., padded_rows].any()
-            )
-            if start == end:
+            assert not kept[example, :, padded_rows].any(), (name, example)
+            assert not kept[example][..., padded_keys].any(), (name, example)
+            if rows.start == rows.stop:
                 continue
-            one = [tensor[example : example + 1, :, rows] for tensor in (q, k, v)]
+            one = [q[example : example + 1, :, rows]]
+            one += [tensor[example : example + 1, :, keys] for tensor in (k, v)]
             alone, alone_layout = method.attend(*one, causal=causal, state=state, **OPTIONS)
             torch.testing.assert_close(out[example : example + 1, :, rows], alone, rtol=0, atol=0)
             scores = None
             if alone_layout.row_threshold is not None:
                 scores = (one[0] @ one[1].transpose(-1, -2)) * D_HEAD**-0.5
             expected = alone_layout.to_dense(scores)[0].expand(HEADS, -1, -1)
-            assert torch.equal(kept[example, :, rows, rows], expected), (name, example)
+            assert torch.equal(kept[example, :, rows, keys], expected), (name, example)
 
 
 def test_padded_batch_differentiates_like_the_examples_alone() -> None:
