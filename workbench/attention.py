@@ -26,8 +26,9 @@ TransformerLens (``HookedTransformer``, ``HookedEncoder``)
     ``additive_attention_mask``. Unsupported configurations raise ``NotImplementedError`` naming
     the config field: ``use_attn_result``, ``load_in_4bit``, ``positional_embedding_type`` alibi /
     relative_positional_bias, ``use_attention_sinks``, ``use_logn_attn``, ``attn_scores_soft_cap``,
-    ``clip_qkv``, OLMo qk-norm (``original_architecture``), local attention (``window_size``), and
-    a key-value cache (``past_kv_cache_entry``, at call time).
+    ``clip_qkv``, OLMo qk-norm (``original_architecture``), local attention (``window_size``).
+    A key-value cache entry (``past_kv_cache_entry``: ``generate(use_past_kv_cache=True)``) is
+    appended to as TL does, and the call's queries are the last positions.
 
 TransformerLens ``TransformerBridge`` (TL-native models of ``TransformerBridge.boot_native``)
     The bridge (TL 3.9, the successor of ``HookedTransformer``) wraps a model of its own: each
@@ -397,16 +398,20 @@ def _tl_routed_forward(
     attention_mask: torch.Tensor | None = None,
     position_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Replacement of `AbstractAttention.forward` (same signature); returns ``[batch, pos, d_model]``."""
-    if past_kv_cache_entry is not None:
-        raise NotImplementedError("route_attention does not support past_kv_cache_entry (kv cache)")
+    """Replacement of `AbstractAttention.forward` (same signature); returns ``[batch, pos, d_model]``.
+    With a key-value cache entry (generation) the new keys and values are appended to it and the
+    queries (the last positions) attend to every cached key, as TL does."""
     if position_bias is not None:
         raise NotImplementedError("route_attention does not support position_bias")
     # [batch, pos, head_index, d_head]; k, v: [batch, kv_pos, kv_head_index, d_head]
     q, k, v = attn.calculate_qkv_matrices(query_input, key_input, value_input)
+    offset = 0  # positions before the queries' (cached)
+    if past_kv_cache_entry is not None:
+        offset = past_kv_cache_entry.past_keys.size(1)
+        k, v = past_kv_cache_entry.append(k, v)
     if attn.cfg.positional_embedding_type == "rotary":
-        q = attn.hook_rot_q(attn.apply_rotary(q, 0, attention_mask))
-        k = attn.hook_rot_k(attn.apply_rotary(k, 0, attention_mask))
+        q = attn.hook_rot_q(attn.apply_rotary(q, offset, attention_mask))
+        k = attn.hook_rot_k(attn.apply_rotary(k, 0, attention_mask))  # cached keys: no offset
     causal = (attn._attention_dir_override or attn.cfg.attention_dir) == "causal"
     call = AttentionCall(
         layer=layer,
@@ -418,7 +423,15 @@ def _tl_routed_forward(
         key_padding=_tl_key_padding(causal, attention_mask, additive_attention_mask),
         module=attn,
         model_attention=functools.partial(
-            _tl_model_attention, attn, q, k, v, causal, attention_mask, additive_attention_mask
+            _tl_model_attention,
+            attn,
+            q,
+            k,
+            v,
+            causal,
+            attention_mask,
+            additive_attention_mask,
+            offset=offset,
         ),
         dropout=attention_dropout(attn),
     )
@@ -451,16 +464,19 @@ def _tl_model_attention(
     attention_mask: torch.Tensor | None,
     additive_mask: torch.Tensor | None,
     with_pattern: bool = False,
+    *,
+    offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TL's own score / mask / softmax / z code (``hook_attn_scores``, ``hook_pattern`` fire).
 
-    ``q`` ``[batch, pos, head_index, d_head]``, ``k, v`` ``[batch, kv_pos, kv_head_index, d_head]``.
-    Returns ``z`` ``[batch, head_index, pos, d_head]`` and the pattern (``with_pattern`` is
-    accepted for the common signature: TL always has it).
+    ``q`` ``[batch, pos, head_index, d_head]``, ``k, v`` ``[batch, kv_pos, kv_head_index, d_head]``
+    (``kv_pos = offset + pos``: ``offset`` cached positions). Returns ``z`` ``[batch, head_index,
+    pos, d_head]`` and the pattern (``with_pattern`` is accepted for the common signature: TL
+    always has it).
     """
     scores = attn.calculate_attention_scores(q, k)  # [batch, head_index, query_pos, key_pos]
     if causal:
-        scores = attn.apply_causal_mask(scores, 0, attention_mask)
+        scores = attn.apply_causal_mask(scores, offset, attention_mask)
     if additive_mask is not None:
         scores = scores + additive_mask
     scores = attn.hook_attn_scores(scores)

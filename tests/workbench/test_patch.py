@@ -143,7 +143,7 @@ def test_quest_selects_pages_for_each_decoded_token() -> None:
         assert call["density"] <= 2 * 4 / (2 * call["kv_len"] - 3) + 1e-6, call
 
 
-def test_cross_attention_and_transformer_lens_caches_are_refused() -> None:
+def test_cross_attention_is_refused() -> None:
     from workbench.attention import AttentionCall
     from workbench.sparse.patch import SparseCore
 
@@ -151,13 +151,37 @@ def test_cross_attention_and_transformer_lens_caches_are_refused() -> None:
     call = AttentionCall(0, q, k, k, 0.35, False, None, module=None, model_attention=None)
     with pytest.raises(NotImplementedError, match="without a causal mask"):
         SparseCore(workbench.sparse.get("top_k")).compute(call)
-    model = tl_model("standard")
-    with (
-        torch.no_grad(),
-        sparsify(model, workbench.sparse.get("top_k"), block_size=16),
-        pytest.raises(NotImplementedError, match="kv cache"),
-    ):
-        model.generate(tokens()[:, :4], max_new_tokens=2, stop_at_eos=False, verbose=False)
+
+
+GENERATE = {"max_new_tokens": 4, "stop_at_eos": False, "verbose": False, "do_sample": False}
+
+
+@pytest.mark.parametrize("kind", ["standard", "rotary"])
+def test_transformer_lens_cache_routes_as_the_model_attends(kind: str) -> None:
+    """``generate(use_past_kv_cache=True)`` under a method that keeps every key gives the tokens
+    of the model's own cached generation (TL's cache is appended to as TL does)."""
+    model, prompt = tl_model(kind), tokens()[:, :6]
+    with torch.no_grad():
+        dense = model.generate(prompt, use_past_kv_cache=True, **GENERATE)
+        with sparsify(model, KEEP_ALL["sink_window"], block_size=16) as record:
+            routed = model.generate(prompt, use_past_kv_cache=True, **GENERATE)
+    assert torch.equal(routed, dense)
+    assert {call["q_len"] for call in record.calls} == {1, 6}
+
+
+def test_transformer_lens_generates_with_its_cache_as_without() -> None:
+    """Under a row-wise method (top-k) TL's cached generation equals generating without the
+    cache (every step a full forward; rotary positions, where TL's own two paths agree), and its
+    logits differ from dense attention's."""
+    model, prompt = tl_model("rotary"), tokens()[:, :6]
+    with torch.no_grad():
+        with sparsify(model, workbench.sparse.get("top_k", k=2), block_size=16):
+            cached = model.generate(prompt, use_past_kv_cache=True, **GENERATE)
+            uncached = model.generate(prompt, use_past_kv_cache=False, **GENERATE)
+            logits = model(cached)
+        dense_logits = model(cached)
+    assert torch.equal(cached, uncached)
+    assert not torch.allclose(logits, dense_logits, atol=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["standard", "rotary"])

@@ -18,17 +18,16 @@ call; ``record.states`` lists them (e.g. for an optimiser). On exit they are rem
 ``keep_state=True``: then they stay part of the model (trained, saved with it) and a later
 ``sparsify`` with a method of the same name reuses them.
 
-Decoding: a causal call with fewer queries than keys (Hugging Face models generating with a
-key-value cache: the queries are the last tokens) runs the method on the new queries against every
-cached key, so methods made for decoding (``quest``'s pages per query) select there. A method
-whose selection of a row depends only on that row (``top_k``, ``top_p``, ``sink_window``) then
-gives each generated token what the full forward gives its row.
+Decoding: a causal call with fewer queries than keys (generating with a key-value cache, Hugging
+Face's or TransformerLens': the queries are the last tokens) runs the method on the new queries
+against every cached key, so methods made for decoding (``quest``'s pages per query) select
+there. A method whose selection of a row depends only on that row (``top_k``, ``top_p``,
+``sink_window``) then gives each generated token what the full forward gives its row.
 
 Limits:
 
-* TransformerLens' own key-value cache (``past_kv_cache_entry``) is not routed
-  (``NotImplementedError``); cross-attention (non-causal calls with fewer queries than keys)
-  raises too.
+* Cross-attention (non-causal calls with fewer queries than keys) raises
+  ``NotImplementedError``.
 * Padded batches (``attention_mask``) with one span of real tokens per example (right or left
   padding) are attended example by example (`workbench.sparse.padding`): each example's real
   tokens get exactly what the example gets alone (the method selects among real keys; the sinks of
