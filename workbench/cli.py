@@ -121,19 +121,23 @@ def tasks_overview_command(
     typer.echo(f"wrote {out / 'summary.json'} and {out / 'index.html'}")
 
 
+TextFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Instead of --text: a UTF-8 file with one text per line (blank lines skipped), one "
+        "padded batch (each example attended and traced as if alone).",
+    ),
+]
+"""``--text-file`` of the MiniLM commands (`_read_texts`)."""
+
+
 @app.command("trace")
 def trace_command(
     model: Annotated[str, typer.Option(help="'minilm' (the bundled MiniLM) or 'toy'.")] = "toy",
     text: Annotated[
         str, typer.Option(help="Text for --model minilm.")
     ] = "Sparse attention keeps the keys that matter.",
-    text_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Instead of --text: a UTF-8 file with one text per line (blank lines skipped), "
-            "traced as one padded batch."
-        ),
-    ] = None,
+    text_file: TextFileOption = None,
     task: Annotated[str, typer.Option(help="Toy task for --model toy.")] = "assoc_recall",
     run: Annotated[
         str | None,
@@ -294,13 +298,7 @@ def sparsify_eval_command(
     text: Annotated[
         str, typer.Option(help="Text for --model minilm (default: a paragraph of ~170 tokens).")
     ] = MINILM_TEXT,
-    text_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Instead of --text: a UTF-8 file with one text per line (blank lines skipped), "
-            "one padded batch (each example attended as if alone)."
-        ),
-    ] = None,
+    text_file: TextFileOption = None,
     out: Annotated[
         Path, typer.Option(help="Output root: files go to OUT/minilm or OUT/toy-<task>.")
     ] = Path("runs/sparsify-eval"),

@@ -70,3 +70,37 @@ def fidelity_figure(reports: Sequence[Mapping[str, Any]], title: str = "") -> go
     figure.update_yaxes(title_text="||sparse - dense|| / ||dense||", row=1, col=2)
     figure.update_layout(title=title or "sparse-attention fidelity", barmode="group")
     return figure
+
+
+def decode_fidelity_figure(reports: Sequence[Mapping[str, Any]], title: str = "") -> go.Figure:
+    """Decoding-time fidelity (`workbench.metrics.decoding.DecodeFidelity.to_dict` dicts): left,
+    ``KL(dense || sparse)`` of each decoded token's next-token distribution; right, the fraction
+    of the cached keys kept at each step; one line per method in its fixed colour."""
+    figure = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("KL(dense || sparse) per decoded token", "kept fraction of cached keys"),
+    )
+    for report in reports:
+        colour = method_colour(report["method"])
+        steps = list(range(1, len(report["kl_by_token"]) + 1))
+        for column, key in ((1, "kl_by_token"), (2, "density_by_token")):
+            figure.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=report[key],
+                    mode="lines+markers",
+                    name=report["method"],
+                    legendgroup=report["method"],
+                    showlegend=column == 1,
+                    line={"color": colour},
+                ),
+                row=1,
+                col=column,
+            )
+    figure.update_xaxes(title_text="decoded token", row=1, col=1)
+    figure.update_xaxes(title_text="decoded token", row=1, col=2)
+    figure.update_yaxes(title_text="KL (nats)", rangemode="tozero", row=1, col=1)
+    figure.update_yaxes(title_text="kept / visible keys", range=[0, 1.05], row=1, col=2)
+    figure.update_layout(title=title or "sparse attention at decoding time")
+    return figure
