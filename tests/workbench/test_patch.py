@@ -8,6 +8,7 @@ from test_attention import SEQ, hf_forward, hf_model, padding_mask, tl_forward, 
 
 import workbench.sparse
 from kernels.layout import Layout
+from workbench.metrics.decoding import cache_keyword
 from workbench.sparse.patch import detach_states, sparsify, with_key_padding
 
 KEEP_ALL = {
@@ -91,16 +92,19 @@ def decode(model, x: torch.Tensor, mask: torch.Tensor, new: int) -> tuple[torch.
     forward of the whole sequence, and from a prefill of the rest followed by one cached forward
     per token (as ``generate`` runs)."""
     full = model(input_ids=x, attention_mask=mask).logits[:, -new:]
-    past = model(input_ids=x[:, :-new], attention_mask=mask[:, :-new], use_cache=True)
-    past, steps = past.past_key_values, []
+    name = cache_keyword(model)
+    cache = getattr(
+        model(input_ids=x[:, :-new], attention_mask=mask[:, :-new], use_cache=True), name
+    )
+    steps = []
     for t in range(x.shape[1] - new, x.shape[1]):
         step = model(
             input_ids=x[:, t : t + 1],
             attention_mask=mask[:, : t + 1],
-            past_key_values=past,
             use_cache=True,
+            **{name: cache},
         )
-        past = step.past_key_values
+        cache = getattr(step, name)
         steps.append(step.logits[:, -1])
     return full, torch.stack(steps, dim=1)
 

@@ -9,13 +9,14 @@ every cached key). Each step's next-token distribution is compared with the dens
 same position (one dense forward of the whole sequence): ``KL(dense || sparse)`` per decoded
 token, and the fraction of the cached keys the method kept at that step (mean over layers).
 
-Models: Hugging Face decoders (``past_key_values``) and TransformerLens ``HookedTransformer``
-(its ``TransformerLensKeyValueCache``). Shapes: ``tokens`` and ``attention_mask`` ``[batch,
-pos]`` (left padding, as decoders generate).
+Models: Hugging Face decoders (their key-value cache, `cache_keyword`) and TransformerLens
+``HookedTransformer`` (its ``TransformerLensKeyValueCache``). Shapes: ``tokens`` and
+``attention_mask`` ``[batch, pos]`` (left padding, as decoders generate).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,12 @@ class DecodeFidelity:
         return {**asdict(self), "kl": self.kl}
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The name of a Hugging Face model's key-value cache, in its ``forward`` and its outputs:
+    ``cache`` (transformers 5), else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @contextmanager
 def prefilled(
     model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor
@@ -81,19 +88,16 @@ def prefilled(
 
         yield tl_step
         return
-    state = {"past": model(input_ids=tokens, attention_mask=attention_mask, use_cache=True)}
-    state["past"] = state["past"].past_key_values
-    masks = [attention_mask]
+    name = cache_keyword(model)
+    output = model(input_ids=tokens, attention_mask=attention_mask, use_cache=True)
+    state, masks = {name: getattr(output, name)}, [attention_mask]
 
     def hf_step(token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         masks.append(mask)
         output = model(
-            input_ids=token,
-            attention_mask=torch.cat(masks, dim=1),
-            past_key_values=state["past"],
-            use_cache=True,
+            input_ids=token, attention_mask=torch.cat(masks, dim=1), use_cache=True, **state
         )
-        state["past"] = output.past_key_values
+        state[name] = getattr(output, name)
         return output.logits[:, -1]
 
     yield hf_step
