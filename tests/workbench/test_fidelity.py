@@ -129,16 +129,16 @@ def test_sparsify_eval_of_a_text_file_measures_the_padded_batch(tmp_path) -> Non
 
 
 def test_sparsify_eval_compares_the_registered_methods_by_default(tmp_path, monkeypatch) -> None:
-    import workbench.cli
+    import workbench.model_commands
 
-    defaults = workbench.cli.default_methods()
+    defaults = workbench.model_commands.default_methods()
     assert defaults == sorted(defaults) and set(defaults) <= set(workbench.sparse.names())
     assert {name for name in workbench.sparse.names() if name not in defaults} == {
         name
         for name in workbench.sparse.names()
         if workbench.sparse.method_class(name).needs_calibration
     }
-    monkeypatch.setattr(workbench.cli, "default_methods", lambda: ["quest", "power"])
+    monkeypatch.setattr(workbench.model_commands, "default_methods", lambda: ["quest", "power"])
     result = CliRunner().invoke(app, ["sparsify-eval", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     reports = json.loads((tmp_path / "toy-assoc_recall" / "results.json").read_text())["reports"]
