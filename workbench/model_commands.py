@@ -89,8 +89,7 @@ def trace_command(
             inputs, tokens, network = _minilm_tokens(texts)
             relevant = None
         else:
-            inputs, relevant, network = _toy_inputs(task, seed)
-            tokens = [[str(token) for token in row] for row in inputs.tolist()]  # token ids
+            inputs, relevant, tokens, network = _toy_inputs(task, seed)
     if not overwrite:
         _refuse_to_overwrite(folder, ["trace.safetensors", "trace.json", "trace.html"])
     try:
@@ -366,6 +365,12 @@ def _toy_batch(task_name: str, seed: int) -> tuple[Any, Any]:
     return task.sample(4, torch.Generator().manual_seed(seed)), toy_model(task, seed=seed)
 
 
-def _toy_inputs(task_name: str, seed: int) -> tuple[Any, Any, Any]:
+def _toy_inputs(task_name: str, seed: int) -> tuple[Any, ...]:
+    """``(inputs, relevant positions, tokens, model)`` of `_toy_batch`; the tokens as the task
+    names them (``K3``, ``V17``, ...)."""
+    import toy_tasks
+    from toy_tasks.base import token_labels
+
     batch, network = _toy_batch(task_name, seed)
-    return batch.inputs, batch.relevant_positions, network
+    tokens = token_labels(toy_tasks.get(task_name), batch.inputs)
+    return batch.inputs, batch.relevant_positions, tokens, network

@@ -262,7 +262,8 @@ def test_cli_trace_writes_files(tmp_path, model: str) -> None:
         assert spelled[0] == "[CLS]" and spelled[-1] == "[SEP]" and "sparse" in spelled
         assert len(spelled) == trace_result.metadata["seq_len"]
     else:
-        assert len(trace_result.metadata["tokens"]) == 4  # the toy batch's token ids
+        assert len(trace_result.metadata["tokens"]) == 4  # the toy batch, tokens by name
+        assert trace_result.metadata["tokens"][0][0][0] in "KV"  # K3, V17, ...
     assert "site-packages" not in (folder / "trace.json").read_text()
     assert "site-packages" not in (folder / "trace.html").read_text()
     again = CliRunner().invoke(app, arguments)
