@@ -81,7 +81,7 @@ REPRODUCTIONS = (
 HEADLINES = ("semantic_focus_recall_h100",)
 """Folders of `RESULTS` whose headline table (the one ``workbench run`` prints) the README
 shows (marker ``headline-<folder>``)."""
-FOCUS_VARIANTS = ("semantic_focus_even_pairs_h100",)
+FOCUS_VARIANTS = ("semantic_focus_even_pairs",)
 """Folders of `RESULTS` holding a ``semantic_focus`` analysis whose every variant the README
 shows against full attention (marker ``variants-<folder>``)."""
 
