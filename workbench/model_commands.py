@@ -65,6 +65,13 @@ def trace_command(
         ),
     ] = Path("runs/trace"),
     seed: Annotated[int, typer.Option(help="Seed of the toy model and task sample.")] = 0,
+    stability: Annotated[
+        bool,
+        typer.Option(
+            help="Also record each row's softmax-stability statistics (Jacobian norms, top-k "
+            "margin; TraceConfig(stability=True))."
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier trace.")] = False,
 ) -> None:
     """Trace attention statistics of a model and write trace.{safetensors,json,html}."""
@@ -94,7 +101,12 @@ def trace_command(
         _refuse_to_overwrite(folder, ["trace.safetensors", "trace.json", "trace.html"])
     try:
         result = trace(
-            network, inputs, TraceConfig(), relevant_positions=relevant, tokens=tokens, **sparse
+            network,
+            inputs,
+            TraceConfig(stability=stability),
+            relevant_positions=relevant,
+            tokens=tokens,
+            **sparse,
         )
     except (ValueError, NotImplementedError) as error:
         raise typer.BadParameter(
@@ -103,19 +115,24 @@ def trace_command(
     title = "attention used"
     if sparse:
         title += f" under {sparse['sparse'].name} {sparse['sparse'].hyper_parameters()}"
-    table = Table("layer", "head", "entropy", "max weight", "k_0.9", "relevant mass", title=title)
+    shown = {"entropy": "entropy", "max_weight": "max weight", "k_0.9": "k_0.9"}
+    shown |= {"relevant_mass": "relevant mass"} | (
+        {"jacobian_norm": "||J||_2"} if stability else {}
+    )
+    table = Table("layer", "head", *shown.values(), title=title)
     for layer in sorted(result.stats):
         means = {
             name: result.statistic(layer, name).nanmean(dim=(0, 2))
-            for name in ("entropy", "max_weight", "k_0.9")
+            for name in shown
+            if name != "relevant_mass"
         }
         relevant_mass = result.stats[layer].get("relevant_mass")
         if relevant_mass is not None:  # mean over the rows that have relevant positions
             rows = (relevant >= 0).any(-1).unsqueeze(1).expand_as(relevant_mass)
             means["relevant_mass"] = (relevant_mass * rows).sum((0, 2)) / rows.sum((0, 2))
         for index, head in enumerate(result.heads):
-            cells = [f"{means[name][index]:.3f}" for name in means]
-            table.add_row(str(layer), str(head), *cells, *["-"] * (4 - len(cells)))
+            cells = [f"{means[name][index]:.3f}" if name in means else "-" for name in shown]
+            table.add_row(str(layer), str(head), *cells)
     Console().print(table)
     result.save(folder / "trace")
     write_figure(trace_figure(result), folder / "trace.html")

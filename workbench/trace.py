@@ -50,10 +50,12 @@ from toy_tasks.base import check_int
 from workbench.attention import check_layers, is_transformer_lens, model_size
 from workbench.capture import AttentionCache, LayerCapture, SparsePlan, capturing, run_model
 from workbench.io import atomic_write_json, atomic_write_safetensors
+from workbench.metrics.stability import TRACE_STATISTICS, trace_stability
 from workbench.sparse.base import SparseMethod
 
-STATISTICS = ("entropy", "max_weight", "lse", "sink_mass", "relevant_mass")
-"""Float statistics of a `Trace`, each ``[batch, heads, q_len]``; plus ``top_p_budget``."""
+STATISTICS = ("entropy", "max_weight", "lse", "sink_mass", "relevant_mass", *TRACE_STATISTICS)
+"""Float statistics of a `Trace`, each ``[batch, heads, q_len]`` (the softmax-stability ones with
+``TraceConfig(stability=True)``); plus ``top_p_budget``."""
 
 GIB = 1024**3
 
@@ -72,6 +74,11 @@ class TraceConfig:
         stats: record streaming row statistics.
         ps: masses of the top-p budgets, in (0, 1]; empty: no budgets.
         sink_tokens: the sink mass is the mass on the first ``sink_tokens`` real positions.
+        stability: also record the softmax-stability statistics of each row
+            (`workbench.metrics.stability.trace_stability`: the Jacobian's spectral and Frobenius
+            norms of the softmax the layer used, the top-k margin of its scores); they take
+            ``O(256 x kv_len)`` memory per head (``O(q_len x kv_len)`` on layers running a sparse
+            method).
         impl: kernels implementation for `kernels.api.row_stats` (and for attention with
             ``attention="kernels"``).
         attention: how traced layers compute their output while statistics are recorded:
@@ -91,6 +98,7 @@ class TraceConfig:
     stats: bool = True
     ps: Sequence[float] = (0.5, 0.9, 0.95, 0.99)
     sink_tokens: int = 4
+    stability: bool = False
     impl: api.Impl = "auto"
     attention: Literal["model", "kernels"] = "model"
 
@@ -107,7 +115,7 @@ class TraceConfig:
             value = getattr(self, name)
             if value is not None and (not value or min(value) < 0 or len(set(value)) < len(value)):
                 raise ValueError(f"{name} must be None or distinct non-negative ints, got {value}")
-        for name in ("patterns", "stats"):
+        for name in ("patterns", "stats", "stability"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.pattern_device not in ("cpu", "same"):
@@ -463,6 +471,10 @@ def layer_statistics(
         }
         if stats.relevant_mass is not None:
             result["relevant_mass"] = stats.relevant_mass
+        if config.stability:
+            result |= trace_stability(
+                q, k, causal=capture.causal, scale=capture.scale, selection=restrict
+            )
         return {name: tensor.detach() for name, tensor in result.items()}
 
     if capture.key_padding is None:

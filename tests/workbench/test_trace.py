@@ -94,6 +94,50 @@ def test_tl_patterns_equal_run_with_cache_and_stats_match() -> None:
     assert torch.equal(only_patterns.patterns[1], cache["blocks.1.attn.hook_pattern"])
 
 
+def test_stability_statistics_equal_the_jacobians_of_the_model_patterns() -> None:
+    """``TraceConfig(stability=True)``: per row the spectral and Frobenius norms of the softmax
+    Jacobian ``diag(p) - p p^T``, formed from TL's own pattern and decomposed (``eigh``), and
+    the top-k margin (half the gap between the 5th and 6th score of TL's own scores; NaN where a
+    row has at most 5 keys)."""
+    from workbench.metrics.stability import STABILITY_TOP_K
+
+    model, x = toy_model(), tokens()
+    _, cache = model.run_with_cache(x)
+    result = trace(model, x, TraceConfig(ps=(), stability=True))
+    for layer in (0, 1):
+        p = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # [batch, heads, q, k]
+        jacobian = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+        spectral = torch.linalg.eigvalsh(jacobian).abs().amax(-1)
+        frobenius = torch.linalg.matrix_norm(jacobian)
+        stats = result.stats[layer]
+        torch.testing.assert_close(stats["jacobian_norm"].double(), spectral, atol=2e-6, rtol=0)
+        torch.testing.assert_close(
+            stats["jacobian_frobenius"].double(), frobenius, atol=2e-6, rtol=0
+        )
+        scores = cache[f"blocks.{layer}.attn.hook_attn_scores"].double()
+        top = scores.sort(-1, descending=True).values  # masked (future) scores sort last
+        gap = (top[..., STABILITY_TOP_K - 1] - top[..., STABILITY_TOP_K]) / 2
+        defined = torch.arange(12) >= STABILITY_TOP_K  # row i sees i + 1 keys
+        margin = stats["top_k_margin"].double()
+        assert margin[..., ~defined].isnan().all()
+        torch.testing.assert_close(margin[..., defined], gap[..., defined], atol=1e-5, rtol=1e-5)
+    assert "jacobian_norm" in result.statistic_names()
+    with pytest.raises(ValueError, match="stability must be a bool"):
+        TraceConfig(stability=1)
+
+
+def test_stability_of_a_sparse_layer_is_that_of_the_softmax_it_used() -> None:
+    """Top-1 attention: one key carries all the weight, so its softmax Jacobian is 0; the dense
+    softmax of the same q and k (``dense_stats``) is not."""
+    import workbench.sparse
+
+    config = TraceConfig(ps=(), stability=True, layers=[1])
+    sparse = {"sparse": workbench.sparse.get("top_k", k=1), "sparse_layers": [1]}
+    result = trace(toy_model(), tokens(), config, sparse_block_size=16, **sparse)
+    assert (result.stats[1]["jacobian_norm"] < 1e-12).all()  # 0 up to the secular root
+    assert (result.dense_stats[1]["jacobian_norm"][..., 1:] > 1e-3).all()  # row 0: one key
+
+
 def test_minilm_patterns_equal_output_attentions_and_stats_match() -> None:
     model, _ = minilm()
     inputs = minilm_inputs()
@@ -280,15 +324,16 @@ def test_cli_trace_of_a_text_file_under_a_sparse_method(tmp_path) -> None:
     )
     arguments = ["trace", "--model", "minilm", "--text-file", str(texts), "--out", str(tmp_path)]
     sparse = ["--method", "top_k", "--set", "top_k.k=2", "--sparse-layers", "1"]
-    result = CliRunner().invoke(app, [*arguments, *sparse], terminal_width=200)
+    result = CliRunner().invoke(app, [*arguments, *sparse, "--stability"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "under top_k {'k': 2}" in result.output
+    assert "under top_k {'k': 2}" in result.output and "||J||_2" in result.output
     traced = Trace.load(tmp_path / "minilm" / "trace")
     assert traced.metadata["batch_size"] == 2 and len(traced.metadata["tokens"]) == 2
     assert traced.metadata["sparse"]["method"] == {"name": "top_k", "k": 2}
     assert set(traced.dense_stats) == {1}
     assert (traced.stats[1]["top_p_budget"] <= 2).all()
     assert traced.statistic(1, "k_0.9").isnan().any()  # the shorter text's padded rows
+    assert traced.metadata["config"]["stability"] and "jacobian_norm" in traced.stats[1]
     for options, hint in [
         (["--set", "top_k.k=2"], "needs --method"),
         (["--method", "top_k", "--set", "top_p.p=0.5"], "not ['top_p']"),
@@ -396,7 +441,7 @@ def test_tracing_a_sparse_method_on_a_padded_batch_equals_each_example_alone() -
 
     model, tokenizer = minilm()
     inputs = minilm_inputs()
-    config = TraceConfig(ps=PS, layers=[1])
+    config = TraceConfig(ps=PS, layers=[1], stability=True)
     options = {"sparse": workbench.sparse.get("top_k", k=3), "sparse_block_size": 16}
     padded = trace(model, inputs, config, **options)
     real = inputs["attention_mask"].bool()

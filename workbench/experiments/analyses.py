@@ -50,8 +50,8 @@ from workbench.experiments.icl_analysis import (  # noqa: F401  (re-exported)
     load_model,
 )
 from workbench.experiments.spec import ExperimentSpec
-from workbench.metrics.stability import ROW_STATISTICS, stability_series
-from workbench.runs import metric_series, sparse_setting
+from workbench.metrics.stability import ROW_STATISTICS
+from workbench.runs import attention_series, metric_series, sparse_setting
 from workbench.viz.experiments import Level, Mark, table_figure
 from workbench.viz.stability import stability_figures
 from workbench.viz.style import Style, series_style
@@ -321,7 +321,9 @@ def _stability_row(run: RunRecord) -> dict[str, Any]:
     ``final_<name>`` of each `ROW_STATISTICS` (mean over layers and heads)."""
     row: dict[str, Any] = {"kind": _attention_kind(run.config)}
     for name in ROW_STATISTICS:
-        steps, values = stability_series(run.metrics(), name)  # [m], [m, layers, heads]
+        steps, values = attention_series(
+            run.metrics(), name, group="stability"
+        )  # [m], [m, layers, heads]
         if steps.size:
             row[f"final_{name}"] = float(values[-1].mean())
     return row

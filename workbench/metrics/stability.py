@@ -27,20 +27,20 @@ Per query row, with probabilities ``p = softmax(s)`` over the keys the row atten
   from q and k in chunks of query rows (memory ``O(chunk x kv_len)``).
 * **Captures**: `row_stability` of a layer captured by `workbench.capture` (what training logs
   with the ``stability`` evaluation metric, as per layer and head means over the scored positions) and
-  `stability_series` (curves from a ``metrics.jsonl``).
+  `workbench.runs.attention_series` with ``group="stability"`` (curves from a ``metrics.jsonl``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
+from kernels.layout import Layout
 from kernels.reference import default_scale, masked_softmax, scaled_scores, top_p_budget
 from workbench.capture import LayerCapture
 from workbench.sparse.base import SparseMethod, visible
@@ -487,6 +487,41 @@ def row_stability_from_qk(
     return {name: torch.cat(values, dim=-1) for name, values in parts.items()}
 
 
+TRACE_STATISTICS = ("jacobian_norm", "jacobian_frobenius", "top_k_margin")
+"""What `trace_stability` gives (and `workbench.trace.TraceConfig(stability=True)` records)."""
+
+
+def trace_stability(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float | None = None,
+    selection: Layout | None = None,
+    chunk: int = 256,
+) -> dict[str, torch.Tensor]:
+    """`TRACE_STATISTICS` per row, each ``[batch, heads, q_len]`` float32, of the softmax a layer
+    used: over every visible key (streamed in chunks of ``chunk`` query rows,
+    `row_stability_from_qk`), or over ``selection``'s entries where it ran a sparse method (the
+    ``q_len x kv_len`` selection is materialised). ``top_k_margin`` is that of the dense scores
+    (k = `STABILITY_TOP_K`), NaN where a row has at most k keys (undefined). q ``[batch, heads,
+    q_len, d]``, k ``[batch, heads, kv_len, d]``."""
+    if selection is None:
+        rows = row_stability_from_qk(q, k, causal=causal, scale=scale, chunk=chunk)
+    else:
+        scores = scaled_scores(q, k, default_scale(q.shape[-1]) if scale is None else scale)
+        seen = visible(q, k, causal).expand_as(scores)
+        probs = sparse_probs(scores, selection.to_dense(scores) & seen)
+        rows = {
+            "jacobian_norm": jacobian_spectral_norm(probs),
+            "jacobian_frobenius": jacobian_frobenius_norm(probs),
+            "top_k_margin": top_k_margin(scores, STABILITY_TOP_K, seen),
+        }
+    margin = rows["top_k_margin"]
+    rows["top_k_margin"] = torch.where(torch.isinf(margin), math.nan, margin)
+    return {name: rows[name].float() for name in TRACE_STATISTICS}
+
+
 # ---------------------------------------------------------------------------- traces
 def row_stability(capture: LayerCapture) -> dict[str, torch.Tensor]:
     """`ROW_STATISTICS` of one captured layer (`workbench.capture`), each ``[batch, heads,
@@ -503,13 +538,3 @@ def row_stability(capture: LayerCapture) -> dict[str, torch.Tensor]:
         "method_jacobian_norm": jacobian_spectral_norm(sparse_probs(scores, used)),
         "top_k_margin": top_k_margin(scores, STABILITY_TOP_K, keep),
     }
-
-
-def stability_series(
-    records: Sequence[Mapping[str, Any]], name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps [m], values [m, layers, heads])`` of ``record["stability"][name]`` over the records
-    of a ``metrics.jsonl`` that hold it, sorted by step."""
-    from workbench.runs import attention_series
-
-    return attention_series(records, name, group="stability")

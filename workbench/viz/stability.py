@@ -10,7 +10,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from workbench.metrics.stability import ROW_STATISTICS, stability_series
+from workbench.metrics.stability import ROW_STATISTICS
+from workbench.runs import attention_series
 from workbench.viz.experiments import curves_figure
 from workbench.viz.style import Style, method_style
 
@@ -38,7 +39,9 @@ def stability_figures(
     for name in ROW_STATISTICS:
         curves, curve_groups, curve_styles, curve_panels = {}, {}, {}, {}
         for label, records in runs.items():
-            steps, values = stability_series(records, name)  # [m], [m, layers, heads]
+            steps, values = attention_series(
+                records, name, group="stability"
+            )  # [m], [m, layers, heads]
             group = (groups or {}).get(label, label)
             style = (styles or {}).get(label) or method_style(group)
             for layer in range(values.shape[1] if steps.size else 0):
