@@ -135,7 +135,7 @@ def model_subject(run: Run, examples: int) -> AttentionSubject:
     trace = cache_trace(
         model,
         cache,
-        TraceConfig(patterns=True, ps=PS),
+        TraceConfig(patterns=True, ps=PS, stability=True),
         relevant_positions=batch.relevant_positions,
         tokens=tokens,
     )
