@@ -94,3 +94,13 @@ def test_bad_arguments_name_themselves() -> None:
         decode_fidelity(model, x, method, new_tokens=2, attention_mask=x[:, :3])
     with pytest.raises(ValueError, match="outputs logits"):
         decode_fidelity(hf_model("bert"), x, method, new_tokens=2)
+
+
+def test_transformer_bridge_has_no_cache_to_decode_with() -> None:
+    """The bridge's forward takes any keyword, so a cache passed to it would be ignored and each
+    step would see one token: refused instead."""
+    from test_bridge import models
+
+    _, batch, _, bridge = models("tokens")
+    with pytest.raises(NotImplementedError, match="no key-value cache"):
+        decode_fidelity(bridge, batch.inputs, workbench.sparse.get("top_k"), new_tokens=2)

@@ -27,7 +27,7 @@ from torch import nn
 
 from kernels.api import Impl
 from toy_tasks.base import check_int
-from workbench.attention import is_transformer_lens
+from workbench.attention import is_transformer_bridge, is_transformer_lens
 from workbench.metrics.fidelity import kl_divergence, model_outputs
 from workbench.sparse.base import SparseMethod
 from workbench.sparse.patch import sparsify
@@ -77,6 +77,11 @@ def prefilled(
 ) -> Iterator[Step]:
     """The model after a (dense, as the caller runs it) forward of ``tokens`` ``[batch, pos]``
     with a key-value cache: yields the `Step` that continues it one token at a time."""
+    if is_transformer_bridge(model):  # its forward would swallow past_kv_cache unused
+        raise NotImplementedError(
+            "decode_fidelity: TransformerBridge models of TL-native attention have no key-value "
+            "cache; use the HookedTransformer (or a Hugging Face decoder)"
+        )
     if is_transformer_lens(model):
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
