@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -314,7 +314,11 @@ class TraceRecorder:
     patterns) as they arrive; `trace()` assembles a `Trace`.
 
     Several forward passes inside one `tracing` block are concatenated along the batch dimension
-    (they must share the sequence length).
+    (they must share the sequence length). A cached call (fewer queries than keys: a step of
+    generation with a key-value cache) continues the forward before it: its query rows are
+    appended to that forward's, so tracing ``model.generate(...)`` gives one sequence of every
+    position fed to the model, each row's statistics those of the step that computed it (patterns
+    padded with zeros up to the last step's keys).
     """
 
     def __init__(
@@ -335,11 +339,18 @@ class TraceRecorder:
         self._stats: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self._dense_stats: dict[int, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self._patterns: dict[int, list[torch.Tensor]] = defaultdict(list)
-        self._shapes: list[tuple[int, int]] = []
+        self._continues: dict[int, list[bool]] = defaultdict(list)
 
     def observe(self, capture: LayerCapture) -> None:
         """Record one layer's capture: statistics of the attention it used (and, where it ran a
         sparse method, of the dense softmax of the same q and k) and its pattern."""
+        cached = capture.q.shape[2] < capture.k.shape[2]
+        if cached and (self.relevant_positions is not None or self.config.pattern_queries):
+            raise ValueError(
+                "tracing generation with a key-value cache takes neither relevant_positions nor "
+                "pattern_queries (the steps' queries are one position each)"
+            )
+        self._continues[capture.layer].append(cached)
         if self.config.stats:
             arguments = dict(heads=self.heads, relevant_positions=self.relevant_positions)
             self._stats[capture.layer].append(layer_statistics(capture, self.config, **arguments))
@@ -360,9 +371,6 @@ class TraceRecorder:
             kept = kept[:, :, list(self.config.pattern_queries)]
         device = "cpu" if self.config.pattern_device == "cpu" else kept.device
         self._patterns[layer].append(kept.to(device=device, dtype=torch.float32).clone())
-        self._shapes.append(
-            (sum(part.shape[0] for part in self._patterns[layer]), pattern.shape[2])
-        )
 
     def check_memory(self, batch: int, heads: int, q_len: int, kv_len: int) -> None:
         """Refuse patterns larger than ``max_pattern_bytes`` (before they are computed)."""
@@ -382,21 +390,31 @@ class TraceRecorder:
         try:
             stats, dense_stats = (
                 {
-                    layer: {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-                    for layer, parts in recorded.items()
+                    layer: {
+                        name: torch.cat([sequence[name] for sequence in sequences])
+                        for name in sequences[0]
+                    }
+                    for layer, sequences in (
+                        (layer, fold_steps(parts, self._continues[layer], _append_rows))
+                        for layer, parts in recorded.items()
+                    )
                 }
                 for recorded in (self._stats, self._dense_stats)
             )
-            patterns = {layer: torch.cat(parts) for layer, parts in self._patterns.items()}
+            patterns = {
+                layer: torch.cat(fold_steps(parts, self._continues[layer], _append_pattern))
+                for layer, parts in self._patterns.items()
+            }
         except RuntimeError as error:
             raise ValueError(
                 f"traced forward passes must share the sequence length: {error}"
             ) from None
         if not stats and not patterns:
             raise ValueError("nothing was recorded: run the model inside the tracing block")
-        batch_size, q_len = self._shapes[0] if self._shapes else (0, 0)
         if stats:
             batch_size, _, q_len = next(iter(stats.values()))["entropy"].shape
+        else:
+            batch_size, _, q_len, _ = next(iter(patterns.values())).shape
         queries = self.config.pattern_queries
         return Trace(
             stats=stats,
@@ -415,6 +433,35 @@ class TraceRecorder:
                 "pattern_queries": list(range(q_len) if queries is None else queries),
             },
         )
+
+
+T = TypeVar("T")
+
+
+def fold_steps(parts: list[T], continues: list[bool], append: Callable[[T, T], T]) -> list[T]:
+    """``parts`` (one per call, in order) joined into sequences: a part whose call ``continues``
+    the one before (a cached step of generation) is appended to the sequence by ``append``."""
+    sequences: list[T] = []
+    for part, cached in zip(parts, continues, strict=True):
+        if cached and sequences:
+            sequences[-1] = append(sequences[-1], part)
+        else:
+            sequences.append(part)
+    return sequences
+
+
+def _append_rows(
+    sequence: dict[str, torch.Tensor], step: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Statistics ``[batch, heads, rows, ...]`` of a step appended to those of its sequence."""
+    return {name: torch.cat([sequence[name], step[name]], dim=2) for name in sequence}
+
+
+def _append_pattern(sequence: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """A step's pattern ``[batch, heads, rows, keys]`` appended to its sequence's, whose fewer
+    keys are padded with zeros (keys a row could not see)."""
+    padding = step.shape[-1] - sequence.shape[-1]
+    return torch.cat([torch.nn.functional.pad(sequence, (0, padding)), step], dim=2)
 
 
 def layer_statistics(
@@ -504,35 +551,38 @@ def padded_row_stats(
     """Row statistics of padded inputs, example by example on the real tokens.
 
     ``q`` ``[batch, heads, q_len, d]``, ``k`` ``[batch, heads, kv_len, d]``, ``key_padding``
-    ``[batch, kv_len]`` (True = real). Self-attention only (``q_len == kv_len``): query ``i`` is
-    token ``i``. Relevant positions are remapped to the real tokens. ``kept`` ``[batch, heads,
-    q_len, kv_len]`` bool: the entries a sparse layer kept (its statistics are those of the
-    softmax over them; ``compute`` gets them as ``restrict``). Padded query rows: NaN (budgets 0).
+    ``[batch, kv_len]`` (True = real). Self-attention: query ``i`` is token ``kv_len - q_len + i``
+    (the last tokens when a generation step's queries meet its key-value cache). Relevant
+    positions are remapped to the real tokens. ``kept`` ``[batch, heads, q_len, kv_len]`` bool:
+    the entries a sparse layer kept (its statistics are those of the softmax over them;
+    ``compute`` gets them as ``restrict``). Padded query rows: NaN (budgets 0).
     """
-    if q.shape[2] != k.shape[2]:
-        raise NotImplementedError("row statistics with key padding need q_len == kv_len")
-    batch, heads, length = q.shape[:3]
+    batch, heads, q_len = q.shape[:3]
+    kv_len = k.shape[2]
+    if q_len > kv_len:
+        raise NotImplementedError("row statistics with key padding need q_len <= kv_len")
     result: dict[str, torch.Tensor] = {}
     for b in range(batch):
-        real = key_padding[b].nonzero().squeeze(-1)  # [n_real]
+        real = key_padding[b].nonzero().squeeze(-1)  # [n_real] keys
+        rows = real[real >= kv_len - q_len] - (kv_len - q_len)  # query rows of real tokens
         example_relevant = None
         if relevant is not None:
-            new_index = torch.full((length + 1,), -1, dtype=torch.long, device=q.device)
+            new_index = torch.full((kv_len + 1,), -1, dtype=torch.long, device=q.device)
             new_index[real] = torch.arange(real.numel(), device=q.device)
-            rows = relevant[b : b + 1, real]  # [1, n_real, R]
-            example_relevant = new_index[torch.where(rows >= 0, rows, length)]
-        example = (q[b : b + 1, :, real], k[b : b + 1, :, real], example_relevant)
+            positions = relevant[b : b + 1, rows]  # [1, n_rows, R]
+            example_relevant = new_index[torch.where(positions >= 0, positions, kv_len)]
+        example = (q[b : b + 1, :, rows], k[b : b + 1, :, real], example_relevant)
         if kept is None:
             stats = compute(*example)
         else:
-            restrict = Layout.from_token_mask(kept[b : b + 1, :, real][..., real])
+            restrict = Layout.from_token_mask(kept[b : b + 1, :, rows][..., real])
             stats = compute(*example, restrict=restrict)
         for name, values in stats.items():
             if name not in result:
                 fill = 0 if name == "top_p_budget" else math.nan
-                shape = (batch, heads, length, *values.shape[3:])
+                shape = (batch, heads, q_len, *values.shape[3:])
                 result[name] = torch.full(shape, fill, dtype=values.dtype, device=values.device)
-            result[name][b, :, real] = values[0]
+            result[name][b, :, rows] = values[0]
     return result
 
 

@@ -464,6 +464,64 @@ def test_tracing_a_sparse_method_on_a_padded_batch_equals_each_example_alone() -
     assert torch.equal(budgets.isnan(), ~real[:, None, :].expand_as(budgets))
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_tracing_generation_equals_tracing_the_generated_sequence(kind: str) -> None:
+    """``model.generate`` with its key-value cache inside `tracing` (a left-padded batch): one
+    sequence of every position fed to the model, each row traced at the step that computed it,
+    equal to one forward of that sequence (with generate's position ids): statistics, padded rows
+    (NaN) and the real rows' patterns."""
+    from test_attention import hf_model, padding_mask
+    from test_attention import tokens as ten_tokens
+
+    model, x, mask = hf_model(kind), ten_tokens()[:, :6], padding_mask(left=True)[:, :6]
+    config = TraceConfig(patterns=True, ps=PS, stability=True)
+    with torch.no_grad(), tracing(model, config) as recorder:
+        generated = model.generate(
+            x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0
+        )
+    steps = recorder.trace()
+    fed = generated[:, :9]  # the last generated token is never fed back
+    fed_mask = torch.cat([mask, torch.ones(2, 3, dtype=mask.dtype)], dim=1)
+    positions = (fed_mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them
+    inputs = {"input_ids": fed, "attention_mask": fed_mask, "position_ids": positions}
+    whole = trace(model, inputs, config)
+    assert steps.metadata["seq_len"] == whole.metadata["seq_len"] == 9
+    for layer in (0, 1):
+        for name, values in whole.stats[layer].items():
+            torch.testing.assert_close(
+                steps.stats[layer][name], values, rtol=1e-5, atol=1e-5, equal_nan=True, msg=name
+            )
+        real = fed_mask.bool()[:, None, :].expand(-1, 4, -1)  # [batch, heads, rows]
+        torch.testing.assert_close(steps.patterns[layer][real], whole.patterns[layer][real])
+    relevant = torch.zeros(2, 6, 1, dtype=torch.long)  # for the prompt only
+    with (
+        pytest.raises(ValueError, match="generation with a key-value cache"),
+        torch.no_grad(),
+        tracing(model, config, relevant_positions=relevant),
+    ):
+        model.generate(x, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+
+
+def test_tracing_transformer_lens_generation_equals_tracing_the_sequence() -> None:
+    """TransformerLens' ``generate`` with its key-value cache, traced, against one forward of the
+    positions it fed to the model."""
+    from test_attention import tl_model
+    from test_attention import tokens as ten_tokens
+
+    model, prompt = tl_model("rotary"), ten_tokens()[:, :6]
+    config = TraceConfig(patterns=True, ps=PS, stability=True)
+    options = {"max_new_tokens": 4, "stop_at_eos": False, "verbose": False, "do_sample": False}
+    with torch.no_grad(), tracing(model, config) as recorder:
+        generated = model.generate(prompt, use_past_kv_cache=True, **options)
+    steps, whole = recorder.trace(), trace(model, generated[:, :9], config)
+    for layer in (0, 1):
+        for name, values in whole.stats[layer].items():
+            torch.testing.assert_close(
+                steps.stats[layer][name], values, rtol=1e-5, atol=1e-5, equal_nan=True, msg=name
+            )
+        torch.testing.assert_close(steps.patterns[layer], whole.patterns[layer])
+
+
 def test_cache_trace_of_a_capture_equals_the_trace_of_a_forward() -> None:
     from workbench.capture import capture
     from workbench.trace import cache_trace
