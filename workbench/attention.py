@@ -371,9 +371,31 @@ def check_tl_supported(cfg: Any, attn: nn.Module) -> None:
             raise NotImplementedError(f"route_attention does not support cfg.{field}")
 
 
+def already_routed(where: str) -> RuntimeError:
+    """The error for routing attention that an open block (`sparsify`, `tracing`, `capturing`)
+    already routes: one route per layer at a time."""
+    return RuntimeError(
+        f"{where} is already routed by an open sparsify, tracing or capturing block; to trace or "
+        "capture a model under a sparse method, pass the method there (tracing(model, config, "
+        "sparse=method, sparse_layers=...), capture(model, inputs, sparse=SparsePlan(method))) "
+        "instead of nesting the blocks"
+    )
+
+
+def _is_routed(module: nn.Module) -> bool:
+    """Whether ``module``'s forward is one of our routed replacements."""
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, functools.partial) and forward.func in (
+        _tl_routed_forward,
+        _bridge_routed_forward,
+    )
+
+
 @contextmanager
 def _route_tl_block(attn: nn.Module, layer: int, core: AttentionCore) -> Iterator[None]:
     check_tl_supported(attn.cfg, attn)
+    if _is_routed(attn):
+        raise already_routed(f"the attention of layer {layer}")
     had_forward = "forward" in attn.__dict__
     previous = attn.__dict__.get("forward")
     attn.forward = functools.partial(_tl_routed_forward, attn, layer, core)
@@ -534,6 +556,8 @@ def check_bridge_supported(cfg: Any, native: nn.Module) -> None:
 def _route_bridge_block(model: nn.Module, layer: int, core: AttentionCore) -> Iterator[None]:
     native = bridge_native_attention(model, layer)
     check_bridge_supported(model.cfg, native)
+    if _is_routed(native):
+        raise already_routed(f"the attention of layer {layer}")
     had_forward = "forward" in native.__dict__
     previous = native.__dict__.get("forward")
     native.forward = functools.partial(_bridge_routed_forward, native, layer, core)
@@ -630,7 +654,9 @@ class _Route:
 @contextmanager
 def _route_hf(model: nn.Module, core: AttentionCore, layers: tuple[int, ...]) -> Iterator[None]:
     previous = model.config._attn_implementation
-    if not isinstance(previous, str) or previous.startswith(ROUTE_PREFIX):
+    if isinstance(previous, str) and previous.startswith(ROUTE_PREFIX):
+        raise already_routed("the model's attention")
+    if not isinstance(previous, str):
         raise RuntimeError(f"cannot route a model whose attention implementation is {previous!r}")
     if getattr(model.config, "reorder_and_upcast_attn", False):
         raise NotImplementedError("route_attention does not support config.reorder_and_upcast_attn")
@@ -666,7 +692,7 @@ def _mark_hf_modules(
     candidates = []
     for name, module in model.named_modules():
         if ROUTE_ATTRIBUTE in module.__dict__:
-            raise RuntimeError(f"module {name} is already routed")
+            raise already_routed(f"module {name}")
         layer = hf_layer_index(name, module)
         if layer in layers and hasattr(module, "config"):
             candidates.append((module, layer))

@@ -263,3 +263,22 @@ def test_sparsify_attaches_the_state_and_restores_the_model_bitwise():
         pass  # a method without a state ignores it
     detach_states(model, [1])  # the model is shared with other tests
     assert "sparse_state" not in model.blocks[1].attn._modules
+
+
+@pytest.mark.parametrize("kind", ["tl", "hf"])
+def test_nested_routes_are_refused_and_say_what_to_do(kind: str) -> None:
+    """A `sparsify` block inside a `tracing` block would route the same attention twice (on a
+    TransformerLens model the inner route would silently replace the tracer's): refused, naming
+    the tracer's own ``sparse=`` argument; the outer block still works afterwards."""
+    from workbench.trace import TraceConfig, tracing
+
+    model = tl_model("standard") if kind == "tl" else hf_model("gpt2")
+    x = tokens()
+    with torch.no_grad(), tracing(model, TraceConfig(ps=())) as recorder:
+        with (
+            pytest.raises(RuntimeError, match=r"already routed.*tracing\(model, config, sparse="),
+            sparsify(model, workbench.sparse.get("top_k")),
+        ):
+            pass
+        forward("standard" if kind == "tl" else "gpt2", model, x, None)
+    assert recorder.trace().stats[0]["entropy"].shape[-1] == SEQ
