@@ -90,6 +90,12 @@ class Batch:
         with a leading batch dimension (metadata included) is indexed, the rest is kept."""
         return self._per_example(lambda value: value[indices])
 
+    def head(self, count: int) -> Batch:
+        """The first ``count`` examples as a batch (all of them when it holds fewer)."""
+        check_int("count", count, 1)
+        indices = torch.arange(min(count, self.batch_size), device=self.inputs.device)
+        return self.take(indices)
+
     def split(self, size: int) -> list[Batch]:
         """Consecutive chunks of at most ``size`` examples (views of this batch's tensors)."""
         check_int("size", size, 1)

@@ -224,7 +224,7 @@ def sparsify_eval_command(
         raise typer.BadParameter(str(error), param_hint="--methods / --set") from None
     extra: dict[str, Any] = {}
     if model == "toy":
-        batch, network = _toy_batch(task, seed)
+        _, batch, network = _toy_batch(task, seed)
         inputs, extra = batch.inputs, {"targets": batch.targets, "loss_mask": batch.loss_mask}
     else:
         texts = [text] if text_file is None else _read_texts(text_file)
@@ -320,9 +320,6 @@ def _run_inputs(run: str, root: Path, examples: int) -> tuple[Any, ...]:
     checkpoint's model on the first ``examples`` of its evaluation examples (tokens named as the
     task names them; None for continuous inputs) and `workbench.trace.trace`'s arguments for the
     sparse method it trained with (``{}`` when it trained densely)."""
-    import torch
-
-    import workbench.sparse
     from toy_tasks.base import token_labels
     from workbench.runs import resolve_run
     from workbench.train.checkpoint import load_model
@@ -333,13 +330,12 @@ def _run_inputs(run: str, root: Path, examples: int) -> tuple[Any, ...]:
         network, config, _ = load_model(found.path)
     except (ValueError, OSError) as error:
         raise typer.BadParameter(str(error), param_hint="--run") from None
-    batch = evaluation_batch(config)
-    batch = batch.take(torch.arange(min(examples, batch.batch_size)))
+    batch = evaluation_batch(config).head(examples)
     tokens = token_labels(config.resolved_task(), batch.inputs)
     own = {}
     if config.sparse is not None:
         own = {
-            "sparse": workbench.sparse.get(config.sparse.method, **config.sparse.hparams),
+            "sparse": config.sparse.build(),
             "sparse_layers": config.sparse.layers,
             "sparse_block_size": config.sparse.block_size,
         }
@@ -369,8 +365,8 @@ def _minilm_tokens(texts: list[str]) -> tuple[Any, list[list[str]], Any]:
     return inputs, tokens, network
 
 
-def _toy_batch(task_name: str, seed: int) -> tuple[Any, Any]:
-    """A toy-task batch (4 examples) and a small random-weights HookedTransformer."""
+def _toy_batch(task_name: str, seed: int) -> tuple[Any, Any, Any]:
+    """The toy task, a batch of it (4 examples) and a small random-weights HookedTransformer."""
     import torch
 
     import toy_tasks
@@ -379,15 +375,14 @@ def _toy_batch(task_name: str, seed: int) -> tuple[Any, Any]:
     task = toy_tasks.get(task_name)
     if task.kind != "tokens":
         raise typer.BadParameter(f"{task_name} is not a token task", param_hint="--task")
-    return task.sample(4, torch.Generator().manual_seed(seed)), toy_model(task, seed=seed)
+    return task, task.sample(4, torch.Generator().manual_seed(seed)), toy_model(task, seed=seed)
 
 
 def _toy_inputs(task_name: str, seed: int) -> tuple[Any, ...]:
     """``(inputs, relevant positions, tokens, model)`` of `_toy_batch`; the tokens as the task
     names them (``K3``, ``V17``, ...)."""
-    import toy_tasks
     from toy_tasks.base import token_labels
 
-    batch, network = _toy_batch(task_name, seed)
-    tokens = token_labels(toy_tasks.get(task_name), batch.inputs)
+    task, batch, network = _toy_batch(task_name, seed)
+    tokens = token_labels(task, batch.inputs)
     return batch.inputs, batch.relevant_positions, tokens, network

@@ -196,6 +196,17 @@ def test_take_indexes_every_batch_tensor():
     assert torch.equal(taken.metadata["w"], batch.metadata["w"][indices])
 
 
+def test_head_is_the_first_examples_or_all_of_them():
+    batch = sample("linear_regression", 4)  # 8 examples
+    first = batch.head(3)
+    assert torch.equal(first.inputs, batch.inputs[:3])
+    assert torch.equal(first.metadata["w"], batch.metadata["w"][:3])
+    assert torch.equal(batch.head(100).inputs, batch.inputs)
+    for count in (0, -1, 2.5, True):
+        with pytest.raises((ValueError, TypeError), match="count"):
+            batch.head(count)
+
+
 def test_split_chunks_concatenate_back_to_the_batch():
     batch = sample("linear_regression", 0, batch_size=7)
     chunks = batch.split(3)

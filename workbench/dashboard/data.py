@@ -128,8 +128,7 @@ def model_subject(run: Run, examples: int) -> AttentionSubject:
 
     model, config, step = load_model(run.path)
     task = config.resolved_task()
-    batch = evaluation_batch(config)
-    batch = batch.take(torch.arange(min(examples, batch.batch_size)))
+    batch = evaluation_batch(config).head(examples)
     cache = capture(model, batch.inputs, patterns=True)
     tokens = token_labels(task, batch.inputs)
     trace = cache_trace(

@@ -17,8 +17,7 @@ Models: Hugging Face decoders (their key-value cache, `cache_keyword`) and Trans
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,12 +70,9 @@ def cache_keyword(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-@contextmanager
-def prefilled(
-    model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor
-) -> Iterator[Step]:
-    """The model after a (dense, as the caller runs it) forward of ``tokens`` ``[batch, pos]``
-    with a key-value cache: yields the `Step` that continues it one token at a time."""
+def prefill(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor) -> Step:
+    """A forward of ``tokens`` ``[batch, pos]`` with a key-value cache (dense, as the caller runs
+    it), and the `Step` that continues it one token at a time."""
     if is_transformer_bridge(model):  # its forward would swallow past_kv_cache unused
         raise NotImplementedError(
             "decode_fidelity: TransformerBridge models of TL-native attention have no key-value "
@@ -91,8 +87,7 @@ def prefilled(
         def tl_step(token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return model(token, attention_mask=mask, past_kv_cache=cache)[:, -1]
 
-        yield tl_step
-        return
+        return tl_step
     name = cache_keyword(model)
     output = model(input_ids=tokens, attention_mask=attention_mask, use_cache=True)
     state, masks = {name: getattr(output, name)}, [attention_mask]
@@ -105,7 +100,7 @@ def prefilled(
         state[name] = getattr(output, name)
         return output.logits[:, -1]
 
-    yield hf_step
+    return hf_step
 
 
 @torch.no_grad()
@@ -140,10 +135,8 @@ def decode_fidelity(
     prompt = tokens.shape[1] - new_tokens
     options = {"layers": layers, "heads": heads, "block_size": block_size, "impl": impl}
     sparse, densities = [], []
-    with (  # entered in order: the dense prefill, then the method for the cached steps
-        prefilled(model, tokens[:, :prompt], mask[:, :prompt]) as step,
-        sparsify(model, method, **options) as record,
-    ):
+    step = prefill(model, tokens[:, :prompt], mask[:, :prompt])  # dense: before the method
+    with sparsify(model, method, **options) as record:
         for position in range(prompt, tokens.shape[1]):
             record.calls.clear()
             token = slice(position, position + 1)

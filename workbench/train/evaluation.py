@@ -207,7 +207,7 @@ def final_trace(model: nn.Module, batch: Batch, config: TrainConfig) -> Any:
     per_example = estimate_pattern_bytes(1, n_heads, seq, seq, n_layers, TraceConfig())
     count = min(FINAL_TRACE_EXAMPLES, batch.batch_size, FINAL_TRACE_BYTES // per_example)
     patterns = count > 0
-    head = batch.take(torch.arange(max(count, 1), device=batch.inputs.device))
+    head = batch.head(max(count, 1))
     plan = sparse_plan(config)
     return trace(
         model,
