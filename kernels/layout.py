@@ -428,26 +428,39 @@ class Layout:
         mask.scatter_(-1, index, True)
         return mask[..., : self.n_kv_blocks]
 
-    def to_dense(self, scores: torch.Tensor | None = None) -> torch.Tensor:
+    def to_dense(
+        self, scores: torch.Tensor | None = None, rows: range | None = None
+    ) -> torch.Tensor:
         """Token-level ``[batch, heads, q_len, kv_len]`` bool mask of the entries the layout keeps:
         the definition that the Triton kernels apply tile by tile (`kernels.triton.common`).
 
-        ``row_threshold`` can only be applied given the scaled ``scores``; without them a layout with
-        a threshold raises.
+        ``rows`` (a ``range`` of query positions with step 1) gives only those rows, ``[batch,
+        heads, len(rows), kv_len]``, equal to the full mask's rows without building it (memory
+        ``O(len(rows) x kv_len)``). ``row_threshold`` can only be applied given the scaled
+        ``scores`` (of the rows asked for); without them a layout with a threshold raises.
         """
-        blocks = self.block_mask()
+        rows = range(self.q_len) if rows is None else rows
+        if not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start <= rows.stop:
+            raise ValueError(f"rows must be a range with step 1 inside [0, q_len], got {rows!r}")
+        if rows.stop > self.q_len:
+            raise ValueError(f"rows must lie inside [0, q_len = {self.q_len}], got {rows!r}")
         # A block longer than the sequence is its only block: repeat it to the sequence's length.
-        rows, columns = min(self.block_q, self.q_len), min(self.block_k, self.kv_len)
-        mask = blocks.repeat_interleave(rows, dim=2).repeat_interleave(columns, dim=3)
-        mask = mask[:, :, : self.q_len, : self.kv_len]
+        block_rows, columns = min(self.block_q, self.q_len), min(self.block_k, self.kv_len)
+        first_block = rows.start // block_rows
+        last_block = -(-rows.stop // block_rows)
+        blocks = self.block_mask()[:, :, first_block:last_block]
+        mask = blocks.repeat_interleave(block_rows, dim=2).repeat_interleave(columns, dim=3)
+        offset = rows.start - first_block * block_rows
+        mask = mask[:, :, offset : offset + len(rows), : self.kv_len]
         if self.causal:
-            mask = mask & causal_token_mask(self.q_len, self.kv_len, self.device)
+            mask = mask & causal_token_mask(self.q_len, self.kv_len, self.device, rows)
         if self.token_mask is not None:
-            mask = mask & self.token_mask.to(self.device)
+            mask = mask & self.token_mask[:, :, rows.start : rows.stop].to(self.device)
         if self.row_threshold is not None:
             if scores is None:
                 raise ValueError("this layout has a row_threshold: pass the scaled scores")
-            mask = mask & (scores >= self.row_threshold.unsqueeze(-1))
+            threshold = self.row_threshold[:, :, rows.start : rows.stop]
+            mask = mask & (scores >= threshold.unsqueeze(-1))
         return mask
 
     def block_density(self) -> float:
@@ -532,10 +545,14 @@ def true_positions(
     return torch.where(valid, order, fill).to(torch.int32).contiguous(), counts
 
 
-def causal_token_mask(q_len: int, kv_len: int, device: torch.device | str) -> torch.Tensor:
-    """``[q_len, kv_len]`` bool: key ``j`` visible to query ``i`` iff ``j <= i + kv_len - q_len``."""
-    rows = torch.arange(q_len, device=device).unsqueeze(1) + (kv_len - q_len)
-    return torch.arange(kv_len, device=device).unsqueeze(0) <= rows
+def causal_token_mask(
+    q_len: int, kv_len: int, device: torch.device | str, rows: range | None = None
+) -> torch.Tensor:
+    """``[q_len, kv_len]`` bool: key ``j`` visible to query ``i`` iff ``j <= i + kv_len - q_len``;
+    only the query rows in ``rows`` (``[len(rows), kv_len]``) when given."""
+    rows = range(q_len) if rows is None else rows
+    last_keys = torch.arange(rows.start, rows.stop, device=device).unsqueeze(1) + (kv_len - q_len)
+    return torch.arange(kv_len, device=device).unsqueeze(0) <= last_keys
 
 
 def causal_block_mask(q_len: int, kv_len: int, block_q: int, block_k: int) -> torch.Tensor:

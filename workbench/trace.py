@@ -77,8 +77,8 @@ class TraceConfig:
         stability: also record the softmax-stability statistics of each row
             (`workbench.metrics.stability.trace_stability`: the Jacobian's spectral and Frobenius
             norms of the softmax the layer used, the top-k margin of its scores); they take
-            ``O(256 x kv_len)`` memory per head (``O(q_len x kv_len)`` on layers running a sparse
-            method).
+            ``O(256 x kv_len)`` memory per head (``O(q_len x kv_len)`` on padded batches through a
+            sparse method, whose selection is gathered per example).
         impl: kernels implementation for `kernels.api.row_stats` (and for attention with
             ``attention="kernels"``).
         attention: how traced layers compute their output while statistics are recorded:

@@ -1,5 +1,7 @@
 """Layout constructors, views and validation."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -71,6 +73,45 @@ def test_token_mask_constructor_keeps_exact_entries(seed, q_len, kv_len, block):
     assert torch.equal(layout.block_mask(), pool_to_blocks(token_mask, block, block))
     coarse = Layout.from_token_mask(token_mask, block_q=block, block_k=block, keep_token_mask=False)
     assert (coarse.to_dense() | ~token_mask).all(), "whole blocks cover every kept entry"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    q_len=st.integers(1, 120),
+    kv_len=st.integers(1, 120),
+    block_q=st.sampled_from([16, 32, 256]),
+    causal=st.booleans(),
+    data=st.data(),
+)
+def test_rows_of_the_dense_mask_equal_the_full_masks_rows(
+    seed, q_len, kv_len, block_q, causal, data
+):
+    """``to_dense(scores, rows)``: any row range (block-aligned or not, empty, the last partial
+    block) of a layout with blocks, causal rule, token mask and row threshold equals those rows
+    of the full mask."""
+    start = data.draw(st.integers(0, q_len), label="start")
+    stop = data.draw(st.integers(start, q_len), label="stop")
+    generator = torch.Generator().manual_seed(seed)
+    mask = random_block_mask(seed, 2, 3, q_len, kv_len, block_q, 16)
+    scores = torch.randn(2, 3, q_len, kv_len, generator=generator)
+    layout = Layout.from_block_mask(mask, q_len, kv_len, block_q=block_q, block_k=16, causal=causal)
+    token_mask = torch.rand(1, 3, q_len, kv_len, generator=generator) < 0.7
+    threshold = torch.randn(2, 1, q_len, generator=generator)
+    refined = dataclasses.replace(layout, token_mask=token_mask, row_threshold=threshold)
+    rows = range(start, stop)
+    for candidate in (layout, refined):
+        full = candidate.to_dense(scores)
+        part = candidate.to_dense(scores[:, :, start:stop], rows)
+        assert part.shape == (2, 3, stop - start, kv_len)
+        assert torch.equal(part, full[:, :, start:stop])
+
+
+@pytest.mark.parametrize("rows", [range(0, 5, 2), range(3, 1), range(0, 41), [0, 1]])
+def test_dense_rows_outside_the_layout_are_refused(rows):
+    layout = Layout.dense(40, 40, block_q=16, block_k=16)
+    with pytest.raises(ValueError, match="rows must"):
+        layout.to_dense(rows=rows)
 
 
 def test_dense_and_causal_density():

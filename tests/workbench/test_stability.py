@@ -374,6 +374,49 @@ def test_row_stability_from_qk_matches_the_unchunked_computation(
         assert torch.isinf(streamed["top_k_margin"][..., :3]).all()
 
 
+@pytest.mark.parametrize(
+    ("method", "hyper_parameters"),
+    [
+        ("top_k", {"k": 3}),
+        ("top_p", {"p": 0.8}),
+        ("block_local", {"k": 5}),
+        ("block_top_k", {"k": 1}),
+    ],
+)
+def test_streamed_stability_over_a_selection_equals_the_materialised_one(
+    method: str, hyper_parameters: dict
+) -> None:
+    """The softmax over a method's own selection (a row threshold from its scores, or whole
+    blocks), streamed in chunks that cut through its blocks, equals the one over the whole
+    materialised selection."""
+    generator = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 4, 37, 8, generator=generator, dtype=torch.float64) * 2
+    k = torch.randn(2, 4, 37, 8, generator=generator, dtype=torch.float64) * 2
+    selection = workbench.sparse.get(method, **hyper_parameters).select(
+        q, k, causal=True, scale=0.4, block_size=16
+    )
+    streamed = row_stability_from_qk(
+        q,
+        k,
+        causal=True,
+        scale=0.4,
+        selection=selection,
+        chunk=5,
+        k_top=3,
+        compute_dtype=torch.float64,
+    )
+    scores = scaled_scores(q, k, 0.4, torch.float64)
+    used = selection.to_dense(scores) & visible(q, k, True)
+    probs = sparse_probs(scores, used)
+    torch.testing.assert_close(streamed["jacobian_norm"], jacobian_spectral_norm(probs))
+    torch.testing.assert_close(streamed["jacobian_frobenius"], jacobian_frobenius_norm(probs))
+    dense = row_stability_from_qk(
+        q, k, causal=True, scale=0.4, k_top=3, compute_dtype=torch.float64
+    )
+    torch.testing.assert_close(streamed["top_k_margin"], dense["top_k_margin"])
+    assert not torch.equal(streamed["jacobian_norm"], dense["jacobian_norm"])
+
+
 @pytest.fixture(scope="module")
 def stability_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stability") / "run"

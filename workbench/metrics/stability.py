@@ -451,22 +451,25 @@ def row_stability_from_qk(
     *,
     causal: bool,
     scale: float | None = None,
+    selection: Layout | None = None,
     chunk: int = 256,
     k_top: int = STABILITY_TOP_K,
     compute_dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """Per row of dense attention, from q ``[batch, heads, q_len, d]`` and k ``[batch, kv_heads,
-    kv_len, d]`` (end-aligned causal mask when ``causal``): ``jacobian_norm`` (exact ``||J||_2``,
-    secular root), ``jacobian_frobenius`` and ``top_k_margin`` (k = ``k_top``; +inf for rows with at
-    most ``k_top`` keys), each ``[batch, heads, q_len]`` float64.
+    """Per row, from q ``[batch, heads, q_len, d]`` and k ``[batch, kv_heads, kv_len, d]``
+    (end-aligned causal mask when ``causal``): ``jacobian_norm`` (exact ``||J||_2``, secular root)
+    and ``jacobian_frobenius`` of the softmax over every visible key, or over ``selection``'s
+    entries when given (the softmax a layer running a sparse method used), and the dense scores'
+    ``top_k_margin`` (k = ``k_top``; +inf for rows with at most ``k_top`` keys), each ``[batch,
+    heads, q_len]`` float64.
 
-    Query rows are processed ``chunk`` at a time, so the scores and the bisection's temporaries are
-    ``[batch, heads, chunk, kv_len]``: memory ``O(chunk x kv_len)`` per head, not
-    ``O(q_len x kv_len)``. This is the streaming available here: the kernels' row statistics give
-    each row's log-sum-exp, not its Jacobian norm, which needs the whole row of probabilities (the
-    secular equation involves every ``p_i``). Scores are computed in ``compute_dtype`` (float32 as
-    in `row_stability`, which this equals with ``method=None`` up to float32 rounding of the scores;
-    float64 for exact agreement with an unchunked float64 computation)."""
+    Query rows are processed ``chunk`` at a time, so the scores, the selection's mask and the
+    bisection's temporaries are ``[batch, heads, chunk, kv_len]``: memory ``O(chunk x kv_len)``
+    per head, not ``O(q_len x kv_len)``. This is the streaming available here: the kernels' row
+    statistics give each row's log-sum-exp, not its Jacobian norm, which needs the whole row of
+    probabilities (the secular equation involves every ``p_i``). Scores are computed in
+    ``compute_dtype`` (float32 as in `row_stability`, which this equals up to float32 rounding of
+    the scores; float64 for exact agreement with an unchunked float64 computation)."""
     scale = default_scale(q.shape[-1]) if scale is None else scale
     q_len, kv_len = q.shape[2], k.shape[2]
     keys = torch.arange(kv_len, device=q.device)
@@ -476,11 +479,15 @@ def row_stability_from_qk(
         "top_k_margin": [],
     }
     for start in range(0, q_len, chunk):
-        rows = torch.arange(start, min(start + chunk, q_len), device=q.device)
-        mask = keys <= (rows + kv_len - q_len).unsqueeze(-1) if causal else None
-        scores = scaled_scores(q[:, :, rows], k, scale, compute_dtype)
-        visible_keys = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask
-        probs = sparse_probs(scores, visible_keys.expand_as(scores))
+        rows = range(start, min(start + chunk, q_len))
+        positions = torch.arange(rows.start, rows.stop, device=q.device)
+        mask = keys <= (positions + kv_len - q_len).unsqueeze(-1) if causal else None
+        scores = scaled_scores(q[:, :, rows.start : rows.stop], k, scale, compute_dtype)
+        seen = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask
+        used = seen.expand_as(scores)
+        if selection is not None:
+            used = used & selection.to_dense(scores, rows)
+        probs = sparse_probs(scores, used)
         parts["jacobian_norm"].append(jacobian_spectral_norm(probs))
         parts["jacobian_frobenius"].append(jacobian_frobenius_norm(probs))
         parts["top_k_margin"].append(top_k_margin(scores, k_top, mask).double())
@@ -501,22 +508,11 @@ def trace_stability(
     chunk: int = 256,
 ) -> dict[str, torch.Tensor]:
     """`TRACE_STATISTICS` per row, each ``[batch, heads, q_len]`` float32, of the softmax a layer
-    used: over every visible key (streamed in chunks of ``chunk`` query rows,
-    `row_stability_from_qk`), or over ``selection``'s entries where it ran a sparse method (the
-    ``q_len x kv_len`` selection is materialised). ``top_k_margin`` is that of the dense scores
-    (k = `STABILITY_TOP_K`), NaN where a row has at most k keys (undefined). q ``[batch, heads,
-    q_len, d]``, k ``[batch, heads, kv_len, d]``."""
-    if selection is None:
-        rows = row_stability_from_qk(q, k, causal=causal, scale=scale, chunk=chunk)
-    else:
-        scores = scaled_scores(q, k, default_scale(q.shape[-1]) if scale is None else scale)
-        seen = visible(q, k, causal).expand_as(scores)
-        probs = sparse_probs(scores, selection.to_dense(scores) & seen)
-        rows = {
-            "jacobian_norm": jacobian_spectral_norm(probs),
-            "jacobian_frobenius": jacobian_frobenius_norm(probs),
-            "top_k_margin": top_k_margin(scores, STABILITY_TOP_K, seen),
-        }
+    used: over every visible key, or over ``selection``'s entries where it ran a sparse method
+    (streamed in chunks of ``chunk`` query rows, `row_stability_from_qk`). ``top_k_margin`` is
+    that of the dense scores (k = `STABILITY_TOP_K`), NaN where a row has at most k keys
+    (undefined). q ``[batch, heads, q_len, d]``, k ``[batch, heads, kv_len, d]``."""
+    rows = row_stability_from_qk(q, k, causal=causal, scale=scale, selection=selection, chunk=chunk)
     margin = rows["top_k_margin"]
     rows["top_k_margin"] = torch.where(torch.isinf(margin), math.nan, margin)
     return {name: rows[name].float() for name in TRACE_STATISTICS}
