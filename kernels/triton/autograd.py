@@ -139,7 +139,7 @@ def block_sparse_attention_backward(
     layout = _layout(
         q, k, kv_indices, kv_counts, token_mask, row_threshold, block_q, block_k, causal
     )
-    variant = variants.choose(q, k, v, layout, loads, grid)
+    variant = variants.choose(q, k, v, layout, loads, grid, backward=True)
     return kernels.backward(q, k, v, out, lse, grad_out, layout, scale, variant, grad_lse)
 
 

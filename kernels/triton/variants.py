@@ -5,8 +5,9 @@ Two independent choices, each ``"auto"`` or forced:
 
 * **loads**: ``"pointers"`` (pointer arithmetic, any GPU, any strides) or ``"descriptors"`` (device-
   side tensor descriptors: TMA loads on Hopper). ``"auto"`` takes descriptors on compute capability
-  9.x (H100, H200) when every tensor the kernels load has strides a descriptor can take
-  (`descriptor_reason`), pointers otherwise (and with a Triton older than `DESCRIPTOR_TRITON`). A
+  9.x (H100, H200) for the forward when every tensor the kernels load has strides a descriptor
+  can take (`descriptor_reason`), pointers otherwise (and with a Triton older than
+  `DESCRIPTOR_TRITON`) and for the backward's dQ and dK/dV kernels (`BACKWARD_DESCRIPTORS`). A
   forced ``"descriptors"`` that cannot run raises (no silent fallback); in the Triton interpreter it
   runs (that is how the tests check it), ``"auto"`` takes pointers there. Warp-specialised
   configurations could serve only the per-tile forward grid (Triton's Hopper pass fails on the
@@ -42,6 +43,11 @@ there by `bench/compile_check.py`, run against FlexAttention by `bench/attention
 configuration by configuration by `bench/config_check.py`)."""
 DESCRIPTOR_TRITON = (3, 6)
 """Oldest Triton whose descriptor kernels were checked (the device's; CI runs 3.9)."""
+BACKWARD_DESCRIPTORS = False
+"""Whether ``loads="auto"`` takes descriptors for the backward too. No: on an H100 at 64K (bf16, 32
+heads, d_head 128) the dQ and dK/dV kernels ran 5-19% slower with descriptor loads than with
+pointers on every layout of the benchmark, while the forward ran up to 14% faster with them
+(bench/NOTES.md, "Third measurement", 2026-12-07)."""
 PROGRAMS_PER_SM = 2
 """Persistent programs per multiprocessor."""
 INTERPRETER_PROGRAMS = 3
@@ -92,9 +98,12 @@ def choose(
     layout: Layout,
     loads: Loads = "auto",
     grid: Grid = "auto",
+    *,
+    backward: bool = False,
 ) -> Variant:
-    """The `Variant` for attention of ``q`` over ``k, v`` with ``layout`` (module docstring);
-    ``ValueError`` when a forced one cannot run."""
+    """The `Variant` for attention of ``q`` over ``k, v`` with ``layout`` (module docstring), for
+    its forward or (``backward``) its gradient kernels; ``ValueError`` when a forced one cannot
+    run."""
     check_variant(loads, grid)
     capability = _capability(q.device)
     reason = descriptor_reason(q=q, k=k, v=v)
@@ -108,12 +117,15 @@ def choose(
             reason = "the Triton interpreter" if interpret_mode() else f"device {q.device}"
         elif reason is None and capability[0] not in DESCRIPTOR_CAPABILITIES:
             reason = f"compute capability {capability[0]}.{capability[1]}"
+        elif reason is None and backward and not BACKWARD_DESCRIPTORS:
+            reason = "the backward (its descriptor loads measured slower: BACKWARD_DESCRIPTORS)"
         loads = "pointers" if reason is not None else "descriptors"
     if grid == "auto":
         grid = "tiles"
     logger.debug(
-        "sparse_attention(impl='triton') runs %s loads and a %s grid (%s; capability %s, "
+        "sparse_attention(impl='triton') %s runs %s loads and a %s grid (%s; capability %s, "
         "triton %s)",
+        "backward" if backward else "forward",
         loads,
         grid,
         reason or "chosen",

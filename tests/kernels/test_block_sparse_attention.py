@@ -257,6 +257,24 @@ def test_variant_choice(caplog: pytest.LogCaptureFixture):
     assert variants.choose(q, k, v, layout, grid="persistent").grid == "persistent"
 
 
+def test_auto_takes_descriptors_on_hopper_for_the_forward_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """On compute capability 9.x "auto" loads the forward's tiles through descriptors and the
+    backward's through pointers (measured faster there); forced descriptors serve both."""
+    monkeypatch.setattr(variants, "_capability", lambda device: (9, 0))
+    monkeypatch.setattr(variants, "interpret_mode", lambda: False)
+    q, k, v = random_qkv(36, (1, 2, 2, 32, 32, 16))
+    layout = random_layout(37, 1, 2, 32, 32, block_q=16, block_k=16)
+    assert variants.choose(q, k, v, layout).loads == "descriptors"
+    with caplog.at_level("DEBUG", logger="kernels.api"):
+        backward = variants.choose(q, k, v, layout, backward=True)
+    assert backward.loads == "pointers" and "BACKWARD_DESCRIPTORS" in caplog.text
+    assert variants.choose(q, k, v, layout, "descriptors", backward=True).loads == "descriptors"
+    monkeypatch.setattr(variants, "_capability", lambda device: (8, 0))
+    assert variants.choose(q, k, v, layout).loads == "pointers"
+
+
 def test_work_list_puts_the_longest_query_blocks_first():
     counts = torch.tensor([[[1, 3, 0], [2, 3, 1]]], dtype=torch.int32)  # [batch 1, heads 2, 3]
     layout = Layout.trusted(
