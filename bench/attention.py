@@ -12,7 +12,11 @@ density being the fraction of causal 128 x 128 blocks a layout keeps.
     python bench/attention.py --quick --loads descriptors --grid persistent --no-extras
 
 ``--loads`` / ``--grid`` force our kernels' variant (`kernels.triton.variants`; default "auto"),
-``--budgets`` the top-p budget modes timed with the row statistics. FlexAttention runs compiled,
+``--budgets`` the top-p budget modes timed with the row statistics. Our kernels are tuned on each
+layout anew (their autotuning key does not hold the density, so a process that runs one sparse
+method tunes on that method's layout); ``--tune-once`` keeps the first layout's choice for the
+rest, as the runs before 2026-12-08 did (dense first). Each layout's entry records the chosen
+configurations (``"tuned"``). FlexAttention runs compiled,
 with its TMA option where the installed torch has it. `bench/gpu_run.sh` runs the whole set of
 comparisons, one process each.
 
@@ -39,6 +43,7 @@ from kernels import api
 from kernels.dispatch import GRIDS, LOADS
 from kernels.layout import Layout, causal_block_mask, num_blocks
 from kernels.reference import select_cumulative_blocks
+from kernels.triton import block_sparse_attention
 from workbench.io import atomic_write_json
 
 BLOCK = 128
@@ -177,9 +182,11 @@ def bench_layout(
     causal_total: int,
     backward: bool,
     variant: dict,
+    retune: bool = True,
 ) -> dict:
-    """Ours (in the kernel ``variant``: loads and grid) vs FlexAttention (compiled, with its
-    best options) on one causal block layout; times relative to the ideal."""
+    """Ours (in the kernel ``variant``: loads and grid; tuned on this layout when ``retune``) vs
+    FlexAttention (compiled, with its best options) on one causal block layout; times relative to
+    the ideal."""
     n, heads = inputs[0].shape[2], inputs[0].shape[1]
     layout = causal_layout(blocks, n)
     density = layout.block_mask().sum().item() / (causal_total * layout.heads)
@@ -192,6 +199,8 @@ def bench_layout(
     def flex() -> torch.Tensor:
         return compiled_flex(*inputs, block_mask=block_mask, kernel_options=options or None)
 
+    if retune:
+        block_sparse_attention.reset_tuning()
     with torch.no_grad():
         error = relative_error(ours(), flex())
     entry = {
@@ -208,6 +217,7 @@ def bench_layout(
         for impl in ("ours", "flex"):
             entry[impl][f"{key}_over_ideal"] = entry[impl][key] / ideal
         entry[f"speedup_vs_flex_{key[:-3]}"] = entry["flex"][key] / entry["ours"][key]
+    entry["tuned"] = block_sparse_attention.tuned_configs()
     return entry
 
 
@@ -220,6 +230,7 @@ def bench_length(
     extras: bool,
     variant: dict,
     budgets: tuple[str, ...],
+    retune: bool = True,
 ) -> dict:
     """SDPA, then ours and FlexAttention on each of ``layouts`` (names in `LAYOUTS`, may be
     none); with ``extras`` also the row-statistics and block-scoring kernels."""
@@ -234,7 +245,7 @@ def bench_length(
     result = {"n": n, "sdpa_causal": sdpa, "layouts": {}}
     for name in layouts:
         blocks = layout_blocks(name, q, k)
-        entry = bench_layout(inputs, blocks, sdpa, causal_total, backward, variant)
+        entry = bench_layout(inputs, blocks, sdpa, causal_total, backward, variant, retune)
         result["layouts"][name] = entry
         print(
             f"N={n:6d} {name:18s} density {entry['density_of_causal']:.3f}  "
@@ -352,6 +363,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="16K tokens only: a few minutes on one GPU"
     )
+    parser.add_argument(
+        "--tune-once",
+        action="store_true",
+        help="tune our kernels on the first layout only (default: on each layout)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/attention.json"))
     args = parser.parse_args()
     if args.quick:
@@ -371,6 +387,7 @@ def main() -> None:
         "block": BLOCK,
         "capability": list(torch.cuda.get_device_capability()),
         "variant": {"loads": args.loads, "grid": args.grid},
+        "tuning": "once" if args.tune_once else "per_layout",
         "lengths": [],
     }
     for n in args.lengths:
@@ -384,6 +401,7 @@ def main() -> None:
                 extras=not args.no_extras,
                 variant={"loads": args.loads, "grid": args.grid},
                 budgets=tuple(args.budgets),
+                retune=not args.tune_once,
             )
         )
         atomic_write_json(args.out, results)

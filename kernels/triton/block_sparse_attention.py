@@ -1082,6 +1082,34 @@ def _dkdv_kernel(
     )
 
 
+# ---------------------------------------------------------------------------- tuning
+def _autotuners() -> dict[str, triton.runtime.Autotuner]:
+    return {"forward": _fwd_kernel, "dq": _dq_kernel, "dkdv": _dkdv_kernel}
+
+
+def tuned_configs() -> dict[str, dict[str, str]]:
+    """Per autotuned kernel (``"forward"``, ``"dq"``, ``"dkdv"``), the configuration its autotuner
+    chose for each tuning key so far in this process, as strings (``key -> config``); an
+    autotuner of one configuration (the interpreter's) never tunes and gives it as ``"single"``.
+    A key holds the head size, the layout's block sizes, causality and the loads
+    (`_AUTOTUNE_KEY`) and the arguments' dtypes, not the layout's density: the first layout of a
+    key decides for the rest."""
+    tuned = {}
+    for name, tuner in _autotuners().items():
+        if len(tuner.configs) == 1:
+            tuned[name] = {"single": str(tuner.configs[0])}
+        else:
+            tuned[name] = {str(key): str(config) for key, config in tuner.cache.items()}
+    return tuned
+
+
+def reset_tuning() -> None:
+    """Forget the autotuners' choices: the next launch of each key benchmarks its configurations
+    anew (how a benchmark tunes each layout on itself)."""
+    for tuner in _autotuners().values():
+        tuner.cache.clear()
+
+
 # ---------------------------------------------------------------------------- launchers
 def _empty(
     like: torch.Tensor, shape: tuple[int, ...] | None = None, dtype: torch.dtype | None = None

@@ -275,6 +275,25 @@ def test_auto_takes_descriptors_on_hopper_for_the_forward_only(
     assert variants.choose(q, k, v, layout).loads == "pointers"
 
 
+def test_tuned_configurations_are_listed_and_forgotten(monkeypatch: pytest.MonkeyPatch):
+    """`tuned_configs` gives each kernel's configuration (the interpreter's single one, which is
+    never tuned) and, for autotuners of several, each key's choice; `reset_tuning` forgets the
+    choices."""
+    single = block_sparse_attention.tuned_configs()
+    assert set(single) == {"forward", "dq", "dkdv"}
+    assert all(list(choices) == ["single"] for choices in single.values())
+    assert all("BLOCK_M: 16" in choices["single"] for choices in single.values())
+    tuner = block_sparse_attention._fwd_kernel
+    several = [triton.Config({"BLOCK_M": m, "BLOCK_N": 64}) for m in (64, 128)]
+    monkeypatch.setattr(tuner, "configs", several)
+    monkeypatch.setattr(tuner, "cache", {(128, "torch.bfloat16"): several[1]})
+    assert block_sparse_attention.tuned_configs()["forward"] == {
+        "(128, 'torch.bfloat16')": str(several[1])
+    }
+    block_sparse_attention.reset_tuning()
+    assert block_sparse_attention.tuned_configs()["forward"] == {}
+
+
 def test_work_list_puts_the_longest_query_blocks_first():
     counts = torch.tensor([[[1, 3, 0], [2, 3, 1]]], dtype=torch.int32)  # [batch 1, heads 2, 3]
     layout = Layout.trusted(
