@@ -6,7 +6,8 @@ what each file (one variant, one run) reached at one sequence length, and whethe
 
 Every ratio is one the run itself recorded (ours against SDPA, the ideal or FlexAttention in the
 same process); a target no given file measured is left out. The table's numbers are therefore the
-files' numbers, never typed by hand.
+files' numbers, never typed by hand. ``--figure PATH`` also writes the table as a plotly figure
+(`figure`: each target's bound at 1, each file a marker, filled where met).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import plotly.graph_objects as go
+
+from workbench.io import write_figure
+from workbench.viz.style import PALETTE
 
 LAYOUTS = ("causal_dense", "random_10pct", "sink_window", "top_p_xattention")
 
@@ -150,25 +156,107 @@ def label(results: dict, path: Path) -> str:
     return f"{variant.get('loads', 'auto')}/{variant.get('grid', 'auto')} ({path.name})"
 
 
+@dataclass(frozen=True)
+class Reached:
+    """What one file reached on one target at one length."""
+
+    target: Target
+    label: str
+    value: float
+    entry: Entry
+
+    @property
+    def met(self) -> bool:
+        return self.target.met(self.value, self.entry)
+
+    @property
+    def over_bound(self) -> float:
+        """The number over the bound, or the bound over the number for ``>=`` targets: at most
+        1 where the number is within the bound."""
+        return (
+            self.value / self.target.bound
+            if self.target.at_most
+            else self.target.bound / self.value
+        )
+
+
+def reached(
+    files: Sequence[tuple[Path, dict]], length: int, targets: Iterable[Target] = TARGETS
+) -> list[list[Reached]]:
+    """Per target that at least one file measured at ``length``, what each such file reached."""
+    found = []
+    for target in targets:
+        numbers = []
+        for path, results in files:
+            entry = entry_at(results, length)
+            value = None if entry is None else target.read(entry)
+            if value is not None:
+                numbers.append(Reached(target, label(results, path), value, entry))
+        if numbers:
+            found.append(numbers)
+    return found
+
+
 def rows(
     files: Sequence[tuple[Path, dict]], length: int, targets: Iterable[Target] = TARGETS
 ) -> list[tuple[str, list[str], bool | None]]:
     """``(target name, ["1.28x descriptors/tiles (file)", ...], met by any file)`` per target that
     at least one file measured at ``length``."""
     table = []
-    for target in targets:
-        reached, met = [], []
-        for path, results in files:
-            entry = entry_at(results, length)
-            value = None if entry is None else target.read(entry)
-            if value is None:
-                continue
-            note = target.detail(entry)
-            reached.append(f"{value:.2f}x {label(results, path)}" + (f", {note}" if note else ""))
-            met.append(target.met(value, entry))
-        if reached:
-            table.append((target.name, reached, any(met)))
+    for numbers in reached(files, length, targets):
+        texts = []
+        for number in numbers:
+            note = number.target.detail(number.entry)
+            texts.append(f"{number.value:.2f}x {number.label}" + (f", {note}" if note else ""))
+        table.append((numbers[0].target.name, texts, any(number.met for number in numbers)))
     return table
+
+
+def figure(files: Sequence[tuple[Path, dict]], length: int) -> go.Figure:
+    """The targets at ``length`` at a glance: one row per target, one marker per file at its number
+    over the bound (the bound over its number for ``>=`` targets, `Reached.over_bound`), so that
+    every target's bound is the line at 1 and a marker left of it is within; filled where the
+    target is met (a further condition included), hollow where not; the number on hover."""
+    chart = go.Figure()
+    labels = sorted({label(results, path) for path, results in files})
+    for index, file_label in enumerate(labels):
+        points = [
+            number
+            for numbers in reached(files, length)
+            for number in numbers
+            if number.label == file_label
+        ]
+        chart.add_trace(
+            go.Scatter(
+                x=[number.over_bound for number in points],
+                y=[number.target.name for number in points],
+                mode="markers",
+                name=file_label,
+                marker={
+                    "size": 11,
+                    "color": PALETTE[index % len(PALETTE)],
+                    "symbol": ["circle" if number.met else "circle-open" for number in points],
+                    "line": {"width": 2, "color": PALETTE[index % len(PALETTE)]},
+                },
+                customdata=[f"{number.value:.2f}x" for number in points],
+                hovertemplate="%{y}<br>reached %{customdata} (%{x:.2f} of the bound)",
+            )
+        )
+    chart.add_vline(x=1.0, line_dash="dash", annotation_text="bound")
+    devices = sorted({results["device"] for _, results in files})
+    chart.update_layout(
+        title=f"Kernel targets at N = {length} ({', '.join(devices)}): left of 1 is within",
+        xaxis_title="reached over the bound (bound over reached for >= targets)",
+        yaxis={
+            "autorange": "reversed",
+            "categoryorder": "array",
+            "categoryarray": [numbers[0].target.name for numbers in reached(files, length)],
+        },
+        legend={"orientation": "h", "y": -0.2},
+        height=160 + 34 * len(reached(files, length)),
+        margin={"l": 20},
+    )
+    return chart
 
 
 def markdown(files: Sequence[tuple[Path, dict]], length: int) -> str:
@@ -192,9 +280,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", type=Path, nargs="+", help="results of bench/attention.py")
     parser.add_argument("--length", type=int, default=65536, help="sequence length (tokens)")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        help="also write the figure here (.html: interactive, offline; .png / .svg: an image)",
+    )
     args = parser.parse_args()
     if args.length <= 0:
         raise SystemExit(f"--length must be a positive number of tokens, got {args.length}")
+    if args.figure is not None and args.figure.suffix not in (".html", ".png", ".svg"):
+        raise SystemExit(f"--figure must end in .html, .png or .svg, got {args.figure}")
     missing = [path for path in args.files if not path.is_file()]
     for path in missing:
         print(f"not found, left out: {path}", file=sys.stderr)
@@ -202,6 +298,13 @@ def main() -> None:
     if not files:
         raise SystemExit("none of the results files exists")
     print(markdown(files, args.length))
+    if args.figure is not None:
+        chart = figure(files, args.length)
+        if args.figure.suffix == ".html":
+            write_figure(chart, args.figure)
+        else:
+            chart.write_image(args.figure, width=1100)
+        print(f"wrote {args.figure}")
 
 
 if __name__ == "__main__":

@@ -89,3 +89,14 @@ def test_readme_shows_each_dashboard_tab_and_the_command_to_start_it():
         image = f"docs/dashboard_{value}.png"
         assert f"![{label} tab]({image})" in text
         assert (README.parent / image).stat().st_size > 10_000
+
+
+def test_every_image_and_file_the_readme_links_exists():
+    """Images (``![...](path)``) and links to files of the repository (``[...](path)``, not web
+    addresses or anchors) point at committed paths."""
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)\)", text)
+    local = [target for target in targets if not re.match(r"[a-z]+:", target)]
+    assert any(target.endswith(".png") for target in local)
+    missing = [target for target in local if not (README.parent / target).exists()]
+    assert not missing, missing

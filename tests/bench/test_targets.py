@@ -3,7 +3,7 @@ target met only when a file meets it (and its further condition)."""
 
 import pytest
 
-from bench.targets import TARGETS, markdown, rows
+from bench.targets import TARGETS, figure, markdown, rows
 
 
 def _entry(n: int, random_over_ideal: float, bracket: float, exact_fraction: float) -> dict:
@@ -70,3 +70,32 @@ def test_dense_ratio_is_ours_over_sdpa_in_the_same_entry(tmp_path):
 def test_markdown_needs_a_file():
     with pytest.raises(ValueError, match="files"):
         markdown([], 64)
+
+
+def test_figure_puts_every_bound_at_one_and_fills_the_met_markers(tmp_path):
+    """One trace per file; an at-most target's marker at its number over the bound, an at-least
+    one's at the bound over its number (so left of 1 is within either way); filled where met."""
+    entry = _entry(64, 1.40, 3.5, 0.85)  # 10%-random missed, bracket time within but inexact
+    entry["layouts"]["random_10pct"]["speedup_vs_flex_fwd"] = 1.5  # >= 1.2: met
+    files = [
+        (tmp_path / "a.json", _results("pointers", entry)),
+        (tmp_path / "b.json", _results("descriptors", _entry(64, 1.10, 3.0, 0.95))),
+    ]
+    chart = figure(files, 64)
+    assert [trace.name for trace in chart.data] == [
+        "descriptors/tiles (b.json)",
+        "pointers/tiles (a.json)",
+    ]
+    trace = chart.data[1]
+    pointers = dict(zip(trace.y, zip(trace.x, trace.marker.symbol, strict=True), strict=True))
+    assert pointers["10%-random forward <= 1.15x ideal"] == (
+        pytest.approx(1.40 / 1.15),
+        "circle-open",
+    )
+    assert pointers[">= 1.2x FlexAttention, random_10pct fwd"] == (
+        pytest.approx(1.2 / 1.5),
+        "circle",
+    )
+    bracket = pointers["bracket budgets <= 4x SDPA forward (>= 90% of (row, p) exact)"]
+    assert bracket == (pytest.approx(3.5 / 4.0), "circle-open")  # within the bound, not met
+    assert list(chart.layout.yaxis.categoryarray) == [name for name, _, _ in rows(files, 64)]
