@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurement of the Hopper paths, one process per comparison (about 8 minutes on one
-# H100 at 64K; `--quick`: 16K, a few minutes). Run from the repository root on the GPU machine:
+# The GPU measurement of the Hopper paths, one process per comparison (about 10 minutes on one
+# H100 at 64K; `--quick`: 16K, a few minutes): each forced variant, the automatic choice
+# (descriptor forward, pointer backward on Hopper), the persistent grid, the row statistics. Run from the repository root on the GPU machine:
 #
 #     bash bench/gpu_run.sh            # or: bash bench/gpu_run.sh --quick
 #
@@ -32,6 +33,8 @@ run pointers "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --no-extras \
     --loads pointers --grid tiles --out "$RESULTS/hopper_pointers_$CARD.json"
 run descriptors "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --no-extras \
     --loads descriptors --grid tiles --out "$RESULTS/hopper_descriptors_$CARD.json"
+run auto "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --no-extras \
+    --out "$RESULTS/hopper_auto_$CARD.json"
 run persistent 100 python3 bench/attention.py "${LENGTH[@]}" --no-extras --forward-only \
     --layouts random_10pct sink_window top_p_xattention \
     --loads descriptors --grid persistent --out "$RESULTS/hopper_persistent_$CARD.json"
@@ -40,4 +43,4 @@ run row_stats "$LIMIT" python3 bench/attention.py "${LENGTH[@]}" --layouts \
 if [[ -n "${OUT:-}" ]]; then
     cp "$RESULTS"/hopper_*_"$CARD".json "$OUT"/ 2>/dev/null
 fi
-python3 bench/targets.py "$RESULTS"/hopper_{pointers,descriptors,persistent,row_stats}_"$CARD".json
+python3 bench/targets.py "$RESULTS"/hopper_{pointers,descriptors,auto,persistent,row_stats}_"$CARD".json
