@@ -218,13 +218,11 @@ def figure(files: Sequence[tuple[Path, dict]], length: int) -> go.Figure:
     every target's bound is the line at 1 and a marker left of it is within; filled where the
     target is met (a further condition included), hollow where not; the number on hover."""
     chart = go.Figure()
+    by_target = reached(files, length)
     labels = sorted({label(results, path) for path, results in files})
     for index, file_label in enumerate(labels):
         points = [
-            number
-            for numbers in reached(files, length)
-            for number in numbers
-            if number.label == file_label
+            number for numbers in by_target for number in numbers if number.label == file_label
         ]
         chart.add_trace(
             go.Scatter(
@@ -250,10 +248,10 @@ def figure(files: Sequence[tuple[Path, dict]], length: int) -> go.Figure:
         yaxis={
             "autorange": "reversed",
             "categoryorder": "array",
-            "categoryarray": [numbers[0].target.name for numbers in reached(files, length)],
+            "categoryarray": [numbers[0].target.name for numbers in by_target],
         },
         legend={"orientation": "h", "y": -0.2},
-        height=160 + 34 * len(reached(files, length)),
+        height=160 + 34 * len(by_target),
         margin={"l": 20},
     )
     return chart

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kernels.layout import Layout
+from kernels.layout import Layout, causal_token_mask
 from kernels.reference import default_scale, masked_softmax, scaled_scores, top_p_budget
 from workbench.capture import LayerCapture
 from workbench.sparse.base import SparseMethod, visible
@@ -472,7 +472,6 @@ def row_stability_from_qk(
     the scores; float64 for exact agreement with an unchunked float64 computation)."""
     scale = default_scale(q.shape[-1]) if scale is None else scale
     q_len, kv_len = q.shape[2], k.shape[2]
-    keys = torch.arange(kv_len, device=q.device)
     parts: dict[str, list[torch.Tensor]] = {
         "jacobian_norm": [],
         "jacobian_frobenius": [],
@@ -480,8 +479,7 @@ def row_stability_from_qk(
     }
     for start in range(0, q_len, chunk):
         rows = range(start, min(start + chunk, q_len))
-        positions = torch.arange(rows.start, rows.stop, device=q.device)
-        mask = keys <= (positions + kv_len - q_len).unsqueeze(-1) if causal else None
+        mask = causal_token_mask(q_len, kv_len, q.device, rows) if causal else None
         scores = scaled_scores(q[:, :, rows.start : rows.stop], k, scale, compute_dtype)
         seen = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask
         used = seen.expand_as(scores)

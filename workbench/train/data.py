@@ -64,8 +64,7 @@ class TrainingData:
         if config.train_samples is not None:
             generator = torch.Generator().manual_seed(stream_seed(config.seed, "training set"))
             self.fixed = task.sample(config.train_samples, generator).to(device)
-            count = min(config.eval_batch_size, config.train_samples)
-            self.fixed_head = self.fixed.head(count)
+            self.fixed_head = self.fixed.head(config.eval_batch_size)
             self.steps_per_epoch = config.train_samples // config.batch_size
             self._epoch, self._order = -1, torch.empty(0)
 
